@@ -1,0 +1,68 @@
+"""Entry point of the ``petals-ops`` command.
+
+Subcommand groups live in their own modules and are imported here; none of them imports torch,
+transformers, hivemind or petals at module level, so ``petals-ops --help`` stays fast.
+"""
+
+import os
+import sys
+
+import click
+
+from petals_ops import __version__
+from petals_ops.errors import OpsError
+
+
+class OpsGroup(click.Group):
+    """A click group that turns :class:`OpsError` into one stderr line and its exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OpsError as e:
+            if os.environ.get("PETALS_OPS_DEBUG") or (ctx.obj or {}).get("debug"):
+                raise
+            click.echo(f"error: {e.one_line()}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=OpsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="petals-ops")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx, debug):
+    """Operate nodes of a Petals swarm and run experiments against it.
+
+    \b
+    Start here (no GPU or internet needed):
+      petals-ops swarm local up        # a private swarm on 127.0.0.1 with a tiny BLOOM
+      petals-ops swarm status          # blocks, servers and coverage of that swarm
+      petals-ops generate "Q: 2+2?"    # text through the swarm
+      petals-ops swarm local down
+
+    Every command takes --help. Exit codes: 0 ok, 1 failure, 2 bad usage or input, 3 partial failure.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _register() -> None:
+    """Attach every command group (one module per concern; each keeps heavy imports inside functions)."""
+    from petals_ops.cli import generate_cmd, model_cmds, swarm_cmds
+
+    for command in (model_cmds.model, swarm_cmds.swarm, generate_cmd.generate):
+        cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="petals-ops")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Click options shared by the commands that talk to a swarm."""
+
+import click
+
+from petals_ops.local_swarm import default_run_dir
+
+
+def swarm_target_options(func):
+    """--initial-peers/--model/--dht-prefix/--num-blocks/--swarm-dir; the local swarm when none is given."""
+    options = [
+        click.option(
+            "--initial-peers", "initial_peers", multiple=True, envvar="PETALS_OPS_INITIAL_PEERS",
+            help="Multiaddr(s) of the swarm's DHT (repeat or comma-separate). Default: the local swarm's.",
+        ),
+        click.option(
+            "--model", "model", envvar="PETALS_OPS_MODEL",
+            help="Hub name (bigscience/bloom) or model directory. Default: the local swarm's model.",
+        ),
+        click.option("--dht-prefix", help="Override the DHT prefix the blocks are announced under."),
+        click.option("--num-blocks", type=click.IntRange(min=1), help="Number of blocks, if the swarm does not say."),
+        click.option(
+            "--swarm-dir", type=click.Path(file_okay=False), default=None, envvar="PETALS_OPS_SWARM_DIR",
+            help=f"Run directory of the local swarm [default: {default_run_dir()}].",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

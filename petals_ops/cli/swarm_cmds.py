@@ -1,0 +1,119 @@
+"""``petals-ops swarm``: the local swarm's life cycle and the status of any swarm."""
+
+import click
+
+from petals_ops.cli.options import swarm_target_options
+from petals_ops.cli.progress import block_progress
+from petals_ops.local_swarm import default_run_dir
+from petals_ops.output import OUTPUT_OPTION, emit_json, info, render_table
+
+RUN_DIR_OPTION = click.option(
+    "--run-dir", type=click.Path(file_okay=False), default=None, envvar="PETALS_OPS_SWARM_DIR",
+    help=f"Where the local swarm keeps its state, logs and model [default: {default_run_dir()}].",
+)
+
+
+@click.group()
+def swarm():
+    """Inspect a swarm, and run a private one on this machine."""
+
+
+@swarm.group()
+def local():
+    """A private swarm on 127.0.0.1 (a DHT and CPU servers), for laptops and tests."""
+
+
+@local.command("up")
+@RUN_DIR_OPTION
+@click.option("--servers", default=2, show_default=True, type=int, help="Servers, each holding one block range.")
+@click.option("--replicas", default=1, show_default=True, type=int, help="Copies of each block range (redundancy).")
+@click.option("--model-dir", type=click.Path(), default=None, help="Model to serve [default: a tiny BLOOM made offline].")
+@click.option("--dht-port", default=0, show_default=True, type=int, help="Bootstrap DHT port on 127.0.0.1 (0: a free one).")
+@click.option("--timeout", default=300, show_default=True, type=float, help="Seconds to wait until every block is served.")
+def local_up(run_dir, servers, replicas, model_dir, dht_port, timeout):
+    """Start the local swarm and wait until every block has an ONLINE server.
+
+    Prints the swarm's initial peers on stdout (give them to other tools as --initial-peers).
+    """
+    from petals_ops import local_swarm
+
+    with block_progress("blocks served") as update:
+        swarm = local_swarm.up(
+            run_dir, servers=servers, replicas=replicas, model_dir=model_dir, dht_port=dht_port,
+            timeout=timeout, on_progress=update,
+        )
+    info(f"local swarm up in {swarm.ready_seconds:.1f} s: {len(swarm.servers)} servers, "
+         f"{swarm.num_blocks} blocks of {swarm.dht_prefix}; state in {swarm.run_dir}")
+    click.echo(" ".join(swarm.initial_peers))
+
+
+@local.command("down")
+@RUN_DIR_OPTION
+def local_down(run_dir):
+    """Stop every process of the local swarm (servers, DHT and their p2pd daemons)."""
+    from petals_ops import local_swarm
+
+    swarm = local_swarm.down(run_dir)
+    if swarm is None:
+        info(f"no local swarm state in {run_dir or default_run_dir()}: nothing to stop")
+    else:
+        info(f"stopped {len(swarm.processes)} processes of the local swarm in {swarm.run_dir}")
+
+
+@local.command("status")
+@RUN_DIR_OPTION
+@OUTPUT_OPTION
+def local_status(run_dir, output):
+    """The local swarm's processes (alive or not), ports and initial peers."""
+    from petals_ops import local_swarm
+
+    swarm = local_swarm.load_running(run_dir)
+    rows = [
+        {"name": p.name, "role": p.role, "pid": p.pid, "alive": p.alive(), "blocks": p.blocks, "log": p.log}
+        for p in swarm.processes
+    ]
+    if output == "json":
+        emit_json({"run_dir": swarm.run_dir, "initial_peers": swarm.initial_peers, "model_dir": swarm.model_dir,
+                   "dht_prefix": swarm.dht_prefix, "num_blocks": swarm.num_blocks, "processes": rows})
+        return
+    render_table(["name", "role", "pid", "alive", "blocks", "log"], [list(r.values()) for r in rows],
+                 title=f"local swarm in {swarm.run_dir}")
+    click.echo(f"initial peers: {' '.join(swarm.initial_peers)}")
+
+
+@swarm.command("status")
+@swarm_target_options
+@OUTPUT_OPTION
+def status(initial_peers, model, dht_prefix, num_blocks, swarm_dir, output):
+    """Blocks and servers of a swarm (the local one by default), with a coverage summary.
+
+    Exit code 1 when some block has no ONLINE server (the model cannot serve a forward pass).
+    """
+    from petals_ops.swarm_health import format_block_ranges, take_snapshot
+    from petals_ops.target import resolve_target
+
+    target = resolve_target(initial_peers, model, dht_prefix=dht_prefix, num_blocks=num_blocks, run_dir=swarm_dir)
+    snap = take_snapshot(target.initial_peers, target.model)
+    if output == "json":
+        emit_json(snap.to_dict())
+    else:
+        render_table(
+            ["peer id", "name", "state", "blocks", "throughput", "cache tokens left", "version", "dtype", "quant"],
+            [[s.peer_id, s.public_name, s.state, f"{s.start_block}:{s.end_block}", f"{s.throughput:.1f}",
+              s.cache_tokens_left, s.version, s.torch_dtype, s.quant_type] for s in snap.servers],
+            title=f"servers of {snap.dht_prefix}",
+        )
+        render_table(
+            ["block", "ONLINE servers", "all servers"],
+            [[b.index, b.online, len(b.servers)] for b in snap.blocks],
+            title="blocks",
+        )
+        cov = snap.coverage()
+        uncovered = format_block_ranges(cov["uncovered_blocks"]) or "none"
+        click.echo(
+            f"coverage: {cov['blocks_total']} blocks, uncovered: {uncovered}, ONLINE servers per block "
+            f"min {cov['min_online_servers_per_block']} mean {cov['mean_online_servers_per_block']}, "
+            f"full forward pass: {'yes' if cov['fully_served'] else 'NO'}"
+        )
+    if not snap.fully_served:
+        raise SystemExit(1)

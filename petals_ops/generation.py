@@ -1,0 +1,179 @@
+"""Text generation through the swarm (petals client) or in-process (transformers), one code path.
+
+Both backends return the same :class:`LoadedModel`, so callers (``generate``, the bench) do not care
+where the blocks run. The petals client is given a bounded ``max_retries``: by default it retries a
+missing block forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from petals_ops.errors import InputError, OpsError
+from petals_ops.models import ModelRef
+
+DEFAULT_MAX_RETRIES = 3
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    backend: str  # "petals" or "local"
+    ref: ModelRef
+    initial_peers: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Release the swarm connection (DHT, p2pd) of a petals backend; a no-op for local."""
+        if self.backend == "petals" and self.model is not None:
+            from petals_ops import petals_door
+
+            petals_door.close_client(self.model)
+            self.model = None
+
+    def __enter__(self) -> "LoadedModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class Generation:
+    prompt_tokens: int
+    new_token_ids: list[list[int]]  # one list per returned sequence
+    texts: list[str]
+    seconds: float
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(len(ids) for ids in self.new_token_ids)
+
+
+def _require_local_checkpoint(ref: ModelRef) -> str:
+    if ref.path is None:
+        raise InputError(
+            f"model {ref.name} is not on this machine; the client needs its embeddings and tokenizer",
+            fix="pass --model DIR of a local checkpoint",
+        )
+    return ref.path
+
+
+def load_swarm_model(
+    ref: ModelRef,
+    initial_peers: Sequence[str],
+    *,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    request_timeout: float = 60.0,
+) -> LoadedModel:
+    """Connect to the swarm and load the client side (embeddings, LM head) of ``ref``."""
+    from petals_ops import petals_door as door
+    from transformers import AutoTokenizer
+
+    path = _require_local_checkpoint(ref)
+    logging.getLogger("petals").setLevel(logging.WARNING)  # keep INFO chatter out of streamed output
+    try:
+        model = door.AutoDistributedModelForCausalLM.from_pretrained(
+            path,
+            initial_peers=list(initial_peers),
+            dht_prefix=ref.dht_prefix,
+            max_retries=max_retries,
+            request_timeout=request_timeout,
+            connect_timeout=5,
+            daemon_startup_timeout=30,
+            show_route=False,
+        )
+    except Exception as e:
+        if "bootstrap" in str(e) or "multiaddr" in str(e) or "Daemon failed" in str(e):
+            raise OpsError(
+                f"cannot reach the swarm at initial peers {' '.join(initial_peers)} ({' '.join(str(e).split())[-160:]})",
+                fix="check --initial-peers and that the DHT is up",
+            ) from e
+        raise
+    return LoadedModel(model.eval(), AutoTokenizer.from_pretrained(path), "petals", ref, list(initial_peers))
+
+
+def load_local_model(ref: ModelRef) -> LoadedModel:
+    """The same checkpoint in-process with transformers (no swarm), for comparison and swarm-less runs."""
+    from petals_ops import petals_door  # noqa: F401  (one import order for every process)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _require_local_checkpoint(ref)
+    import torch
+
+    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    return LoadedModel(model.eval(), AutoTokenizer.from_pretrained(path), "local", ref)
+
+
+class _CallbackStreamer:
+    """A transformers streamer that hands each newly decoded piece of text (sequence 0) to ``on_text``."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None]):
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.ids: list[int] = []
+        self.printed = 0
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # the first call carries the prompt
+            self.prompt_seen = True
+            return
+        self.ids.extend(value.reshape(value.shape[0], -1)[0].tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # wait for complete UTF-8 characters
+            self.on_text(text[self.printed:])
+            self.printed = len(text)
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if len(text) > self.printed:
+            self.on_text(text[self.printed:])
+
+
+def generate(
+    loaded: LoadedModel,
+    prompt: str,
+    *,
+    max_new_tokens: int = 32,
+    sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    num_return_sequences: int = 1,
+    seed: int | None = None,
+    on_text: Callable[[str], None] | None = None,
+    **generate_kwargs,
+) -> Generation:
+    """Generate from ``prompt``; several sequences run as one batch of the same prompt (no padding)."""
+    import torch
+
+    if max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens {max_new_tokens} must be at least 1", fix="use --max-new-tokens 32")
+    if sample and temperature <= 0:
+        raise InputError(f"--temperature {temperature} must be > 0 when sampling", fix="use --temperature 0.7")
+    tok = loaded.tokenizer
+    input_ids = tok(prompt, return_tensors="pt")["input_ids"]
+    if input_ids.shape[1] == 0:
+        raise InputError("the prompt is empty", fix="pass some text")
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=tok.pad_token_id, **generate_kwargs)
+    if sample:
+        kwargs.update(temperature=temperature, top_k=top_k or 0, num_return_sequences=num_return_sequences)
+    elif num_return_sequences > 1:
+        input_ids = input_ids.repeat(num_return_sequences, 1)
+    if on_text is not None:
+        kwargs["streamer"] = _CallbackStreamer(tok, on_text)
+    if seed is not None:
+        torch.manual_seed(seed)
+    started = time.monotonic()
+    with torch.inference_mode():
+        out = loaded.model.generate(input_ids, **kwargs)
+    seconds = time.monotonic() - started
+    new_ids = [row[input_ids.shape[1]:].tolist() for row in out]
+    return Generation(
+        prompt_tokens=int(input_ids.shape[1]),
+        new_token_ids=new_ids,
+        texts=[tok.decode(ids, skip_special_tokens=True) for ids in new_ids],
+        seconds=seconds,
+    )

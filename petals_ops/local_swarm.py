@@ -1,0 +1,327 @@
+"""A private Petals swarm on 127.0.0.1: a bootstrap DHT and CPU servers holding a (tiny) BLOOM.
+
+It is a real swarm (the same petals code a GPU server runs), only small: everything in petals-ops runs
+and is tested against it on a machine with no GPU and no internet. Its state (pids, process groups,
+ports, peers, logs, model) lives in a run directory, written atomically after every process start, so
+``status`` and ``down`` work from another shell and even after ``up`` crashed half-way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from petals_ops import procs
+from petals_ops.errors import InputError, OpsError
+from petals_ops.fsutil import read_json, tail_lines, write_json_atomic
+from petals_ops.models import ModelRef, resolve_model
+
+STATE_FILE = "state.json"
+PEERS_RE = re.compile(r"--initial_peers (/\S+)")
+LOOPBACK = "127.0.0.1"
+
+# Server settings for a CPU swarm of a tiny model. Short update/expiration so a killed server's record
+# leaves the DHT in well under a minute; big KV-cache budgets so benchmarks can batch many paths.
+SERVER_DEFAULTS = {
+    "update_period": 10,
+    "expiration": 30,
+    "inference_max_length": 8192,
+    "attn_cache_tokens": 65536,
+    "num_handlers": 2,
+}
+
+
+def default_run_dir() -> Path:
+    """$PETALS_OPS_SWARM_DIR, else $PETALS_OPS_HOME/swarm, else ~/.petals-ops/swarm."""
+    if os.environ.get("PETALS_OPS_SWARM_DIR"):
+        return Path(os.environ["PETALS_OPS_SWARM_DIR"])
+    home = Path(os.environ.get("PETALS_OPS_HOME", Path.home() / ".petals-ops"))
+    return home / "swarm"
+
+
+@dataclass
+class SwarmProcess:
+    name: str
+    role: str  # "dht" or "server"
+    pid: int
+    pgid: int
+    log: str
+    blocks: str | None = None  # "start:end" for servers
+
+    def alive(self) -> bool:
+        return procs.pid_alive(self.pid)
+
+
+@dataclass
+class LocalSwarm:
+    run_dir: str
+    model_dir: str
+    dht_prefix: str
+    num_blocks: int
+    dht_port: int
+    initial_peers: list[str] = field(default_factory=list)
+    processes: list[SwarmProcess] = field(default_factory=list)
+    started_at: float = 0.0
+    ready_seconds: float | None = None
+
+    @property
+    def model(self) -> ModelRef:
+        return resolve_model(self.model_dir)
+
+    @property
+    def servers(self) -> list[SwarmProcess]:
+        return [p for p in self.processes if p.role == "server"]
+
+    def process(self, name: str) -> SwarmProcess:
+        for p in self.processes:
+            if p.name == name:
+                return p
+        raise InputError(f"the local swarm has no process named {name}", fix=f"use one of {[p.name for p in self.processes]}")
+
+    def any_alive(self) -> bool:
+        return any(p.alive() or procs.group_members(p.pgid) for p in self.processes)
+
+    def save(self) -> None:
+        write_json_atomic(Path(self.run_dir) / STATE_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "LocalSwarm | None":
+        path = Path(run_dir) / STATE_FILE
+        if not path.is_file():
+            return None
+        data = read_json(path)
+        data["processes"] = [SwarmProcess(**p) for p in data.get("processes", [])]
+        return cls(**data)
+
+
+def plan_block_ranges(num_blocks: int, servers: int, replicas: int = 1) -> list[tuple[int, int]]:
+    """Split ``num_blocks`` into ``servers`` contiguous ranges (sizes differ by at most one), ``replicas`` times."""
+    if servers < 1:
+        raise InputError(f"--servers {servers} must be at least 1", fix="use --servers 2")
+    if servers > num_blocks:
+        raise InputError(
+            f"--servers {servers} is more than the model's {num_blocks} blocks", fix=f"use --servers {num_blocks} or fewer"
+        )
+    if replicas < 1:
+        raise InputError(f"--replicas {replicas} must be at least 1", fix="use --replicas 1")
+    base, extra = divmod(num_blocks, servers)
+    ranges, start = [], 0
+    for i in range(servers):
+        end = start + base + (1 if i < extra else 0)
+        ranges.append((start, end))
+        start = end
+    return ranges * replicas
+
+
+def check_port_free(port: int) -> int:
+    """Bind 127.0.0.1:``port`` to prove it is free (0 picks a free one); return the port."""
+    if not 0 <= port <= 65535:
+        raise InputError(f"--dht-port {port} is not a TCP port", fix="use 0..65535 (0 picks a free port)")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError as e:
+            raise InputError(
+                f"--dht-port {port} on {LOOPBACK} is busy ({e.strerror})",
+                fix="choose another port, or --dht-port 0 for a free one",
+            ) from e
+        return s.getsockname()[1]
+
+
+def _python_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "petals_ops.serve", *args]
+
+
+def server_command(model: ModelRef, initial_peers: list[str], blocks: tuple[int, int], identity: Path) -> list[str]:
+    """The run_server command line of one CPU server of the local swarm."""
+    cmd = _python_cmd(
+        "server", model.path, "--dht_prefix", model.dht_prefix,
+        "--initial_peers", *initial_peers,
+        "--device", "cpu", "--torch_dtype", "float32",
+        "--block_indices", f"{blocks[0]}:{blocks[1]}",
+        "--host_maddrs", f"/ip4/{LOOPBACK}/tcp/0",
+        "--throughput", "1.0",  # a fixed figure skips petals' slow throughput benchmark
+        "--identity_path", str(identity),
+    )
+    for option, value in SERVER_DEFAULTS.items():
+        cmd += [f"--{option}", str(value)]
+    return cmd
+
+
+def _wait_for_peers(proc: SwarmProcess, timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in tail_lines(proc.log, 200):
+            m = PEERS_RE.search(line)
+            if m:
+                return [m.group(1)]
+        if not proc.alive():
+            break
+        time.sleep(0.2)
+    raise OpsError(
+        f"the bootstrap DHT did not start (log {proc.log}: {' | '.join(tail_lines(proc.log, 3))})",
+        fix="read the log; 'petals-ops swarm local down' cleans up",
+    )
+
+
+def _running_swarm(run_dir: Path) -> LocalSwarm | None:
+    swarm = LocalSwarm.load(run_dir)
+    return swarm if swarm is not None and swarm.any_alive() else None
+
+
+ProgressFn = Callable[[int, int, float], None]
+
+
+def up(
+    run_dir: str | Path | None = None,
+    *,
+    servers: int = 2,
+    replicas: int = 1,
+    model_dir: str | Path | None = None,
+    dht_port: int = 0,
+    timeout: float = 300.0,
+    on_progress: ProgressFn | None = None,
+) -> LocalSwarm:
+    """Start a DHT and ``servers`` x ``replicas`` CPU servers; return once every server is ONLINE.
+
+    On any failure the processes already started are stopped, so a failed ``up`` leaves nothing behind.
+    """
+    run_dir = Path(run_dir or default_run_dir()).resolve()
+    running = _running_swarm(run_dir)
+    if running is not None:
+        raise InputError(
+            f"a local swarm is already running in {run_dir} (initial peers {' '.join(running.initial_peers)})",
+            fix="use it, or stop it first with 'petals-ops swarm local down'",
+        )
+    if model_dir is None:
+        model_path = run_dir / "model"
+        if not (model_path / "config.json").is_file():
+            from petals_ops.tiny_model import make_tiny_bloom
+
+            import shutil
+
+            shutil.rmtree(model_path, ignore_errors=True)
+            make_tiny_bloom(model_path)
+    else:
+        model_path = Path(model_dir)
+    model = resolve_model(str(model_path))
+    ranges = plan_block_ranges(model.num_blocks, servers, replicas)
+    port = check_port_free(dht_port)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
+    logs = run_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    for old in logs.glob("*.log"):
+        old.unlink()
+    swarm = LocalSwarm(
+        run_dir=str(run_dir), model_dir=model.path, dht_prefix=model.dht_prefix,
+        num_blocks=model.num_blocks, dht_port=port, started_at=time.time(),
+    )
+    try:
+        _start(swarm, ranges, run_dir, timeout, on_progress)
+    except BaseException:
+        stop(swarm)
+        raise
+    return swarm
+
+
+def _launch(swarm: LocalSwarm, name: str, role: str, cmd: list[str], blocks: str | None = None) -> SwarmProcess:
+    log = Path(swarm.run_dir) / "logs" / f"{name}.log"
+    popen = procs.spawn(cmd, log_path=log, cwd=swarm.run_dir)  # cwd: petals auto-loads ./config.yml
+    proc = SwarmProcess(name=name, role=role, pid=popen.pid, pgid=popen.pid, log=str(log), blocks=blocks)
+    swarm.processes.append(proc)
+    swarm.save()
+    return proc
+
+
+def _start(swarm: LocalSwarm, ranges, run_dir: Path, timeout: float, on_progress: ProgressFn | None) -> None:
+    started = time.monotonic()
+    dht = _launch(
+        swarm, "dht", "dht",
+        _python_cmd("dht", "--host_maddrs", f"/ip4/{LOOPBACK}/tcp/{swarm.dht_port}",
+                    "--identity_path", str(run_dir / "dht.id")),
+    )
+    swarm.initial_peers = _wait_for_peers(dht, timeout=60)
+    swarm.save()
+    model = swarm.model
+    for i, blocks in enumerate(ranges):
+        _launch(
+            swarm, f"server-{i}", "server",
+            server_command(model, swarm.initial_peers, blocks, run_dir / f"server-{i}.id"),
+            blocks=f"{blocks[0]}:{blocks[1]}",
+        )
+    wait_until_served(swarm, len(ranges), timeout=timeout - (time.monotonic() - started), on_progress=on_progress)
+    swarm.ready_seconds = round(time.monotonic() - started, 2)
+    swarm.save()
+
+
+def wait_until_served(swarm: LocalSwarm, expected_servers: int, *, timeout: float, on_progress: ProgressFn | None = None):
+    """Poll the DHT until ``expected_servers`` are ONLINE and every block is covered; fail fast if one dies."""
+    from petals_ops.swarm_health import SwarmProbe
+
+    deadline = time.monotonic() + timeout
+    with SwarmProbe(swarm.initial_peers, swarm.model) as probe:
+        while True:
+            snap = probe.snapshot()
+            online = snap.servers_by_state()["ONLINE"]
+            if on_progress:
+                on_progress(swarm.num_blocks - len(snap.uncovered_blocks), swarm.num_blocks, time.monotonic())
+            if snap.fully_served and online >= expected_servers:
+                return snap
+            dead = [p for p in swarm.processes if not p.alive()]
+            if dead:
+                p = dead[0]
+                raise OpsError(
+                    f"{p.name} of the local swarm exited during start-up ({' | '.join(tail_lines(p.log, 3))})",
+                    fix=f"read {p.log}",
+                )
+            if time.monotonic() > deadline:
+                raise OpsError(
+                    f"the local swarm was not fully served after {timeout:.0f} s (blocks without an ONLINE server: "
+                    f"{snap.uncovered_blocks}, {online}/{expected_servers} servers ONLINE)",
+                    fix=f"read the logs in {swarm.run_dir}/logs or raise --timeout",
+                )
+            time.sleep(1.0)
+
+
+def stop(swarm: LocalSwarm, names: list[str] | None = None) -> list[str]:
+    """Stop the process groups (servers first, DHT last); return the names stopped. Updates the state."""
+    chosen = [p for p in swarm.processes if names is None or p.name in names]
+    chosen.sort(key=lambda p: p.role == "dht")
+    left = []
+    for p in chosen:
+        if not procs.stop_group(p.pgid):
+            left.append(p.name)
+    if left:
+        raise OpsError(f"processes of {left} survived SIGKILL", fix="check 'ps -eo pid,pgid,cmd' and kill them")
+    return [p.name for p in chosen]
+
+
+def down(run_dir: str | Path | None = None) -> LocalSwarm | None:
+    """Stop every process of the local swarm in ``run_dir`` (p2pd daemons included). None if there was none."""
+    run_dir = Path(run_dir or default_run_dir())
+    swarm = LocalSwarm.load(run_dir)
+    if swarm is None:
+        return None
+    stop(swarm)
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
+    return swarm
+
+
+def load_running(run_dir: str | Path | None = None) -> LocalSwarm:
+    """The local swarm in ``run_dir``; a clear error if none is running there."""
+    run_dir = Path(run_dir or default_run_dir())
+    swarm = LocalSwarm.load(run_dir)
+    if swarm is None or not swarm.any_alive():
+        raise OpsError(
+            f"no local swarm is running in {run_dir}",
+            fix="start one with 'petals-ops swarm local up', or pass --initial-peers and --model",
+        )
+    return swarm

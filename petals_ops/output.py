@@ -1,0 +1,39 @@
+"""Output conventions: JSON to stdout for machines, tables for people, progress and logs to stderr."""
+
+import json
+import sys
+from typing import Any, Iterable, Sequence
+
+import click
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
+    """Print a table to stdout with rich (imported here so --help stays fast)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for h in headers:
+        table.add_column(str(h))
+    for row in rows:
+        table.add_row(*["" if v is None else str(v) for v in row])
+    Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+def info(message: str) -> None:
+    """A progress or status line for people, on stderr so stdout stays machine-readable."""
+    click.echo(message, err=True)
+
+
+OUTPUT_OPTION = click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="table for people, json (on stdout) for scripts.",
+)

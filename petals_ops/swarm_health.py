@@ -1,0 +1,245 @@
+"""Swarm health: one DHT walk turned into a :class:`SwarmSnapshot` of plain dataclasses.
+
+This is the only place that reads server records from the DHT. ``swarm status`` prints a snapshot,
+``up`` waits on one, the exporter serves the latest one and the bench records which servers served.
+The dataclasses import nothing heavy; :class:`SwarmProbe` imports petals (through the door) when used.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from petals_ops.errors import OpsError
+from petals_ops.models import ModelRef
+
+STATES = ("OFFLINE", "JOINING", "ONLINE")
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """What one server announces about itself (the same record for each block it holds)."""
+
+    peer_id: str
+    state: str
+    start_block: int
+    end_block: int
+    throughput: float
+    cache_tokens_left: int | None = None
+    version: str | None = None
+    torch_dtype: str | None = None
+    quant_type: str | None = None
+    public_name: str | None = None
+    using_relay: bool | None = None
+    inference_rps: float | None = None
+    forward_rps: float | None = None
+    network_rps: float | None = None
+
+    @property
+    def num_blocks(self) -> int:
+        return self.end_block - self.start_block
+
+
+@dataclass(frozen=True)
+class BlockHealth:
+    index: int
+    uid: str
+    servers: dict[str, str]  # peer id -> state
+
+    @property
+    def online(self) -> int:
+        return sum(state == "ONLINE" for state in self.servers.values())
+
+
+@dataclass(frozen=True)
+class SwarmSnapshot:
+    model: str
+    dht_prefix: str
+    num_blocks: int
+    taken_at: float
+    walk_seconds: float
+    blocks: list[BlockHealth]
+    servers: list[ServerRecord] = field(default_factory=list)
+
+    @property
+    def online_per_block(self) -> list[int]:
+        return [b.online for b in self.blocks]
+
+    @property
+    def uncovered_blocks(self) -> list[int]:
+        """Blocks with no ONLINE server: any one of them breaks every forward pass."""
+        return [b.index for b in self.blocks if b.online == 0]
+
+    @property
+    def min_online(self) -> int:
+        return min(self.online_per_block, default=0)
+
+    @property
+    def mean_online(self) -> float:
+        return statistics.fmean(self.online_per_block) if self.blocks else 0.0
+
+    @property
+    def fully_served(self) -> bool:
+        return bool(self.blocks) and not self.uncovered_blocks
+
+    def servers_by_state(self) -> dict[str, int]:
+        counts = {state: 0 for state in STATES}
+        for server in self.servers:
+            counts[server.state] = counts.get(server.state, 0) + 1
+        return counts
+
+    def server(self, peer_id: str) -> ServerRecord | None:
+        return next((s for s in self.servers if s.peer_id == peer_id), None)
+
+    def coverage(self) -> dict[str, Any]:
+        return {
+            "blocks_total": self.num_blocks,
+            "uncovered_blocks": self.uncovered_blocks,
+            "min_online_servers_per_block": self.min_online,
+            "mean_online_servers_per_block": round(self.mean_online, 3),
+            "fully_served": self.fully_served,
+            "servers_by_state": self.servers_by_state(),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["coverage"] = self.coverage()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SwarmSnapshot":
+        return cls(
+            model=data["model"],
+            dht_prefix=data["dht_prefix"],
+            num_blocks=data["num_blocks"],
+            taken_at=data["taken_at"],
+            walk_seconds=data["walk_seconds"],
+            blocks=[BlockHealth(**b) for b in data["blocks"]],
+            servers=[ServerRecord(**s) for s in data["servers"]],
+        )
+
+
+def format_block_ranges(blocks: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> '0:3, 5:6' (Petals' half-open block ranges)."""
+    ranges, start, prev = [], None, None
+    for b in sorted(blocks):
+        if start is None:
+            start = prev = b
+        elif b == prev + 1:
+            prev = b
+        else:
+            ranges.append(f"{start}:{prev + 1}")
+            start = prev = b
+    if start is not None:
+        ranges.append(f"{start}:{prev + 1}")
+    return ", ".join(ranges)
+
+
+def build_snapshot(model: ModelRef, infos: Sequence[Any], *, taken_at: float, walk_seconds: float) -> SwarmSnapshot:
+    """Turn petals' ``RemoteModuleInfo`` list (one per block) into a snapshot. Pure: no DHT access."""
+    blocks, servers = [], {}
+    for index, info in enumerate(infos):
+        states = {}
+        for peer, server_info in info.servers.items():
+            peer_id = str(peer.to_base58() if hasattr(peer, "to_base58") else peer)
+            state = server_info.state.name
+            states[peer_id] = state
+            if peer_id not in servers:
+                servers[peer_id] = ServerRecord(
+                    peer_id=peer_id,
+                    state=state,
+                    start_block=server_info.start_block if server_info.start_block is not None else index,
+                    end_block=server_info.end_block if server_info.end_block is not None else index + 1,
+                    throughput=float(server_info.throughput),
+                    cache_tokens_left=server_info.cache_tokens_left,
+                    version=server_info.version,
+                    torch_dtype=server_info.torch_dtype,
+                    quant_type=server_info.quant_type,
+                    public_name=server_info.public_name,
+                    using_relay=server_info.using_relay,
+                    inference_rps=server_info.inference_rps,
+                    forward_rps=server_info.forward_rps,
+                    network_rps=server_info.network_rps,
+                )
+        blocks.append(BlockHealth(index=index, uid=info.uid, servers=states))
+    return SwarmSnapshot(
+        model=model.name,
+        dht_prefix=model.dht_prefix,
+        num_blocks=len(blocks),
+        taken_at=taken_at,
+        walk_seconds=walk_seconds,
+        blocks=blocks,
+        servers=sorted(servers.values(), key=lambda s: (s.start_block, s.peer_id)),
+    )
+
+
+class SwarmProbe:
+    """A client-mode DHT node that takes snapshots of one model; reuse it (starting one costs ~1 s)."""
+
+    def __init__(self, initial_peers: Sequence[str], model: ModelRef, *, startup_timeout: float = 30.0):
+        if not initial_peers:
+            raise OpsError("no initial peers given", fix="pass --initial-peers /ip4/.../p2p/... or start the local swarm")
+        self.initial_peers = list(initial_peers)
+        self.model = model
+        self.startup_timeout = startup_timeout
+        self._dht = None
+
+    def start(self) -> "SwarmProbe":
+        from petals_ops import petals_door as door
+
+        try:
+            self._dht = door.DHT(
+                initial_peers=self.initial_peers, client_mode=True, start=True, startup_timeout=self.startup_timeout
+            )
+        except Exception as e:  # hivemind raises P2PDaemonError and friends; the cause is the user's address
+            reason = " ".join(str(e).split())[-200:]
+            raise OpsError(
+                f"cannot reach the swarm at initial peers {' '.join(self.initial_peers)} ({reason})",
+                fix="check the multiaddrs (/ip4/HOST/tcp/PORT/p2p/PEER_ID) and that the DHT is up",
+            ) from e
+        return self
+
+    def __enter__(self) -> "SwarmProbe":
+        return self.start() if self._dht is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._dht is not None:
+            self._dht.shutdown()
+            self._dht = None
+
+    def _num_blocks_from_dht(self) -> int | None:
+        entry = self._dht.get("_petals.models", latest=True)
+        if entry is None or not isinstance(entry.value, dict):
+            return None
+        record = entry.value.get(self.model.dht_prefix)
+        value = getattr(record, "value", None)
+        return value.get("num_blocks") if isinstance(value, dict) else None
+
+    def snapshot(self) -> SwarmSnapshot:
+        from petals_ops import petals_door as door
+
+        if self._dht is None:
+            self.start()
+        model = self.model
+        if model.num_blocks is None:
+            num_blocks = self._num_blocks_from_dht()
+            if num_blocks is None:
+                raise OpsError(
+                    f"the swarm announces no model with DHT prefix {model.dht_prefix}",
+                    fix="check --model (or --dht-prefix), or pass --num-blocks",
+                )
+            model = self.model = ModelRef(**{**asdict(model), "num_blocks": num_blocks})
+        started = time.monotonic()
+        infos = door.get_remote_module_infos(self._dht, model.block_uids(), latest=True)
+        return build_snapshot(model, infos, taken_at=time.time(), walk_seconds=time.monotonic() - started)
+
+
+def take_snapshot(initial_peers: Sequence[str], model: ModelRef) -> SwarmSnapshot:
+    """One snapshot with a short-lived DHT node (for commands; long-running code keeps a SwarmProbe)."""
+    with SwarmProbe(initial_peers, model) as probe:
+        return probe.snapshot()

@@ -1,0 +1,50 @@
+"""Which swarm a command talks to: explicit ``--initial-peers``/``--model``, else the local swarm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from petals_ops.errors import InputError
+from petals_ops.models import ModelRef, resolve_model
+
+
+@dataclass(frozen=True)
+class SwarmTarget:
+    initial_peers: list[str]
+    model: ModelRef
+    local_run_dir: str | None = None  # set when the target is a local swarm
+
+
+def split_peers(values: Sequence[str]) -> list[str]:
+    """Accept peers repeated, space- or comma-separated (as printed by 'swarm local up')."""
+    peers = [p for v in values for p in v.replace(",", " ").split()]
+    for p in peers:
+        if not p.startswith("/") or "/p2p/" not in p:
+            raise InputError(
+                f"--initial-peers {p} is not a multiaddr with a peer id",
+                fix="use the form /ip4/HOST/tcp/PORT/p2p/PEER_ID",
+            )
+    return peers
+
+
+def resolve_target(
+    initial_peers: Sequence[str] = (),
+    model: str | None = None,
+    *,
+    dht_prefix: str | None = None,
+    num_blocks: int | None = None,
+    run_dir: str | Path | None = None,
+) -> SwarmTarget:
+    """Explicit peers win; without them the local swarm in ``run_dir`` supplies peers and model."""
+    peers = split_peers(initial_peers)
+    if peers:
+        if not model:
+            raise InputError("--initial-peers was given without --model", fix="pass --model NAME_OR_DIR too")
+        return SwarmTarget(peers, resolve_model(model, dht_prefix=dht_prefix, num_blocks=num_blocks))
+    from petals_ops.local_swarm import load_running
+
+    swarm = load_running(run_dir)
+    ref = resolve_model(model or swarm.model_dir, dht_prefix=dht_prefix, num_blocks=num_blocks)
+    return SwarmTarget(swarm.initial_peers, ref, swarm.run_dir)

@@ -1,0 +1,78 @@
+"""Session-wide real processes shared by the whole suite (CI has 2 cores: start each thing once).
+
+- ``tiny_model_dir``: one tiny BLOOM made offline for every swarm of the session.
+- ``local_swarm``: one real local swarm (bootstrap DHT + 2 CPU servers). Tests must not damage it;
+  a test that stops servers starts its own swarm with ``swarm_factory``.
+- ``run_cli``: runs the real ``petals-ops`` command in a subprocess, as an operator would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def cli_env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env.pop("PETALS_OPS_SWARM_DIR", None)
+    env.update(extra)
+    return env
+
+
+def _run_cli(*args: str, timeout: float = 300, env: dict | None = None, input: str | None = None):
+    """Run ``petals-ops ARGS`` (the installed entry point of this interpreter) and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "petals_ops.cli.main", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, env=env or cli_env(), input=input,
+    )
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    return _run_cli
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from petals_ops.tiny_model import make_tiny_bloom
+
+    return make_tiny_bloom(tmp_path_factory.mktemp("models") / "tiny-bloom")
+
+
+@pytest.fixture(scope="session")
+def swarm_factory(tmp_path_factory, tiny_model_dir):
+    """Start extra local swarms (``servers``, ``replicas``); all are stopped at the end of the session."""
+    from petals_ops import local_swarm
+
+    started = []
+
+    def start(servers: int = 2, replicas: int = 1):
+        run_dir = tmp_path_factory.mktemp("swarm")
+        swarm = local_swarm.up(run_dir, servers=servers, replicas=replicas, model_dir=tiny_model_dir, timeout=240)
+        started.append(run_dir)
+        return swarm
+
+    yield start
+    for run_dir in started:
+        local_swarm.down(run_dir)
+
+
+@pytest.fixture(scope="session")
+def local_swarm(swarm_factory):
+    """The session's shared, healthy local swarm (2 servers, blocks 0:2 and 2:4). Do not stop its servers."""
+    return swarm_factory()
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir() -> Path:
+    path = SHARED / "gsm8k"
+    if not (path / "test.jsonl").is_file():
+        pytest.fail(f"GSM8K data missing at {path}: the suite expects ../shared beside the checkout")
+    return path

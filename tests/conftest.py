@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures of the other real parts live in their own modules (one per concern).
+pytest_plugins: list[str] = []
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 

@@ -51,10 +51,11 @@ def cli(ctx, debug):
 
 def _register() -> None:
     """Attach every command group (one module per concern; each keeps heavy imports inside functions)."""
-    from petals_ops.cli import generate_cmd, model_cmds, swarm_cmds
+    from petals_ops.cli import demo_cmd, generate_cmd, model_cmds, swarm_cmds
 
-    for command in (model_cmds.model, swarm_cmds.swarm, generate_cmd.generate):
+    for command in (model_cmds.model, swarm_cmds.swarm, generate_cmd.generate, demo_cmd.demo):
         cli.add_command(command)
+    # Later groups register here, one line each: bench, fleet, exporter.
 
 
 _register()

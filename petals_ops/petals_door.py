@@ -69,6 +69,63 @@ def close_client(model) -> None:
     manager.dht.shutdown()
 HIVEMIND_VERSION = hivemind.__version__
 
+
+def new_identity() -> tuple[bytes, str]:
+    """A fresh libp2p private key (the bytes ``--identity_path`` expects) and its base58 PeerID (for the fleet)."""
+    import tempfile
+
+    from hivemind.p2p import P2P
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "identity.key")
+        P2P.generate_identity(path)
+        with open(path, "rb") as f:
+            data = f.read()
+    return data, peer_id_of_identity(data)
+
+
+def peer_id_of_identity(data: bytes) -> str:
+    """The base58 PeerID a server started with ``--identity_path`` holding ``data`` will have."""
+    return PeerID.from_identity(data).to_base58()
+
+
+def block_memory(model_path_or_config: "str | dict", *, torch_dtype: str = "auto", quant_type: str = "none",
+                 attn_cache_tokens: int | None = None) -> dict:
+    """Petals' own accounting (``Server._choose_num_blocks``) of GPU memory per block, for ``plan``.
+
+    ``model_path_or_config``: a local checkpoint directory or a dict of BloomConfig fields (hidden_size,
+    n_layer, n_head, vocab_size). Returns block bytes, attention-cache bytes per block, the autograd
+    reserve and the cache tokens used.
+    """
+    import torch
+    from petals.models.bloom.config import DistributedBloomConfig
+    from petals.server.block_utils import get_block_size, resolve_block_dtype
+    from petals.utils.convert_block import QuantType
+    from petals.utils.misc import get_size_in_bytes
+
+    if isinstance(model_path_or_config, dict):
+        config = DistributedBloomConfig(**model_path_or_config)
+    else:
+        from petals import AutoDistributedConfig
+
+        config = AutoDistributedConfig.from_pretrained(model_path_or_config)
+    dtypes = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    dtype = resolve_block_dtype(config, dtypes[torch_dtype or "auto"])
+    quant = QuantType[(quant_type or "none").upper()]
+    block = get_block_size(config, "memory", dtype=dtype, quant_type=quant)
+    is_mqa = config.num_key_value_groups > 1
+    tokens = attn_cache_tokens or (16384 if is_mqa else 4096)
+    cache = 2 * config.hidden_size * tokens // config.num_key_value_groups * get_size_in_bytes(dtype)
+    autograd = 2 * 1024**3 / 14336 * config.hidden_size
+    return {"block_bytes": int(block), "cache_bytes_per_block": int(cache), "autograd_bytes": int(autograd),
+            "attn_cache_tokens": tokens, "num_blocks": config.num_hidden_layers, "torch_dtype": str(dtype).replace("torch.", "")}
+
+
+def peer_id_from_identity(path) -> str:
+    """The base58 peer id a process started with ``--identity_path PATH`` announces (no network)."""
+    with open(path, "rb") as f:
+        return PeerID.from_identity(f.read()).to_base58()
+
 __all__ = [
     "AutoDistributedModelForCausalLM",
     "DHT",
@@ -79,8 +136,12 @@ __all__ = [
     "RemoteExpertWorker",
     "ServerInfo",
     "ServerState",
+    "block_memory",
     "close_client",
     "get_remote_module_infos",
+    "peer_id_from_identity",
     "hivemind",
+    "new_identity",
+    "peer_id_of_identity",
     "petals",
 ]

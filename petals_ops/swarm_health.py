@@ -175,8 +175,18 @@ def build_snapshot(model: ModelRef, infos: Sequence[Any], *, taken_at: float, wa
     )
 
 
+async def _count_connected_peers(dht, node) -> int:
+    """Runs inside the DHT process (module-level so hivemind can pickle it): peers p2pd is connected to."""
+    return len(await node.p2p.list_peers())
+
+
 class SwarmProbe:
-    """A client-mode DHT node that takes snapshots of one model; reuse it (starting one costs ~1 s)."""
+    """A client-mode DHT node that takes snapshots of one model; reuse it (starting one costs ~1 s).
+
+    A walk through a DHT node that lost every peer returns no records rather than an error, so it reads
+    as "no servers". Long-running callers (the exporter) pass ``require_peers=True`` to
+    :meth:`snapshot` to get an :class:`OpsError` instead.
+    """
 
     def __init__(self, initial_peers: Sequence[str], model: ModelRef, *, startup_timeout: float = 30.0):
         if not initial_peers:
@@ -212,28 +222,46 @@ class SwarmProbe:
             self._dht.shutdown()
             self._dht = None
 
-    def _num_blocks_from_dht(self) -> int | None:
+    def _num_blocks_from_dht(self, dht_prefix: str | None = None) -> int | None:
         entry = self._dht.get("_petals.models", latest=True)
         if entry is None or not isinstance(entry.value, dict):
             return None
-        record = entry.value.get(self.model.dht_prefix)
+        record = entry.value.get(dht_prefix or self.model.dht_prefix)
         value = getattr(record, "value", None)
         return value.get("num_blocks") if isinstance(value, dict) else None
 
-    def snapshot(self) -> SwarmSnapshot:
+    def connected_peers(self) -> int:
+        """How many peers this probe's DHT node is connected to right now (0: the swarm is unreachable)."""
+        if self._dht is None:
+            self.start()
+        return self._dht.run_coroutine(_count_connected_peers)
+
+    def snapshot(self, model: ModelRef | None = None, *, require_peers: bool = False) -> SwarmSnapshot:
+        """Walk the DHT for ``model`` (default: the probe's own) through this probe's DHT node.
+
+        ``require_peers``: raise :class:`OpsError` when the node has no peer left (instead of an empty walk).
+        """
         from petals_ops import petals_door as door
 
         if self._dht is None:
             self.start()
-        model = self.model
+        own = model is None
+        model = self.model if own else model
+        if require_peers and self.connected_peers() == 0:
+            raise OpsError(
+                f"lost the swarm: no DHT peer reachable (initial peers {' '.join(self.initial_peers)})",
+                fix="check that the swarm's DHT is up and reachable from here",
+            )
         if model.num_blocks is None:
-            num_blocks = self._num_blocks_from_dht()
+            num_blocks = self._num_blocks_from_dht(model.dht_prefix)
             if num_blocks is None:
                 raise OpsError(
                     f"the swarm announces no model with DHT prefix {model.dht_prefix}",
                     fix="check --model (or --dht-prefix), or pass --num-blocks",
                 )
-            model = self.model = ModelRef(**{**asdict(model), "num_blocks": num_blocks})
+            model = ModelRef(**{**asdict(model), "num_blocks": num_blocks})
+            if own:
+                self.model = model
         started = time.monotonic()
         infos = door.get_remote_module_infos(self._dht, model.block_uids(), latest=True)
         return build_snapshot(model, infos, taken_at=time.time(), walk_seconds=time.monotonic() - started)

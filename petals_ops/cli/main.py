@@ -56,6 +56,9 @@ def _register() -> None:
     for command in (model_cmds.model, swarm_cmds.swarm, generate_cmd.generate, demo_cmd.demo):
         cli.add_command(command)
     # Later groups register here, one line each: bench, fleet, exporter.
+    from petals_ops.cli.exporter_cmd import exporter; cli.add_command(exporter)  # noqa: E702
+    from petals_ops.cli.bench_cmds import bench; cli.add_command(bench)  # noqa: E702
+    from petals_ops.cli.fleet_cmds import COMMANDS as fleet; [cli.add_command(c) for c in fleet]  # noqa: E702
 
 
 _register()

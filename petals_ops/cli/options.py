@@ -5,16 +5,23 @@ import click
 from petals_ops.local_swarm import default_run_dir
 
 
-def swarm_target_options(func):
-    """--initial-peers/--model/--dht-prefix/--num-blocks/--swarm-dir; the local swarm when none is given."""
+def swarm_target_options(func=None, *, multiple_models: bool = False):
+    """--initial-peers/--model/--dht-prefix/--num-blocks/--swarm-dir; the local swarm when none is given.
+
+    ``@swarm_target_options(multiple_models=True)`` makes --model repeatable (a tuple, possibly empty).
+    """
+    if func is None:
+        return lambda f: swarm_target_options(f, multiple_models=multiple_models)
     options = [
         click.option(
             "--initial-peers", "initial_peers", multiple=True, envvar="PETALS_OPS_INITIAL_PEERS",
             help="Multiaddr(s) of the swarm's DHT (repeat or comma-separate). Default: the local swarm's.",
         ),
         click.option(
-            "--model", "model", envvar="PETALS_OPS_MODEL",
-            help="Hub name (bigscience/bloom) or model directory. Default: the local swarm's model.",
+            "--model", "model", envvar="PETALS_OPS_MODEL", multiple=multiple_models,
+            help="Hub name (bigscience/bloom) or model directory"
+            + (" (repeat for several models)" if multiple_models else "")
+            + ". Default: the local swarm's model.",
         ),
         click.option("--dht-prefix", help="Override the DHT prefix the blocks are announced under."),
         click.option("--num-blocks", type=click.IntRange(min=1), help="Number of blocks, if the swarm does not say."),

@@ -1,0 +1,70 @@
+"""Few-shot prompt sets: ``Q: ...\\nA: ... The answer is N.`` blocks joined by a blank line.
+
+A prompt file is either the plain prompt (leading ``#`` comment lines are ignored) or any text with the
+prompt between the lines ``-----BEGIN PROMPT-----`` and ``-----END PROMPT-----`` (the layout of the
+published sets in ../shared/prompts). The question under test is appended as ``\\n\\nQ: {question}\\nA:``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from petals_ops.bench.data import EXPERIMENTS_DIR
+from petals_ops.errors import InputError
+
+PROMPTS_DIR = EXPERIMENTS_DIR / "prompts"
+DEFAULT_PROMPT = PROMPTS_DIR / "gsm8k_cot_8shot_petals_ops.txt"
+BEGIN, END = "-----BEGIN PROMPT-----", "-----END PROMPT-----"
+BLOCK_RE = re.compile(r"Q: \S.*\nA: \S.*The answer is -?\$?[\d,]*\d(?:\.\d+)?\.", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    path: str
+    prefix: str
+    exemplars: int
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.prefix.encode()).hexdigest()
+
+    @property
+    def prompt_id(self) -> str:
+        return f"{self.name}@{self.sha256[:12]}"
+
+    def render(self, question: str) -> str:
+        return f"{self.prefix}\n\nQ: {question}\nA:"
+
+
+def parse_prompt_text(text: str, where: str) -> str:
+    if BEGIN in text:
+        if END not in text:
+            raise InputError(f"{where} has {BEGIN} but no {END}", fix="close the prompt with the END line")
+        text = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    else:
+        lines = text.splitlines()
+        while lines and (lines[0].startswith("#") or not lines[0].strip()):
+            lines.pop(0)
+        text = "\n".join(lines)
+    return text.strip("\n").rstrip()
+
+
+def load_prompt_file(path: str | Path | None = None) -> PromptSet:
+    path = Path(path or DEFAULT_PROMPT).expanduser()
+    if not path.is_file():
+        raise InputError(f"--prompt-file {path} does not exist", fix=f"pass a file like {DEFAULT_PROMPT}")
+    prefix = parse_prompt_text(path.read_text(encoding="utf-8"), str(path))
+    blocks = prefix.split("\n\n") if prefix else []
+    if not blocks:
+        raise InputError(f"--prompt-file {path} holds no exemplars", fix="write 'Q: ...\\nA: ... The answer is N.' blocks")
+    for i, block in enumerate(blocks, start=1):
+        if not BLOCK_RE.fullmatch(block):
+            raise InputError(
+                f"--prompt-file {path}: exemplar {i} is not 'Q: ...\\nA: ... The answer is N.' ({block[:60]!r})",
+                fix="separate exemplars by one blank line; each ends with 'The answer is N.'",
+            )
+    return PromptSet(name=path.stem, path=str(path.resolve()), prefix=prefix, exemplars=len(blocks))

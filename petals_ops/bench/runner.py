@@ -1,0 +1,274 @@
+"""Run a GSM8K bench: questions in flight on worker threads, retries in fresh sessions, records at once.
+
+Reliability rules (issue 3): each attempt of a question runs in fresh inference sessions (mid-session
+recovery in petals is unreliable, petals#587); attempts are bounded (``retries``) with exponential
+backoff; each attempt has a deadline checked between tokens (and the client's ``request_timeout``
+bounds one network call); after the last attempt an error record is written, never a silent drop.
+Records are appended by the main thread only, as each question finishes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from petals_ops.bench.data import Dataset, Problem, load_dataset, select
+from petals_ops.bench.extraction import answers_equal, extract_answer
+from petals_ops.bench.methods import Cancelled, MethodConfig, max_batch_for_cache, plan_batches, run_batch
+from petals_ops.bench.prompts import PromptSet, load_prompt_file
+from petals_ops.bench.stats import plurality
+from petals_ops.bench.store import RunStore
+from petals_ops.errors import InputError, OpsError
+
+CONFIG_VERSION = 1
+
+
+@dataclass
+class ExecOptions:
+    """How to run (not part of the run's identity: may change between resumes)."""
+
+    concurrency: int = 1
+    retries: int = 2
+    timeout: float = 600.0
+    backoff: float = 1.0
+    batch_size: int | None = None  # None: as many paths per batch as the servers' cache allows
+
+    def validate(self) -> "ExecOptions":
+        if self.concurrency < 1:
+            raise InputError(f"--concurrency {self.concurrency} must be at least 1", fix="use --concurrency 1")
+        if self.retries < 0:
+            raise InputError(f"--retries {self.retries} must be >= 0", fix="use --retries 2")
+        if self.timeout <= 0:
+            raise InputError(f"--timeout {self.timeout} must be > 0 seconds", fix="use --timeout 600")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"--batch-size {self.batch_size} must be at least 1", fix="omit it for automatic batching")
+        return self
+
+
+@dataclass
+class Progress:
+    total: int
+    done: int = 0
+    scored: int = 0
+    correct: int = 0
+    errors: int = 0
+    tokens: int = 0  # generated in this invocation
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.scored if self.scored else None
+
+
+def make_config(model, prompt: PromptSet, cfg: MethodConfig, dataset: Dataset, selection: dict, problems: list[Problem]) -> dict:
+    """The identity of a run: what must match for a run dir to be resumed."""
+    return {
+        "version": CONFIG_VERSION,
+        "model": {"name": model.name, "dht_prefix": model.dht_prefix},
+        "prompt": {"id": prompt.prompt_id, "sha256": prompt.sha256, "exemplars": prompt.exemplars},
+        "method": cfg.to_dict(),
+        "data": {"source": dataset.source, "sha256": dataset.sha256, **selection, "n": len(problems)},
+    }
+
+
+def _backoff_wait(attempt: int, base: float, cancel: threading.Event) -> None:
+    if cancel.wait(min(30.0, base * 2 ** (attempt - 1))):
+        raise Cancelled()
+
+
+def solve(loaded, prompt: PromptSet, problem: Problem, cfg: MethodConfig, batch_size: int, opts: ExecOptions,
+          cancel: threading.Event) -> dict[str, Any]:
+    """One question, start to end: a success record or (after the last attempt) an error record."""
+    prompt_ids = loaded.tokenizer(prompt.render(problem.question), return_tensors="pt")["input_ids"]
+    base = {"id": problem.id, "line": problem.line, "question": problem.question, "gold": problem.gold,
+            "prompt_id": prompt.prompt_id, "method": cfg.method, "backend": loaded.backend,
+            "prompt_tokens": int(prompt_ids.shape[1])}
+    started = time.monotonic()
+    failures: list[str] = []
+    for attempt in range(1, opts.retries + 2):
+        deadline = time.monotonic() + opts.timeout
+        try:
+            paths, servers, batches = [], set(), []
+            for indices in plan_batches(cfg.paths, batch_size):
+                out = run_batch(loaded, prompt_ids, indices, cfg, problem.id, deadline=deadline, cancel=cancel)
+                paths += out.paths
+                servers.update(out.servers)
+                batches.append(len(indices))
+        except Cancelled:
+            raise
+        except Exception as e:  # a swarm failure, a timeout: retry the whole question in a fresh session
+            failures.append(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
+            if attempt <= opts.retries:
+                _backoff_wait(attempt, opts.backoff, cancel)
+            continue
+        scored = []
+        for p in paths:
+            answer, how = extract_answer(p.text)
+            scored.append({"i": p.index, "answer": answer, "how": how, "correct": answers_equal(answer, problem.gold),
+                           "finish": p.finish, "tokens": p.tokens, "text": p.text, "raw": p.raw})
+        vote = plurality([s["answer"] for s in scored])
+        return {**base, "paths": scored, "vote": vote, "correct": answers_equal(vote, problem.gold),
+                "tokens": sum(p.tokens for p in paths), "seconds": round(time.monotonic() - started, 3),
+                "attempts": attempt, "failures": failures, "servers": sorted(servers), "batches": batches,
+                "error": None, "finished_at": time.time()}
+    return {**base, "paths": [], "vote": None, "correct": False, "tokens": 0,
+            "seconds": round(time.monotonic() - started, 3), "attempts": opts.retries + 1, "failures": failures,
+            "servers": [], "batches": [], "error": failures[-1] if failures else "failed", "finished_at": time.time()}
+
+
+def execute(loaded, prompt: PromptSet, problems: list[Problem], cfg: MethodConfig, store: RunStore,
+            opts: ExecOptions, batch_size: int, progress: Progress,
+            on_record: Callable[[dict, Progress], None] | None = None) -> None:
+    """Solve ``problems`` with ``opts.concurrency`` in flight; append each record as it finishes."""
+    cancel = threading.Event()
+    pending = list(problems)
+    in_flight: dict[Future, Problem] = {}
+    pool = ThreadPoolExecutor(max_workers=opts.concurrency, thread_name_prefix="bench")
+    try:
+        while pending or in_flight:
+            while pending and len(in_flight) < opts.concurrency:
+                problem = pending.pop(0)
+                in_flight[pool.submit(solve, loaded, prompt, problem, cfg, batch_size, opts, cancel)] = problem
+            finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+            for future in finished:
+                in_flight.pop(future)
+                record = future.result()
+                store.append(record)
+                progress.done += 1
+                progress.tokens += record["tokens"]
+                if record["error"]:
+                    progress.errors += 1
+                else:
+                    progress.scored += 1
+                    progress.correct += bool(record["correct"])
+                if on_record:
+                    on_record(record, progress)
+    except BaseException:
+        cancel.set()  # in-flight questions stop at their next token; their records are not written
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def choose_batch_size(loaded, prompt: PromptSet, todo: list[Problem], cfg: MethodConfig, opts: ExecOptions,
+                      snapshot) -> tuple[int, str]:
+    """Paths per batch: --batch-size if given; else all K, unless the servers' free cache holds fewer."""
+    if opts.batch_size is not None:
+        return min(cfg.paths, opts.batch_size), "--batch-size"
+    if snapshot is None or cfg.paths == 1:
+        return cfg.paths, "all paths in one batch"
+    longest = max(len(loaded.tokenizer(prompt.render(p.question))["input_ids"]) for p in todo)
+    cap = max_batch_for_cache(snapshot.servers, longest + cfg.max_new_tokens, opts.concurrency)
+    if cap is not None and cap < cfg.paths:
+        return cap, "limited by the servers' free attention cache"
+    return cfg.paths, "all paths in one batch"
+
+
+@dataclass
+class BenchParams:
+    data: str | None = "demo"
+    offset: int = 0
+    limit: int | None = None
+    sample: int | None = None
+    sample_seed: int = 0
+    prompt_file: str | None = None
+    method: MethodConfig = field(default_factory=MethodConfig)
+    run_dir: str = "bench-run"
+    backend: str = "petals"
+    initial_peers: tuple[str, ...] = ()
+    model: str | None = None
+    dht_prefix: str | None = None
+    num_blocks: int | None = None
+    swarm_dir: str | None = None
+    client_retries: int = 3
+    request_timeout: float = 60.0
+    exec: ExecOptions = field(default_factory=ExecOptions)
+
+
+@dataclass
+class BenchResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    report_path: Path
+
+
+def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None] | None = None,
+              on_record: Callable[[dict, Progress], None] | None = None) -> BenchResult:
+    """Everything ``petals-ops bench gsm8k`` does: validate, connect, resume, run, summarise, report."""
+    from petals_ops.bench import report
+    from petals_ops.models import resolve_model
+
+    cfg = params.method.validate()
+    opts = params.exec.validate()
+    if params.backend not in ("petals", "local"):
+        raise InputError(f"--backend {params.backend} is unknown", fix="use petals or local")
+    dataset = load_dataset(params.data)
+    selection = {"offset": params.offset, "limit": params.limit, "sample": params.sample, "sample_seed": params.sample_seed}
+    problems = select(dataset.problems, **selection)
+    prompt = load_prompt_file(params.prompt_file)
+
+    snapshot = None
+    if params.backend == "petals" or params.initial_peers:
+        from petals_ops.target import resolve_target
+
+        target = resolve_target(params.initial_peers, params.model, dht_prefix=params.dht_prefix,
+                                num_blocks=params.num_blocks, run_dir=params.swarm_dir)
+        model_ref = target.model
+    elif params.model:
+        model_ref = resolve_model(params.model, dht_prefix=params.dht_prefix, num_blocks=params.num_blocks)
+    else:
+        from petals_ops.local_swarm import load_running
+
+        model_ref = resolve_model(load_running(params.swarm_dir).model_dir)
+
+    config = make_config(model_ref, prompt, cfg, dataset, selection, problems)
+    store = RunStore(params.run_dir)
+    existing = store.open(config)
+    try:
+        todo = [p for p in problems if p.id not in existing or existing[p.id].get("error")]
+        from petals_ops import generation
+
+        if params.backend == "petals":
+            from petals_ops.swarm_health import format_block_ranges, take_snapshot
+
+            snapshot = take_snapshot(target.initial_peers, target.model)
+            if snapshot.uncovered_blocks:
+                raise OpsError(
+                    f"blocks {format_block_ranges(snapshot.uncovered_blocks)} of {snapshot.dht_prefix} have no ONLINE server",
+                    fix="start servers for them ('petals-ops swarm status' shows coverage)",
+                )
+        progress = Progress(total=len(todo))
+        run_info = {"todo": len(todo), "done_before": len(problems) - len(todo), "n": len(problems),
+                    "batch_size": None, "batch_note": "nothing to run"}
+        if todo:
+            if params.backend == "petals":
+                loaded = generation.load_swarm_model(target.model, target.initial_peers, max_retries=params.client_retries,
+                                                     request_timeout=params.request_timeout)
+            else:
+                loaded = generation.load_local_model(model_ref)
+            with loaded:
+                run_info["batch_size"], run_info["batch_note"] = choose_batch_size(
+                    loaded, prompt, todo, cfg, opts, snapshot)
+                if on_start:
+                    on_start(progress, run_info)
+                execute(loaded, prompt, todo, cfg, store, opts, run_info["batch_size"], progress, on_record)
+        elif on_start:
+            on_start(progress, run_info)
+        summary = report.summarize(store.run_dir, config, problems, progress=progress, backend=params.backend,
+                                   snapshot=snapshot, run_info=run_info, exec_options=opts)
+        report_path = report.write_run_report(store.run_dir, summary)
+    finally:
+        store.close()
+    return BenchResult(store.run_dir, summary, report_path)

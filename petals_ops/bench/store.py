@@ -1,0 +1,133 @@
+"""A bench run directory: ``config.json`` (what the run is), ``records.jsonl`` (one line per finished
+question, appended and fsynced at once), ``summary.json``, ``report.md`` and the plot.
+
+Resume: the same command on the same run dir skips the questions that already have a successful
+record (questions that ended in an error record are tried again; the last record of an id wins). A run
+dir whose config differs is refused. A line cut short by a crash (no trailing newline) is dropped
+before appending, so the file only ever holds whole lines. One bench at a time per run dir (flock).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from petals_ops.errors import InputError, OpsError
+from petals_ops.fsutil import write_json_atomic
+
+CONFIG_FILE = "config.json"
+RECORDS_FILE = "records.jsonl"
+SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return diffs
+
+
+def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every whole record line of ``records.jsonl`` in file order (a cut-off last line is ignored)."""
+    path = Path(run_dir) / RECORDS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def latest_by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The last record of each question id, successful ones winning over later error records."""
+    latest: dict[str, dict[str, Any]] = {}
+    for r in records:
+        old = latest.get(r["id"])
+        if old is None or old.get("error") or not r.get("error"):
+            latest[r["id"]] = r
+    return latest
+
+
+class RunStore:
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir).expanduser().resolve()
+        self._lock = None
+        self._fd = None
+
+    @property
+    def records_path(self) -> Path:
+        return self.run_dir / RECORDS_FILE
+
+    def open(self, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Create or reopen the run dir for ``config``; return the records already there (by id)."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise InputError(f"--run-dir {self.run_dir} is a file", fix="pass a directory")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.run_dir / LOCK_FILE, "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            self._lock.close()
+            self._lock = None
+            raise OpsError(f"another bench is running in --run-dir {self.run_dir}", fix="wait for it or use another run dir") from e
+        config_path = self.run_dir / CONFIG_FILE
+        if config_path.is_file():
+            old = json.loads(config_path.read_text())
+            diffs = config_differences(old, config)
+            if diffs:
+                self.close()
+                shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+                raise InputError(
+                    f"--run-dir {self.run_dir} holds a run with a different config ({shown})",
+                    fix="use a new --run-dir, or the same options as that run to resume it",
+                )
+        else:
+            if self.records_path.exists():
+                self.close()
+                raise InputError(f"--run-dir {self.run_dir} has records but no {CONFIG_FILE}", fix="use a new --run-dir")
+            write_json_atomic(config_path, config)
+        self._repair()
+        self._fd = os.open(self.records_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return latest_by_id(read_records(self.run_dir))
+
+    def _repair(self) -> None:
+        """Drop a last line cut short by a crash, so the next append starts on a fresh line."""
+        path = self.records_path
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+        with open(path, "rb+") as f:
+            data = f.read()
+            if not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one record as a whole line (one write call) and fsync it."""
+        line = (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        written = os.write(self._fd, line)
+        if written != len(line):
+            raise OpsError(f"short write to {self.records_path}", fix="check free disk space")
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None

@@ -1,0 +1,140 @@
+"""``petals-ops bench``: GSM8K Chain-of-Thought / Self-Consistency runs through the swarm, and reports."""
+
+import sys
+
+import click
+
+from petals_ops.cli.options import swarm_target_options
+from petals_ops.output import OUTPUT_OPTION, emit_json, info, render_table
+
+
+@click.group()
+def bench():
+    """Experiments through the swarm: GSM8K with Chain-of-Thought and Self-Consistency."""
+
+
+@bench.command("gsm8k")
+@swarm_target_options
+@click.option("--data", default="demo", show_default=True,
+              help="GSM8K JSONL file (or the official checkout dir), 'demo' (shipped set), or hf:openai/gsm8k[:split].")
+@click.option("--offset", default=0, show_default=True, type=int, help="Skip the first N problems.")
+@click.option("--limit", default=None, type=int, help="Run at most N problems (after --offset/--sample).")
+@click.option("--sample", default=None, type=int, help="A random subset of N problems (seeded by --sample-seed).")
+@click.option("--sample-seed", default=0, show_default=True, type=int)
+@click.option("--prompt-file", default=None, type=click.Path(dir_okay=False),
+              help="Few-shot prompt set ('Q: ...\\nA: ... The answer is N.' blocks) [default: experiments/prompts/"
+                   "gsm8k_cot_8shot_petals_ops.txt].")
+@click.option("--method", type=click.Choice(["cot", "sc"]), default="cot", show_default=True,
+              help="cot: one greedy path; sc: --paths sampled paths and a majority vote.")
+@click.option("--paths", default=None, type=int, help="SC: sampled paths per question [default: 10; cot: 1].")
+@click.option("--temperature", default=0.7, show_default=True, type=float, help="SC sampling temperature.")
+@click.option("--top-k", default=40, show_default=True, type=int, help="SC top-k (0: no top-k).")
+@click.option("--max-new-tokens", default=256, show_default=True, type=int, help="Per path; stops earlier at the next 'Q:'.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampled paths.")
+@click.option("--run-dir", default=None, type=click.Path(file_okay=False),
+              help="Where records.jsonl, summary.json and report.md go; the same command resumes [default: "
+                   "bench-runs/gsm8k-METHOD].")
+@click.option("--backend", type=click.Choice(["petals", "local"]), default="petals", show_default=True,
+              help="petals: through the swarm; local: the same checkpoint in this process.")
+@click.option("--concurrency", default=1, show_default=True, type=int, help="Questions in flight at once.")
+@click.option("--batch-size", default=None, type=int,
+              help="Paths per inference session [default: all K, fewer if the servers' free cache is short].")
+@click.option("--retries", default=2, show_default=True, type=int, help="Fresh-session retries per question.")
+@click.option("--timeout", default=600.0, show_default=True, type=float, help="Seconds per question attempt.")
+@click.option("--backoff", default=1.0, show_default=True, type=float, help="First retry delay (doubles each time).")
+@click.option("--client-retries", default=3, show_default=True, type=click.IntRange(min=0),
+              help="Petals client retries per failed step (petals' default is forever).")
+@click.option("--request-timeout", default=60.0, show_default=True, type=float, help="Petals client per-request timeout.")
+@OUTPUT_OPTION
+def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset, limit, sample, sample_seed,
+          prompt_file, method, paths, temperature, top_k, max_new_tokens, seed, run_dir, backend, concurrency,
+          batch_size, retries, timeout, backoff, client_retries, request_timeout, output):
+    """Run GSM8K with 8-shot CoT (greedy) or Self-Consistency; records go to RUN_DIR as they finish.
+
+    Interrupted (Ctrl-C, crash, kill)? Run the same command again: it skips the questions already done.
+    With the tiny local-swarm model (random weights) accuracy is near zero by design.
+    """
+    from petals_ops.bench.methods import MethodConfig
+    from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
+
+    cfg = MethodConfig(method=method, paths=paths if paths is not None else (10 if method == "sc" else 1),
+                       temperature=temperature, top_k=top_k or None, max_new_tokens=max_new_tokens, seed=seed)
+    params = BenchParams(
+        data=data, offset=offset, limit=limit, sample=sample, sample_seed=sample_seed, prompt_file=prompt_file,
+        method=cfg, run_dir=run_dir or f"bench-runs/gsm8k-{method}", backend=backend, initial_peers=initial_peers,
+        model=model, dht_prefix=dht_prefix, num_blocks=num_blocks, swarm_dir=swarm_dir, client_retries=client_retries,
+        request_timeout=request_timeout,
+        exec=ExecOptions(concurrency=concurrency, retries=retries, timeout=timeout, backoff=backoff, batch_size=batch_size),
+    )
+    with _BenchProgress() as progress:
+        result = run_bench(params, on_start=progress.start, on_record=progress.record)
+    s = result.summary
+    if output == "json":
+        emit_json(s)
+    else:
+        acc = "n/a" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
+        low, high = s["accuracy_wilson95"]
+        line = (f"{s['method']}: {s['correct']}/{s['scored']} correct ({acc}, Wilson 95% [{100 * low:.1f}%, "
+                f"{100 * high:.1f}%]), {s['errors']} errors, {s['tokens']} tokens, {s['tokens_per_second']:.1f} tokens/s")
+        if s.get("maj_at_k"):
+            line += f", maj@{len(s['maj_at_k'])} {100 * list(s['maj_at_k'].values())[-1]:.1f}%"
+        click.echo(line)
+        click.echo(f"report: {result.report_path}")
+    if s["errors"]:
+        info(f"{s['errors']} questions ended in an error record (see records.jsonl); run the same command to retry them")
+
+
+@bench.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", default="bench-report", show_default=True, type=click.Path(file_okay=False),
+              help="Where the comparison report.md and plot go.")
+@OUTPUT_OPTION
+def report_cmd(run_dirs, out, output):
+    """Compare bench runs side by side (table, report.md and one plot: SC curves and CoT lines)."""
+    from petals_ops.bench import report
+
+    path, summaries = report.compare(run_dirs, out)
+    if output == "json":
+        emit_json({"report": str(path), "runs": [{k: s.get(k) for k in ("run_dir", "method", "paths", "n", "scored",
+                   "errors", "accuracy", "accuracy_wilson95", "maj_at_k", "tokens", "tokens_per_second")} for s in summaries]})
+        return
+    render_table(report.HEADERS, report.table_rows(summaries), title="GSM8K bench runs")
+    click.echo(f"report: {path}")
+
+
+class _BenchProgress:
+    """done/total, accuracy so far, tokens/s and ETA on stderr (a rich bar on a terminal, lines otherwise)."""
+
+    def __enter__(self):
+        from rich.console import Console
+
+        self.console = Console(file=sys.stderr)
+        self.bar = None
+        return self
+
+    def start(self, progress, run_info):
+        info(f"{run_info['done_before']} of {run_info['n']} questions already done; {run_info['todo']} to run"
+             + (f"; {run_info['batch_size']} paths per batch ({run_info['batch_note']})" if run_info["todo"] else ""))
+        if self.console.is_terminal and run_info["todo"]:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("gsm8k"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("acc {task.fields[acc]}  {task.fields[tps]} tok/s  ETA"),
+                                TimeRemainingColumn(), console=self.console)
+            self.bar.start()
+            self.task = self.bar.add_task("gsm8k", total=progress.total, acc="-", tps="-")
+
+    def record(self, record, progress):
+        acc = "-" if progress.accuracy is None else f"{100 * progress.accuracy:.1f}%"
+        tps = f"{progress.tokens_per_second:.1f}"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=progress.done, acc=acc, tps=tps)
+            return
+        left = progress.total - progress.done
+        eta = progress.elapsed / progress.done * left if progress.done else 0.0
+        state = f"error: {record['error'][:80]}" if record["error"] else ("correct" if record["correct"] else "wrong")
+        info(f"[{progress.done}/{progress.total}] {record['id']} {state}; acc {acc}, {tps} tokens/s, ETA {eta:.0f} s")
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()

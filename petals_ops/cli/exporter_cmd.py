@@ -1,0 +1,48 @@
+"""``petals-ops exporter``: serve the swarm's health (and our containers') to Prometheus."""
+
+import click
+
+from petals_ops.cli.options import swarm_target_options
+from petals_ops.output import info
+
+
+@click.command()
+@swarm_target_options(multiple_models=True)
+@click.option("--listen", default="127.0.0.1:9469", show_default=True, envvar="PETALS_OPS_EXPORTER_LISTEN",
+              help="HOST:PORT to serve /metrics on (0.0.0.0:9469 for every interface).")
+@click.option("--refresh", default="30s", show_default=True, envvar="PETALS_OPS_EXPORTER_REFRESH",
+              help="How often to walk the DHT (e.g. 30s, 1m). Scrapes in between serve the latest walk.")
+@click.option("--inventory", type=click.Path(dir_okay=False), default=None, envvar="PETALS_OPS_INVENTORY",
+              help="Fleet inventory: also export our containers (running, restarts, last exit code) and "
+                   "label our servers with their host.")
+def exporter(initial_peers, model, dht_prefix, num_blocks, swarm_dir, listen, refresh, inventory):
+    """Prometheus exporter of swarm health: coverage per block, servers, our nodes.
+
+    \b
+    Walks the DHT every --refresh in the background; each scrape of /metrics serves the latest walk
+    and its age (petals_exporter_snapshot_age_seconds). Monitors the local swarm unless
+    --initial-peers and --model are given. Metrics: docs/monitoring.md. Stop with Ctrl-C or SIGTERM.
+    """
+    from petals_ops.monitoring.refresher import Refresher, load_fleet_api, local_identities
+    from petals_ops.monitoring.server import parse_duration, parse_listen, run_until_signalled, start_exporter
+    from petals_ops.target import resolve_target
+
+    parse_listen(listen)
+    interval = parse_duration(refresh)
+    targets = [resolve_target(initial_peers, m, dht_prefix=dht_prefix, num_blocks=num_blocks, run_dir=swarm_dir)
+               for m in (model or (None,))]
+    inv, statuses = None, None
+    if inventory:
+        load_inventory, statuses = load_fleet_api()
+        inv = load_inventory(inventory)
+    refresher = Refresher(
+        targets[0].initial_peers, [t.model for t in targets], interval=interval, inventory=inv,
+        container_statuses=statuses, identities=local_identities(targets[0].local_run_dir),
+    )
+    running = start_exporter(refresher, listen)
+    host, port = running.address
+    models = ", ".join(t.model.dht_prefix for t in targets)
+    info(f"exporter serving http://{host}:{port}/metrics for {models} (DHT walk every {interval:g} s); "
+         f"stop with Ctrl-C or SIGTERM")
+    run_until_signalled(running, on_stop=lambda name: info(f"{name}: stopping the exporter"))
+    info("exporter stopped")

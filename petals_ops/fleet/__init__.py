@@ -1,0 +1,11 @@
+"""The fleet: Petals servers in Docker on rented GPU hosts, over SSH (see docs/fleet.md).
+
+Modules, one per concern: inventory (pydantic), ssh (fabric, host keys, quoting, Docker over SSH),
+hostcheck, provision, plan, containers, up (and restart), down, status, logs. Nothing here imports
+fabric, docker or petals at module level.
+"""
+
+from petals_ops.fleet.inventory import Inventory, load_inventory
+from petals_ops.fleet.status import ContainerStatus, container_statuses
+
+__all__ = ["ContainerStatus", "Inventory", "container_statuses", "load_inventory"]

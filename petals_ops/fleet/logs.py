@@ -1,0 +1,40 @@
+"""``petals-ops logs HOST [--follow]``: a server container's log, over SSH and the Docker API."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from petals_ops.errors import InputError
+from petals_ops.fleet import containers as C
+from petals_ops.fleet.inventory import Inventory
+from petals_ops.fleet.ssh import HostSession, SSHOptions, select_hosts
+
+
+def stream_logs(inventory: Inventory, host: str, write: Callable[[str], None], *, container: str | None = None,
+                tail: int | None = 100, follow: bool = False, opts: SSHOptions | None = None) -> None:
+    opts = opts or SSHOptions.from_inventory(inventory)
+    [host] = select_hosts(inventory, [host], opts)
+    with HostSession(host, inventory.host(host), opts) as session:
+        # A follow stream may stay quiet for long: its client has no read timeout (docker-py #931).
+        client = session.docker(timeout=None if follow else 120)
+        found = C.managed_containers(client)
+        if container:
+            found = [c for c in found if c.name == container]
+        if not found:
+            raise InputError(f"{host} has no petals-ops server container{' named ' + container if container else ''}",
+                             fix="check 'petals-ops status', or run 'petals-ops up'")
+        if len(found) > 1 and follow:
+            raise InputError(f"{host} runs {len(found)} servers; --follow needs one",
+                             fix=f"pass --container (one of {', '.join(c.name for c in found)})")
+        for c in found:
+            if len(found) > 1:
+                write(f"==> {host}/{c.name} <==\n")
+            if follow:
+                pending = b""
+                for chunk in c.logs(stream=True, follow=True, tail=tail if tail is not None else "all"):
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        write(line.decode("utf-8", errors="replace") + "\n")
+            else:
+                write(c.logs(tail=tail if tail is not None else "all").decode("utf-8", errors="replace"))

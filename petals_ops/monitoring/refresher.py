@@ -1,0 +1,197 @@
+"""The background refresher: walks the DHT every period and publishes the latest :class:`ExporterState`.
+
+Walking the DHT is expensive (seconds for a large swarm), so scrapes never do it: they read the state this
+thread published last. One :class:`SwarmProbe` (one client-mode DHT node) lives across refreshes and serves
+every monitored model; after any failure it is closed and a fresh one is started on the next refresh, which
+is how the exporter finds the swarm again after the DHT comes back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from petals_ops.errors import InputError
+from petals_ops.models import ModelRef
+from petals_ops.swarm_health import SwarmProbe, SwarmSnapshot
+
+log = logging.getLogger("petals_ops.exporter")
+
+
+@dataclass(frozen=True)
+class ExporterState:
+    """Everything a scrape renders. Replaced as a whole (never mutated), so readers need no lock."""
+
+    refresh_interval: float
+    snapshots: tuple[SwarmSnapshot, ...] = ()  # latest successful walk of each model
+    own_hosts: dict[str, str] = field(default_factory=dict)  # peer id -> our host name
+    containers: tuple[Any, ...] | None = None  # ContainerStatus list; None when no inventory is given
+    fleet_ok: bool | None = None  # None when no inventory is given
+    up: bool = False  # the latest swarm refresh succeeded for every model
+    refresh_seconds: float | None = None
+    last_success: float | None = None  # wall time of the latest successful swarm refresh
+    refreshes: int = 0
+    errors: dict[str, int] = field(default_factory=lambda: {"swarm": 0, "fleet": 0})
+    last_error: str | None = None
+
+
+def load_fleet_api() -> tuple[Callable, Callable]:
+    """``(load_inventory, container_statuses)`` from the fleet module, imported only when --inventory is given."""
+    try:
+        from petals_ops.fleet import status as fleet_status
+    except ImportError as e:
+        raise InputError(
+            f"--inventory needs the fleet module petals_ops.fleet.status, which cannot be imported ({e})",
+            fix="update petals-ops, or run the exporter without --inventory",
+        ) from e
+    load = getattr(fleet_status, "load_inventory", None)
+    if load is None:
+        from petals_ops import fleet
+
+        load = fleet.load_inventory
+    return load, fleet_status.container_statuses
+
+
+def local_identities(run_dir: str | Path | None) -> dict[str, Path]:
+    """Our host name -> identity file of each server of the local swarm in ``run_dir`` ({} if none)."""
+    if not run_dir:
+        return {}
+    from petals_ops.local_swarm import LocalSwarm
+
+    swarm = LocalSwarm.load(run_dir)
+    if swarm is None:
+        return {}
+    return {
+        f"local/{p.name}": Path(swarm.run_dir) / f"{p.name}.id"
+        for p in swarm.servers
+        if (Path(swarm.run_dir) / f"{p.name}.id").is_file()
+    }
+
+
+class Refresher:
+    """Walks the swarm every ``interval`` seconds in a daemon thread; :attr:`state` is the latest result."""
+
+    def __init__(
+        self,
+        initial_peers: Sequence[str],
+        models: Sequence[ModelRef],
+        *,
+        interval: float,
+        inventory: Any = None,
+        container_statuses: Callable | None = None,
+        identities: dict[str, Path] | None = None,
+        startup_timeout: float | None = None,
+    ):
+        if not models:
+            raise InputError("no model to monitor", fix="pass --model NAME_OR_DIR (repeatable)")
+        self.initial_peers = list(initial_peers)
+        self.models = list(models)
+        self.interval = float(interval)
+        self.inventory = inventory
+        self.container_statuses = container_statuses
+        self.identities = dict(identities or {})
+        self.startup_timeout = startup_timeout or min(30.0, max(5.0, self.interval))
+        self._probe: SwarmProbe | None = None
+        self._own_local: dict[str, str] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.state = ExporterState(
+            refresh_interval=self.interval,
+            containers=() if inventory is not None else None,
+            fleet_ok=None,
+        )
+
+    # -- one refresh ----------------------------------------------------------------------------------
+    def _own_from_identities(self) -> dict[str, str]:
+        if self._own_local is None:
+            own = {}
+            if self.identities:
+                from petals_ops import petals_door as door
+
+                for host, path in self.identities.items():
+                    with contextlib.suppress(Exception):  # a half-written identity file: try next refresh
+                        own[door.peer_id_from_identity(path)] = host
+                if len(own) < len(self.identities):
+                    return own
+            self._own_local = own
+        return self._own_local
+
+    def _walk_swarm(self) -> list[SwarmSnapshot]:
+        if self._probe is None:
+            self._probe = SwarmProbe(self.initial_peers, self.models[0], startup_timeout=self.startup_timeout).start()
+        snaps = []
+        for i, model in enumerate(self.models):
+            snap = self._probe.snapshot(model, require_peers=True)
+            if model.num_blocks is None:  # learnt from the swarm once; keep it
+                self.models[i] = replace(model, num_blocks=snap.num_blocks)
+            snaps.append(snap)
+        return snaps
+
+    def _close_probe(self) -> None:
+        if self._probe is not None:
+            with contextlib.suppress(Exception):
+                self._probe.close()
+            self._probe = None
+
+    def refresh_once(self) -> ExporterState:
+        old = self.state
+        errors = dict(old.errors)
+        started = time.monotonic()
+        up, snapshots, last_success, last_error = False, old.snapshots, old.last_success, old.last_error
+        try:
+            snapshots = tuple(self._walk_swarm())
+            up, last_success = True, time.time()
+        except Exception as e:  # any failure of the walk: count it, keep serving, start a fresh probe next time
+            errors["swarm"] += 1
+            last_error = " ".join(str(e).split())[:300] or type(e).__name__
+            log.warning("swarm refresh failed: %s", last_error)
+            self._close_probe()
+        refresh_seconds = time.monotonic() - started
+
+        containers, fleet_ok = old.containers, old.fleet_ok
+        if self.inventory is not None and self.container_statuses is not None:
+            try:
+                containers, fleet_ok = tuple(self.container_statuses(self.inventory)), True
+            except Exception as e:
+                errors["fleet"] += 1
+                containers, fleet_ok = (), False
+                last_error = " ".join(str(e).split())[:300] or type(e).__name__
+                log.warning("container status failed: %s", last_error)
+
+        own = dict(self._own_from_identities())
+        for c in containers or ():
+            if getattr(c, "peer_id", None):
+                own[c.peer_id] = c.host
+        self.state = ExporterState(
+            refresh_interval=self.interval, snapshots=snapshots, own_hosts=own, containers=containers,
+            fleet_ok=fleet_ok, up=up, refresh_seconds=refresh_seconds, last_success=last_success,
+            refreshes=old.refreshes + 1, errors=errors, last_error=last_error,
+        )
+        return self.state
+
+    # -- the thread -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.refresh_once()
+            except Exception:  # never let the thread die: the exporter would serve a frozen state
+                log.exception("refresh crashed")
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+        self._close_probe()
+
+    def start(self) -> "Refresher":
+        self._thread = threading.Thread(target=self._run, name="petals-exporter-refresher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._close_probe()

@@ -1,0 +1,145 @@
+"""The exporter's HTTP server and run loop: ``/metrics`` for Prometheus, ``/`` a landing page.
+
+The server binds before the refresher starts, so a bad or busy ``--listen`` fails at once with one line.
+SIGTERM and SIGINT stop it gracefully: the HTTP server finishes, the refresher's DHT node shuts down.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any, Callable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+
+from petals_ops.errors import InputError
+from petals_ops.monitoring.collector import SwarmCollector
+from petals_ops.monitoring.refresher import Refresher
+
+DEFAULT_LISTEN = "127.0.0.1:9469"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str, *, option: str = "--refresh", minimum: float = 0.1) -> float:
+    """'30s', '2m', '500ms', '1.5' (seconds) -> seconds."""
+    m = _DURATION.match(str(text))
+    if not m:
+        raise InputError(f"{option} {text!r} is not a duration", fix=f"use e.g. {option} 30s, 2m or 500ms")
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds < minimum:
+        raise InputError(f"{option} {text} is shorter than {minimum:g} s", fix=f"use e.g. {option} 30s")
+    return seconds
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'HOST:PORT' (or ':PORT', or '[::1]:PORT') -> (host, port)."""
+    text = str(text).strip()
+    m = re.match(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]*)):(?P<port>\d{1,5})$", text)
+    port = int(m.group("port")) if m else -1
+    if not m or not 0 <= port <= 65535:
+        raise InputError(f"--listen {text!r} is not HOST:PORT", fix=f"use e.g. --listen {DEFAULT_LISTEN}")
+    host = m.group("v6") or m.group("host") or "0.0.0.0"
+    return host, port
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _V6Server(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args) -> None:  # one line per scrape is noise for operators
+        pass
+
+
+LANDING = b"""<!doctype html><html><head><title>petals-ops exporter</title></head><body>
+<h1>petals-ops exporter</h1><p>Petals swarm health for Prometheus: <a href="/metrics">/metrics</a>.</p>
+</body></html>"""
+
+
+def make_app(registry: CollectorRegistry) -> Callable:
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/":
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+            return [LANDING]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: try /metrics\n"]
+
+    return app
+
+
+@dataclass
+class Exporter:
+    """A running exporter: HTTP server thread + refresher thread. ``close()`` stops both."""
+
+    refresher: Refresher
+    httpd: Any
+    thread: threading.Thread
+    registry: CollectorRegistry
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.httpd.server_address[:2]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(10)
+        self.refresher.stop()
+
+
+def start_exporter(refresher: Refresher, listen: str = DEFAULT_LISTEN, *, process_metrics: bool = True) -> Exporter:
+    """Bind ``listen``, then start the refresher and serve. Raises InputError for a bad/busy address."""
+    host, port = parse_listen(listen)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SwarmCollector(lambda: refresher.state))
+    if process_metrics:
+        ProcessCollector(registry=registry)
+    server_class = _V6Server if ":" in host else _Server
+    try:
+        httpd = make_server(host, port, make_app(registry), server_class=server_class, handler_class=_QuietHandler)
+    except (OSError, OverflowError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise InputError(f"--listen {listen}: cannot listen there ({reason})",
+                         fix="choose a free port on an address of this machine, e.g. --listen 127.0.0.1:9469") from e
+    thread = threading.Thread(target=httpd.serve_forever, name="petals-exporter-http", daemon=True)
+    thread.start()
+    refresher.start()
+    return Exporter(refresher=refresher, httpd=httpd, thread=thread, registry=registry)
+
+
+def run_until_signalled(exporter: Exporter, on_stop: Callable[[str], None] | None = None) -> str:
+    """Block until SIGTERM or SIGINT, then close the exporter gracefully; return the signal's name."""
+    stop = threading.Event()
+    received = {"name": ""}
+
+    def handler(signum, _frame):
+        received["name"] = signal.Signals(signum).name
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if on_stop:
+        on_stop(received["name"])
+    exporter.close()
+    return received["name"]

@@ -1,0 +1,298 @@
+"""Real parts for the fleet tests: two SSH hosts, a Docker engine per host, a test image, a bootstrap DHT.
+
+- ``a10-1`` is an sshd on 127.0.0.11:2222 and ``a10-2`` one on 127.0.0.12:2222, each with its own host key
+  (listed in a temp known_hosts), key-only auth with one client key, aliases in a temp ssh config.
+- Each host has its own dockerd (Debian's docker.io, vfs, no iptables/bridge) with its own data-root,
+  exec-root, pidfile and socket; the host's sshd points the SSH user's docker CLI at it with
+  ``SetEnv DOCKER_HOST=...`` (so nobody's /var/run/docker.sock is touched, and the two hosts really have
+  separate engines).
+- The test image is ``docker import`` of a rootfs of symlinks and empty dirs; its containers run this
+  machine's Python and the repo's .venv through read-only bind mounts, with host networking.
+- GPUs are the only thing absent: the inventory says ``gpus: 0`` and ``device: cpu``.
+
+``FleetLab`` is plain code (the benchmark uses it too); the pytest fixtures wrap it, session-scoped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SSHD = "/usr/sbin/sshd"
+DOCKERD = shutil.which("dockerd") or "/usr/sbin/dockerd"
+DOCKER_CLI = shutil.which("docker") or "/usr/bin/docker"
+TEST_IMAGE = "petals-ops-test:1"
+HOSTS = {"a10-1": "127.0.0.11", "a10-2": "127.0.0.12"}
+SSH_PORT = 2222
+DHT_PREFIX = "fleet-tiny"
+
+
+def _run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def _port_free(address: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((address, port))
+            return True
+        except OSError:
+            return False
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def _pid_alive(pid: int) -> bool:
+    from petals_ops.procs import pid_alive
+
+    return pid_alive(pid)
+
+
+@dataclass
+class LabHost:
+    name: str
+    address: str
+    dir: Path
+    sshd_pid: int | None = None
+    dockerd_pgid: int | None = None
+
+    @property
+    def docker_sock(self) -> Path:
+        return self.dir / "docker.sock"
+
+    @property
+    def sshd_config(self) -> Path:
+        return self.dir / "sshd_config"
+
+
+@dataclass
+class FleetLab:
+    root: Path
+    hosts: dict[str, LabHost] = field(default_factory=dict)
+    initial_peers: list[str] = field(default_factory=list)
+    dht_pgid: int | None = None
+
+    # -- paths ----------------------------------------------------------------------------------
+    @property
+    def ssh_config(self) -> Path:
+        return self.root / "ssh_config"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "known_hosts"
+
+    @property
+    def client_key(self) -> Path:
+        return self.root / "client_key"
+
+    # -- start ----------------------------------------------------------------------------------
+    def start(self) -> "FleetLab":
+        for name, address in HOSTS.items():
+            if not _port_free(address, SSH_PORT):
+                raise RuntimeError(f"{address}:{SSH_PORT} is busy: another fleet lab (or sshd) runs; stop it first")
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
+        self.root.mkdir(parents=True, exist_ok=True)
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "petals-ops-test", "-f", str(self.client_key)])
+        shutil.copy(f"{self.client_key}.pub", self.root / "authorized_keys")
+        lines, known = [], []
+        for name, address in HOSTS.items():
+            host = LabHost(name, address, self.root / name)
+            host.dir.mkdir()
+            self.hosts[name] = host
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host.dir / "host_key")])
+            host.sshd_config.write_text("\n".join([
+                f"ListenAddress {address}", f"Port {SSH_PORT}", f"HostKey {host.dir / 'host_key'}",
+                f"PidFile {host.dir / 'sshd.pid'}", f"AuthorizedKeysFile {self.root / 'authorized_keys'}",
+                "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
+                "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", "MaxSessions 20",
+                f"SetEnv DOCKER_HOST=unix://{host.docker_sock}", "",
+            ]))
+            lines += [f"Host {name}", f"  HostName {address}", f"  Port {SSH_PORT}", "  User root",
+                      f"  IdentityFile {self.client_key}", f"  UserKnownHostsFile {self.known_hosts}", ""]
+            pub = (host.dir / "host_key.pub").read_text().split()
+            known.append(f"[{address}]:{SSH_PORT} {pub[0]} {pub[1]}")
+        self.ssh_config.write_text("\n".join(lines))
+        self.known_hosts.write_text("\n".join(known) + "\n")
+        try:
+            for host in self.hosts.values():
+                self.start_dockerd(host.name)
+                self.start_sshd(host.name)
+            self._make_image()
+            self._start_dht()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_sshd(self, name: str) -> None:
+        host = self.hosts[name]
+        _run([SSHD, "-f", str(host.sshd_config)])  # daemonizes; the pid lands in its PidFile
+        _wait(lambda: (host.dir / "sshd.pid").is_file() and not _port_free(host.address, SSH_PORT), 10, f"sshd of {name}")
+        host.sshd_pid = int((host.dir / "sshd.pid").read_text())
+
+    def stop_sshd(self, name: str) -> None:
+        host = self.hosts[name]
+        if host.sshd_pid and _pid_alive(host.sshd_pid):
+            os.kill(host.sshd_pid, signal.SIGTERM)
+            _wait(lambda: not _pid_alive(host.sshd_pid), 10, f"sshd of {name} to stop")
+        host.sshd_pid = None
+
+    def start_dockerd(self, name: str) -> None:
+        from petals_ops import procs
+
+        host = self.hosts[name]
+        cmd = [DOCKERD, "--storage-driver=vfs", "--iptables=false", "--ip6tables=false", "--bridge=none",
+               "--data-root", str(host.dir / "docker-data"), "--exec-root", str(host.dir / "docker-exec"),
+               "--pidfile", str(host.dir / "dockerd.pid"), "-H", f"unix://{host.docker_sock}"]
+        popen = procs.spawn(cmd, log_path=host.dir / "dockerd.log", cwd=host.dir)
+        host.dockerd_pgid = popen.pid
+        _wait(lambda: subprocess.run([DOCKER_CLI, "-H", f"unix://{host.docker_sock}", "version"],
+                                     capture_output=True).returncode == 0, 60, f"dockerd of {name}")
+
+    def docker(self, name: str):
+        """A local Docker SDK client of host ``name``'s engine (for assertions; the code under test uses SSH)."""
+        import docker
+
+        return docker.DockerClient(base_url=f"unix://{self.hosts[name].docker_sock}", version="1.41")
+
+    def _make_image(self) -> None:
+        rootfs = self.root / "rootfs"
+        rootfs.mkdir()
+        for link in ("bin", "lib", "lib64", "sbin"):
+            (rootfs / link).symlink_to(f"usr/{link}")
+        for d in ("tmp", "etc", "proc", "sys", "dev", "usr", "root"):
+            (rootfs / d).mkdir()
+        (rootfs / "tmp").chmod(0o1777)
+        tar = self.root / "rootfs.tar"
+        _run(["tar", "-C", str(rootfs), "-cf", str(tar), "."])
+        for host in self.hosts.values():
+            _run([DOCKER_CLI, "-H", f"unix://{host.docker_sock}", "import", str(tar), TEST_IMAGE])
+
+    def _start_dht(self) -> None:
+        from petals_ops import procs
+        from petals_ops.fsutil import tail_lines
+        from petals_ops.local_swarm import PEERS_RE
+
+        log = self.root / "dht.log"
+        popen = procs.spawn([sys.executable, "-m", "petals_ops.serve", "dht", "--host_maddrs", "/ip4/127.0.0.1/tcp/0",
+                             "--identity_path", str(self.root / "dht.id")], log_path=log, cwd=self.root)
+        self.dht_pgid = popen.pid
+        found: list[str] = []
+
+        def ready():
+            for line in tail_lines(log, 200):
+                m = PEERS_RE.search(line)
+                if m:
+                    found.append(m.group(1))
+                    return True
+            if popen.poll() is not None:
+                raise RuntimeError(f"bootstrap DHT exited: {tail_lines(log, 5)}")
+            return False
+
+        _wait(ready, 90, "the bootstrap DHT")
+        self.initial_peers = found[:1]
+
+    # -- inventory --------------------------------------------------------------------------------
+    def server_port(self) -> int:
+        for port in range(31330, 31400):
+            if all(_port_free(a, port) and _port_free(a, port + 1) for a in HOSTS.values()):
+                return port
+        raise RuntimeError("no free server port in 31330..31400")
+
+    def inventory(self, model_dir: Path, *, port: int, blocks=("0:2", "2:4"), extra: dict | None = None,
+                  host_extra: dict | None = None, token_env: str | None = "PETALS_OPS_TEST_HF_TOKEN") -> dict:
+        """An inventory dict for the two lab hosts serving the tiny model on CPU (GPUs: the only thing absent)."""
+        venv, base = Path(sys.prefix), Path(sys.base_prefix)
+        volumes = ["/usr:/usr:ro", f"{base}:{base}:ro", f"{REPO}:{REPO}:ro", f"{model_dir}:{model_dir}:ro"]
+        if not str(venv).startswith(str(REPO)):
+            volumes.append(f"{venv}:{venv}:ro")
+        server = {
+            "image": TEST_IMAGE,
+            "command": [str(venv / "bin" / "python"), "-m", "petals_ops.serve", "server"],
+            "model": str(model_dir), "dht_prefix": DHT_PREFIX,
+            "device": "cpu", "torch_dtype": "float32", "throughput": 1.0, "port": port,
+            "initial_peers": list(self.initial_peers),
+            "identity_dir": str(self.root / "identity"),
+            "volumes": volumes,
+            "environment": {"USER": "root", "HOME": "/root"},
+            "extra_args": ["--update_period", "10", "--expiration", "30", "--inference_max_length", "2048",
+                           "--attn_cache_tokens", "8192", "--num_handlers", "2"],
+            "restart_policy": "unless-stopped",
+        }
+        if token_env:
+            server["hf_token"] = {"env": token_env}
+        server.update(extra or {})
+        hosts = {}
+        for (name, address), rng in zip(HOSTS.items(), blocks):
+            hosts[name] = {"gpus": 0, "server": {"listen_address": address, "block_indices": [rng]}}
+            hosts[name]["server"].update((host_extra or {}).get(name, {}))
+        return {"ssh_config": str(self.ssh_config), "known_hosts": str(self.known_hosts), "server": server, "hosts": hosts}
+
+    def write_inventory(self, path: Path, data: dict) -> Path:
+        import yaml
+
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    # -- stop -----------------------------------------------------------------------------------
+    def remove_containers(self) -> None:
+        for name, host in self.hosts.items():
+            if host.dockerd_pgid is None:
+                continue
+            try:
+                client = self.docker(name)
+                for c in client.containers.list(all=True):
+                    c.remove(force=True)
+                client.close()
+            except Exception:
+                pass
+
+    def stop(self) -> None:
+        from petals_ops import procs
+
+        self.remove_containers()
+        for name, host in self.hosts.items():
+            self.stop_sshd(name) if host.sshd_pid else None
+            if host.dockerd_pgid is not None:
+                procs.stop_group(host.dockerd_pgid, grace=20)
+                host.dockerd_pgid = None
+        if self.dht_pgid is not None:
+            procs.stop_group(self.dht_pgid)
+            self.dht_pgid = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_lab(root: Path | None = None) -> FleetLab:
+    return FleetLab(Path(root or tempfile.mkdtemp(prefix="petals-ops-fleet-"))).start()
+
+
+@pytest.fixture(scope="session")
+def fleet_lab(tmp_path_factory):
+    """Two SSH hosts with their own Docker engines, the test image, and a bootstrap DHT (all stopped at the end)."""
+    for tool in (SSHD, DOCKERD):
+        if not Path(tool).exists():
+            pytest.fail(f"{tool} is missing: run ./install.sh --system (openssh-server, docker.io)")
+    lab = FleetLab(Path(tempfile.mkdtemp(prefix="fleet-", dir="/tmp")))
+    lab.start()
+    try:
+        yield lab
+    finally:
+        lab.stop()

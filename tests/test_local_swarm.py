@@ -1,0 +1,133 @@
+"""A real local swarm: coverage, token-exact generation, failures, and a clean shutdown."""
+
+import json
+import os
+import signal
+import time
+
+from petals_ops import local_swarm, procs
+from tests.helpers import assert_one_line_error
+
+
+def status_json(run_cli, swarm_dir):
+    result = run_cli("swarm", "status", "--swarm-dir", swarm_dir, "--output", "json", timeout=120)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_status_shows_every_block_served(run_cli, local_swarm):
+    code, snap = status_json(run_cli, local_swarm.run_dir)
+    assert code == 0
+    cov = snap["coverage"]
+    assert cov["blocks_total"] == 4 and cov["uncovered_blocks"] == [] and cov["fully_served"] is True
+    assert cov["min_online_servers_per_block"] == 1
+    assert [b["index"] for b in snap["blocks"]] == [0, 1, 2, 3]
+    assert all(list(b["servers"].values()) == ["ONLINE"] for b in snap["blocks"])
+    spans = sorted((s["start_block"], s["end_block"]) for s in snap["servers"])
+    assert spans == [(0, 2), (2, 4)]
+    for server in snap["servers"]:
+        assert server["version"] and server["torch_dtype"] == "float32" and server["quant_type"] == "none"
+        assert server["cache_tokens_left"] > 0 and server["throughput"] == 1.0
+
+
+def test_status_with_explicit_peers_and_local_status(run_cli, local_swarm):
+    result = run_cli("swarm", "status", "--initial-peers", *local_swarm.initial_peers,
+                     "--model", local_swarm.model_dir, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "full forward pass: yes" in result.stdout
+    result = run_cli("swarm", "local", "status", "--run-dir", local_swarm.run_dir, "--output", "json")
+    assert result.returncode == 0, result.stderr
+    state = json.loads(result.stdout)
+    assert state["initial_peers"] == local_swarm.initial_peers
+    assert [p["alive"] for p in state["processes"]] == [True, True, True]
+
+
+def test_greedy_through_swarm_equals_in_process_transformers(local_swarm):
+    """The swarm's greedy tokens equal BloomForCausalLM.generate on the same checkpoint, token for token."""
+    import torch
+    from transformers import AutoTokenizer, BloomForCausalLM
+
+    from petals_ops import generation
+
+    prompt = "Q: A baker has 12 trays of 24 muffins. How many muffins are there?\nA:"
+    with generation.load_swarm_model(local_swarm.model, local_swarm.initial_peers) as loaded:
+        swarm = generation.generate(loaded, prompt, max_new_tokens=24)
+    tokenizer = AutoTokenizer.from_pretrained(local_swarm.model_dir)
+    reference = BloomForCausalLM.from_pretrained(local_swarm.model_dir, torch_dtype=torch.float32).eval()
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        expected = reference.generate(ids, max_new_tokens=24, do_sample=False)[0, ids.shape[1]:].tolist()
+    assert len(expected) == 24
+    assert swarm.new_token_ids[0] == expected
+
+
+def test_generate_cli_streams_text(run_cli, local_swarm):
+    result = run_cli("generate", "--swarm-dir", local_swarm.run_dir, "Q: 2+2?", "--max-new-tokens", 8, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "8 tokens in" in result.stderr and "petals" in result.stderr
+    local = run_cli("generate", "--swarm-dir", local_swarm.run_dir, "Q: 2+2?", "--max-new-tokens", 8,
+                    "--backend", "local", timeout=120)
+    assert local.returncode == 0, local.stderr
+    assert local.stdout == result.stdout  # greedy: same text from the swarm and in-process
+
+
+def _live_processes_of(pgids, run_dir):
+    """Every non-zombie process in the swarm's process groups or naming its run dir (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        if not procs.pid_alive(pid):
+            continue
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            pgid = os.getpgid(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if pgid in pgids or str(run_dir) in cmdline:
+            found.append((pid, cmdline))
+    return found
+
+
+def test_lifecycle_failure_and_clean_down(run_cli, tmp_path, tiny_model_dir):
+    """up via the CLI; a second up is refused; a killed server uncovers its blocks and generate fails
+    fast naming them; down leaves no process of the swarm in the process table (p2pd included)."""
+    run_dir = tmp_path / "swarm"
+    up = run_cli("swarm", "local", "up", "--run-dir", run_dir, "--model-dir", tiny_model_dir, timeout=300)
+    assert up.returncode == 0, up.stderr
+    swarm = local_swarm.LocalSwarm.load(run_dir)
+    assert up.stdout.split() == swarm.initial_peers
+    try:
+        again = run_cli("swarm", "local", "up", "--run-dir", run_dir, "--model-dir", tiny_model_dir)
+        assert_one_line_error(again, "already running", code=2)
+
+        pgids = {p.pgid for p in swarm.processes}
+        p2pd = [pid for g in pgids for pid in procs.group_members(g) if "p2pd" in open(f"/proc/{pid}/cmdline").read()]
+        assert len(p2pd) >= 3, "each process of the swarm runs a p2pd daemon in its group"
+
+        victim = swarm.process("server-1")  # blocks 2:4
+        os.killpg(victim.pgid, signal.SIGKILL)  # a crash: no OFFLINE announcement, the record must expire
+
+        started = time.monotonic()
+        failed = run_cli("generate", "--swarm-dir", run_dir, "hello", "--max-new-tokens", 4,
+                         "--max-retries", 1, timeout=180)
+        assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr
+        assert time.monotonic() - started < 150, "generate must give up in bounded time"
+
+        deadline = time.monotonic() + 90  # records expire after 30 s (local swarm --expiration)
+        while True:
+            code, snap = status_json(run_cli, run_dir)
+            if snap["coverage"]["uncovered_blocks"] == [2, 3]:
+                break
+            assert time.monotonic() < deadline, snap["coverage"]
+            time.sleep(3)
+        assert code == 1 and snap["coverage"]["fully_served"] is False
+
+        failed = run_cli("generate", "--swarm-dir", run_dir, "hello", "--max-new-tokens", 4, timeout=120)
+        assert_one_line_error(failed, "blocks 2:4", "no ONLINE server", code=1)
+    finally:
+        down = run_cli("swarm", "local", "down", "--run-dir", run_dir, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert _live_processes_of(pgids, run_dir) == []
+    assert not (run_dir / "state.json").exists()

@@ -5,3 +5,9 @@ the functions that need them (through :mod:`petals_ops.petals_door`).
 """
 
 __version__ = "0.1.0"
+
+import warnings as _warnings
+
+# transformers 4.34 on torch 2.13 warns about a deprecated pytree call at every import: noise for operators.
+_warnings.filterwarnings("ignore", message=".*_register_pytree_node.*", category=FutureWarning)
+_warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*", category=UserWarning)

@@ -15,13 +15,9 @@ import importlib
 import os
 import pkgutil
 import types
-import warnings
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("BITSANDBYTES_NOWELCOME", "1")
-# transformers 4.34 on torch 2.13 warns about a deprecated pytree call at every import: noise for operators.
-warnings.filterwarnings("ignore", message=".*_register_pytree_node.*", category=FutureWarning)
-warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*", category=UserWarning)
 
 
 def _restore_hivemind_names() -> None:

@@ -28,7 +28,13 @@ def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, ma
     from petals_ops.swarm_health import format_block_ranges, take_snapshot
     from petals_ops.target import resolve_target
 
-    target = resolve_target(initial_peers, model, dht_prefix=dht_prefix, num_blocks=num_blocks, run_dir=swarm_dir)
+    if backend == "local" and model and not initial_peers:  # no swarm needed to run a checkpoint in-process
+        from petals_ops.models import resolve_model
+        from petals_ops.target import SwarmTarget
+
+        target = SwarmTarget([], resolve_model(model, dht_prefix=dht_prefix, num_blocks=num_blocks))
+    else:
+        target = resolve_target(initial_peers, model, dht_prefix=dht_prefix, num_blocks=num_blocks, run_dir=swarm_dir)
 
     def write(text):
         sys.stdout.write(text)

@@ -38,10 +38,17 @@ def _generate(ctx: DemoContext) -> None:
     print(f"{result.new_tokens} tokens through the swarm in {result.seconds:.2f} s")
 
 
+def _exporter(ctx: DemoContext) -> None:
+    from petals_ops.monitoring.demo import show_exporter
+
+    show_exporter(ctx.swarm)
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("swarm status", _status),
     ("generate through the swarm", _generate),
     # Later capabilities append their steps here (bench, exporter).
+    ("Prometheus exporter: live metrics of the swarm", _exporter),
 ]
 
 

@@ -112,7 +112,7 @@ def test_lifecycle_failure_and_clean_down(run_cli, tmp_path, tiny_model_dir):
         started = time.monotonic()
         failed = run_cli("generate", "--swarm-dir", run_dir, "hello", "--max-new-tokens", 4,
                          "--max-retries", 1, timeout=180)
-        assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr
+        assert_one_line_error(failed, code=1)  # the dead server's record may still be listed: any clear line
         assert time.monotonic() - started < 150, "generate must give up in bounded time"
 
         deadline = time.monotonic() + 90  # records expire after 30 s (local swarm --expiration)

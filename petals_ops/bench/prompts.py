@@ -41,10 +41,12 @@ class PromptSet:
 
 
 def parse_prompt_text(text: str, where: str) -> str:
-    if BEGIN in text:
-        if END not in text:
-            raise InputError(f"{where} has {BEGIN} but no {END}", fix="close the prompt with the END line")
-        text = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    begin = re.search(rf"^{re.escape(BEGIN)}[ \t]*\n", text, re.MULTILINE)
+    if begin:  # the markers count only as whole lines (a header may mention them)
+        end = re.compile(rf"^{re.escape(END)}[ \t]*$", re.MULTILINE).search(text, begin.end())
+        if not end:
+            raise InputError(f"{where} has a {BEGIN} line but no {END} line", fix="close the prompt with the END line")
+        text = text[begin.end():end.start()]
     else:
         lines = text.splitlines()
         while lines and (lines[0].startswith("#") or not lines[0].strip()):

@@ -4,17 +4,17 @@ question, appended and fsynced at once), ``summary.json``, ``report.md`` and the
 Resume: the same command on the same run dir skips the questions that already have a successful
 record (questions that ended in an error record are tried again; the last record of an id wins). A run
 dir whose config differs is refused. A line cut short by a crash (no trailing newline) is dropped
-before appending, so the file only ever holds whole lines. One bench at a time per run dir (flock).
+before appending, so the file only ever holds whole lines. One bench at a time per run dir (a pid lock file).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from petals_ops import procs
 from petals_ops.errors import InputError, OpsError
 from petals_ops.fsutil import write_json_atomic
 
@@ -77,13 +77,7 @@ class RunStore:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise InputError(f"--run-dir {self.run_dir} is a file", fix="pass a directory")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.run_dir / LOCK_FILE, "w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            self._lock.close()
-            self._lock = None
-            raise OpsError(f"another bench is running in --run-dir {self.run_dir}", fix="wait for it or use another run dir") from e
+        self._acquire()
         config_path = self.run_dir / CONFIG_FILE
         if config_path.is_file():
             old = json.loads(config_path.read_text())
@@ -103,6 +97,28 @@ class RunStore:
         self._repair()
         self._fd = os.open(self.records_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         return latest_by_id(read_records(self.run_dir))
+
+    def _acquire(self) -> None:
+        """A pid lock file (not flock: processes the petals client forks inherit flocks and outlive a kill -9)."""
+        path = self.run_dir / LOCK_FILE
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    pid = int(path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and procs.pid_alive(pid):
+                    raise OpsError(f"another bench (pid {pid}) is running in --run-dir {self.run_dir}",
+                                   fix="wait for it, or use another run dir") from None
+                path.unlink(missing_ok=True)  # stale: its bench died
+                continue
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.close(fd)
+            self._lock = path
+            return
+        raise OpsError(f"cannot take the lock {path}", fix="remove it if no bench runs there")
 
     def _repair(self) -> None:
         """Drop a last line cut short by a crash, so the next append starts on a fresh line."""
@@ -129,5 +145,5 @@ class RunStore:
             os.close(self._fd)
             self._fd = None
         if self._lock is not None:
-            self._lock.close()
+            self._lock.unlink(missing_ok=True)
             self._lock = None

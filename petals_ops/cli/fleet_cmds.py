@@ -226,7 +226,7 @@ def restart_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout
 @_common()
 @OUTPUT_OPTION
 def down_cmd(inventory, hosts, accept_new_host_keys, dry_run, output):
-    """Stop and remove the server containers (SIGTERM first); the cache volume and identity files stay."""
+    """Stop and remove the server containers (SIGINT first: a clean OFFLINE); the cache volume and identities stay."""
     from petals_ops.fleet.down import down
 
     inv, opts = _load(inventory, accept_new_host_keys)

@@ -137,7 +137,7 @@ class DesiredContainer:
                 LABEL_INDEX: str(self.slot.index),
             },
             environment=env, network_mode="host", ipc_mode="host", volumes=self.binds,
-            restart_policy=restart, stop_signal="SIGTERM",
+            restart_policy=restart, stop_signal="SIGINT",  # run_server shuts down cleanly (OFFLINE) on SIGINT; PID 1 ignores SIGTERM
             log_config=LogConfig(type="json-file", config={"max-size": "50m", "max-file": "3"}),
         )
         if self.gpu is not None:

@@ -30,7 +30,7 @@ def down(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts: SSHO
             for c in C.managed_containers(session.docker()):
                 if not dry_run:
                     if c.status == "running":
-                        c.stop(timeout=stop_timeout)  # SIGTERM first: the server announces itself OFFLINE
+                        c.stop(timeout=stop_timeout)  # SIGINT first: the server announces itself OFFLINE
                     c.remove(force=True)
                 rows.append(DownRow(h, c.name, "would-remove" if dry_run else "removed"))
             return rows or [DownRow(h, "", "nothing")]

@@ -133,9 +133,12 @@ class HostSession:
         return self._conn
 
     def _open(self):
+        import logging
+
         import fabric
         import paramiko
 
+        logging.getLogger("paramiko").setLevel(logging.WARNING)  # no per-channel INFO lines on stderr
         path = self.opts.ssh_config_path()
         config = fabric.Config(runtime_ssh_path=str(path)) if path else fabric.Config()
         config.run.in_stream = False
@@ -180,7 +183,9 @@ class HostSession:
         except (socket.timeout, TimeoutError):
             raise HostError(f"{self.name}: timed out connecting to {where}", fix="check the host is up and the port open") from None
         except (paramiko.ssh_exception.NoValidConnectionsError, OSError) as e:
-            reason = "connection refused" if "refused" in str(e).lower() or isinstance(e, ConnectionRefusedError) else _short(e)
+            causes = list(getattr(e, "errors", {}).values()) or [e]
+            refused = all(isinstance(c, ConnectionRefusedError) or getattr(c, "errno", None) == 111 for c in causes)
+            reason = "connection refused" if refused else _short(e)
             raise HostError(f"{self.name}: cannot connect to {where} ({reason})",
                             fix="check that the host is up and sshd listens on that port") from None
         return conn

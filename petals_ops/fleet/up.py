@@ -107,7 +107,7 @@ def _apply_host(session: HostSession, inv: Inventory, *, dry_run: bool, token_ca
             result.action = {"created": "would-create", "recreated": "would-recreate", "started": "would-start"}.get(action, action)
         else:
             if action == "recreated":
-                current.stop(timeout=30)  # SIGTERM: the server announces itself OFFLINE
+                current.stop(timeout=30)  # SIGINT: the server announces itself OFFLINE
                 current.remove(force=True)
             if action in ("created", "recreated"):
                 try:

@@ -195,6 +195,7 @@ class FleetLab:
         popen = procs.spawn([sys.executable, "-m", "petals_ops.serve", "dht", "--host_maddrs", "/ip4/127.0.0.1/tcp/0",
                              "--identity_path", str(self.root / "dht.id")], log_path=log, cwd=self.root)
         self.dht_pgid = popen.pid
+        (self.root / "dht.pid").write_text(str(popen.pid))
         found: list[str] = []
 
         def ready():
@@ -209,6 +210,7 @@ class FleetLab:
 
         _wait(ready, 90, "the bootstrap DHT")
         self.initial_peers = found[:1]
+        (self.root / "initial_peers").write_text(found[0] + "\n")
 
     # -- inventory --------------------------------------------------------------------------------
     def server_port(self) -> int:
@@ -277,11 +279,51 @@ class FleetLab:
         if self.dht_pgid is not None:
             procs.stop_group(self.dht_pgid)
             self.dht_pgid = None
+        unmount_under(self.root)  # dockerd 20.10 leaves its netns bind mount (exec-root/netns/default) behind
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_lab(root: Path | None = None) -> FleetLab:
+def unmount_under(root: Path) -> None:
+    prefix = str(Path(root).resolve()) + "/"
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def start_lab(root: Path | str | None = None) -> FleetLab:
     return FleetLab(Path(root or tempfile.mkdtemp(prefix="petals-ops-fleet-"))).start()
+
+
+def stop_lab_dir(root: Path | str) -> None:
+    """Stop a lab started by another process (``python -m tests.fixtures_fleet stop DIR``): containers,
+    sshd, dockerd and the DHT, found through the pid files in DIR; then remove DIR."""
+    root = Path(root)
+    lab = FleetLab(root)
+    for name, address in HOSTS.items():
+        host = LabHost(name, address, root / name)
+        if (host.dir / "sshd.pid").is_file():
+            host.sshd_pid = int((host.dir / "sshd.pid").read_text())
+        if (host.dir / "dockerd.pid").is_file():
+            host.dockerd_pgid = int((host.dir / "dockerd.pid").read_text())  # started in its own session
+        lab.hosts[name] = host
+    if (root / "dht.pid").is_file():
+        lab.dht_pgid = int((root / "dht.pid").read_text())
+    lab.stop()
+
+
+if __name__ == "__main__":  # python -m tests.fixtures_fleet start|stop DIR [MODEL_DIR]
+    if len(sys.argv) < 3 or sys.argv[1] not in ("start", "stop"):
+        sys.exit("usage: python -m tests.fixtures_fleet start|stop DIR")
+    if sys.argv[1] == "stop":
+        stop_lab_dir(sys.argv[2])
+    else:
+        from petals_ops.tiny_model import make_tiny_bloom
+
+        lab = start_lab(sys.argv[2])
+        model = make_tiny_bloom(lab.root / "tiny-bloom")
+        inv = lab.write_inventory(lab.root / "petals-ops.yaml", lab.inventory(model, port=lab.server_port(), token_env=None))
+        print(f"inventory: {inv}\nmodel: {model}\ninitial peers: {lab.initial_peers[0]}")
 
 
 @pytest.fixture(scope="session")

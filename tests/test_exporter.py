@@ -11,10 +11,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from petals_ops.monitoring.collector import SwarmCollector, render
+from petals_ops.errors import InputError
+from petals_ops.monitoring.collector import SwarmCollector
 from petals_ops.monitoring.refresher import ExporterState
 from petals_ops.monitoring.server import parse_duration, parse_listen
-from petals_ops.errors import InputError
 from petals_ops.swarm_health import BlockHealth, ServerRecord, SwarmSnapshot
 from tests.fixtures_prometheus import PROMTOOL
 
@@ -64,7 +64,7 @@ def test_help_does_not_import_heavy_modules():
         "        assert e.code == 0, e.code\n"
         f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "exporter" in result.stdout and "--refresh" in result.stdout
     assert "HEAVY []" in result.stdout
@@ -161,7 +161,8 @@ def test_render_before_first_refresh_and_promtool(tmp_path):
                          up=True, refresh_seconds=0.1, last_success=time.time(), refreshes=1)
     for st in (state, full):
         path.write_text(exposition(st))
-        result = subprocess.run([PROMTOOL, "check", "metrics"], stdin=open(path), capture_output=True, text=True)
+        result = subprocess.run([PROMTOOL, "check", "metrics"], check=False, input=path.read_text(),
+                                capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -10,7 +10,7 @@ import click
 
 from petals_ops.cli.progress import block_progress
 from petals_ops.errors import EXIT_OK, EXIT_PARTIAL, OpsError, PartialFailure
-from petals_ops.output import OUTPUT_OPTION, emit_json, info, render_table
+from petals_ops.output import OUTPUT_OPTION, emit_json, render_table
 
 
 def _common(dry_run: bool = True):
@@ -249,9 +249,9 @@ def status_cmd(inventory, hosts, accept_new_host_keys, output):
 
     Exit code 1/3 when a host is unreachable or a server is not running/ONLINE (3: others are fine).
     """
+    from petals_ops.fleet.ssh import select_hosts
     from petals_ops.fleet.status import container_statuses
     from petals_ops.fleet.up import _model_ref
-    from petals_ops.fleet.ssh import select_hosts
 
     inv, opts = _load(inventory, accept_new_host_keys)
     names = select_hosts(inv, hosts, opts)

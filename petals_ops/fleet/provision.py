@@ -15,7 +15,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from petals_ops.errors import OpsError
 from petals_ops.fleet.inventory import Inventory
 from petals_ops.fleet.parallel import per_host
 from petals_ops.fleet.ssh import HostError, HostSession, SSHOptions, select_hosts
@@ -200,4 +199,4 @@ def provision(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts:
     return [o.value if o.ok else ProvisionReport(host=o.host, error=o.error) for o in per_host(names, one)]
 
 
-__all__ = ["ProvisionReport", "Step", "provision", "OpsError"]
+__all__ = ["ProvisionReport", "Step", "provision"]

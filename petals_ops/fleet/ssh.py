@@ -180,7 +180,7 @@ class HostSession:
         except socket.gaierror:
             raise HostError(f"{self.name}: cannot resolve {conn.host}",
                             fix="check the address, or the alias in the ssh config") from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise HostError(f"{self.name}: timed out connecting to {where}", fix="check the host is up and the port open") from None
         except (paramiko.ssh_exception.NoValidConnectionsError, OSError) as e:
             causes = list(getattr(e, "errors", {}).values()) or [e]
@@ -265,8 +265,9 @@ class HostSession:
 
 
 def docker_over_ssh(session: HostSession, timeout: float | None = 120):
-    import docker
     from docker.transport.sshconn import SSHHTTPAdapter
+
+    import docker
 
     transport_client = session.conn.client  # paramiko SSHClient, host key already verified
 

@@ -9,7 +9,7 @@ and are documented in docs/monitoring.md.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
@@ -28,7 +28,21 @@ def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricF
 
 def render(state: ExporterState, now: float | None = None) -> list[Metric]:
     """All metric families for ``state`` (pure: no I/O)."""
+    return render_state(state) + render_live(state, now)
+
+
+def render_live(state: ExporterState, now: float | None = None) -> list[Metric]:
+    """The families that change between two refreshes (the snapshot's age): rendered on every scrape."""
     now = time.time() if now is None else now
+    if not state.snapshots:
+        return []
+    age = _gauge("petals_exporter_snapshot_age_seconds", "Age of the oldest model snapshot served")
+    age.add_metric([], max(0.0, now - min(s.taken_at for s in state.snapshots)))
+    return [age]
+
+
+def render_state(state: ExporterState) -> list[Metric]:
+    """The families fixed by one refresh's state (the bulk: the server can encode them once per refresh)."""
     fams: list[Metric] = []
 
     # -- per model -----------------------------------------------------------------------------------
@@ -139,21 +153,21 @@ def render(state: ExporterState, now: float | None = None) -> list[Metric]:
                          "Unix time of the latest successful DHT walk")
         success.add_metric([], state.last_success)
         fams.append(success)
-    if state.snapshots:
-        age = _gauge("petals_exporter_snapshot_age_seconds", "Age of the oldest model snapshot served")
-        age.add_metric([], max(0.0, now - min(s.taken_at for s in state.snapshots)))
-        fams.append(age)
     return fams
 
 
 class SwarmCollector:
-    """prometheus-client custom collector over a callable returning the latest state."""
+    """prometheus-client custom collector over a callable returning the latest state.
 
-    def __init__(self, get_state: Callable[[], ExporterState]):
+    ``part``: "all" (default), "state" (what one refresh fixes) or "live" (the snapshot's age).
+    """
+
+    def __init__(self, get_state: Callable[[], ExporterState], part: str = "all"):
         self.get_state = get_state
+        self.render = {"all": render, "state": render_state, "live": render_live}[part]
 
     def describe(self) -> Iterable[Metric]:
         return []  # nothing at registration time (collect() is cheap, but keep registration side-effect free)
 
     def collect(self) -> Iterable[Metric]:
-        return render(self.get_state())
+        return self.render(self.get_state())

@@ -12,9 +12,10 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from petals_ops.errors import InputError
 from petals_ops.models import ModelRef
@@ -146,7 +147,7 @@ class Refresher:
         try:
             snapshots = tuple(self._walk_swarm())
             up, last_success = True, time.time()
-        except Exception as e:  # any failure of the walk: count it, keep serving, start a fresh probe next time
+        except Exception as e:  # noqa: BLE001  any failure of the walk: count it, keep serving, fresh probe next time
             errors["swarm"] += 1
             last_error = " ".join(str(e).split())[:300] or type(e).__name__
             log.warning("swarm refresh failed: %s", last_error)
@@ -157,7 +158,7 @@ class Refresher:
         if self.inventory is not None and self.container_statuses is not None:
             try:
                 containers, fleet_ok = tuple(self.container_statuses(self.inventory)), True
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  (SSH, Docker, anything: counted, never fatal)
                 errors["fleet"] += 1
                 containers, fleet_ok = (), False
                 last_error = " ".join(str(e).split())[:300] or type(e).__name__
@@ -185,7 +186,7 @@ class Refresher:
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
         self._close_probe()
 
-    def start(self) -> "Refresher":
+    def start(self) -> Refresher:
         self._thread = threading.Thread(target=self._run, name="petals-exporter-refresher", daemon=True)
         self._thread.start()
         return self

@@ -1,0 +1,144 @@
+"""Benchmark of the petals-ops exporter on a simulated large swarm (CPU only, 127.0.0.1 only).
+
+1. Refresh time against the number of server records: a bootstrap DHT on 127.0.0.1 holds N fake servers'
+   records (N = 0, 100, 200, 400 by default; each announces a 10-block span of a 70-block BLOOM-176B-like
+   model, as Petals servers do); the exporter's refresher walks it through its long-lived probe.
+2. Scrape latency p50/p99 of GET /metrics while the refresher walks the largest swarm every second.
+
+    .venv/bin/python benchmarks/bench_exporter.py [--servers 0,100,200,400] [--scrapes 300] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from petals_ops import procs
+from petals_ops.fsutil import tail_lines
+from petals_ops.local_swarm import PEERS_RE, check_port_free
+from petals_ops.models import ModelRef
+from petals_ops.monitoring.refresher import Refresher
+from petals_ops.monitoring.server import start_exporter
+from petals_ops.monitoring.simulate import declare_fake_servers
+
+NUM_BLOCKS = 70
+
+
+def start_dht(work: Path):
+    log = work / "dht.log"
+    port = check_port_free(0)
+    proc = procs.spawn([sys.executable, "-m", "petals_ops.serve", "dht", "--host_maddrs", f"/ip4/127.0.0.1/tcp/{port}",
+                        "--identity_path", str(work / "dht.id")], log_path=log, cwd=work)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for line in tail_lines(log, 200):
+            m = PEERS_RE.search(line)
+            if m:
+                return proc, [m.group(1)]
+        time.sleep(0.2)
+    procs.stop_group(proc.pid)
+    raise SystemExit(f"bootstrap DHT did not start: {tail_lines(log, 5)}")
+
+
+def pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+
+def bench(server_counts: list[int], scrapes: int, refreshes: int) -> dict:
+    results = {"num_blocks": NUM_BLOCKS, "refresh": [], "scrape": None}
+    with tempfile.TemporaryDirectory(prefix="bench-exporter-") as tmp:
+        work = Path(tmp)
+        dht, peers = start_dht(work)
+        try:
+            for n in server_counts:
+                prefix = f"bench-bloom-{n}-petals"  # a fresh model per size: records do not accumulate
+                model = ModelRef(name=f"bench/bloom-{n}", dht_prefix=prefix, num_blocks=NUM_BLOCKS)
+                t = time.monotonic()
+                declare_fake_servers(peers, prefix, NUM_BLOCKS, n, seed=n)
+                declare_s = time.monotonic() - t
+                refresher = Refresher(peers, [model], interval=3600)
+                try:
+                    t = time.monotonic()
+                    first = refresher.refresh_once()
+                    first_s = time.monotonic() - t
+                    assert first.up, first.last_error
+                    walks = []
+                    for _ in range(refreshes):
+                        state = refresher.refresh_once()
+                        assert state.up, state.last_error
+                        walks.append(state.refresh_seconds)
+                    snap = state.snapshots[0]
+                    row = {
+                        "servers": n, "records_seen": len(snap.servers),
+                        "block_entries": sum(len(b.servers) for b in snap.blocks),
+                        "declare_s": round(declare_s, 2), "first_refresh_s": round(first_s, 3),
+                        "refresh_p50_s": round(statistics.median(walks), 3), "refresh_max_s": round(max(walks), 3),
+                    }
+                finally:
+                    refresher.stop()
+                results["refresh"].append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+
+            # Scrape latency while the refresher walks the largest swarm every second.
+            n = server_counts[-1]
+            model = ModelRef(name=f"bench/bloom-{n}", dht_prefix=f"bench-bloom-{n}-petals", num_blocks=NUM_BLOCKS)
+            exporter = start_exporter(Refresher(peers, [model], interval=1.0), "127.0.0.1:0")
+            url = "http://{}:{}/metrics".format(*exporter.address)
+            try:
+                while not exporter.refresher.state.up:
+                    time.sleep(0.1)
+                lat, size = [], 0
+                refreshes_before = exporter.refresher.state.refreshes
+                started = time.monotonic()
+                for _ in range(scrapes):
+                    t = time.perf_counter()
+                    with urllib.request.urlopen(url, timeout=10) as r:
+                        size = len(r.read())
+                    lat.append((time.perf_counter() - t) * 1000)
+                    time.sleep(0.01)
+                elapsed = time.monotonic() - started
+                results["scrape"] = {
+                    "servers": n, "scrapes": scrapes, "p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2),
+                    "max_ms": round(max(lat), 2), "bytes": size,
+                    "refreshes_during": exporter.refresher.state.refreshes - refreshes_before,
+                    "seconds": round(elapsed, 1),
+                }
+                print(json.dumps(results["scrape"]), file=sys.stderr, flush=True)
+            finally:
+                exporter.close()
+        finally:
+            procs.stop_group(dht.pid)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--servers", default="0,100,200,400", help="comma-separated numbers of simulated servers")
+    ap.add_argument("--scrapes", type=int, default=300)
+    ap.add_argument("--refreshes", type=int, default=5, help="timed refreshes per size (after a first one)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    counts = [int(x) for x in args.servers.split(",")]
+    results = bench(counts, args.scrapes, args.refreshes)
+    print("servers  records  block entries  first refresh  refresh p50  refresh max")
+    for r in results["refresh"]:
+        print(f"{r['servers']:>7}  {r['records_seen']:>7}  {r['block_entries']:>13}  {r['first_refresh_s']:>12.3f}s"
+              f"  {r['refresh_p50_s']:>10.3f}s  {r['refresh_max_s']:>10.3f}s")
+    s = results["scrape"]
+    print(f"scrape /metrics ({s['servers']} servers, {s['bytes']} bytes, {s['scrapes']} scrapes, "
+          f"{s['refreshes_during']} refreshes meanwhile): p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, max {s['max_ms']} ms")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

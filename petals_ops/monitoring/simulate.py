@@ -1,0 +1,61 @@
+"""Simulate a large swarm for benchmarks: declare many servers' records in a (local) DHT, no servers needed.
+
+Each fake server gets a random peer id and announces a contiguous span of blocks exactly as a Petals server
+does (``ServerInfo`` tuples under the keys ``{dht_prefix}.{i}``, one subkey per peer id), so a DHT walk
+sees N server records. Used by benchmarks/bench_exporter.py; hivemind comes through the door.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+from collections.abc import Sequence
+
+
+async def _store_many(dht, node, keys, subkeys, values, expiration_time):
+    """Runs inside the DHT process (module-level, so hivemind can pickle it)."""
+    return await node.store_many(keys=keys, subkeys=subkeys, values=values, expiration_time=expiration_time)
+
+
+def fake_peer_id() -> str:
+    from petals_ops import petals_door as door
+
+    return door.PeerID(b"\x12\x20" + os.urandom(32)).to_base58()  # a sha2-256 multihash, like real ids
+
+
+def declare_fake_servers(initial_peers: Sequence[str], dht_prefix: str, num_blocks: int, servers: int, *,
+                         span: int = 10, ttl: float = 3600.0, seed: int = 0, batch: int = 100) -> list[str]:
+    """Announce ``servers`` ONLINE servers (``span`` blocks each, spread over the model); return their peer ids.
+
+    Small batches: a large pickled call (thousands of records) over hivemind's DHT pipe made the DHT process
+    fail with EAGAIN and the caller hang.
+    """
+    from petals_ops import petals_door as door
+
+    rng = random.Random(seed)
+    keys, subkeys, values, peers = [], [], [], []
+    for _ in range(servers):
+        peer = fake_peer_id()
+        start = rng.randrange(0, max(1, num_blocks - span + 1))
+        end = min(num_blocks, start + span)
+        info = door.ServerInfo(
+            state=door.ServerState.ONLINE, throughput=rng.uniform(50, 500), start_block=start, end_block=end,
+            public_name=f"sim-{len(peers)}", version=door.PETALS_VERSION, torch_dtype="bfloat16", quant_type="nf4",
+            using_relay=False, cache_tokens_left=rng.randrange(0, 200_000),
+        )
+        for block in range(start, end):
+            keys.append(f"{dht_prefix}.{block}")
+            subkeys.append(peer)
+            values.append(info.to_tuple())
+        peers.append(peer)
+    dht = door.DHT(initial_peers=list(initial_peers), client_mode=True, start=True)
+    try:
+        expiration = door.hivemind.get_dht_time() + ttl
+        for i in range(0, len(keys), batch):
+            dht.run_coroutine(functools.partial(
+                _store_many, keys=keys[i:i + batch], subkeys=subkeys[i:i + batch], values=values[i:i + batch],
+                expiration_time=expiration))
+    finally:
+        dht.shutdown()
+    return peers

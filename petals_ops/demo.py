@@ -48,6 +48,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("swarm status", _status),
     ("generate through the swarm", _generate),
     # Later capabilities append their steps here (bench, exporter).
+    ("bench gsm8k: CoT and SC on 3 demo questions", lambda ctx: __import__("petals_ops.bench.demo_step").bench.demo_step.run(ctx)),
     ("Prometheus exporter: live metrics of the swarm", _exporter),
 ]
 

@@ -9,8 +9,8 @@ answer. Answers are compared as exact decimals, so ``18.00 == 18`` and ``1,000 =
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Sequence
 
 DEFAULT_STOPS = ("\nQ:", "\n\n")
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from petals_ops.bench.extraction import DEFAULT_STOPS, truncate_at_stop
 from petals_ops.errors import InputError
@@ -51,7 +53,7 @@ class MethodConfig:
     def sample(self) -> bool:
         return self.method == "sc"
 
-    def validate(self) -> "MethodConfig":
+    def validate(self) -> MethodConfig:
         if self.method not in METHODS:
             raise InputError(f"--method {self.method} is unknown", fix="use cot or sc")
         if self.max_new_tokens < 1:
@@ -126,6 +128,51 @@ def _served_peers(session) -> list[str]:
         if peer is not None:
             peers.append(peer.to_base58() if hasattr(peer, "to_base58") else str(peer))
     return peers
+
+
+PEER_ID_RE = re.compile(r"\b(Qm[1-9A-HJ-NP-Za-km-z]{44}|12D3KooW[1-9A-HJ-NP-Za-km-z]{44})\b")
+
+
+def ban_failed_peers(loaded, error: BaseException) -> list[str]:
+    """Tell the petals client to avoid the servers a failed attempt names (e.g. 'failed to dial PEER').
+
+    petals bans a peer only when an established server session fails; a server that died is still
+    routed to (its DHT record outlives it until expiry) and every fresh session fails to connect to it.
+    """
+    if loaded.backend != "petals" or loaded.model is None:
+        return []
+    texts, seen = [], error
+    while seen is not None and len(texts) < 5:
+        texts.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    peers = sorted(set(PEER_ID_RE.findall(" ".join(texts))))
+    if peers:
+        from petals_ops import petals_door as door
+
+        manager = loaded.model.transformer.h.sequence_manager
+        for peer in peers:
+            manager.on_request_failure(door.PeerID.from_base58(peer))
+        # on_request_failure leaves the peer in the precomputed spans: rebuild the routing (it skips banned peers)
+        manager.update(wait=False)
+        manager.ready.wait(timeout=15)
+    return peers
+
+
+def _defuse(server_sessions) -> None:
+    """Close what the session left open, and make sure no ``__del__`` will try again.
+
+    petals' ``_ServerInferenceSession.__del__`` closes its stream through ``RemoteExpertWorker.run_coroutine``;
+    when the garbage collector runs that on the worker's own event-loop thread, the loop waits on itself and
+    every session of the process hangs (seen here: the bench froze mid-run). The bench closes sessions from
+    its own threads and disables automatic GC while questions run (see runner.execute).
+    """
+    for server_session in server_sessions:
+        if getattr(server_session, "_outputs_stream", None) is not None:
+            try:
+                server_session.close()
+            except Exception:  # noqa: BLE001, S110 (the stream is gone either way)
+                pass
+            server_session._outputs_stream = server_session._inputs_queue = None
 
 
 def run_batch(
@@ -209,6 +256,9 @@ def run_batch(
             logits = forward(torch.tensor(feed, dtype=torch.long).view(batch, 1))
         if session is not None:
             servers = _served_peers(session)
+            server_sessions = list(getattr(session, "_server_sessions", None) or [])
+    if session is not None:
+        _defuse(server_sessions)
     outputs = []
     for r, index in enumerate(path_indices):
         raw = tok.decode(new_ids[r], skip_special_tokens=True)

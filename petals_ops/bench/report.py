@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from petals_ops.bench.stats import maj_curve, wilson_interval
 from petals_ops.bench.store import SUMMARY_FILE, latest_by_id, read_records
@@ -154,11 +155,11 @@ def _markdown(summaries: Sequence[dict], plot_name: str, title: str) -> str:
         lines += [f"## {_label(s)}", "",
                   f"- model `{cfg['model']['name']}` (DHT prefix `{cfg['model']['dht_prefix']}`), backend {s['backend']}",
                   f"- prompt `{cfg['prompt']['id']}` ({cfg['prompt']['exemplars']} exemplars)",
-                  f"- data `{cfg['data']['source']}` (sha256 {cfg['data']['sha256'][:12]}…), "
-                  f"offset {cfg['data']['offset']}, limit {cfg['data']['limit']}, sample {cfg['data']['sample']}",
+                  (f"- data `{cfg['data']['source']}` (sha256 {cfg['data']['sha256'][:12]}…), "
+                   f"offset {cfg['data']['offset']}, limit {cfg['data']['limit']}, sample {cfg['data']['sample']}"),
                   f"- method {json.dumps(cfg['method'])}",
-                  f"- invalid paths {_pct(s['invalid_path_rate'])}, finish reasons {s['finish_reasons']}, "
-                  f"extraction {s['extraction']}"]
+                  (f"- invalid paths {_pct(s['invalid_path_rate'])}, finish reasons {s['finish_reasons']}, "
+                   f"extraction {s['extraction']}")]
         if s["method"] == "sc":
             curve = ", ".join(f"maj@{k} {_pct(v)}" for k, v in s["maj_at_k"].items())
             lines += [f"- {curve}", f"- pass@K {_pct(s.get('pass_at_k'))}, agreement with the vote {_pct(s.get('agreement'))}"]

@@ -9,16 +9,27 @@ Records are appended by the main thread only, as each question finishes.
 
 from __future__ import annotations
 
+import gc
+import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from petals_ops.bench.data import Dataset, Problem, load_dataset, select
 from petals_ops.bench.extraction import answers_equal, extract_answer
-from petals_ops.bench.methods import Cancelled, MethodConfig, max_batch_for_cache, plan_batches, run_batch
+from petals_ops.bench.methods import (
+    Cancelled,
+    MethodConfig,
+    QuestionTimeout,
+    ban_failed_peers,
+    max_batch_for_cache,
+    plan_batches,
+    run_batch,
+)
 from petals_ops.bench.prompts import PromptSet, load_prompt_file
 from petals_ops.bench.stats import plurality
 from petals_ops.bench.store import RunStore
@@ -37,7 +48,7 @@ class ExecOptions:
     backoff: float = 1.0
     batch_size: int | None = None  # None: as many paths per batch as the servers' cache allows
 
-    def validate(self) -> "ExecOptions":
+    def validate(self) -> ExecOptions:
         if self.concurrency < 1:
             raise InputError(f"--concurrency {self.concurrency} must be at least 1", fix="use --concurrency 1")
         if self.retries < 0:
@@ -83,9 +94,73 @@ def make_config(model, prompt: PromptSet, cfg: MethodConfig, dataset: Dataset, s
     }
 
 
+def die_with_parent_in_forks() -> None:
+    """Processes this one forks (the petals client's DHT; it starts its p2pd) die with it, even on kill -9.
+
+    Without this a killed bench leaves its DHT process and p2pd running forever (Linux prctl
+    PR_SET_PDEATHSIG, set in the child after every os.fork/multiprocessing fork; a no-op elsewhere).
+    """
+    import ctypes
+    import os
+    import signal
+
+    if getattr(die_with_parent_in_forks, "done", False) or not sys.platform.startswith("linux"):
+        return
+    forking = {"pid": os.getpid()}
+
+    def before() -> None:
+        forking["pid"] = os.getpid()
+
+    def in_child() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except Exception:  # noqa: BLE001 (no prctl: nothing to set)
+            return
+        if os.getppid() != forking["pid"]:  # the parent died before prctl took effect
+            os._exit(1)
+
+    os.register_at_fork(before=before, after_in_child=in_child)
+    die_with_parent_in_forks.done = True
+
+
 def _backoff_wait(attempt: int, base: float, cancel: threading.Event) -> None:
     if cancel.wait(min(30.0, base * 2 ** (attempt - 1))):
         raise Cancelled()
+
+
+ABANDON_GRACE = 10.0  # seconds past the deadline before a stuck attempt is abandoned
+
+
+def _run_attempt(fn, timeout: float, cancel: threading.Event):
+    """Run ``fn(stop)`` in its own daemon thread and wait at most ``timeout`` (+ grace).
+
+    The deadline is normally noticed between tokens inside ``fn``; if the petals client hangs inside one
+    call, the attempt is abandoned (its thread is told to stop and left behind) and the question retried.
+    """
+    box: dict[str, Any] = {}
+    stop = threading.Event()
+
+    def target() -> None:
+        try:
+            box["result"] = fn(stop)
+        except BaseException as e:  # noqa: BLE001 (handed to the waiting thread)
+            box["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True, name="bench-attempt")
+    thread.start()
+    give_up = time.monotonic() + timeout + ABANDON_GRACE
+    while thread.is_alive():
+        thread.join(0.25)
+        if cancel.is_set():
+            stop.set()
+            thread.join(5.0)
+            raise Cancelled()
+        if time.monotonic() > give_up:
+            stop.set()
+            raise QuestionTimeout(f"an attempt was stuck in the swarm client for over {timeout:.0f} s; abandoned")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def solve(loaded, prompt: PromptSet, problem: Problem, cfg: MethodConfig, batch_size: int, opts: ExecOptions,
@@ -99,17 +174,30 @@ def solve(loaded, prompt: PromptSet, problem: Problem, cfg: MethodConfig, batch_
     failures: list[str] = []
     for attempt in range(1, opts.retries + 2):
         deadline = time.monotonic() + opts.timeout
-        try:
+
+        def attempt_fn(stop: threading.Event, deadline: float = deadline):
             paths, servers, batches = [], set(), []
             for indices in plan_batches(cfg.paths, batch_size):
-                out = run_batch(loaded, prompt_ids, indices, cfg, problem.id, deadline=deadline, cancel=cancel)
+                out = run_batch(loaded, prompt_ids, indices, cfg, problem.id, deadline=deadline, cancel=stop)
                 paths += out.paths
                 servers.update(out.servers)
                 batches.append(len(indices))
+                gc.collect()  # here, in a bench thread, never on petals' event-loop thread (see execute)
+            return paths, servers, batches
+
+        try:
+            paths, servers, batches = _run_attempt(attempt_fn, opts.timeout, cancel)
         except Cancelled:
             raise
-        except Exception as e:  # a swarm failure, a timeout: retry the whole question in a fresh session
+        except Exception as e:  # noqa: BLE001 (a swarm failure, a timeout: retry the whole question in a fresh session)
+            gc.collect()
             failures.append(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
+            try:
+                banned = ban_failed_peers(loaded, e)
+            except Exception as ban_error:  # noqa: BLE001 (best effort; the retry still happens)
+                banned = [f"(could not ban: {ban_error})"]
+            if banned:
+                failures[-1] += f" [avoiding {', '.join(banned)}]"
             if attempt <= opts.retries:
                 _backoff_wait(attempt, opts.backoff, cancel)
             continue
@@ -133,6 +221,10 @@ def execute(loaded, prompt: PromptSet, problems: list[Problem], cfg: MethodConfi
             on_record: Callable[[dict, Progress], None] | None = None) -> None:
     """Solve ``problems`` with ``opts.concurrency`` in flight; append each record as it finishes."""
     cancel = threading.Event()
+    # Automatic GC may run petals' session __del__ on its event-loop thread, which deadlocks the client
+    # (methods._defuse); collect explicitly in the bench's threads instead, after every batch.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     pending = list(problems)
     in_flight: dict[Future, Problem] = {}
     pool = ThreadPoolExecutor(max_workers=opts.concurrency, thread_name_prefix="bench")
@@ -160,6 +252,9 @@ def execute(loaded, prompt: PromptSet, problems: list[Problem], cfg: MethodConfi
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        gc.collect()
+        if gc_was_enabled:
+            gc.enable()
 
 
 def choose_batch_size(loaded, prompt: PromptSet, todo: list[Problem], cfg: MethodConfig, opts: ExecOptions,
@@ -254,6 +349,7 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
                     "batch_size": None, "batch_note": "nothing to run"}
         if todo:
             if params.backend == "petals":
+                die_with_parent_in_forks()
                 loaded = generation.load_swarm_model(target.model, target.initial_peers, max_retries=params.client_retries,
                                                      request_timeout=params.request_timeout)
             else:

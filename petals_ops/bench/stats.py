@@ -13,7 +13,7 @@ import itertools
 import math
 import random
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

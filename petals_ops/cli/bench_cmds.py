@@ -81,7 +81,10 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset,
         click.echo(line)
         click.echo(f"report: {result.report_path}")
     if s["errors"]:
-        info(f"{s['errors']} questions ended in an error record (see records.jsonl); run the same command to retry them")
+        from petals_ops.errors import PartialFailure
+
+        raise PartialFailure(f"{s['errors']} of {s['n']} questions ended in an error record (see {result.run_dir}/records.jsonl)",
+                             fix="run the same command again to retry them")
 
 
 @bench.command("report")

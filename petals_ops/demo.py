@@ -1,7 +1,7 @@
 """The main job on the embedded default: a local swarm brought up, used and brought down again.
 
 ``petals-ops demo`` runs these steps in order, printing what each shows; the swarm is stopped at the
-end even when a step fails. Each later capability adds its step to :data:`STEPS`.
+end even when a step fails. Each capability adds its step to :data:`STEPS`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ def _generate(ctx: DemoContext) -> None:
     print(f"{result.new_tokens} tokens through the swarm in {result.seconds:.2f} s")
 
 
+def _bench(ctx: DemoContext) -> None:
+    from petals_ops.bench import demo_step
+
+    demo_step.run(ctx)
+
+
 def _exporter(ctx: DemoContext) -> None:
     from petals_ops.monitoring.demo import show_exporter
 
@@ -47,8 +53,7 @@ def _exporter(ctx: DemoContext) -> None:
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("swarm status", _status),
     ("generate through the swarm", _generate),
-    # Later capabilities append their steps here (bench, exporter).
-    ("bench gsm8k: CoT and SC on 3 demo questions", lambda ctx: __import__("petals_ops.bench.demo_step").bench.demo_step.run(ctx)),
+    ("bench gsm8k: CoT and SC on 3 demo questions", _bench),
     ("Prometheus exporter: live metrics of the swarm", _exporter),
 ]
 

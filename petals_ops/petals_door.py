@@ -52,6 +52,7 @@ from petals.data_structures import ModelInfo, ServerInfo, ServerState  # noqa: E
 from petals.utils.dht import get_remote_module_infos  # noqa: E402
 
 PETALS_VERSION = petals.__version__
+HIVEMIND_VERSION = hivemind.__version__
 
 
 def close_client(model) -> None:
@@ -63,7 +64,6 @@ def close_client(model) -> None:
         RemoteExpertWorker.run_coroutine(p2p.shutdown())
         manager.state.p2p = None
     manager.dht.shutdown()
-HIVEMIND_VERSION = hivemind.__version__
 
 
 def new_identity() -> tuple[bytes, str]:
@@ -117,11 +117,6 @@ def block_memory(model_path_or_config: "str | dict", *, torch_dtype: str = "auto
             "attn_cache_tokens": tokens, "num_blocks": config.num_hidden_layers, "torch_dtype": str(dtype).replace("torch.", "")}
 
 
-def peer_id_from_identity(path) -> str:
-    """The base58 peer id a process started with ``--identity_path PATH`` announces (no network)."""
-    with open(path, "rb") as f:
-        return PeerID.from_identity(f.read()).to_base58()
-
 __all__ = [
     "AutoDistributedModelForCausalLM",
     "DHT",
@@ -135,7 +130,6 @@ __all__ = [
     "block_memory",
     "close_client",
     "get_remote_module_infos",
-    "peer_id_from_identity",
     "hivemind",
     "new_identity",
     "peer_id_of_identity",

@@ -116,7 +116,7 @@ class Refresher:
 
                 for host, path in self.identities.items():
                     with contextlib.suppress(Exception):  # a half-written identity file: try next refresh
-                        own[door.peer_id_from_identity(path)] = host
+                        own[door.peer_id_of_identity(Path(path).read_bytes())] = host
                 if len(own) < len(self.identities):
                     return own
             self._own_local = own

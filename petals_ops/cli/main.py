@@ -5,7 +5,6 @@ transformers, hivemind or petals at module level, so ``petals-ops --help`` stays
 """
 
 import os
-import sys
 
 import click
 

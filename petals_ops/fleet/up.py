@@ -239,15 +239,25 @@ def apply(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts: SSH
     names = select_hosts(inventory, hosts, opts)
     for h in names:  # inventory problems are the user's, before touching any host
         C.server_slots(h, inventory.host(h), inventory.server_for(h))
-    started = time.monotonic()
     sessions = {h: HostSession(h, inventory.host(h), opts) for h in names}
     token_cache: dict = {}
+    return _on_hosts(
+        names, sessions, lambda h: _apply_host(sessions[h], inventory, dry_run=dry_run, token_cache=token_cache),
+        inventory, wait=wait and not dry_run, timeout=timeout, on_progress=on_progress, parallel=parallel,
+    )
+
+
+def _on_hosts(names: list[str], sessions: dict[str, HostSession], apply: Callable[[str], list[ServerResult]],
+              inventory: Inventory, *, wait: bool, timeout: float, on_progress: ProgressFn | None,
+              parallel: int | None = None, settle: float = 0.0) -> FleetResult:
+    """Run ``apply`` per host in parallel, then (``wait``) wait until the servers are ONLINE; close sessions."""
+    started = time.monotonic()
     try:
-        outcomes = per_host(names, lambda h: _apply_host(sessions[h], inventory, dry_run=dry_run, token_cache=token_cache),
-                            parallel=parallel)
+        outcomes: list[HostOutcome] = per_host(names, apply, parallel=parallel)
         result = FleetResult(servers=[s for o in outcomes if o.ok for s in o.value],
                              host_errors={o.host: o.error for o in outcomes if not o.ok}, hosts=names)
-        if wait and not dry_run:
+        if wait:
+            time.sleep(settle)
             wait_online(result, inventory, sessions, timeout=timeout, on_progress=on_progress)
     finally:
         for s in sessions.values():
@@ -269,22 +279,12 @@ def restart(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts: S
         for c in C.managed_containers(sessions[h].docker()):
             if not dry_run:
                 c.restart(timeout=30)
+            blocks = c.labels.get(C.LABEL_BLOCKS, "")  # "start:end", or "num:N"/"auto" when the server chooses
             out.append(ServerResult(host=h, container=c.name, action="would-restart" if dry_run else "restarted",
                                     peer_id=c.labels.get(C.LABEL_PEER),
-                                    blocks=(c.labels.get(C.LABEL_BLOCKS) if ":" in c.labels.get(C.LABEL_BLOCKS, "")
-                                            and not c.labels.get(C.LABEL_BLOCKS, "").startswith("num:") else None)))
+                                    blocks=blocks if ":" in blocks and not blocks.startswith("num:") else None))
         return out
 
-    started = time.monotonic()
-    try:
-        outcomes: list[HostOutcome] = per_host(names, one)
-        result = FleetResult(servers=[s for o in outcomes if o.ok for s in o.value],
-                             host_errors={o.host: o.error for o in outcomes if not o.ok}, hosts=names)
-        if wait and not dry_run:
-            time.sleep(1.0)
-            wait_online(result, inventory, sessions, timeout=timeout, on_progress=on_progress)
-    finally:
-        for s in sessions.values():
-            s.close()
-    result.seconds = round(time.monotonic() - started, 2)
-    return result
+    # settle: give the restarted servers a moment to replace their old ONLINE records before polling
+    return _on_hosts(names, sessions, one, inventory, wait=wait and not dry_run, timeout=timeout,
+                     on_progress=on_progress, settle=1.0)

@@ -12,6 +12,7 @@ module the CLI loads for ``--help``.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import pkgutil
 import types
@@ -99,6 +100,7 @@ def block_memory(model_path_or_config: "str | dict", *, torch_dtype: str = "auto
     from petals.utils.convert_block import QuantType
     from petals.utils.misc import get_size_in_bytes
 
+    logging.getLogger("petals").setLevel(logging.WARNING)  # its config loader logs a licence line at INFO
     if isinstance(model_path_or_config, dict):
         config = DistributedBloomConfig(**model_path_or_config)
     else:

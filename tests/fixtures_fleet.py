@@ -235,8 +235,9 @@ class FleetLab:
             "identity_dir": str(self.root / "identity"),
             "volumes": volumes,
             "environment": {"USER": "root", "HOME": "/root"},
-            "extra_args": ["--update_period", "10", "--expiration", "30", "--inference_max_length", "2048",
-                           "--attn_cache_tokens", "8192", "--num_handlers", "2"],
+            "attn_cache_tokens": 8192,
+            "inference_max_length": 2048,
+            "extra_args": ["--update_period", "10", "--expiration", "30", "--num_handlers", "2"],
             "restart_policy": "unless-stopped",
         }
         if token_env:

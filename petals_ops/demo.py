@@ -6,7 +6,6 @@ end even when a step fails. Each capability adds its step to :data:`STEPS`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,5 +72,8 @@ def run_demo(work_dir: str | Path, *, servers: int = 2) -> None:
             step(ctx)
     finally:
         info("== local swarm down")
-        with contextlib.suppress(Exception):
+        try:
             local_swarm.down(swarm_dir)
+        except Exception as e:  # say so: a swarm left running must not go unnoticed
+            info(f"warning: the local swarm did not stop cleanly: {e}; run 'petals-ops swarm local down "
+                 f"--swarm-dir {swarm_dir}'")

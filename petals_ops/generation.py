@@ -74,6 +74,7 @@ def load_swarm_model(
     from transformers import AutoTokenizer
 
     path = _require_local_checkpoint(ref)
+    tokenizer = AutoTokenizer.from_pretrained(path)  # before connecting: a failure here leaks nothing
     logging.getLogger("petals").setLevel(logging.WARNING)  # keep INFO chatter out of streamed output
     try:
         model = door.AutoDistributedModelForCausalLM.from_pretrained(
@@ -93,7 +94,7 @@ def load_swarm_model(
                 fix="check --initial-peers and that the DHT is up",
             ) from e
         raise
-    return LoadedModel(model.eval(), AutoTokenizer.from_pretrained(path), "petals", ref, list(initial_peers))
+    return LoadedModel(model.eval(), tokenizer, "petals", ref, list(initial_peers))
 
 
 def load_local_model(ref: ModelRef) -> LoadedModel:

@@ -8,8 +8,11 @@ ports, peers, logs, model) lives in a run directory, written atomically after ev
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
+import shutil
 import socket
 import sys
 import time
@@ -21,6 +24,7 @@ from petals_ops import procs
 from petals_ops.errors import InputError, OpsError
 from petals_ops.fsutil import read_json, tail_lines, write_json_atomic
 from petals_ops.models import ModelRef, resolve_model
+from petals_ops.tiny_model import MODEL_META
 
 STATE_FILE = "state.json"
 PEERS_RE = re.compile(r"--initial_peers (/\S+)")
@@ -53,9 +57,15 @@ class SwarmProcess:
     pgid: int
     log: str
     blocks: str | None = None  # "start:end" for servers
+    start_time: int | None = None  # of the group leader, to tell our process from a reused pid
 
     def alive(self) -> bool:
-        return procs.pid_alive(self.pid)
+        """The process itself (not a later process that got its pid) is alive."""
+        return procs.pid_alive(self.pid) and self.start_time in (None, procs.start_time(self.pid))
+
+    def running(self) -> bool:
+        """Anything of this process group (the leader or its p2pd and workers) is still ours and alive."""
+        return procs.group_is_ours(self.pgid, self.start_time)
 
 
 @dataclass
@@ -85,7 +95,7 @@ class LocalSwarm:
         raise InputError(f"the local swarm has no process named {name}", fix=f"use one of {[p.name for p in self.processes]}")
 
     def any_alive(self) -> bool:
-        return any(p.alive() or procs.group_members(p.pgid) for p in self.processes)
+        return any(p.running() for p in self.processes)
 
     def save(self) -> None:
         write_json_atomic(Path(self.run_dir) / STATE_FILE, asdict(self))
@@ -95,9 +105,15 @@ class LocalSwarm:
         path = Path(run_dir) / STATE_FILE
         if not path.is_file():
             return None
-        data = read_json(path)
-        data["processes"] = [SwarmProcess(**p) for p in data.get("processes", [])]
-        return cls(**data)
+        try:
+            data = read_json(path)
+            data["processes"] = [SwarmProcess(**p) for p in data.get("processes", [])]
+            return cls(**data)
+        except (ValueError, TypeError, KeyError) as e:
+            raise OpsError(
+                f"the local swarm state {path} is unreadable ({e})",
+                fix="stop any petals_ops.serve processes by hand, then delete that file",
+            ) from e
 
 
 def plan_block_ranges(num_blocks: int, servers: int, replicas: int = 1) -> list[tuple[int, int]]:
@@ -193,6 +209,37 @@ def up(
     On any failure the processes already started are stopped, so a failed ``up`` leaves nothing behind.
     """
     run_dir = Path(run_dir or default_run_dir()).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _up_lock(run_dir):
+        return _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_progress)
+
+
+@contextlib.contextmanager
+def _up_lock(run_dir: Path):
+    """One ``up`` at a time per run dir (the check for a running swarm and the start are one step)."""
+    with open(run_dir / ".up.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise InputError(f"another 'swarm local up' is starting a swarm in {run_dir}", fix="wait for it") from e
+        yield
+
+
+def _tiny_model_in(run_dir: Path) -> Path:
+    """The run dir's own tiny BLOOM, built into a temp dir and renamed so an interrupted build never sticks."""
+    from petals_ops.tiny_model import make_tiny_bloom
+
+    model_path = run_dir / "model"
+    if not (model_path / MODEL_META).is_file():  # written last: its presence means a complete model
+        building = run_dir / "model.building"
+        shutil.rmtree(building, ignore_errors=True)
+        shutil.rmtree(model_path, ignore_errors=True)
+        make_tiny_bloom(building)
+        building.rename(model_path)
+    return model_path
+
+
+def _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_progress) -> LocalSwarm:
     running = _running_swarm(run_dir)
     if running is not None:
         raise InputError(
@@ -200,21 +247,15 @@ def up(
             fix="use it, or stop it first with 'petals-ops swarm local down'",
         )
     if model_dir is None:
-        model_path = run_dir / "model"
-        if not (model_path / "config.json").is_file():
-            from petals_ops.tiny_model import make_tiny_bloom
-
-            import shutil
-
-            shutil.rmtree(model_path, ignore_errors=True)
-            make_tiny_bloom(model_path)
+        model_path = _tiny_model_in(run_dir)
     else:
         model_path = Path(model_dir)
+        if not model_path.is_dir():
+            raise InputError(f"--model-dir {model_dir} is not a directory", fix="pass a model directory, or leave it out")
     model = resolve_model(str(model_path))
     ranges = plan_block_ranges(model.num_blocks, servers, replicas)
     port = check_port_free(dht_port)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / STATE_FILE).unlink(missing_ok=True)
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -235,7 +276,8 @@ def up(
 def _launch(swarm: LocalSwarm, name: str, role: str, cmd: list[str], blocks: str | None = None) -> SwarmProcess:
     log = Path(swarm.run_dir) / "logs" / f"{name}.log"
     popen = procs.spawn(cmd, log_path=log, cwd=swarm.run_dir)  # cwd: petals auto-loads ./config.yml
-    proc = SwarmProcess(name=name, role=role, pid=popen.pid, pgid=popen.pid, log=str(log), blocks=blocks)
+    proc = SwarmProcess(name=name, role=role, pid=popen.pid, pgid=popen.pid, log=str(log), blocks=blocks,
+                        start_time=procs.start_time(popen.pid))
     swarm.processes.append(proc)
     swarm.save()
     return proc
@@ -297,7 +339,7 @@ def stop(swarm: LocalSwarm, names: list[str] | None = None) -> list[str]:
     chosen.sort(key=lambda p: p.role == "dht")
     left = []
     for p in chosen:
-        if not procs.stop_group(p.pgid):
+        if p.running() and not procs.stop_group(p.pgid):  # never signal a group that is no longer ours
             left.append(p.name)
     if left:
         raise OpsError(f"processes of {left} survived SIGKILL", fix="check 'ps -eo pid,pgid,cmd' and kill them")

@@ -57,9 +57,13 @@ def resolve_model(model: str, *, dht_prefix: str | None = None, num_blocks: int 
                 f"--model {model} is not a model directory (no config.json with weights)",
                 fix="pass a directory made by 'petals-ops model tiny DIR' or a hub name",
             )
-        config = json.loads((path / "config.json").read_text())
         meta_file = path / MODEL_META
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        try:
+            config = json.loads((path / "config.json").read_text())
+            meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        except (ValueError, OSError) as e:
+            raise InputError(f"--model {model}: cannot read its config.json or {MODEL_META} ({e})",
+                             fix="re-create the model directory") from e
         prefix = dht_prefix or meta.get("dht_prefix")
         if not prefix:
             raise InputError(f"model directory {model} records no DHT prefix", fix="pass --dht-prefix NAME")

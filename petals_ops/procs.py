@@ -26,14 +26,25 @@ def spawn(cmd: Sequence[str], *, log_path: str | Path, cwd: str | Path, env: dic
         )
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, process group id) of ``pid`` from /proc, or None if it is gone."""
+def _proc_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state is [0]), or None if it is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
-    fields = raw[raw.rindex(")") + 2:].split()
-    return fields[0], int(fields[2])
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, process group id) of ``pid`` from /proc, or None if it is gone."""
+    fields = _proc_fields(pid)
+    return None if fields is None else (fields[0], int(fields[2]))
+
+
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot): with the pid it identifies a process across pid reuse."""
+    fields = _proc_fields(pid)
+    return None if fields is None else int(fields[19])
 
 
 def pid_alive(pid: int) -> bool:
@@ -50,6 +61,17 @@ def group_members(pgid: int) -> list[int]:
             if stat and stat[1] == pgid and stat[0] not in ("Z", "X"):
                 members.append(int(entry))
     return members
+
+
+def group_is_ours(pgid: int, leader_start_time: int | None) -> bool:
+    """Is process group ``pgid`` still the one we started (leader started at ``leader_start_time``)?
+
+    A live leader must have the recorded start time (else the pid was reused after a reboot or crash);
+    a dead leader with live members is ours, since the kernel never reuses a pgid that is still in use.
+    """
+    if pid_alive(pgid):
+        return leader_start_time is None or start_time(pgid) == leader_start_time
+    return bool(group_members(pgid))
 
 
 def _reap(pid: int) -> None:

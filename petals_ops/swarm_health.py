@@ -93,6 +93,14 @@ class SwarmSnapshot:
     def server(self, peer_id: str) -> ServerRecord | None:
         return next((s for s in self.servers if s.peer_id == peer_id), None)
 
+    def require_full_coverage(self) -> None:
+        """Raise the one-line error every client command gives when some block has no ONLINE server."""
+        if self.uncovered_blocks:
+            raise OpsError(
+                f"blocks {format_block_ranges(self.uncovered_blocks)} of {self.dht_prefix} have no ONLINE server",
+                fix="start servers for them ('petals-ops swarm status' shows coverage)",
+            )
+
     def coverage(self) -> dict[str, Any]:
         return {
             "blocks_total": self.num_blocks,

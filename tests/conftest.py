@@ -63,8 +63,13 @@ def swarm_factory(tmp_path_factory, tiny_model_dir):
         return swarm
 
     yield start
-    for run_dir in started:
-        local_swarm.down(run_dir)
+    failures = []
+    for run_dir in started:  # stop every swarm even if one fails to stop
+        try:
+            local_swarm.down(run_dir)
+        except Exception as e:
+            failures.append(f"{run_dir}: {e}")
+    assert not failures, failures
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers import assert_one_line_error
 
-HEAVY = ("torch", "transformers", "hivemind", "petals")
+HEAVY = ("torch", "transformers", "hivemind", "petals", "matplotlib")  # every --help, bench's included
 
 
 def test_help_of_every_command_imports_nothing_heavy():
@@ -116,3 +116,48 @@ def test_tiny_model_is_deterministic_for_a_seed(run_cli, tmp_path):
     assert meta["dht_prefix"] == "tiny-bloom-petals" and meta["num_blocks"] == 2
     again = run_cli("model", "tiny", tmp_path / "a")
     assert_one_line_error(again, "already holds a model", code=2)
+
+
+def test_missing_model_dir(run_cli, tmp_path):
+    result = run_cli("swarm", "local", "up", "--swarm-dir", tmp_path / "run", "--model-dir", tmp_path / "no" / "such")
+    assert_one_line_error(result, "no/such", "not a directory", code=2)
+
+
+def test_negative_top_k_is_a_usage_error(run_cli, tiny_model_dir):
+    result = run_cli("generate", "--backend", "local", "--model", tiny_model_dir, "--sample", "--top-k", "-3", "x")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "--top-k" in result.stderr
+
+
+def test_stale_state_never_signals_a_reused_pid(tmp_path):
+    """A state file from before a reboot names a pid now used by an unrelated process group: the swarm
+    counts as not running, and down must not signal that group."""
+    import subprocess
+
+    from petals_ops import local_swarm, procs
+
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        swarm = local_swarm.LocalSwarm(
+            run_dir=str(tmp_path), model_dir=str(tmp_path / "model"), dht_prefix="x", num_blocks=4, dht_port=1,
+            processes=[local_swarm.SwarmProcess(name="dht", role="dht", pid=stranger.pid, pgid=stranger.pid,
+                                                log="dht.log", start_time=procs.start_time(stranger.pid) - 1)],
+        )
+        swarm.save()
+        assert not local_swarm.LocalSwarm.load(tmp_path).any_alive()
+        local_swarm.down(tmp_path)
+        assert stranger.poll() is None, "down killed a process that was not the swarm's"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_interrupted_model_build_is_rebuilt(tmp_path):
+    from petals_ops import local_swarm
+    from petals_ops.models import resolve_model
+
+    half = tmp_path / "model"
+    half.mkdir()
+    (half / "config.json").write_text("{}")  # what a Ctrl-C during save_pretrained leaves
+    path = local_swarm._tiny_model_in(tmp_path)
+    assert resolve_model(str(path)).num_blocks == 4
+    assert not (tmp_path / "model.building").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 
@@ -11,6 +12,7 @@ def run(ctx) -> None:
     from petals_ops.bench.runner import BenchParams, run_bench
 
     out = Path(ctx.work_dir) / "bench"
+    shutil.rmtree(out, ignore_errors=True)  # a demo measures afresh; resuming a finished run would measure nothing
     dirs = []
     for method, paths in (("cot", 1), ("sc", 4)):
         params = BenchParams(data="demo", limit=3, run_dir=str(out / f"gsm8k-{method}"), swarm_dir=ctx.swarm.run_dir,

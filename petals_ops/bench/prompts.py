@@ -59,7 +59,12 @@ def load_prompt_file(path: str | Path | None = None) -> PromptSet:
     path = Path(path or DEFAULT_PROMPT).expanduser()
     if not path.is_file():
         raise InputError(f"--prompt-file {path} does not exist", fix=f"pass a file like {DEFAULT_PROMPT}")
-    prefix = parse_prompt_text(path.read_text(encoding="utf-8"), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--prompt-file {path} is not a readable UTF-8 text file ({e})",
+                         fix=f"pass a prompt set like {DEFAULT_PROMPT}") from e
+    prefix = parse_prompt_text(text, str(path))
     blocks = prefix.split("\n\n") if prefix else []
     if not blocks:
         raise InputError(f"--prompt-file {path} holds no exemplars", fix="write 'Q: ...\\nA: ... The answer is N.' blocks")

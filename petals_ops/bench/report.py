@@ -33,13 +33,17 @@ def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: 
     low, high = wilson_interval(correct, len(ok))
     paths = [p for r in ok for p in r["paths"]]
     previous = run_dir / SUMMARY_FILE
-    wall_before = 0.0
+    prev: dict[str, Any] = {}
     if previous.is_file():
         try:
-            wall_before = float(json.loads(previous.read_text()).get("wall_seconds_total", 0.0))
+            prev = json.loads(previous.read_text())
         except (ValueError, OSError):
-            wall_before = 0.0
+            prev = {}
+    wall_before = float(prev.get("wall_seconds_total") or 0.0)
     wall = progress.elapsed if progress is not None else 0.0
+    generated_now = progress is not None and progress.tokens > 0
+    if not generated_now and prev:  # a resume with nothing left to do keeps the figures of the runs that did the work
+        backend = prev.get("backend", backend)
     served = Counter(peer for r in ok for peer in r.get("servers", []))
     method = config["method"]
     summary: dict[str, Any] = {
@@ -64,7 +68,8 @@ def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: 
         "wall_seconds": round(wall, 3),
         "wall_seconds_total": round(wall_before + wall, 3),
         "tokens_this_invocation": progress.tokens if progress is not None else 0,
-        "tokens_per_second": round(progress.tokens_per_second, 3) if progress is not None else None,
+        "tokens_per_second": (prev.get("tokens_per_second") if not generated_now and prev.get("tokens_per_second")
+                              else round(progress.tokens_per_second, 3) if progress is not None else None),
         "run": run_info or {},
         "exec": vars(exec_options) if exec_options is not None else {},
         "config": config,

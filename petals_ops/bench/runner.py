@@ -33,7 +33,7 @@ from petals_ops.bench.methods import (
 from petals_ops.bench.prompts import PromptSet, load_prompt_file
 from petals_ops.bench.stats import plurality
 from petals_ops.bench.store import RunStore
-from petals_ops.errors import InputError, OpsError
+from petals_ops.errors import InputError
 
 CONFIG_VERSION = 1
 
@@ -336,14 +336,10 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         from petals_ops import generation
 
         if params.backend == "petals":
-            from petals_ops.swarm_health import format_block_ranges, take_snapshot
+            from petals_ops.swarm_health import take_snapshot
 
             snapshot = take_snapshot(target.initial_peers, target.model)
-            if snapshot.uncovered_blocks:
-                raise OpsError(
-                    f"blocks {format_block_ranges(snapshot.uncovered_blocks)} of {snapshot.dht_prefix} have no ONLINE server",
-                    fix="start servers for them ('petals-ops swarm status' shows coverage)",
-                )
+            snapshot.require_full_coverage()
         progress = Progress(total=len(todo))
         run_info = {"todo": len(todo), "done_before": len(problems) - len(todo), "n": len(problems),
                     "batch_size": None, "batch_note": "nothing to run"}

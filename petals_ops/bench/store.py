@@ -9,6 +9,7 @@ before appending, so the file only ever holds whole lines. One bench at a time p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -80,7 +81,12 @@ class RunStore:
         self._acquire()
         config_path = self.run_dir / CONFIG_FILE
         if config_path.is_file():
-            old = json.loads(config_path.read_text())
+            try:
+                old = json.loads(config_path.read_text())
+            except (ValueError, OSError) as e:
+                self.close()
+                raise InputError(f"--run-dir {self.run_dir}: {CONFIG_FILE} is unreadable ({e})",
+                                 fix="use a new --run-dir") from e
             diffs = config_differences(old, config)
             if diffs:
                 self.close()
@@ -112,13 +118,33 @@ class RunStore:
                 if pid and procs.pid_alive(pid):
                     raise OpsError(f"another bench (pid {pid}) is running in --run-dir {self.run_dir}",
                                    fix="wait for it, or use another run dir") from None
-                path.unlink(missing_ok=True)  # stale: its bench died
+                self._clear_stale_lock(path, pid)
                 continue
             os.write(fd, f"{os.getpid()}\n".encode())
             os.close(fd)
             self._lock = path
             return
         raise OpsError(f"cannot take the lock {path}", fix="remove it if no bench runs there")
+
+    def _clear_stale_lock(self, path: Path, stale_pid: int) -> None:
+        """Move a dead bench's lock away. Renaming (not unlinking) and checking what was moved means two
+        benches taking over at once cannot both end up holding the lock."""
+        moved = path.with_name(f"{path.name}.stale-{os.getpid()}")
+        try:
+            os.rename(path, moved)
+        except FileNotFoundError:
+            return  # another bench took it over first
+        try:
+            moved_pid = int(moved.read_text().strip() or 0)
+        except (OSError, ValueError):
+            moved_pid = 0
+        if moved_pid != stale_pid and moved_pid and procs.pid_alive(moved_pid):
+            with contextlib.suppress(FileExistsError):  # we moved a live bench's fresh lock: put it back
+                os.link(moved, path)
+            moved.unlink()
+            raise OpsError(f"another bench (pid {moved_pid}) is running in --run-dir {self.run_dir}",
+                           fix="wait for it, or use another run dir")
+        moved.unlink()
 
     def _repair(self) -> None:
         """Drop a last line cut short by a crash, so the next append starts on a fresh line."""

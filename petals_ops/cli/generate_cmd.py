@@ -14,7 +14,7 @@ from petals_ops.output import info
 @click.option("--max-new-tokens", default=32, show_default=True, type=int)
 @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
 @click.option("--temperature", default=1.0, show_default=True, type=float, help="With --sample.")
-@click.option("--top-k", default=None, type=int, help="With --sample: keep the k most likely tokens.")
+@click.option("--top-k", default=None, type=click.IntRange(min=0), help="With --sample: keep the k most likely tokens.")
 @click.option("--seed", default=None, type=int, help="Seed for --sample.")
 @click.option("--max-retries", default=3, show_default=True, type=click.IntRange(min=0),
               help="Client retries per failed step before giving up (petals' default is forever).")
@@ -25,7 +25,7 @@ def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, ma
     """Generate text from PROMPT through the swarm (the local one by default), streamed to stdout."""
     from petals_ops import generation
     from petals_ops.errors import OpsError
-    from petals_ops.swarm_health import format_block_ranges, take_snapshot
+    from petals_ops.swarm_health import take_snapshot
     from petals_ops.target import resolve_target
 
     if backend == "local" and model and not initial_peers:  # no swarm needed to run a checkpoint in-process
@@ -40,21 +40,10 @@ def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, ma
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    def uncovered_error():
-        snap = take_snapshot(target.initial_peers, target.model)
-        if snap.uncovered_blocks:
-            return OpsError(
-                f"blocks {format_block_ranges(snap.uncovered_blocks)} of {snap.dht_prefix} have no ONLINE server",
-                fix="start servers for them ('petals-ops swarm status' shows coverage)",
-            )
-        return None
-
     if backend == "local":
         loaded = generation.load_local_model(target.model)
     else:
-        error = uncovered_error()
-        if error:
-            raise error
+        take_snapshot(target.initial_peers, target.model).require_full_coverage()
         loaded = generation.load_swarm_model(target.model, target.initial_peers, max_retries=max_retries)
     try:
         with loaded:
@@ -63,8 +52,9 @@ def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, ma
     except Exception as e:
         if isinstance(e, OpsError) or backend == "local":
             raise
-        raise (uncovered_error() or OpsError(f"generation through the swarm failed: {' '.join(str(e).split())[:200]}",
-                                            fix="check 'petals-ops swarm status' and retry")) from e
+        take_snapshot(target.initial_peers, target.model).require_full_coverage()  # name the blocks if they are gone
+        raise OpsError(f"generation through the swarm failed: {' '.join(str(e).split())[:200]}",
+                       fix="check 'petals-ops swarm status' and retry") from e
     write("\n")
     tps = result.new_tokens / result.seconds if result.seconds else 0.0
     info(f"{result.new_tokens} tokens in {result.seconds:.2f} s ({tps:.1f} tokens/s, {backend})")

@@ -26,7 +26,6 @@ def tiny(directory, layers, hidden, heads, seed, dht_prefix):
     from petals_ops.tiny_model import TinyModelSpec, make_tiny_bloom
 
     spec = TinyModelSpec(layers=layers, hidden=hidden, heads=heads, seed=seed, dht_prefix=dht_prefix)
-    spec.validate()
     path = make_tiny_bloom(directory, spec)
     info(f"tiny BLOOM with {layers} blocks (hidden {hidden}, seed {seed}, DHT prefix {dht_prefix}) written")
     click.echo(str(path))

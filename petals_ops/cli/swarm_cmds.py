@@ -8,7 +8,7 @@ from petals_ops.local_swarm import default_run_dir
 from petals_ops.output import OUTPUT_OPTION, emit_json, info, render_table
 
 RUN_DIR_OPTION = click.option(
-    "--run-dir", type=click.Path(file_okay=False), default=None, envvar="PETALS_OPS_SWARM_DIR",
+    "--swarm-dir", "--run-dir", "run_dir", type=click.Path(file_okay=False), default=None, envvar="PETALS_OPS_SWARM_DIR",
     help=f"Where the local swarm keeps its state, logs and model [default: {default_run_dir()}].",
 )
 

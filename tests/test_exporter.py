@@ -185,3 +185,21 @@ def test_container_metrics_from_fleet_statuses():
     assert got[("petals_container_restarts_total", c2)] == 5
     assert got[("petals_container_last_exit_code", c2)] == 137
     assert got[("petals_container_inspect_success", c3)] == 0 and ("petals_container_running", c3) not in got
+
+
+def test_refresher_keeps_the_servers_of_an_unreachable_host():
+    """A host that stops answering keeps its peer -> host entries, so its servers' online metric stays (at 0)."""
+    from petals_ops.fleet.status import ContainerStatus
+    from petals_ops.models import ModelRef
+    from petals_ops.monitoring.refresher import Refresher
+
+    def status(host, peer_id=None, error=None):
+        return ContainerStatus(host, "" if error else "petals-server-0", not error, 0, None, peer_id, error)
+
+    rounds = [[status("a10-1", "QmA"), status("a10-2", "QmB")], [status("a10-1", "QmA"), status("a10-2", error="refused")]]
+    refresher = Refresher([FAKE_PEER], [ModelRef("m", "m-petals", 4)], interval=30, inventory=object(),
+                          container_statuses=lambda inv: rounds.pop(0))
+    refresher._walk_swarm = lambda: [snapshot(time.time())]  # no swarm here: QmB is OFFLINE in it
+    assert refresher.refresh_once().own_hosts == {"QmA": "a10-1", "QmB": "a10-2"}
+    assert refresher.refresh_once().own_hosts == {"QmA": "a10-1", "QmB": "a10-2"}
+    assert samples(exposition(refresher.state))[("petals_own_server_online", (("host", "a10-2"), ("peer_id", "QmB")))] == 0

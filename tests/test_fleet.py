@@ -187,7 +187,6 @@ def test_changed_setting_recreates_only_that_container(fleet, run_cli):
 
 def test_status_and_the_exporter_interface(fleet, run_cli):
     from petals_ops.fleet import container_statuses, load_inventory
-    from petals_ops.fleet.ssh import SSHOptions
 
     result = fleet.cli(run_cli, "status", "-o", "json")
     assert result.returncode == 0, result.stderr
@@ -199,7 +198,6 @@ def test_status_and_the_exporter_interface(fleet, run_cli):
     assert sorted((s.host, s.container, s.running, s.peer_id, s.error) for s in statuses) == [
         ("a10-1", "petals-server-0", True, fleet.peers["a10-1"], None),
         ("a10-2", "petals-server-0", True, fleet.peers["a10-2"], None)]
-    assert isinstance(SSHOptions(), SSHOptions)
 
 
 def test_logs(fleet, run_cli):
@@ -210,10 +208,12 @@ def test_logs(fleet, run_cli):
 
 
 def test_restart_keeps_the_peer_id(fleet, run_cli):
+    started = containers(fleet.lab, "a10-1")["petals-server-0"].attrs["State"]["StartedAt"]
     result = fleet.cli(run_cli, "restart", "--hosts", "a10-1", "-o", "json", "--timeout", "300")
     assert result.returncode == 0, result.stderr + result.stdout
     [row] = json.loads(result.stdout)["servers"]
     assert (row["action"], row["peer_id"], row["dht_state"]) == ("restarted", fleet.peers["a10-1"], "ONLINE")
+    assert containers(fleet.lab, "a10-1")["petals-server-0"].attrs["State"]["StartedAt"] != started  # really restarted
 
 
 def test_one_host_down_partial_failure(fleet, run_cli):
@@ -222,6 +222,10 @@ def test_one_host_down_partial_failure(fleet, run_cli):
 
     down = fleet.cli(run_cli, "down", "--hosts", "a10-2")
     assert down.returncode == 0, down.stderr
+    empty = fleet.cli(run_cli, "status", "-o", "json")  # a reachable host without servers is a failure too
+    assert empty.returncode == 3 and "a10-2" in empty.stderr, empty.stderr
+    rows = {r["host"]: r for r in json.loads(empty.stdout)["containers"]}
+    assert "no petals-ops containers" in rows["a10-2"]["error"] and rows["a10-1"]["running"]
     fleet.lab.stop_sshd("a10-1")
     try:
         result = fleet.cli(run_cli, "up", "--timeout", "300")

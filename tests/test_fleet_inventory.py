@@ -42,6 +42,9 @@ def test_example_inventory_is_valid():
         ({"server": {"environment": {"HF_TOKEN": "x"}}}, ["server.environment", "hf_token"]),
         ({"server": {"hf_token": {"env": "A", "file": "B"}}}, ["server.hf_token", "exactly one"]),
         ({"server": {"initial_peers": ["127.0.0.1:31337"]}}, ["server.initial_peers", "multiaddr"]),
+        ({"server": {"extra_args": ["--token", "x"]}}, ["server.extra_args", "--token", "hf_token: {env: VAR}"]),
+        ({"server": {"extra_args": ["--use_auth_token=x"]}}, ["server.extra_args", "--use_auth_token"]),
+        ({"hosts": {"a10-1": {"server": {"command": ["run", "hf_abc"]}}}}, ["hosts.a10-1.server.command", "a token"]),
     ],
 )
 def test_bad_inventory_one_line_error(tmp_path, run_cli, data, needles):
@@ -54,6 +57,35 @@ def test_invalid_yaml_and_missing_file(tmp_path, run_cli):
     bad = write(tmp_path, "hosts:\n  a10-1: [\n")
     assert_one_line_error(run_cli("plan", "-i", bad), "not valid YAML", "line", code=2)
     assert_one_line_error(run_cli("plan", "-i", tmp_path / "nope.yaml"), "does not exist", code=2)
+
+
+def test_unreadable_inventory_and_ssh_config(tmp_path, run_cli):
+    binary = write(tmp_path, "x", "binary.yaml")
+    binary.write_bytes(b"hosts:\n  \xff\xfe: {}\n")
+    assert_one_line_error(run_cli("plan", "-i", binary), str(binary), "cannot be read", code=2)
+    ssh_config = write(tmp_path, "Host a10-1\n  HostName\n", "ssh_config")  # a keyword without a value
+    path = write(tmp_path, {"ssh_config": str(ssh_config), "hosts": {"a10-1": {"gpus": 0}}})
+    assert_one_line_error(run_cli("hosts", "check", "-i", path, "--hosts", "a10-2"), f"ssh config {ssh_config}", code=2)
+    two = write(tmp_path, {"hosts": {"a10-1": {"gpus": 0}, "a10-2": {"gpus": 0}}}, "two.yaml")
+    assert_one_line_error(run_cli("logs", "-i", two, "a10-1,a10-2"), "exactly one host", code=2)
+    assert_one_line_error(run_cli("logs", "-i", two, ""), "exactly one host", code=2)
+
+
+def test_up_checks_token_and_model_before_touching_hosts(tmp_path, run_cli):
+    """Port 9 on localhost has no sshd: these must fail (exit 2) before any connection is tried."""
+    host = {"a10-1": {"address": "127.0.0.1", "port": 9, "gpus": 0}}
+    unset = write(tmp_path, {"server": {"device": "cpu", "hf_token": {"env": "PETALS_OPS_TEST_UNSET_TOKEN"}},
+                             "hosts": host}, "token.yaml")
+    assert_one_line_error(run_cli("up", "-i", unset), "PETALS_OPS_TEST_UNSET_TOKEN", code=2)
+    model = write(tmp_path, {"server": {"device": "cpu", "model": "nohub"}, "hosts": host}, "model.yaml")
+    assert_one_line_error(run_cli("up", "-i", model), "nohub", code=2)
+    assert_one_line_error(run_cli("restart", "-i", model), "nohub", code=2)
+
+
+def test_block_ranges_are_normalised():
+    from petals_ops.fleet.inventory import ServerSpec
+
+    assert ServerSpec(block_indices=[" 0 : 14", "014:28"]).block_indices == ["0:14", "14:28"]
 
 
 def test_missing_host_and_injection_in_host_name(tmp_path, run_cli):
@@ -129,3 +161,29 @@ def test_fleet_help_is_fast_and_light(run_cli):
     for cmd in (["hosts", "check"], ["provision"], ["plan"], ["up"], ["down"], ["status"], ["logs"], ["restart"]):
         result = run_cli(*cmd, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout, (cmd, result.stderr)
+
+
+def test_proxyjump_hops_check_host_keys(tmp_path, monkeypatch):
+    """fabric gives each ProxyJump hop a client with AutoAddPolicy; petals-ops must check its key too."""
+    import fabric
+    import paramiko
+
+    from petals_ops.fleet.inventory import HostSpec
+    from petals_ops.fleet.ssh import HostError, HostSession, SSHOptions, _hops
+
+    cfg = write(tmp_path, "Host a10-1\n  HostName 127.0.0.1\n  Port 9\n  ProxyJump jump\n"
+                          "Host jump\n  HostName 127.0.0.1\n  Port 9\n", "ssh_config")
+    opened = []
+
+    def fake_open(self):
+        opened.append(self)
+        raise paramiko.SSHException("Server '127.0.0.1' not found in known_hosts")
+
+    monkeypatch.setattr(fabric.Connection, "open", fake_open)
+    session = HostSession("a10-1", HostSpec(), SSHOptions(ssh_config=str(cfg), known_hosts=str(tmp_path / "kh")))
+    with pytest.raises(HostError, match="not in"):
+        session.conn
+    [conn] = opened
+    hops = _hops(conn)
+    assert len(hops) == 2 and hops[1].original_host == "jump"
+    assert all(isinstance(h.client._policy, paramiko.RejectPolicy) for h in hops)

@@ -176,6 +176,7 @@ def _restart_dht(swarm) -> None:
            "--identity_path", str(Path(swarm.run_dir) / "dht.id")]
     popen = procs.spawn(cmd, log_path=log, cwd=swarm.run_dir)
     dht.pid = dht.pgid = popen.pid
+    dht.start_time = procs.start_time(popen.pid)  # alive()/stop check it, to never signal a reused pid
     swarm.save()  # so the session's swarm_factory teardown stops the new DHT too
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -250,12 +250,18 @@ def status_cmd(inventory, hosts, accept_new_host_keys, output):
     Exit code 1/3 when a host is unreachable or a server is not running/ONLINE (3: others are fine).
     """
     from petals_ops.fleet.ssh import select_hosts
-    from petals_ops.fleet.status import container_statuses
+    from petals_ops.fleet.status import ContainerStatus, container_statuses
     from petals_ops.fleet.up import _model_ref
 
     inv, opts = _load(inventory, accept_new_host_keys)
     names = select_hosts(inv, hosts, opts)
     statuses = container_statuses(inv, names, opts=opts)
+    found = {s.host for s in statuses}
+    for h in names:  # a reachable host without servers must not pass silently
+        if h not in found:
+            statuses.append(ContainerStatus(host=h, container="", running=False, restart_count=0, exit_code=None,
+                                            peer_id=None, error=f"{h}: no petals-ops containers (run 'petals-ops up')"))
+    statuses.sort(key=lambda s: names.index(s.host))
     peers = list(dict.fromkeys(p for h in names for p in inv.server_for(h).initial_peers))
     snap, dht_error = None, None
     if peers and any(s.peer_id for s in statuses):

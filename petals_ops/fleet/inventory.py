@@ -39,6 +39,7 @@ OFFICIAL_COMMAND = ["python", "-m", "petals.cli.run_server"]
 A10_MEMORY_BYTES = 24_146_608_128  # what NVML reports for an NVIDIA A10 (22.49 GiB)
 HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 BLOCK_RANGE_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+TOKEN_FLAGS = ("--token", "--use_auth_token", "--use-auth-token")  # petals run_server flags that take the HF token
 
 
 class _Strict(BaseModel):
@@ -114,10 +115,22 @@ class ServerSpec(_Strict):
     def _ranges(cls, value):
         if value is None:
             return value
+        normalised = []
         for r in value:
             m = BLOCK_RANGE_RE.match(r)
             if not m or int(m.group(1)) >= int(m.group(2)):
                 raise ValueError(f"block range {r!r} is not start:end with start < end (e.g. 0:14)")
+            normalised.append(f"{int(m.group(1))}:{int(m.group(2))}")  # " 0 : 14" -> "0:14", as the DHT shows it
+        return normalised
+
+    @field_validator("command", "extra_args")
+    @classmethod
+    def _no_token_args(cls, value):
+        for a in value:
+            flag = a.split("=", 1)[0]
+            if flag in TOKEN_FLAGS or a.startswith("hf_"):
+                raise ValueError(f"{'a token' if a.startswith('hf_') else flag} must not be on the command line "
+                                 "(other users of the host can read it); use hf_token: {env: VAR}")
         return value
 
     @field_validator("initial_peers")
@@ -282,7 +295,12 @@ def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
         if explicit:
             raise InputError(f"inventory {path} does not exist", fix="pass --inventory PATH (see deploy/petals-ops.example.yaml)")
         return Inventory(source=None)
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise InputError(f"inventory {path} cannot be read ({reason})",
+                         fix="check the file's permissions and that it is a UTF-8 YAML file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

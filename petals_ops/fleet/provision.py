@@ -157,8 +157,8 @@ def provision_host(s: HostSession, inventory: Inventory, *, dry_run: bool) -> Pr
         report.steps.append(Step("docker group", "ok", "connecting as root"))
     else:
         step("docker group", lambda: s.run(["docker", "version"]).ok, DOCKER_GROUP, user,
-             detail_ok=f"{user} can reach Docker", detail_missing=f"{user} is not in the docker group")
-        s.close()  # the new group applies to new logins only
+             detail_ok=f"{user} can reach Docker", detail_missing=f"{user} is not in the docker group",
+             after=s.close)  # the new group applies to new logins only: verify on a fresh connection
     if not wants_gpu:
         for name in ("nvidia driver", "toolkit repository", "toolkit package", "docker nvidia runtime"):
             report.steps.append(Step(name, "skipped", "no GPUs in the inventory for this host"))

@@ -52,19 +52,26 @@ class SSHOptions:
             raise InputError(f"ssh config {path} does not exist", fix="fix ssh_config in the inventory or PETALS_OPS_SSH_CONFIG")
         return path if path.is_file() else None
 
-    def lookup(self, alias: str) -> dict:
+    def parsed_config(self):
+        """The ssh config as a paramiko ``SSHConfig`` (None when there is none); a bad file is an InputError."""
         import paramiko
 
         path = self.ssh_config_path()
         if path is None:
-            return {"hostname": alias}
-        return paramiko.SSHConfig.from_path(str(path)).lookup(alias)
+            return None
+        try:
+            return paramiko.SSHConfig.from_path(str(path))
+        except (paramiko.ssh_exception.ConfigParseError, OSError, UnicodeDecodeError) as e:
+            raise InputError(f"ssh config {path} cannot be read ({_short(e)})",
+                             fix="fix that file, or point ssh_config / PETALS_OPS_SSH_CONFIG elsewhere") from None
+
+    def lookup(self, alias: str) -> dict:
+        config = self.parsed_config()
+        return {"hostname": alias} if config is None else config.lookup(alias)
 
     def is_alias(self, name: str) -> bool:
-        import paramiko
-
-        path = self.ssh_config_path()
-        return path is not None and name in paramiko.SSHConfig.from_path(str(path)).get_hostnames()
+        config = self.parsed_config()
+        return config is not None and name in config.get_hostnames()
 
     def known_hosts_for(self, alias: str) -> Path:
         if self.known_hosts:
@@ -117,6 +124,27 @@ def _tofu_policy(known_hosts: Path):
     return TrustOnFirstUse()
 
 
+def _hops(conn) -> list:
+    """``conn`` and its ProxyJump gateways (fabric Connections; a ProxyCommand string is not one)."""
+    import fabric
+
+    hops = []
+    while isinstance(conn, fabric.Connection):
+        hops.append(conn)
+        conn = conn.gateway
+    return hops
+
+
+def _close(conn) -> None:
+    """Close ``conn`` and its ProxyJump hops (fabric's close leaves the gateways open)."""
+    for hop in _hops(conn):
+        try:
+            hop.close()
+            hop.client.close()  # also when the transport never became active
+        except Exception:
+            pass
+
+
 class HostSession:
     """One host: an SSH connection (opened on first use), commands, files and a Docker client over it."""
 
@@ -139,8 +167,8 @@ class HostSession:
         import paramiko
 
         logging.getLogger("paramiko").setLevel(logging.WARNING)  # no per-channel INFO lines on stderr
-        path = self.opts.ssh_config_path()
-        config = fabric.Config(runtime_ssh_path=str(path)) if path else fabric.Config()
+        ssh_config = self.opts.parsed_config()  # parsed here, so a broken file is an InputError
+        config = fabric.Config(ssh_config=ssh_config) if ssh_config is not None else fabric.Config()
         config.run.in_stream = False
         connect_kwargs = {"banner_timeout": self.opts.connect_timeout, "auth_timeout": self.opts.connect_timeout,
                           "allow_agent": False}
@@ -151,16 +179,22 @@ class HostSession:
             connect_timeout=self.opts.connect_timeout, connect_kwargs=connect_kwargs,
         )
         known_hosts = self.opts.known_hosts_for(self.name)
-        if known_hosts.is_file():
-            conn.client.load_host_keys(str(known_hosts))
-            # paramiko would rewrite the whole file on AutoAdd; we append ourselves instead.
-            conn.client._host_keys_filename = None
-        conn.client.set_missing_host_key_policy(
-            _tofu_policy(known_hosts) if self.opts.accept_new_host_keys else paramiko.RejectPolicy()
-        )
+        # The target and every ProxyJump hop (fabric gives each hop its own client, with AutoAddPolicy).
+        for hop in _hops(conn):
+            if known_hosts.is_file():
+                hop.client.load_host_keys(str(known_hosts))
+                # paramiko would rewrite the whole file on AutoAdd; we append ourselves instead.
+                hop.client._host_keys_filename = None
+            hop.client.set_missing_host_key_policy(
+                _tofu_policy(known_hosts) if self.opts.accept_new_host_keys else paramiko.RejectPolicy()
+            )
         where = f"{conn.user}@{conn.host}:{conn.port}"
         try:
-            conn.open()
+            try:
+                conn.open()
+            except BaseException:
+                _close(conn)  # a failed connect leaves transports (and hops) open otherwise
+                raise
         except paramiko.BadHostKeyException:
             raise HostError(
                 f"{self.name}: the SSH host key of {conn.host}:{conn.port} does NOT match {known_hosts} "
@@ -198,7 +232,7 @@ class HostSession:
                 pass
             self._docker = None
         if self._conn is not None:
-            self._conn.close()
+            _close(self._conn)
             self._conn = None
 
     def __enter__(self) -> "HostSession":

@@ -53,18 +53,13 @@ class FleetResult:
         return rows
 
 
-def _apply_host(session: HostSession, inv: Inventory, *, dry_run: bool, token_cache: dict) -> list[ServerResult]:
+def _apply_host(session: HostSession, inv: Inventory, *, dry_run: bool, tokens: dict) -> list[ServerResult]:
     import docker.errors
 
     host = session.name
     spec = inv.server_for(host)
     slots = C.server_slots(host, inv.host(host), spec)
-    token = None
-    if spec.hf_token is not None:
-        key = spec.hf_token.describe()
-        if key not in token_cache:
-            token_cache[key] = spec.hf_token.read()
-        token = token_cache[key]
+    token = tokens[spec.hf_token.describe()] if spec.hf_token is not None else None  # read by apply()
     client = session.docker()
     try:
         image = client.images.get(spec.image)
@@ -237,12 +232,17 @@ def apply(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts: SSH
     """``up``: create-or-replace the servers of ``hosts`` (in parallel) and wait until they are ONLINE."""
     opts = opts or SSHOptions.from_inventory(inventory)
     names = select_hosts(inventory, hosts, opts)
-    for h in names:  # inventory problems are the user's, before touching any host
-        C.server_slots(h, inventory.host(h), inventory.server_for(h))
+    tokens: dict[str, str] = {}
+    for h in names:  # inventory problems (and an unset token variable) are the user's, before touching any host
+        spec = inventory.server_for(h)
+        C.server_slots(h, inventory.host(h), spec)
+        if spec.hf_token is not None and spec.hf_token.describe() not in tokens:
+            tokens[spec.hf_token.describe()] = spec.hf_token.read()
+    if wait and not dry_run:
+        _model_ref(inventory, names)  # the model/prefix the wait needs, checked before containers change
     sessions = {h: HostSession(h, inventory.host(h), opts) for h in names}
-    token_cache: dict = {}
     return _on_hosts(
-        names, sessions, lambda h: _apply_host(sessions[h], inventory, dry_run=dry_run, token_cache=token_cache),
+        names, sessions, lambda h: _apply_host(sessions[h], inventory, dry_run=dry_run, tokens=tokens),
         inventory, wait=wait and not dry_run, timeout=timeout, on_progress=on_progress, parallel=parallel,
     )
 
@@ -272,6 +272,8 @@ def restart(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts: S
     """Restart the managed server containers of ``hosts`` (same identity, so the same peer ids)."""
     opts = opts or SSHOptions.from_inventory(inventory)
     names = select_hosts(inventory, hosts, opts)
+    if wait and not dry_run:
+        _model_ref(inventory, names)  # model mistakes fail before any container restarts
     sessions = {h: HostSession(h, inventory.host(h), opts) for h in names}
 
     def one(h: str) -> list[ServerResult]:

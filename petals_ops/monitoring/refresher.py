@@ -168,6 +168,12 @@ class Refresher:
         for c in containers or ():
             if getattr(c, "peer_id", None):
                 own[c.peer_id] = c.host
+        # An unreachable host (or fleet) lists no containers: keep its servers as ours from the previous
+        # refresh, so petals_own_server_online{...} stays and the "our server not ONLINE" alert can fire.
+        unreachable = {c.host for c in containers or () if getattr(c, "error", None)}
+        for peer_id, host in old.own_hosts.items():
+            if host in unreachable or fleet_ok is False:
+                own.setdefault(peer_id, host)
         self.state = ExporterState(
             refresh_interval=self.interval, snapshots=snapshots, own_hosts=own, containers=containers,
             fleet_ok=fleet_ok, up=up, refresh_seconds=refresh_seconds, last_success=last_success,

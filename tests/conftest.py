@@ -84,3 +84,24 @@ def gsm8k_dir() -> Path:
     if not (path / "test.jsonl").is_file():
         pytest.fail(f"GSM8K data missing at {path}: the suite expects ../shared beside the checkout")
     return path
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the test process once pytest is done (fixtures torn down, summary printed).
+
+    Tests load the petals client in-process; interpreter teardown with it loaded can hang for ever (a
+    petals/hivemind ``__del__`` waits on an event loop that is already stopped), which would stall CI
+    after a green run. The CLI does the same (petals_ops.cli.main.main).
+    """
+    if "petals" in sys.modules and _EXIT_STATUS in config.stash:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config.stash[_EXIT_STATUS])
+
+
+_EXIT_STATUS = pytest.StashKey[int]()

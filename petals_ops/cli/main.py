@@ -5,6 +5,7 @@ transformers, hivemind or petals at module level, so ``petals-ops --help`` stays
 """
 
 import os
+import sys
 
 import click
 
@@ -64,7 +65,21 @@ _register()
 
 
 def main() -> None:
-    cli(prog_name="petals-ops")
+    try:
+        cli(prog_name="petals-ops")
+        code = 0
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    if "petals" in sys.modules:
+        # The command's work is done and written. Interpreter teardown with the petals client loaded can
+        # hang for ever (a petals/hivemind __del__ waits on an event loop that is already stopped; seen
+        # after a finished 'generate'), so end the process here instead of risking a stuck command.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

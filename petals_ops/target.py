@@ -17,11 +17,16 @@ class SwarmTarget:
     local_run_dir: str | None = None  # set when the target is a local swarm
 
 
+def is_peer_multiaddr(value: str) -> bool:
+    """Looks like /ip4/HOST/tcp/PORT/p2p/PEER_ID: an address a DHT can bootstrap from (a peer id is required)."""
+    return value.startswith("/") and "/p2p/" in value
+
+
 def split_peers(values: Sequence[str]) -> list[str]:
     """Accept peers repeated, space- or comma-separated (as printed by 'swarm local up')."""
     peers = [p for v in values for p in v.replace(",", " ").split()]
     for p in peers:
-        if not p.startswith("/") or "/p2p/" not in p:
+        if not is_peer_multiaddr(p):
             raise InputError(
                 f"--initial-peers {p} is not a multiaddr with a peer id",
                 fix="use the form /ip4/HOST/tcp/PORT/p2p/PEER_ID",

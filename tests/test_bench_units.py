@@ -17,6 +17,7 @@ from petals_ops.bench.extraction import answers_equal, extract_answer, parse_gol
 from petals_ops.bench.methods import MethodConfig, max_batch_for_cache, plan_batches
 from petals_ops.errors import InputError, OpsError
 from petals_ops.swarm_health import ServerRecord
+from tests.helpers import assert_one_line_error
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -205,32 +206,23 @@ def test_store_refuses_other_config_and_repairs_cut_lines(tmp_path):
     assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1]) and len(lines) == 5
 
 
-def _one_line_error(result, code=2):
-    assert result.returncode == code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    # one error line, last; (a third-party log line from hivemind's daemon may precede it)
-    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    return lines[-1]
-
-
 def test_cli_input_errors(run_cli, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "a\\n#### 3"}\nnot json\n')
-    line = _one_line_error(run_cli("bench", "gsm8k", "--data", bad, "--run-dir", tmp_path / "r1", "--backend", "local"))
+    line = assert_one_line_error(run_cli("bench", "gsm8k", "--data", bad, "--run-dir", tmp_path / "r1", "--backend", "local"), code=2)
     assert f"{bad}:2" in line
-    line = _one_line_error(run_cli("bench", "gsm8k", "--data", tmp_path / "nope.jsonl", "--run-dir", tmp_path / "r2"))
+    line = assert_one_line_error(run_cli("bench", "gsm8k", "--data", tmp_path / "nope.jsonl", "--run-dir", tmp_path / "r2"), code=2)
     assert "nope.jsonl does not exist" in line
-    line = _one_line_error(run_cli("bench", "gsm8k", "--data", "hf:openai/gsm8k", "--run-dir", tmp_path / "r3"), code=1)
+    line = assert_one_line_error(run_cli("bench", "gsm8k", "--data", "hf:openai/gsm8k", "--run-dir", tmp_path / "r3"), code=1)
     assert "cannot download openai/gsm8k" in line and "--data PATH" in line
-    line = _one_line_error(run_cli("bench", "gsm8k", "--method", "cot", "--paths", "3", "--run-dir", tmp_path / "r4"))
+    line = assert_one_line_error(run_cli("bench", "gsm8k", "--method", "cot", "--paths", "3", "--run-dir", tmp_path / "r4"), code=2)
     assert "--paths 3 needs --method sc" in line
-    line = _one_line_error(run_cli("bench", "report", tmp_path))
+    line = assert_one_line_error(run_cli("bench", "report", tmp_path), code=2)
     assert "has no summary.json" in line
 
 
 def test_cli_unreachable_peers(run_cli, tmp_path, tiny_model_dir):
     peer = "/ip4/127.0.0.1/tcp/9/p2p/QmWZTX7TUhTM2myifFaq1VYb3tVyPMpLGRNoTV9hNqsB9L"
-    line = _one_line_error(run_cli("bench", "gsm8k", "--initial-peers", peer, "--model", tiny_model_dir, "--limit", "1",
+    line = assert_one_line_error(run_cli("bench", "gsm8k", "--initial-peers", peer, "--model", tiny_model_dir, "--limit", "1",
                                    "--run-dir", tmp_path / "r"), code=1)
     assert "cannot reach the swarm" in line and peer in line

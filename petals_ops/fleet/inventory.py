@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from petals_ops.errors import InputError
+from petals_ops.target import is_peer_multiaddr
 
 DEFAULT_INVENTORY = "petals-ops.yaml"
 # The official image, pinned: ':main' is rebuilt from every push, so a fleet must name a tag or a digest.
@@ -137,7 +138,7 @@ class ServerSpec(_Strict):
     @classmethod
     def _peers(cls, value):
         for p in value:
-            if not p.startswith("/") or "/p2p/" not in p:
+            if not is_peer_multiaddr(p):
                 raise ValueError(f"initial peer {p!r} is not a multiaddr /ip4/HOST/tcp/PORT/p2p/PEER_ID")
         return value
 

@@ -30,10 +30,10 @@ def _status(ctx: DemoContext) -> None:
 def _generate(ctx: DemoContext) -> None:
     from petals_ops import generation
 
-    prompt = "Q: Tom has 3 apples and buys 5 more. How many apples does he have?\nA:"
+    prompt = "Q: Tom has 23 apples. Tom buys 5 more and then gives 4 to a friend. How many apples does Tom have now?\nA:"
     with generation.load_swarm_model(ctx.swarm.model, ctx.swarm.initial_peers) as loaded:
-        result = generation.generate(loaded, prompt, max_new_tokens=24)
-    print(f"prompt: {prompt!r}\ncompletion (random weights, so noise): {result.texts[0]!r}")
+        result = generation.generate(loaded, prompt, max_new_tokens=32)
+    print(f"prompt: {prompt!r}\ncompletion (greedy): {result.texts[0].split(chr(10))[0]!r}")
     print(f"{result.new_tokens} tokens through the swarm in {result.seconds:.2f} s")
 
 
@@ -52,19 +52,20 @@ def _exporter(ctx: DemoContext) -> None:
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("swarm status", _status),
     ("generate through the swarm", _generate),
-    ("bench gsm8k: CoT and SC on 3 demo questions", _bench),
+    ("bench: CoT and SC on the arithmetic model's held-out problems, paired, with error analysis", _bench),
     ("Prometheus exporter: live metrics of the swarm", _exporter),
 ]
 
 
 def run_demo(work_dir: str | Path, *, servers: int = 2) -> None:
     from petals_ops import local_swarm
+    from petals_ops.tiny_model import ARITH_MODEL_DIR
 
     ctx = DemoContext(work_dir=Path(work_dir).resolve())
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     swarm_dir = ctx.work_dir / "swarm"
-    info(f"== local swarm up ({servers} CPU servers, tiny BLOOM) in {swarm_dir}")
-    ctx.swarm = local_swarm.up(swarm_dir, servers=servers)
+    info(f"== local swarm up ({servers} CPU servers, the shipped tiny BLOOM trained on arithmetic) in {swarm_dir}")
+    ctx.swarm = local_swarm.up(swarm_dir, servers=servers, model_dir=ARITH_MODEL_DIR)
     info(f"   ready in {ctx.swarm.ready_seconds:.1f} s; initial peers {' '.join(ctx.swarm.initial_peers)}")
     try:
         for title, step in STEPS:

@@ -3,7 +3,10 @@
 The layout is what a Petals server loads: the base ``BloomModel`` saved with keys ``h.{i}.*`` (not
 ``BloomForCausalLM``, whose ``transformer.h.{i}.*`` keys the server cannot find), a byte-level BPE
 tokenizer, and ``petals_ops.json`` recording the DHT prefix the swarm announces the blocks under.
-Weights are random: the model produces noise, by design. It exercises the machinery, not accuracy.
+With ``skill="none"`` the weights are random: the model produces noise and exercises the machinery.
+With ``skill="arithmetic"`` it is trained in-process (:mod:`petals_ops.tiny_train`) on synthetic
+GSM-style problems, with a tokenizer that splits digits apart, so the bench measures real effects; the
+project ships one such checkpoint (:data:`ARITH_MODEL_DIR`) made by this very code.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from petals_ops.errors import InputError
+
+SKILLS = ("none", "arithmetic")
+ARITH_MODEL_DIR = Path(__file__).resolve().parent / "data" / "models" / "tiny-bloom-arith"
 
 MODEL_META = "petals_ops.json"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # BLOOM's ids 0..3
@@ -42,23 +48,54 @@ class TinyModelSpec:
     vocab_size: int = 1024
     seed: int = 0
     dht_prefix: str = "tiny-bloom-petals"
+    skill: str = "none"
+
+    def parameter_bytes(self) -> int:
+        """float32 bytes of the weights: 12 h^2 per block (attention and MLP) plus the embeddings."""
+        return 4 * (self.layers * (12 * self.hidden * self.hidden + 13 * self.hidden) + self.vocab_size * self.hidden)
 
     def validate(self) -> None:
+        if self.skill not in SKILLS:
+            raise InputError(f"--skill {self.skill} is unknown", fix=f"use one of: {', '.join(SKILLS)}")
+        if not self.dht_prefix.strip() or any(c.isspace() for c in self.dht_prefix):
+            raise InputError(f"--dht-prefix {self.dht_prefix!r} must be a non-empty name without spaces",
+                             fix="use --dht-prefix tiny-bloom-petals")
         if self.layers < 1:
             raise InputError(f"--layers {self.layers} is not a positive number of blocks", fix="use --layers 4")
         if self.hidden < 8 or self.heads < 1 or self.hidden % self.heads:
             raise InputError(
                 f"--hidden {self.hidden} must be >= 8 and divisible by the {self.heads} attention heads",
-                fix="use --hidden 64",
+                fix=f"use a --hidden that is a multiple of --heads {self.heads}, e.g. {max(8, self.heads) * 8}"
+                if self.heads >= 1 else "use --heads 4",
+            )
+        limit = _memory_bytes() // 4
+        if self.parameter_bytes() > limit:
+            raise InputError(
+                f"--layers {self.layers} --hidden {self.hidden} makes {self.parameter_bytes() / 2**30:.1f} GiB of "
+                f"weights, more than a quarter of this machine's memory ({limit / 2**30:.1f} GiB)",
+                fix="a tiny model for the local swarm needs --layers 4 --hidden 64",
             )
 
 
-def _train_tokenizer(vocab_size: int):
+def _memory_bytes() -> int:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def _train_tokenizer(vocab_size: int, corpus: list[str] | None = None, split_digits: bool = False):
+    """A byte-level BPE (every input encodable). ``split_digits`` gives each digit its own token, as
+    arithmetic needs: a model cannot add numbers whose digits are merged into arbitrary chunks."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -66,14 +103,19 @@ def _train_tokenizer(vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    tok.train_from_iterator(corpus or [_CORPUS] * 4, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
 
 
-def make_tiny_bloom(directory: str | Path, spec: TinyModelSpec = TinyModelSpec()) -> Path:
-    """Write a deterministic (for ``spec.seed``) tiny BLOOM to ``directory`` and return its path."""
+def make_tiny_bloom(directory: str | Path, spec: TinyModelSpec = TinyModelSpec(), train_spec=None,
+                    on_step=None) -> Path:
+    """Write a deterministic (for ``spec.seed``) tiny BLOOM to ``directory`` and return its path.
+
+    With ``spec.skill == "arithmetic"`` the model is trained first (``train_spec``: a
+    :class:`petals_ops.tiny_train.TrainSpec`, its defaults if None; ``on_step`` sees each step).
+    """
     spec.validate()
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
@@ -83,7 +125,14 @@ def make_tiny_bloom(directory: str | Path, spec: TinyModelSpec = TinyModelSpec()
     import torch
     from transformers import BloomConfig, BloomForCausalLM
 
-    tokenizer = _train_tokenizer(spec.vocab_size)
+    training = None
+    if spec.skill == "arithmetic":
+        from petals_ops import tiny_train
+
+        train_spec = (train_spec or tiny_train.TrainSpec(seed=spec.seed)).validate()
+        tokenizer = _train_tokenizer(spec.vocab_size, tiny_train.corpus_for_tokenizer(train_spec.seed), split_digits=True)
+    else:
+        tokenizer = _train_tokenizer(spec.vocab_size)
     config = BloomConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden,
@@ -96,10 +145,15 @@ def make_tiny_bloom(directory: str | Path, spec: TinyModelSpec = TinyModelSpec()
     )
     torch.manual_seed(spec.seed)
     model = BloomForCausalLM(config).eval()
+    if spec.skill == "arithmetic":
+        training = tiny_train.train(model, tokenizer, train_spec, on_step=on_step)
     directory.mkdir(parents=True, exist_ok=True)
     model.transformer.save_pretrained(directory, safe_serialization=True)  # keys h.{i}.*: what Petals loads
     tokenizer.save_pretrained(directory)
-    meta = {"dht_prefix": spec.dht_prefix, "num_blocks": spec.layers, "seed": spec.seed, "made_by": "petals-ops"}
+    meta = {"dht_prefix": spec.dht_prefix, "num_blocks": spec.layers, "seed": spec.seed, "made_by": "petals-ops",
+            "skill": spec.skill, "spec": {k: v for k, v in vars(spec).items()}}
+    if training is not None:
+        meta["training"] = training.to_dict()
     (directory / MODEL_META).write_text(json.dumps(meta, indent=2) + "\n")
     return directory
 

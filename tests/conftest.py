@@ -19,7 +19,6 @@ import pytest
 pytest_plugins: list[str] = ["tests.fixtures_prometheus", "tests.fixtures_fleet"]
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 
 
 def cli_env(**extra: str) -> dict:
@@ -56,9 +55,10 @@ def swarm_factory(tmp_path_factory, tiny_model_dir):
 
     started = []
 
-    def start(servers: int = 2, replicas: int = 1):
+    def start(servers: int = 2, replicas: int = 1, model_dir=None):
         run_dir = tmp_path_factory.mktemp("swarm")
-        swarm = local_swarm.up(run_dir, servers=servers, replicas=replicas, model_dir=tiny_model_dir, timeout=240)
+        swarm = local_swarm.up(run_dir, servers=servers, replicas=replicas, model_dir=model_dir or tiny_model_dir,
+                               timeout=240)
         started.append(run_dir)
         return swarm
 
@@ -79,10 +79,19 @@ def local_swarm(swarm_factory):
 
 
 @pytest.fixture(scope="session")
+def arith_swarm(swarm_factory):
+    """A local swarm serving the shipped tiny BLOOM trained on arithmetic (2 servers)."""
+    from petals_ops.tiny_model import ARITH_MODEL_DIR
+
+    return swarm_factory(model_dir=ARITH_MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
 def gsm8k_dir() -> Path:
-    path = SHARED / "gsm8k"
+    """The GSM8K copy packaged in the checkout (petals_ops/data/gsm8k), never anything outside it."""
+    path = REPO / "petals_ops" / "data" / "gsm8k"
     if not (path / "test.jsonl").is_file():
-        pytest.fail(f"GSM8K data missing at {path}: the suite expects ../shared beside the checkout")
+        pytest.fail(f"GSM8K data missing at {path}: the checkout should carry petals_ops/data/gsm8k/test.jsonl")
     return path
 
 

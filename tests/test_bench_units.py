@@ -8,18 +8,22 @@ import random
 import re
 from collections import Counter
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 
 from petals_ops.bench import data, prompts, stats, store
-from petals_ops.bench.extraction import answers_equal, extract_answer, parse_gold, truncate_at_stop
-from petals_ops.bench.methods import MethodConfig, max_batch_for_cache, plan_batches
+from petals_ops.bench.extraction import (
+    answers_equal,
+    extract_answer,
+    normalize_number,
+    parse_gold,
+    truncate_at_stop,
+)
+from petals_ops.bench.decoding import max_batch_for_cache, plan_batches
+from petals_ops.bench.methods import MethodConfig
 from petals_ops.errors import InputError, OpsError
 from petals_ops.swarm_health import ServerRecord
 from tests.helpers import assert_one_line_error
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 @pytest.mark.parametrize("completion, expected, how", [
@@ -45,6 +49,56 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 ])
 def test_extraction_edge_cases(completion, expected, how):
     assert extract_answer(completion) == (expected, how)
+
+
+LOOPING = "1" * 40  # more digits than Decimal's default context holds (28)
+
+
+@pytest.mark.parametrize("completion, expected, how", [
+    # real completion styles: the answer sentence runs from "the answer is" to its end (". " / "." at the
+    # end / a newline); its last "=" decides if it has one, else its first number
+    (" So the answer is 18.", "18", "answer_is"),
+    (" The answer is: 18", "18", "answer_is"),
+    (" the answer is $18.00.", "18", "answer_is"),
+    (" The answer is **18**.", "18", "answer_is"),
+    (" **The answer is 18**", "18", "answer_is"),
+    (" The answer is 1,000 dollars.", "1000", "answer_is"),
+    (" The answer is 18 apples.", "18", "answer_is"),
+    (" The answer is -3.", "-3", "answer_is"),
+    (" The answer is 5 * 4 = 20.", "20", "answer_is"),
+    (" The answer is 12 + 8 = $20.", "20", "answer_is"),
+    (" The answer is 3 + 4 = 7 apples.", "7", "answer_is"),
+    (" The answer is 4 - 7 = -3.", "-3", "answer_is"),
+    (" The answer is 2 * 3 = 6 = 6.00.", "6", "answer_is"),
+    (" The answer is 5 * 4 = twenty.", "5", "answer_is"),  # nothing after the last '=': the first number
+    (" The answer is 5 * 4 = 20\nso 21", "20", "answer_is"),  # a newline ends the sentence
+    (" The answer is 5 * 4.\nThen 4 = 9.", "5", "answer_is"),  # a later sentence's '=' does not count
+    (" The final answer is 42.", "42", "answer_is"),
+    (" THE ANSWER IS 42.", "42", "answer_is"),
+    (" The answer is 0.5.", "0.5", "answer_is"),
+    (" The answer is 18. Q: next 7", "18", "answer_is"),
+    (" The answer is ten. Then the answer is 11.", "11", "answer_is"),  # first sentence with a number
+    (" 2 + 2 = 4 and 4 + 3 = 7 apples", "7", "last_number"),  # no 'answer is': the last number, as before
+    (" The answer is ten.", None, "none"),  # no number in the sentence nor anywhere: none
+    (" He had 3 pens. The answer is ten.", "3", "last_number"),  # ... else the last number of the text
+    (f" The answer is {LOOPING}.", LOOPING, "answer_is"),  # huge numbers are exact and never raise
+    (f" The answer is {LOOPING}.000.", LOOPING, "answer_is"),
+    (" The answer is -0.", "0", "answer_is"),
+])
+def test_extraction_real_completion_styles(completion, expected, how):
+    assert extract_answer(completion) == (expected, how)
+
+
+def test_huge_numbers_and_non_plain_golds():
+    assert normalize_number(LOOPING + ".50") == LOOPING + ".5"
+    assert normalize_number("-$" + LOOPING) == "-" + LOOPING
+    assert normalize_number("1e5") is None and normalize_number("inf") is None and normalize_number("NaN") is None
+    assert answers_equal(LOOPING, LOOPING + ".00") and not answers_equal(LOOPING, LOOPING + "1")
+    assert answers_equal("0", "-0") and not answers_equal("abc", "abc")
+    assert parse_gold("x\n#### " + LOOPING) == LOOPING
+    for bad in ("1e999", "1e5", "inf", "nan", "0x10"):
+        with pytest.raises(ValueError, match=rf"final answer '{bad}' that is not a plain decimal number"):
+            parse_gold(f"So it is.\n#### {bad}")
 
 
 def test_run_on_into_new_question_is_cut_before_scoring():
@@ -77,6 +131,54 @@ def test_gold_parser_over_the_whole_test_split(gsm8k_dir):
     assert (commas, negatives) == (14, 2)
     ds = data.load_jsonl(gsm8k_dir / "test.jsonl")
     assert len(ds.problems) == 1319 and ds.problems[489].gold == "-10" and ds.problems[0].id == "test:1"
+
+
+def test_packaged_gsm8k_named_sets(tmp_path):
+    test = data.load_dataset("gsm8k:test")
+    assert data.load_dataset("gsm8k") == test and data.load_dataset(" gsm8k:test ") == test
+    assert len(test.problems) == 1319 and test.source == "gsm8k:test"
+    assert test.sha256 == "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14"
+    assert [p.id for p in test.problems[:2]] == ["gsm8k-test:1", "gsm8k-test:2"] and test.problems[-1].id == "gsm8k-test:1319"
+    by_line = {p.line: p for p in test.problems}
+    assert by_line[147].gold == "2125" and by_line[147].id == "gsm8k-test:147"  # '#### 2,125'
+    assert by_line[490].gold == "-10"
+    assert test.problems[0].question.startswith("Janet’s ducks lay 16 eggs") and test.problems[0].gold == "18"
+    train = data.load_dataset("gsm8k:train")
+    assert len(train.problems) == 7473 and train.problems[6].id == "gsm8k-train:7" and train.source == "gsm8k:train"
+    assert train.sha256 == "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"
+    assert train.problems[0].gold == "72"
+    # ids do not depend on the selection
+    assert data.select(test.problems, offset=146, limit=1)[0].id == "gsm8k-test:147"
+
+    with pytest.raises(InputError) as e:
+        data.load_dataset("gsm8k:dev")
+    assert e.value.one_line() == ("--data gsm8k:dev is not a known dataset name; use one of: demo, gsm8k, gsm8k:test, "
+                                  "gsm8k:train, a JSONL path, or hf:openai/gsm8k[:split]")
+
+    # a tampered copy registered under a temporary name is refused with one line naming file and fix
+    copy = tmp_path / "test.jsonl"
+    copy.write_bytes(data.DATASETS["gsm8k:test"].path.read_bytes())
+    name = "tmpcheck:test"
+    try:
+        data.register_dataset(name, copy, data.DATASETS["gsm8k:test"].sha256)
+        assert [p.id for p in data.load_dataset(name).problems[:1]] == ["tmpcheck-test:1"]  # intact: loads
+        lines = copy.read_text(encoding="utf-8").splitlines(keepends=True)
+        lines[0] = lines[0].replace("#### 18", "#### 19")
+        copy.write_text("".join(lines), encoding="utf-8")
+        with pytest.raises(InputError) as e:
+            data.load_dataset(name)
+        line = e.value.one_line()
+        assert "\n" not in line and line.startswith(f"the packaged copy of {name} is modified ({copy} has sha256 ")
+        assert "restore" in line
+        copy.unlink()
+        with pytest.raises(InputError, match=rf"--data {name}: the packaged file .*test.jsonl does not exist"):
+            data.load_dataset(name)
+    finally:
+        data.DATASETS.pop(name, None)
+    with pytest.raises(ValueError):
+        data.register_dataset("no-split", copy, "0" * 64)
+    with pytest.raises(ValueError):
+        data.register_dataset("x:y", copy, "abc")
 
 
 def _brute_credit(answers, gold, k):
@@ -151,6 +253,8 @@ def test_data_loading_selection_and_errors(tmp_path):
         data.load_jsonl(bad)
     with pytest.raises(InputError, match="does not exist"):
         data.load_dataset(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(InputError, match=r"^--data /dev/null is not a regular file; "):
+        data.load_dataset("/dev/null")
     official = tmp_path / "grade_school_math" / "data"
     official.mkdir(parents=True)
     (official / "test.jsonl").write_text('{"question": "q", "answer": "a\\n#### 1,000"}\n')
@@ -162,9 +266,20 @@ def test_prompt_sets(tmp_path):
     assert ours.exemplars == 8 and not ours.prefix.startswith("#")
     rendered = ours.render("How many?")
     assert rendered.endswith("The answer is 49200.\n\nQ: How many?\nA:")
-    for name in ("gsm8k_cot_8shot_wei2022.txt", "gsm8k_cot_8shot_setB.txt"):
-        published = prompts.load_prompt_file(SHARED / "prompts" / name)
-        assert published.exemplars == 8 and published.prefix.startswith("Q: There are 15 trees")
+    # both prompt-file layouts (published sets stay outside the repo; ours is written in each layout)
+    plain = tmp_path / "plain.txt"
+    plain.write_text(f"# a comment line\n#another\n\n{ours.prefix}\n", encoding="utf-8")
+    marked = tmp_path / "marked.txt"
+    marked.write_text(f"Set X, as published. The prompt lies between {prompts.BEGIN} and {prompts.END}:\n\n"
+                      f"{prompts.BEGIN}\n{ours.prefix}\n\n{prompts.END}\nTrailing notes: The answer is 7.\n",
+                      encoding="utf-8")
+    for path in (plain, marked):
+        loaded = prompts.load_prompt_file(path)
+        assert (loaded.prefix, loaded.exemplars, loaded.sha256) == (ours.prefix, 8, ours.sha256), path.name
+    unclosed = tmp_path / "unclosed.txt"
+    unclosed.write_text(f"{prompts.BEGIN}\n{ours.prefix}\n", encoding="utf-8")
+    with pytest.raises(InputError, match="no -----END PROMPT----- line"):
+        prompts.load_prompt_file(unclosed)
     bad = tmp_path / "p.txt"
     bad.write_text("Q: a?\nA: b. The answer is 1.\n\nQ: c?\nA: no answer here\n")
     with pytest.raises(InputError, match="exemplar 2"):

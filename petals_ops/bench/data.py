@@ -1,7 +1,13 @@
-"""GSM8K problems: the JSONL loader (official layout), the shipped demo set, hub copy, and selection.
+"""GSM8K problems: the JSONL loader (official layout), named packaged sets, the demo set, hub copy, selection.
 
-A data line is ``{"question": ..., "answer": "...\\n#### N"}``. Problem ids are ``{source}:{line}`` so a
-resumed run recognises its questions whatever ``--limit``/``--offset``/``--sample`` picked.
+A data line is ``{"question": ..., "answer": "...\\n#### N"}``. Problem ids are ``{prefix}:{line}`` (the
+file stem for a path, ``gsm8k-test`` for the named set ``gsm8k:test``) so a resumed run recognises its
+questions whatever ``--limit``/``--offset``/``--sample`` picked.
+
+Named sets (``--data gsm8k:test``) are files shipped in the package, each registered with the sha256 of
+its bytes; a copy whose bytes differ is refused. Register another with one line::
+
+    register_dataset("arith:test", PACKAGE_DATA / "arith" / "test.jsonl", "<sha256>")
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +23,59 @@ from petals_ops.bench.extraction import parse_gold
 from petals_ops.errors import InputError, OpsError
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DATA = EXPERIMENTS_DIR / "data" / "gsm8k_demo.jsonl"
 HF_PREFIX = "hf:"
 HF_FILES = {"test": "main/test-00000-of-00001.parquet", "train": "main/train-00000-of-00001.parquet"}
+# what --data may call a named set: ``family:split`` (no path separator)
+NAME_RE = re.compile(r"[A-Za-z][\w-]*:[\w-]+")
+
+
+@dataclass(frozen=True)
+class NamedDataset:
+    path: Path
+    sha256: str  # expected sha256 of the file's bytes
+    id_prefix: str  # problem ids are f"{id_prefix}:{line}"
+    prompt: Path | None = None  # the prompt file to use with this set when --prompt-file is not given
+
+
+DATASETS: dict[str, NamedDataset] = {}
+ALIASES: dict[str, str] = {"gsm8k": "gsm8k:test"}
+
+
+def register_dataset(name: str, path: str | Path, sha256: str, *, id_prefix: str | None = None,
+                     prompt: str | Path | None = None) -> None:
+    """Make ``--data NAME`` load ``path`` (checked against ``sha256``); ids default to ``name`` with ``:`` -> ``-``."""
+    if not NAME_RE.fullmatch(name):
+        raise ValueError(f"dataset name {name!r} is not 'family:split'")
+    sha256 = sha256.lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ValueError(f"dataset {name}: {sha256!r} is not a sha256 hex digest")
+    DATASETS[name] = NamedDataset(Path(path), sha256, id_prefix or name.replace(":", "-"),
+                                  Path(prompt) if prompt is not None else None)
+
+
+def default_prompt_for(spec: str | None) -> Path | None:
+    """The prompt a named set brings (the synthetic arithmetic set has its own format), else None."""
+    name = ALIASES.get((spec or "").strip(), (spec or "").strip())
+    entry = DATASETS.get(name)
+    return entry.prompt if entry is not None else None
+
+
+register_dataset("gsm8k:test", PACKAGE_DATA / "gsm8k" / "test.jsonl",
+                 "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14")
+register_dataset("gsm8k:train", PACKAGE_DATA / "gsm8k" / "train.jsonl",
+                 "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465")
+# The synthetic arithmetic task's held-out set (python -m petals_ops.synthetic_math petals_ops/data/arith
+# rewrites these bytes), with its own 2-exemplar prompt; the shipped tiny-bloom-arith model never saw it.
+register_dataset("arith:test", PACKAGE_DATA / "arith" / "test.jsonl",
+                 "720bd023c6320fc435a5f5f4235e88c6693569f8c90f7c5fcbc7b24433c5eaff",
+                 prompt=PACKAGE_DATA / "arith" / "prompt.txt")
+
+
+def known_names() -> list[str]:
+    return ["demo", *sorted(ALIASES), *sorted(DATASETS)]
 
 
 @dataclass(frozen=True)
@@ -58,6 +115,28 @@ def _parse_lines(lines: list[str], where: str, id_prefix: str) -> list[Problem]:
     return problems
 
 
+def _read_file(path: Path, what: str) -> bytes:
+    """The bytes of a regular file, or a one-line InputError saying what ``path`` is instead."""
+    if not path.exists():
+        raise InputError(f"{what} {path} does not exist",
+                         fix="pass a GSM8K JSONL file, 'demo', gsm8k:test, gsm8k:train or hf:openai/gsm8k")
+    if not path.is_file():  # /dev/null, a FIFO, a socket: reading one would give nothing or block
+        raise InputError(f"{what} {path} is not a regular file", fix="pass a GSM8K JSONL file")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{what} {path} cannot be read ({e.strerror or e})", fix="check its permissions") from e
+
+
+def _dataset_from_bytes(raw: bytes, path: Path, id_prefix: str, source: str) -> Dataset:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"--data {path} is not UTF-8 text", fix="pass a GSM8K JSONL file") from e
+    problems = _parse_lines(text.splitlines(), str(path), id_prefix)
+    return Dataset(source=source, sha256=hashlib.sha256(raw).hexdigest(), problems=problems)
+
+
 def load_jsonl(path: str | Path) -> Dataset:
     path = Path(path).expanduser()
     if path.is_dir():  # the official checkout layout: grade_school_math/data/test.jsonl
@@ -67,15 +146,36 @@ def load_jsonl(path: str | Path) -> Dataset:
                 break
         else:
             raise InputError(f"--data {path} is a directory without test.jsonl", fix="pass the JSONL file itself")
-    if not path.is_file():
-        raise InputError(f"--data {path} does not exist", fix="pass a GSM8K JSONL file, 'demo', or hf:openai/gsm8k")
-    raw = path.read_bytes()
+    raw = _read_file(path, "--data")
+    return _dataset_from_bytes(raw, path, path.stem, str(path.resolve()))
+
+
+def _restore_hint(path: Path) -> str:
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"--data {path} is not UTF-8 text", fix="pass a GSM8K JSONL file") from e
-    problems = _parse_lines(text.splitlines(), str(path), path.stem)
-    return Dataset(source=str(path.resolve()), sha256=hashlib.sha256(raw).hexdigest(), problems=problems)
+        rel = path.resolve().relative_to(REPO_ROOT)
+    except ValueError:
+        return "restore the original file (reinstall petals-ops for a packaged set)"
+    if (REPO_ROOT / ".git").exists():
+        return f"restore it with git -C {REPO_ROOT} checkout -- {rel}"
+    return "restore the original file (reinstall petals-ops for a packaged set)"
+
+
+def load_named(name: str) -> Dataset:
+    """A registered set (``gsm8k:test``, ``gsm8k:train``, alias ``gsm8k``) after checking its sha256."""
+    name = ALIASES.get(name, name)
+    entry = DATASETS.get(name)
+    if entry is None:
+        raise InputError(f"--data {name} is not a known dataset name", fix=f"use one of: {', '.join(known_names())}, "
+                         "a JSONL path, or hf:openai/gsm8k[:split]")
+    try:
+        raw = _read_file(entry.path, f"--data {name}: the packaged file")
+    except InputError as e:
+        raise InputError(e.message, fix=_restore_hint(entry.path)) from e
+    actual = hashlib.sha256(raw).hexdigest()
+    if actual != entry.sha256:
+        raise InputError(f"the packaged copy of {name} is modified ({entry.path} has sha256 {actual[:16]}..., "
+                         f"not the registered {entry.sha256[:16]}...)", fix=_restore_hint(entry.path))
+    return _dataset_from_bytes(raw, entry.path, entry.id_prefix, name)
 
 
 def load_hub(spec: str) -> Dataset:
@@ -104,12 +204,21 @@ def load_hub(spec: str) -> Dataset:
 
 
 def load_dataset(spec: str | None) -> Dataset:
-    """``demo`` (the shipped set), ``hf:owner/name[:split]``, or a path (file or official directory)."""
+    """What ``--data`` names: ``demo`` (the shipped demo set, the default); a packaged set by name
+    (``gsm8k:test``, ``gsm8k:train``, ``gsm8k`` = ``gsm8k:test``, anything registered with
+    ``register_dataset``), sha256-checked; ``hf:owner/name[:split]``; or a path (a JSONL file or an
+    official checkout directory). Names win over same-named paths; an unknown ``family:split`` that is
+    not an existing path is an error listing the known names.
+    """
     spec = (spec or "demo").strip()
     if spec == "demo":
         return load_jsonl(DEMO_DATA)
     if spec.startswith(HF_PREFIX):
         return load_hub(spec)
+    if spec in DATASETS or spec in ALIASES:
+        return load_named(spec)
+    if NAME_RE.fullmatch(spec) and not Path(spec).expanduser().exists():
+        return load_named(spec)  # raises: unknown name, listing the known ones
     return load_jsonl(spec)
 
 

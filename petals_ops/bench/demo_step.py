@@ -1,28 +1,48 @@
-"""The bench step of ``petals-ops demo``: a short CoT and SC run on the local swarm, then their report."""
+"""The bench step of ``petals-ops demo``: CoT and SC through the local swarm on the trained arithmetic
+model's held-out problems, then their paired comparison and error analysis."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+DEMO_QUESTIONS = 40
+DEMO_CONCURRENCY = 4
+DEMO_MAX_NEW_TOKENS = 48
 
-def run(ctx) -> None:
+
+def run(ctx, *, questions: int = DEMO_QUESTIONS) -> None:
     from petals_ops.bench import report
     from petals_ops.bench.methods import MethodConfig
-    from petals_ops.bench.runner import BenchParams, run_bench
+    from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
+    from petals_ops.output import render_table
 
     out = Path(ctx.work_dir) / "bench"
     shutil.rmtree(out, ignore_errors=True)  # a demo measures afresh; resuming a finished run would measure nothing
     dirs = []
-    for method, paths in (("cot", 1), ("sc", 4)):
-        params = BenchParams(data="demo", limit=3, run_dir=str(out / f"gsm8k-{method}"), swarm_dir=ctx.swarm.run_dir,
-                             method=MethodConfig(method=method, paths=paths, max_new_tokens=16))
+    for method, paths in (("cot", 1), ("sc", 10)):
+        params = BenchParams(data="arith:test", limit=questions, run_dir=str(out / f"arith-{method}"),
+                             swarm_dir=ctx.swarm.run_dir,
+                             method=MethodConfig(method=method, paths=paths, max_new_tokens=DEMO_MAX_NEW_TOKENS),
+                             exec=ExecOptions(concurrency=DEMO_CONCURRENCY))
         result = run_bench(params)
         s = result.summary
-        print(f"{method}: {s['correct']}/{s['scored']} correct, {s['errors']} errors, {s['tokens']} tokens, "
-              f"{s['tokens_per_second']:.1f} tokens/s; report {result.report_path}")
+        print(f"{method}: {s['correct']}/{s['scored']} correct ({100 * (s['accuracy'] or 0):.1f}%), {s['errors']} errors, "
+              f"{s['questions_per_minute'] or 0:.0f} questions/min, {s['tokens_per_second'] or 0:.1f} tokens/s")
         dirs.append(result.run_dir)
-    path, _ = report.compare(dirs, out / "report")
-    print("the tiny model has random weights: its accuracy is near zero by design (this checks the machinery)")
-    print(f"side-by-side report: {path}")
-    print(path.read_text().split("\n\n")[2])  # the table
+    path, summaries, pairs = report.compare(dirs, out / "report")
+    render_table(report.HEADERS, report.table_rows(summaries), title="CoT and SC through the swarm (arith:test)")
+    render_table(report.PAIR_HEADERS, report.pair_rows(pairs), title="SC minus CoT, paired on the same questions")
+    render_table(["category", *[Path(s["run_dir"]).name for s in summaries]], category_rows(summaries),
+                 title="Error analysis: paths per category")
+    print(f"report: {path}")
+
+
+def category_rows(summaries) -> list[list[str]]:
+    from petals_ops.bench.analysis import CATEGORIES
+
+    rows = []
+    for name in CATEGORIES:
+        counts = [int((s.get("categories") or {}).get("counts", {}).get(name, 0)) for s in summaries]
+        rows.append([name, *map(str, counts)])
+    return rows

@@ -10,11 +10,16 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from petals_ops.bench.stats import maj_curve, wilson_interval
+from petals_ops.bench.analysis import CATEGORIES, first_slip, format_fraction, summarize_categories
+from petals_ops.bench.methods import MethodConfig
+from petals_ops.bench.paired import PairedComparison, compare_paired
+from petals_ops.bench.records import QuestionRecord, RunSummary
+from petals_ops.bench.stats import wilson_interval
 from petals_ops.bench.store import SUMMARY_FILE, latest_by_id, read_records
 from petals_ops.errors import InputError
 from petals_ops.fsutil import write_atomic, write_json_atomic
@@ -23,15 +28,23 @@ PLOT_FILE = "maj_at_k.png"
 REPORT_FILE = "report.md"
 
 
+def load_records(run_dir: Path, problems=None) -> list[QuestionRecord]:
+    """The latest record of each question (of ``problems`` if given), typed."""
+    latest = latest_by_id(read_records(run_dir))
+    if problems is not None:
+        wanted = {p.id for p in problems}
+        latest = {rid: r for rid, r in latest.items() if rid in wanted}
+    return [QuestionRecord.from_dict(r) for r in latest.values()]
+
+
 def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: str | None = None, snapshot=None,
               run_info: dict | None = None, exec_options=None) -> dict[str, Any]:
-    wanted = {p.id for p in problems}
-    records = [r for rid, r in latest_by_id(read_records(run_dir)).items() if rid in wanted]
-    ok = [r for r in records if not r.get("error")]
-    errors = [r for r in records if r.get("error")]
-    correct = sum(bool(r["correct"]) for r in ok)
+    records = load_records(run_dir, problems)
+    ok = [r for r in records if not r.error]
+    errors = [r for r in records if r.error]
+    correct = sum(bool(r.correct) for r in ok)
     low, high = wilson_interval(correct, len(ok))
-    paths = [p for r in ok for p in r["paths"]]
+    paths = [p for r in ok for p in r.paths]
     previous = run_dir / SUMMARY_FILE
     prev: dict[str, Any] = {}
     if previous.is_file():
@@ -39,58 +52,60 @@ def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: 
             prev = json.loads(previous.read_text())
         except (ValueError, OSError):
             prev = {}
+        prev = prev if isinstance(prev, dict) else {}
     wall_before = float(prev.get("wall_seconds_total") or 0.0)
     wall = progress.elapsed if progress is not None else 0.0
     generated_now = progress is not None and progress.tokens > 0
     if not generated_now and prev:  # a resume with nothing left to do keeps the figures of the runs that did the work
         backend = prev.get("backend", backend)
-    served = Counter(peer for r in ok for peer in r.get("servers", []))
-    method = config["method"]
-    summary: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "method": method["method"],
-        "paths": method["paths"],
-        "backend": backend,
-        "n": len(problems),
-        "done": len(records),
-        "missing": len(problems) - len(records),
-        "scored": len(ok),
-        "errors": len(errors),
-        "error_ids": [r["id"] for r in errors][:50],
-        "correct": correct,
-        "accuracy": correct / len(ok) if ok else None,
-        "accuracy_wilson95": [low, high],
-        "invalid_path_rate": (sum(p["answer"] is None for p in paths) / len(paths)) if paths else None,
-        "finish_reasons": dict(Counter(p["finish"] for p in paths)),
-        "extraction": dict(Counter(p["how"] for p in paths)),
-        "tokens": sum(r["tokens"] for r in ok),
-        "prompt_tokens_mean": (sum(r["prompt_tokens"] for r in ok) / len(ok)) if ok else None,
-        "wall_seconds": round(wall, 3),
-        "wall_seconds_total": round(wall_before + wall, 3),
-        "tokens_this_invocation": progress.tokens if progress is not None else 0,
-        "tokens_per_second": (prev.get("tokens_per_second") if not generated_now and prev.get("tokens_per_second")
-                              else round(progress.tokens_per_second, 3) if progress is not None else None),
-        "run": run_info or {},
-        "exec": vars(exec_options) if exec_options is not None else {},
-        "config": config,
-        "servers_served": dict(served),
-        "swarm": [
+    served = Counter(peer for r in ok for peer in r.servers)
+    cfg = MethodConfig(**{**config["method"], "stops": tuple(config["method"]["stops"]),
+                          "temperature": config["method"]["temperature"] or MethodConfig.temperature,
+                          "top_k": config["method"]["top_k"]})
+    if not generated_now and prev.get("tokens_per_second"):  # a resume with nothing to do keeps the working runs' figures
+        tps, qpm = prev.get("tokens_per_second"), prev.get("questions_per_minute")
+    elif progress is not None:
+        tps, qpm = round(progress.tokens_per_second, 3), round(60 * progress.done / max(wall, 1e-9), 3)
+    else:
+        tps = qpm = None
+    summary = RunSummary(
+        run_dir=str(run_dir),
+        method=cfg.method,
+        paths=cfg.paths,
+        backend=backend,
+        n=len(problems),
+        done=len(records),
+        missing=len(problems) - len(records),
+        scored=len(ok),
+        errors=len(errors),
+        error_ids=[r.id for r in errors][:50],
+        correct=correct,
+        accuracy=correct / len(ok) if ok else None,
+        accuracy_wilson95=[low, high],
+        invalid_path_rate=(sum(p.answer is None for p in paths) / len(paths)) if paths else None,
+        finish_reasons=dict(Counter(p.finish for p in paths)),
+        extraction=dict(Counter(p.how for p in paths)),
+        categories=summarize_categories([r.to_dict() for r in ok]),
+        tokens=sum(r.tokens for r in ok),
+        prompt_tokens_mean=(sum(r.prompt_tokens for r in ok) / len(ok)) if ok else None,
+        wall_seconds=round(wall, 3),
+        wall_seconds_total=round(wall_before + wall, 3),
+        tokens_this_invocation=progress.tokens if progress is not None else 0,
+        tokens_per_second=tps,
+        questions_per_minute=qpm,
+        run=run_info or {},
+        exec=vars(exec_options) if exec_options is not None else {},
+        config=config,
+        servers_served=dict(served),
+        swarm=[
             {"peer_id": s.peer_id, "blocks": f"{s.start_block}:{s.end_block}", "state": s.state,
              "torch_dtype": s.torch_dtype, "quant_type": s.quant_type, "version": s.version,
              "cache_tokens_left": s.cache_tokens_left}
             for s in (snapshot.servers if snapshot is not None else [])
         ],
-        "written_at": time.time(),
-    }
-    if method["method"] == "sc":
-        votes = [([p["answer"] for p in r["paths"]], r["gold"]) for r in ok if r["paths"]]
-        k_max = max((len(a) for a, _ in votes), default=method["paths"])
-        curve = maj_curve(votes, k_max, seed=method.get("seed") or 0)
-        summary["maj_at_k"] = {str(k): v for k, v in enumerate(curve, start=1)}
-        summary["pass_at_k"] = (sum(any(p["correct"] for p in r["paths"]) for r in ok) / len(ok)) if ok else None
-        agreement = [sum(p["answer"] == r["vote"] for p in r["paths"]) / len(r["paths"]) for r in ok
-                     if r["paths"] and r["vote"] is not None]
-        summary["agreement"] = sum(agreement) / len(agreement) if agreement else None
+        written_at=time.time(),
+        extras=cfg.impl.summary_extras(ok, cfg),
+    ).to_dict()
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
     return summary
 
@@ -101,7 +116,7 @@ def _pct(x: float | None) -> str:
 
 def _label(summary: dict) -> str:
     name = Path(summary["run_dir"]).name
-    return f"{name} ({summary['method']}{'' if summary['method'] == 'cot' else ' K=' + str(summary['paths'])})"
+    return f"{name} ({summary['method']}{'' if summary['paths'] == 1 else ' K=' + str(summary['paths'])})"
 
 
 def plot(summaries: Sequence[dict], path: Path) -> Path:
@@ -114,7 +129,7 @@ def plot(summaries: Sequence[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     k_max = max([len(s.get("maj_at_k") or {}) for s in summaries] + [1])
     for s in summaries:
-        if s["method"] == "sc" and s.get("maj_at_k"):
+        if s.get("maj_at_k"):
             ks = [int(k) for k in s["maj_at_k"]]
             ax.plot(ks, [100 * v for v in s["maj_at_k"].values()], marker="o", label=f"SC maj@k: {_label(s)}")
         elif s.get("accuracy") is not None:
@@ -148,7 +163,7 @@ def table_rows(summaries: Sequence[dict]) -> list[list[str]]:
 HEADERS = ["run", "n", "scored", "errors", "accuracy", "Wilson 95%", "maj@1", "maj@K", "tokens", "wall s", "tokens/s"]
 
 
-def _markdown(summaries: Sequence[dict], plot_name: str, title: str) -> str:
+def _markdown(summaries: Sequence[dict], plot_name: str, title: str, pairs: Sequence[Pair] = ()) -> str:
     lines = [f"# {title}", "",
              "Accuracy = correct / scored questions (error records are counted apart); interval: Wilson 95%.",
              "maj@k: expected plurality-vote accuracy over random k-subsets of each question's sampled paths.", "",
@@ -165,13 +180,41 @@ def _markdown(summaries: Sequence[dict], plot_name: str, title: str) -> str:
                   f"- method {json.dumps(cfg['method'])}",
                   (f"- invalid paths {_pct(s['invalid_path_rate'])}, finish reasons {s['finish_reasons']}, "
                    f"extraction {s['extraction']}")]
-        if s["method"] == "sc":
+        if s.get("maj_at_k"):
             curve = ", ".join(f"maj@{k} {_pct(v)}" for k, v in s["maj_at_k"].items())
             lines += [f"- {curve}", f"- pass@K {_pct(s.get('pass_at_k'))}, agreement with the vote {_pct(s.get('agreement'))}"]
         if s["servers_served"]:
             lines += [f"- servers that served: {', '.join(f'{p[:12]}… ({n})' for p, n in s['servers_served'].items())}"]
+        lines += ["", *_categories_markdown(s.get("categories") or {})]
+    if pairs:
+        lines += ["## Paired comparisons (same questions)", "",
+                  "diff = accuracy of B minus A on the questions both runs scored; 95% interval: Newcombe's hybrid "
+                  "score for paired data; p: exact McNemar test on the discordant questions.", "",
+                  "| " + " | ".join(PAIR_HEADERS) + " |", "|" + "---|" * len(PAIR_HEADERS)]
+        lines += ["| " + " | ".join(row) + " |" for row in pair_rows(pairs)]
         lines.append("")
     return "\n".join(lines)
+
+
+def _categories_markdown(categories: dict) -> list[str]:
+    counts = categories.get("counts") or {}
+    total = sum(counts.values())
+    if not total:
+        return []
+    lines = [f"### Error analysis ({total} scored paths)", "", "| category | paths | share | meaning |", "|---|---|---|---|"]
+    lines += [f"| {name} | {n} | {_pct(n / total)} | {CATEGORIES.get(name, '')} |" for name, n in counts.items()]
+    if categories.get("correct_with_slip"):
+        lines.append(f"\n{categories['correct_with_slip']} correct paths have an arithmetic slip in their rationale.")
+    for name, examples in (categories.get("examples") or {}).items():
+        if name == "correct" or not examples:
+            continue
+        lines += ["", f"{name}:"]
+        for ex in examples:
+            detail = f"; `{ex['equation']}` is {ex['true_value']}" if ex.get("equation") else ""
+            lines.append(f"- {ex['id']} path {ex['path']}: answer {ex['answer']}, gold {ex['gold']}{detail}: "
+                         f"`{' '.join(str(ex['excerpt']).split())}`")
+    lines.append("")
+    return lines
 
 
 def write_run_report(run_dir: Path, summary: dict) -> Path:
@@ -186,16 +229,90 @@ def load_summary(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise InputError(f"{run_dir} has no {SUMMARY_FILE}", fix="pass run dirs made by 'petals-ops bench gsm8k'")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path} is not valid JSON ({e.msg})", fix="re-run the bench to rewrite it") from e
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise InputError(f"{path} is not valid JSON ({e})", fix="re-run the bench to rewrite it") from e
+    try:
+        if not isinstance(data, dict):
+            raise ValueError("it is not a JSON object")
+        return RunSummary.from_dict(data).to_dict()
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{path} is not a bench summary ({e})", fix="re-run the bench to rewrite it") from e
 
 
-def compare(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[Path, list[dict]]:
+@dataclass(frozen=True)
+class Pair:
+    a: dict  # summaries
+    b: dict
+    comparison: PairedComparison
+    excluded: int  # questions of the set not scored in both runs (error records)
+
+
+def pair_runs(a: dict, b: dict) -> Pair:
+    """Pair two runs question by question; refuse runs of different models or question sets."""
+    la, lb = _label(a), _label(b)
+    ma, mb = a["config"]["model"], b["config"]["model"]
+    if (ma["name"], ma["dht_prefix"]) != (mb["name"], mb["dht_prefix"]):
+        raise InputError(f"cannot pair {la} and {lb}: they ran different models ({ma['name']} and {mb['name']})",
+                         fix="compare runs of the same model, or report them without pairing (--no-pairs)")
+    ra, rb = load_records(Path(a["run_dir"])), load_records(Path(b["run_dir"]))
+    ids_a, ids_b = {r.id for r in ra}, {r.id for r in rb}
+    da, db = a["config"]["data"], b["config"]["data"]
+    if da["sha256"] != db["sha256"] or ids_a != ids_b:
+        differ = len(ids_a ^ ids_b)
+        raise InputError(f"cannot pair {la} and {lb}: they ran different question sets "
+                         f"({da['source']} vs {db['source']}; {differ} question ids differ)",
+                         fix="run both with the same --data and selection, or report them without pairing (--no-pairs)")
+    ca = {r.id: bool(r.correct) for r in ra if not r.error}
+    cb = {r.id: bool(r.correct) for r in rb if not r.error}
+    both = sorted(set(ca) & set(cb))
+    if not both:
+        raise InputError(f"cannot pair {la} and {lb}: no question was scored in both",
+                         fix="resume the runs until they have scored questions")
+    comparison = compare_paired({i: ca[i] for i in both}, {i: cb[i] for i in both})
+    return Pair(a, b, comparison, len(ids_a) - len(both))
+
+
+PAIR_HEADERS = ["A", "B", "n", "acc A", "acc B", "diff B-A", "95% paired", "both right", "A only", "B only",
+                "both wrong", "McNemar p"]
+
+
+def pair_rows(pairs: Sequence[Pair]) -> list[list[str]]:
+    rows = []
+    for p in pairs:
+        c = p.comparison
+        rows.append([_label(p.a), _label(p.b), str(c.n) + (f" ({p.excluded} excluded)" if p.excluded else ""),
+                     _pct(c.acc_a), _pct(c.acc_b), f"{100 * c.diff:+.1f} pts",
+                     f"[{100 * c.diff_ci95[0]:+.1f}, {100 * c.diff_ci95[1]:+.1f}]", str(c.both_right), str(c.a_only),
+                     str(c.b_only), str(c.both_wrong), f"{c.mcnemar_p:.3g}"])
+    return rows
+
+
+def compare(run_dirs: Sequence[str | Path], out_dir: str | Path, *, pairs: bool = True) -> tuple[Path, list[dict], list[Pair]]:
+    """The side-by-side report of runs; with ``pairs``, each pair (A, B) in the order given is compared
+    question by question (all pairs must share the model and the question set)."""
     summaries = [load_summary(d) for d in run_dirs]
+    paired = [pair_runs(a, b) for i, a in enumerate(summaries) for b in summaries[i + 1:]] if pairs else []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot(summaries, out / PLOT_FILE)
     path = out / REPORT_FILE
-    write_atomic(path, _markdown(summaries, PLOT_FILE, "GSM8K bench: runs side by side"))
-    return path, summaries
+    write_atomic(path, _markdown(summaries, PLOT_FILE, "GSM8K bench: runs side by side", paired))
+    return path, summaries, paired
+
+
+def errors_of(run_dir: str | Path, category: str | None = None) -> list[dict]:
+    """Every scored path of a run with its category (``bench errors``), optionally only one category."""
+    if category is not None and category not in CATEGORIES:
+        raise InputError(f"--category {category} is unknown", fix=f"use one of: {', '.join(CATEGORIES)}")
+    load_summary(run_dir)  # a run dir made by the bench, or a one-line error
+    rows = []
+    for r in load_records(Path(run_dir)):
+        for p in r.paths:
+            if category is None or p.category == category:
+                slip = first_slip(p.text) if p.category == "arithmetic_slip" else None
+                rows.append({"id": r.id, "path": p.i, "category": p.category, "answer": p.answer, "gold": r.gold,
+                             "finish": p.finish, "slip": slip.text if slip else None,
+                             "slip_true_value": format_fraction(slip.value) if slip and slip.value is not None else None,
+                             "text": p.text})
+    return rows

@@ -9,8 +9,6 @@ Records are appended by the main thread only, as each question finishes.
 
 from __future__ import annotations
 
-import gc
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,23 +17,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from petals_ops.bench.data import Dataset, Problem, load_dataset, select
-from petals_ops.bench.extraction import answers_equal, extract_answer
-from petals_ops.bench.methods import (
+from petals_ops.backends import BACKENDS, Backend
+from petals_ops.bench.analysis import categorize
+from petals_ops.bench.data import Dataset, Problem, default_prompt_for, load_dataset, select
+from petals_ops.bench.decoding import (
     Cancelled,
-    MethodConfig,
     QuestionTimeout,
-    ban_failed_peers,
+    decode_batch,
     max_batch_for_cache,
     plan_batches,
-    run_batch,
 )
+from petals_ops.bench.extraction import answers_equal, extract_answer
+from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.prompts import PromptSet, load_prompt_file
-from petals_ops.bench.stats import plurality
+from petals_ops.bench.records import QuestionRecord, ScoredPath
 from petals_ops.bench.store import RunStore
 from petals_ops.errors import InputError
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: typed records with error categories and method extras
 
 
 @dataclass
@@ -51,9 +50,11 @@ class ExecOptions:
     def validate(self) -> ExecOptions:
         if self.concurrency < 1:
             raise InputError(f"--concurrency {self.concurrency} must be at least 1", fix="use --concurrency 1")
+        if not 0 <= self.backoff < float("inf"):
+            raise InputError(f"--backoff {self.backoff} must be a number >= 0 seconds", fix="use --backoff 1")
         if self.retries < 0:
             raise InputError(f"--retries {self.retries} must be >= 0", fix="use --retries 2")
-        if self.timeout <= 0:
+        if not 0 < self.timeout < float("inf"):  # also refuses nan
             raise InputError(f"--timeout {self.timeout} must be > 0 seconds", fix="use --timeout 600")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"--batch-size {self.batch_size} must be at least 1", fix="omit it for automatic batching")
@@ -92,35 +93,6 @@ def make_config(model, prompt: PromptSet, cfg: MethodConfig, dataset: Dataset, s
         "method": cfg.to_dict(),
         "data": {"source": dataset.source, "sha256": dataset.sha256, **selection, "n": len(problems)},
     }
-
-
-def die_with_parent_in_forks() -> None:
-    """Processes this one forks (the petals client's DHT; it starts its p2pd) die with it, even on kill -9.
-
-    Without this a killed bench leaves its DHT process and p2pd running forever (Linux prctl
-    PR_SET_PDEATHSIG, set in the child after every os.fork/multiprocessing fork; a no-op elsewhere).
-    """
-    import ctypes
-    import os
-    import signal
-
-    if getattr(die_with_parent_in_forks, "done", False) or not sys.platform.startswith("linux"):
-        return
-    forking = {"pid": os.getpid()}
-
-    def before() -> None:
-        forking["pid"] = os.getpid()
-
-    def in_child() -> None:
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except Exception:  # noqa: BLE001 (no prctl: nothing to set)
-            return
-        if os.getppid() != forking["pid"]:  # the parent died before prctl took effect
-            os._exit(1)
-
-    os.register_at_fork(before=before, after_in_child=in_child)
-    die_with_parent_in_forks.done = True
 
 
 def _backoff_wait(attempt: int, base: float, cancel: threading.Event) -> None:
@@ -163,12 +135,13 @@ def _run_attempt(fn, timeout: float, cancel: threading.Event):
     return box["result"]
 
 
-def solve(loaded, prompt: PromptSet, problem: Problem, cfg: MethodConfig, batch_size: int, opts: ExecOptions,
-          cancel: threading.Event) -> dict[str, Any]:
-    """One question, start to end: a success record or (after the last attempt) an error record."""
-    prompt_ids = loaded.tokenizer(prompt.render(problem.question), return_tensors="pt")["input_ids"]
+def solve(backend: Backend, prompt: PromptSet, problem: Problem, cfg: MethodConfig, batch_size: int,
+          opts: ExecOptions, cancel: threading.Event) -> QuestionRecord:
+    """One question, start to end: a scored record or (after the last attempt) an error record."""
+    method, spec = cfg.impl, cfg.decode_spec()
+    prompt_ids = backend.tokenizer(prompt.render(problem.question), return_tensors="pt")["input_ids"]
     base = {"id": problem.id, "line": problem.line, "question": problem.question, "gold": problem.gold,
-            "prompt_id": prompt.prompt_id, "method": cfg.method, "backend": loaded.backend,
+            "prompt_id": prompt.prompt_id, "method": cfg.method, "backend": backend.name,
             "prompt_tokens": int(prompt_ids.shape[1])}
     started = time.monotonic()
     failures: list[str] = []
@@ -178,11 +151,11 @@ def solve(loaded, prompt: PromptSet, problem: Problem, cfg: MethodConfig, batch_
         def attempt_fn(stop: threading.Event, deadline: float = deadline):
             paths, servers, batches = [], set(), []
             for indices in plan_batches(cfg.paths, batch_size):
-                out = run_batch(loaded, prompt_ids, indices, cfg, problem.id, deadline=deadline, cancel=stop)
+                out = decode_batch(backend, prompt_ids, indices, spec, problem.id, deadline=deadline, cancel=stop)
                 paths += out.paths
                 servers.update(out.servers)
                 batches.append(len(indices))
-                gc.collect()  # here, in a bench thread, never on petals' event-loop thread (see execute)
+                backend.collect()
             return paths, servers, batches
 
         try:
@@ -190,10 +163,10 @@ def solve(loaded, prompt: PromptSet, problem: Problem, cfg: MethodConfig, batch_
         except Cancelled:
             raise
         except Exception as e:  # noqa: BLE001 (a swarm failure, a timeout: retry the whole question in a fresh session)
-            gc.collect()
+            backend.collect()
             failures.append(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
             try:
-                banned = ban_failed_peers(loaded, e)
+                banned = backend.after_failure(e)
             except Exception as ban_error:  # noqa: BLE001 (best effort; the retry still happens)
                 banned = [f"(could not ban: {ban_error})"]
             if banned:
@@ -201,70 +174,70 @@ def solve(loaded, prompt: PromptSet, problem: Problem, cfg: MethodConfig, batch_
             if attempt <= opts.retries:
                 _backoff_wait(attempt, opts.backoff, cancel)
             continue
-        scored = []
-        for p in paths:
-            answer, how = extract_answer(p.text)
-            scored.append({"i": p.index, "answer": answer, "how": how, "correct": answers_equal(answer, problem.gold),
-                           "finish": p.finish, "tokens": p.tokens, "text": p.text, "raw": p.raw})
-        vote = plurality([s["answer"] for s in scored])
-        return {**base, "paths": scored, "vote": vote, "correct": answers_equal(vote, problem.gold),
-                "tokens": sum(p.tokens for p in paths), "seconds": round(time.monotonic() - started, 3),
-                "attempts": attempt, "failures": failures, "servers": sorted(servers), "batches": batches,
-                "error": None, "finished_at": time.time()}
-    return {**base, "paths": [], "vote": None, "correct": False, "tokens": 0,
-            "seconds": round(time.monotonic() - started, 3), "attempts": opts.retries + 1, "failures": failures,
-            "servers": [], "batches": [], "error": failures[-1] if failures else "failed", "finished_at": time.time()}
+        scored = [score_path(p, problem.gold) for p in paths]
+        vote = method.aggregate([p.answer for p in scored])
+        return QuestionRecord(
+            **base, paths=scored, vote=vote, correct=answers_equal(vote, problem.gold),
+            tokens=sum(p.tokens for p in paths), seconds=round(time.monotonic() - started, 3), attempts=attempt,
+            failures=failures, servers=sorted(servers), batches=batches, error=None, finished_at=time.time(),
+            extras=method.record_extras(scored, vote))
+    return QuestionRecord(
+        **base, paths=[], vote=None, correct=False, tokens=0, seconds=round(time.monotonic() - started, 3),
+        attempts=opts.retries + 1, failures=failures, servers=[], batches=[],
+        error=failures[-1] if failures else "failed", finished_at=time.time())
 
 
-def execute(loaded, prompt: PromptSet, problems: list[Problem], cfg: MethodConfig, store: RunStore,
+def score_path(path, gold: str) -> ScoredPath:
+    """Extract, compare and categorise one decoded path (:class:`decoding.PathOutput`)."""
+    answer, how = extract_answer(path.text)
+    fields = {"i": path.index, "answer": answer, "how": how, "correct": answers_equal(answer, gold),
+              "finish": path.finish, "tokens": path.tokens, "text": path.text, "raw": path.raw}
+    return ScoredPath(**fields, category=categorize(fields, gold))
+
+
+def execute(backend: Backend, prompt: PromptSet, problems: list[Problem], cfg: MethodConfig, store: RunStore,
             opts: ExecOptions, batch_size: int, progress: Progress,
-            on_record: Callable[[dict, Progress], None] | None = None) -> None:
+            on_record: Callable[[QuestionRecord, Progress], None] | None = None) -> None:
     """Solve ``problems`` with ``opts.concurrency`` in flight; append each record as it finishes."""
     cancel = threading.Event()
-    # Automatic GC may run petals' session __del__ on its event-loop thread, which deadlocks the client
-    # (methods._defuse); collect explicitly in the bench's threads instead, after every batch.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
     pending = list(problems)
     in_flight: dict[Future, Problem] = {}
-    pool = ThreadPoolExecutor(max_workers=opts.concurrency, thread_name_prefix="bench")
-    try:
-        while pending or in_flight:
-            while pending and len(in_flight) < opts.concurrency:
-                problem = pending.pop(0)
-                in_flight[pool.submit(solve, loaded, prompt, problem, cfg, batch_size, opts, cancel)] = problem
-            finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-            for future in finished:
-                in_flight.pop(future)
-                record = future.result()
-                store.append(record)
-                progress.done += 1
-                progress.tokens += record["tokens"]
-                if record["error"]:
-                    progress.errors += 1
-                else:
-                    progress.scored += 1
-                    progress.correct += bool(record["correct"])
-                if on_record:
-                    on_record(record, progress)
-    except BaseException:
-        cancel.set()  # in-flight questions stop at their next token; their records are not written
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        gc.collect()
-        if gc_was_enabled:
-            gc.enable()
+    with backend.quiet_gc():
+        pool = ThreadPoolExecutor(max_workers=opts.concurrency, thread_name_prefix="bench")
+        try:
+            while pending or in_flight:
+                while pending and len(in_flight) < opts.concurrency:
+                    problem = pending.pop(0)
+                    in_flight[pool.submit(solve, backend, prompt, problem, cfg, batch_size, opts, cancel)] = problem
+                finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    in_flight.pop(future)
+                    record = future.result()
+                    store.append(record.to_dict())
+                    progress.done += 1
+                    progress.tokens += record.tokens
+                    if record.error:
+                        progress.errors += 1
+                    else:
+                        progress.scored += 1
+                        progress.correct += bool(record.correct)
+                    if on_record:
+                        on_record(record, progress)
+        except BaseException:
+            cancel.set()  # in-flight questions stop at their next token; their records are not written
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def choose_batch_size(loaded, prompt: PromptSet, todo: list[Problem], cfg: MethodConfig, opts: ExecOptions,
+def choose_batch_size(backend: Backend, prompt: PromptSet, todo: list[Problem], cfg: MethodConfig, opts: ExecOptions,
                       snapshot) -> tuple[int, str]:
     """Paths per batch: --batch-size if given; else all K, unless the servers' free cache holds fewer."""
     if opts.batch_size is not None:
         return min(cfg.paths, opts.batch_size), "--batch-size"
     if snapshot is None or cfg.paths == 1:
         return cfg.paths, "all paths in one batch"
-    longest = max(len(loaded.tokenizer(prompt.render(p.question))["input_ids"]) for p in todo)
+    longest = max(len(backend.tokenizer(prompt.render(p.question))["input_ids"]) for p in todo)
     cap = max_batch_for_cache(snapshot.servers, longest + cfg.max_new_tokens, opts.concurrency)
     if cap is not None and cap < cfg.paths:
         return cap, "limited by the servers' free attention cache"
@@ -307,12 +280,12 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
 
     cfg = params.method.validate()
     opts = params.exec.validate()
-    if params.backend not in ("petals", "local"):
+    if params.backend not in BACKENDS:
         raise InputError(f"--backend {params.backend} is unknown", fix="use petals or local")
     dataset = load_dataset(params.data)
     selection = {"offset": params.offset, "limit": params.limit, "sample": params.sample, "sample_seed": params.sample_seed}
     problems = select(dataset.problems, **selection)
-    prompt = load_prompt_file(params.prompt_file)
+    prompt = load_prompt_file(params.prompt_file or default_prompt_for(params.data))
 
     snapshot = None
     if params.backend == "petals" or params.initial_peers:
@@ -333,8 +306,6 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
     existing = store.open(config)
     try:
         todo = [p for p in problems if p.id not in existing or existing[p.id].get("error")]
-        from petals_ops import generation
-
         if params.backend == "petals":
             from petals_ops.swarm_health import take_snapshot
 
@@ -344,18 +315,16 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         run_info = {"todo": len(todo), "done_before": len(problems) - len(todo), "n": len(problems),
                     "batch_size": None, "batch_note": "nothing to run"}
         if todo:
-            if params.backend == "petals":
-                die_with_parent_in_forks()
-                loaded = generation.load_swarm_model(target.model, target.initial_peers, max_retries=params.client_retries,
-                                                     request_timeout=params.request_timeout)
-            else:
-                loaded = generation.load_local_model(model_ref)
-            with loaded:
+            from petals_ops.backends import open_backend
+
+            peers = target.initial_peers if params.backend == "petals" else ()
+            with open_backend(params.backend, model_ref, peers, max_retries=params.client_retries,
+                              request_timeout=params.request_timeout) as backend:
                 run_info["batch_size"], run_info["batch_note"] = choose_batch_size(
-                    loaded, prompt, todo, cfg, opts, snapshot)
+                    backend, prompt, todo, cfg, opts, snapshot)
                 if on_start:
                     on_start(progress, run_info)
-                execute(loaded, prompt, todo, cfg, store, opts, run_info["batch_size"], progress, on_record)
+                execute(backend, prompt, todo, cfg, store, opts, run_info["batch_size"], progress, on_record)
         elif on_start:
             on_start(progress, run_info)
         summary = report.summarize(store.run_dir, config, problems, progress=progress, backend=params.backend,

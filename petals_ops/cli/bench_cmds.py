@@ -4,6 +4,7 @@ import sys
 
 import click
 
+from petals_ops.bench.methods import METHODS, MethodConfig, get_method
 from petals_ops.cli.options import swarm_target_options
 from petals_ops.output import OUTPUT_OPTION, emit_json, info, render_table
 
@@ -16,7 +17,8 @@ def bench():
 @bench.command("gsm8k")
 @swarm_target_options
 @click.option("--data", default="demo", show_default=True,
-              help="GSM8K JSONL file (or the official checkout dir), 'demo' (shipped set), or hf:openai/gsm8k[:split].")
+              help="'demo' (the shipped demo set), gsm8k:test or gsm8k (the packaged GSM8K test split, 1319), "
+                   "gsm8k:train (7473), a GSM8K JSONL file (or the official checkout dir), or hf:openai/gsm8k[:split].")
 @click.option("--offset", default=0, show_default=True, type=int, help="Skip the first N problems.")
 @click.option("--limit", default=None, type=int, help="Run at most N problems (after --offset/--sample).")
 @click.option("--sample", default=None, type=int, help="A random subset of N problems (seeded by --sample-seed).")
@@ -24,9 +26,9 @@ def bench():
 @click.option("--prompt-file", default=None, type=click.Path(dir_okay=False),
               help="Few-shot prompt set ('Q: ...\\nA: ... The answer is N.' blocks) [default: experiments/prompts/"
                    "gsm8k_cot_8shot_petals_ops.txt].")
-@click.option("--method", type=click.Choice(["cot", "sc"]), default="cot", show_default=True,
-              help="cot: one greedy path; sc: --paths sampled paths and a majority vote.")
-@click.option("--paths", default=None, type=int, help="SC: sampled paths per question [default: 10; cot: 1].")
+@click.option("--method", type=click.Choice(list(METHODS)), default="cot", show_default=True,
+              help="; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + ".")
+@click.option("--paths", default=None, type=int, help="Sampled paths per question [default: the method's; sc: 10, cot: 1].")
 @click.option("--temperature", default=0.7, show_default=True, type=float, help="SC sampling temperature.")
 @click.option("--top-k", default=40, show_default=True, type=int, help="SC top-k (0: no top-k).")
 @click.option("--max-new-tokens", default=256, show_default=True, type=int, help="Per path; stops earlier at the next 'Q:'.")
@@ -54,10 +56,9 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset,
     Interrupted (Ctrl-C, crash, kill)? Run the same command again: it skips the questions already done.
     With the tiny local-swarm model (random weights) accuracy is near zero by design.
     """
-    from petals_ops.bench.methods import MethodConfig
     from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
 
-    cfg = MethodConfig(method=method, paths=paths if paths is not None else (10 if method == "sc" else 1),
+    cfg = MethodConfig(method=method, paths=paths if paths is not None else get_method(method).default_paths,
                        temperature=temperature, top_k=top_k or None, max_new_tokens=max_new_tokens, seed=seed)
     params = BenchParams(
         data=data, offset=offset, limit=limit, sample=sample, sample_seed=sample_seed, prompt_file=prompt_file,
@@ -91,18 +92,58 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset,
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", default="bench-report", show_default=True, type=click.Path(file_okay=False),
               help="Where the comparison report.md and plot go.")
+@click.option("--pairs/--no-pairs", default=True, show_default=True,
+              help="Compare each pair of runs question by question (paired 95% interval, exact McNemar test); "
+                   "needs runs of the same model on the same questions.")
 @OUTPUT_OPTION
-def report_cmd(run_dirs, out, output):
-    """Compare bench runs side by side (table, report.md and one plot: SC curves and CoT lines)."""
+def report_cmd(run_dirs, out, pairs, output):
+    """Compare bench runs: side by side, and each pair A B on the same questions.
+
+    For a pair, the accuracy difference B - A comes with a paired 95% interval and an exact McNemar
+    p-value, from the questions one run got right and the other wrong.
+    """
     from petals_ops.bench import report
 
-    path, summaries = report.compare(run_dirs, out)
+    path, summaries, paired = report.compare(run_dirs, out, pairs=pairs)
     if output == "json":
         emit_json({"report": str(path), "runs": [{k: s.get(k) for k in ("run_dir", "method", "paths", "n", "scored",
-                   "errors", "accuracy", "accuracy_wilson95", "maj_at_k", "tokens", "tokens_per_second")} for s in summaries]})
+                   "errors", "accuracy", "accuracy_wilson95", "maj_at_k", "tokens", "tokens_per_second")} for s in summaries],
+                   "pairs": [{"a": p.a["run_dir"], "b": p.b["run_dir"], "excluded": p.excluded, **p.comparison.to_dict()}
+                             for p in paired]})
         return
     render_table(report.HEADERS, report.table_rows(summaries), title="GSM8K bench runs")
+    if paired:
+        render_table(report.PAIR_HEADERS, report.pair_rows(paired), title="Paired comparisons (B - A)")
     click.echo(f"report: {path}")
+
+
+@bench.command("errors")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--category", default=None, help="Only this category (correct, repetition, out_of_tokens, no_answer, "
+                                                "arithmetic_slip, wrong_answer).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Rows to show in the table.")
+@OUTPUT_OPTION
+def errors_cmd(run_dir, category, limit, output):
+    """Every scored path of a run with its failure category: why the wrong ones were wrong.
+
+    Categories: repetition (a loop), out_of_tokens, no_answer, arithmetic_slip (a false 'a op b = c'
+    in the rationale, checked exactly), wrong_answer, and correct.
+    """
+    from collections import Counter
+
+    from petals_ops.bench import report
+
+    rows = report.errors_of(run_dir, category)
+    if output == "json":
+        emit_json(rows)
+        return
+    counts = Counter(r["category"] for r in rows)
+    shown = [r for r in rows if category is not None or r["category"] != "correct"][:limit]
+    render_table(["question", "path", "category", "answer", "gold", "slip", "text"],
+                 [[r["id"], r["path"], r["category"], r["answer"], r["gold"],
+                   f"{r['slip']} (is {r['slip_true_value']})" if r["slip"] else "",
+                   " ".join(r["text"].split())[:90]] for r in shown],
+                 title=f"{len(shown)} of {len(rows)} paths ({', '.join(f'{k} {v}' for k, v in counts.most_common())})")
 
 
 class _BenchProgress:
@@ -128,6 +169,7 @@ class _BenchProgress:
             self.task = self.bar.add_task("gsm8k", total=progress.total, acc="-", tps="-")
 
     def record(self, record, progress):
+        record = record.to_dict()
         acc = "-" if progress.accuracy is None else f"{100 * progress.accuracy:.1f}%"
         tps = f"{progress.tokens_per_second:.1f}"
         if self.bar is not None:

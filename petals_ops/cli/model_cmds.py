@@ -1,8 +1,17 @@
 """``petals-ops model``: make models for the local swarm."""
 
+import sys
+
 import click
 
 from petals_ops.output import info
+
+# Per skill: (layers, hidden, heads, vocab, DHT prefix). The arithmetic defaults reproduce the checkpoint
+# the project ships (petals_ops/data/models/tiny-bloom-arith).
+SKILL_DEFAULTS = {
+    "none": (4, 64, 4, 1024, "tiny-bloom-petals"),
+    "arithmetic": (4, 128, 8, 400, "tiny-bloom-arith"),
+}
 
 
 @click.group()
@@ -12,20 +21,68 @@ def model():
 
 @model.command("tiny")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--layers", default=4, show_default=True, type=int, help="Transformer blocks (what servers hold).")
-@click.option("--hidden", default=64, show_default=True, type=int, help="Hidden size.")
-@click.option("--heads", default=4, show_default=True, type=int, help="Attention heads (must divide --hidden).")
+@click.option("--skill", type=click.Choice(list(SKILL_DEFAULTS)), default="none", show_default=True,
+              help="none: random weights (noise; exercises the machinery). arithmetic: trained in-process on "
+                   "synthetic GSM-style word problems (a few minutes on 2 cores) so the bench measures real effects.")
+@click.option("--layers", default=None, type=int, help="Transformer blocks (what servers hold) [default: 4].")
+@click.option("--hidden", default=None, type=int, help="Hidden size [default: 64; arithmetic: 128].")
+@click.option("--heads", default=None, type=int, help="Attention heads, must divide --hidden [default: 4; arithmetic: 8].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same weights and tokenizer.")
-@click.option("--dht-prefix", default="tiny-bloom-petals", show_default=True, help="Prefix servers announce blocks under.")
-def tiny(directory, layers, hidden, heads, seed, dht_prefix):
+@click.option("--steps", default=None, type=int, help="arithmetic: training steps [default: the shipped model's].")
+@click.option("--dht-prefix", default=None,
+              help="Prefix servers announce blocks under [default: tiny-bloom-petals; arithmetic: tiny-bloom-arith].")
+def tiny(directory, skill, layers, hidden, heads, seed, steps, dht_prefix):
     """Write a tiny BLOOM to DIRECTORY, offline and deterministic for a seed.
 
-    The weights are random (its answers are noise by design); it exists so a real Petals swarm runs
-    on any laptop. The layout is what Petals servers load (BloomModel keys h.{i}.*).
+    The layout is what Petals servers load (BloomModel keys h.{i}.*), whatever the skill. The
+    project ships the arithmetic model this command makes with its defaults (--skill arithmetic):
+    petals_ops/data/models/tiny-bloom-arith, with its held-out set (--data arith:test in the bench).
     """
     from petals_ops.tiny_model import TinyModelSpec, make_tiny_bloom
 
-    spec = TinyModelSpec(layers=layers, hidden=hidden, heads=heads, seed=seed, dht_prefix=dht_prefix)
-    path = make_tiny_bloom(directory, spec)
-    info(f"tiny BLOOM with {layers} blocks (hidden {hidden}, seed {seed}, DHT prefix {dht_prefix}) written")
+    d_layers, d_hidden, d_heads, vocab, d_prefix = SKILL_DEFAULTS[skill]
+    spec = TinyModelSpec(layers=layers or d_layers, hidden=hidden or d_hidden, heads=heads or d_heads, vocab_size=vocab,
+                         seed=seed, dht_prefix=d_prefix if dht_prefix is None else dht_prefix, skill=skill)
+    train_spec = None
+    if skill == "arithmetic":
+        from petals_ops.tiny_train import TrainSpec
+
+        train_spec = TrainSpec(seed=seed) if steps is None else TrainSpec(seed=seed, steps=steps)
+    elif steps is not None:
+        from petals_ops.errors import InputError
+
+        raise InputError("--steps needs --skill arithmetic (a random model is not trained)", fix="drop --steps")
+    with _TrainProgress() as progress:
+        path = make_tiny_bloom(directory, spec, train_spec, on_step=progress.step)
+    info(f"tiny BLOOM ({skill}) with {spec.layers} blocks (hidden {spec.hidden}, seed {seed}, DHT prefix "
+         f"{spec.dht_prefix}) written")
     click.echo(str(path))
+
+
+class _TrainProgress:
+    """step, loss, tokens/s and ETA on stderr (a rich bar on a terminal, a line every 50 steps otherwise)."""
+
+    def __enter__(self):
+        from rich.console import Console
+
+        self.console = Console(file=sys.stderr)
+        self.bar = None
+        return self
+
+    def step(self, s) -> None:
+        if self.console.is_terminal:
+            if self.bar is None:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn("loss {task.fields[loss]}  {task.fields[tps]} tok/s  ETA"),
+                                    TimeRemainingColumn(), console=self.console)
+                self.bar.start()
+                self.task = self.bar.add_task("train", total=s.steps, loss="-", tps="-")
+            self.bar.update(self.task, completed=s.step, loss=f"{s.loss:.3f}", tps=f"{s.tokens_per_second:.0f}")
+        elif s.step == 1 or s.step % 50 == 0 or s.step == s.steps:
+            info(f"[{s.step}/{s.steps}] loss {s.loss:.3f}, {s.tokens_per_second:.0f} tokens/s, ETA {s.eta:.0f} s")
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,216 @@
+"""Where a decoding loop's forward passes run: through the swarm (petals) or in this process (local).
+
+One interface for every method of the bench (and later tuning and the calculator): a :class:`Backend`
+opens a :class:`DecodeSession` for a batch, whose ``forward(ids)`` returns the next-token logits of each
+row; the caller owns the token loop. The petals client's rough edges live here and nowhere else:
+
+- session internals: which servers served a session, and closing its streams ourselves (``_defuse``);
+- banning dead peers named by a failed attempt (petals keeps routing to a dead server until its DHT
+  record expires);
+- the garbage-collector deadlock (a leftover session's ``__del__`` run on the client's own event-loop
+  thread waits on that loop for ever): automatic GC is off while work runs, and :meth:`Backend.collect`
+  collects from the caller's thread instead;
+- processes the client forks (its DHT and p2pd) die with us, even on ``kill -9``.
+
+Heavy imports (torch, petals) happen inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from petals_ops.errors import InputError
+from petals_ops.models import ModelRef
+
+BACKENDS = ("petals", "local")
+# A Petals server refuses a step of more than --max_batch_size tokens (batch x new tokens; 2048 by default
+# for BLOOM): prompts are prefilled in chunks of at most this many tokens across the batch.
+MAX_TASK_TOKENS = 2048
+PEER_ID_RE = re.compile(r"\b(Qm[1-9A-HJ-NP-Za-km-z]{44}|12D3KooW[1-9A-HJ-NP-Za-km-z]{44})\b")
+
+
+class DecodeSession:
+    """One batch's decoding state: feed token ids, get the last position's logits ``[batch, vocab]``."""
+
+    def __init__(self, loaded, session=None):
+        self._loaded = loaded
+        self._session = session  # petals InferenceSession, or None for the local KV cache
+        self._past = None
+
+    def forward(self, ids):
+        model = self._loaded.model
+        if self._session is not None:
+            out = model.transformer(input_ids=ids)
+        else:
+            out = model.transformer(input_ids=ids, past_key_values=self._past, use_cache=True)
+            self._past = out.past_key_values
+        return model.lm_head(out.last_hidden_state[:, -1:, :])[:, -1, :].float()
+
+    def prefill(self, ids):
+        """Feed a whole prompt (``[batch, length]``) in tasks the servers accept; the last logits."""
+        chunk = max(1, MAX_TASK_TOKENS // int(ids.shape[0]))
+        logits = None
+        for start in range(0, int(ids.shape[1]), chunk):
+            logits = self.forward(ids[:, start:start + chunk])
+        return logits
+
+    @property
+    def served_peers(self) -> list[str]:
+        peers = []
+        for server_session in getattr(self._session, "_server_sessions", None) or []:
+            peer = getattr(getattr(server_session, "span", None), "peer_id", None)
+            if peer is not None:
+                peers.append(peer.to_base58() if hasattr(peer, "to_base58") else str(peer))
+        return peers
+
+
+class Backend:
+    """A loaded model plus how to decode with it. Use as a context manager; :meth:`close` releases it."""
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+
+    @property
+    def name(self) -> str:
+        return self.loaded.backend
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    @property
+    def ref(self) -> ModelRef:
+        return self.loaded.ref
+
+    @contextlib.contextmanager
+    def session(self, batch: int, max_length: int) -> Iterator[DecodeSession]:
+        """A fresh decoding session for ``batch`` rows of at most ``max_length`` tokens."""
+        import torch
+
+        with torch.inference_mode():
+            if self.name != "petals":
+                yield DecodeSession(self.loaded)
+                return
+            server_sessions: list = []
+            with self.loaded.model.transformer.h.inference_session(max_length=max_length) as session:
+                try:
+                    yield DecodeSession(self.loaded, session)
+                finally:
+                    server_sessions = list(getattr(session, "_server_sessions", None) or [])
+            _defuse(server_sessions)
+
+    def after_failure(self, error: BaseException) -> list[str]:
+        """Tell the client to avoid the servers a failed attempt names; returns the banned peer ids."""
+        if self.name != "petals" or self.loaded.model is None:
+            return []
+        return _ban_failed_peers(self.loaded.model, error)
+
+    @contextlib.contextmanager
+    def quiet_gc(self) -> Iterator[None]:
+        """Automatic GC off while work runs (see the module docstring); collected once at the end."""
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            yield
+        finally:
+            gc.collect()
+            if was_enabled:
+                gc.enable()
+
+    @staticmethod
+    def collect() -> None:
+        """Collect garbage from the calling (work) thread, never from the client's event loop."""
+        gc.collect()
+
+    def close(self) -> None:
+        self.loaded.close()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_backend(kind: str, ref: ModelRef, initial_peers: Sequence[str] = (), *, max_retries: int = 3,
+                 request_timeout: float = 60.0) -> Backend:
+    """Load ``ref`` for decoding through the swarm (``petals``) or in this process (``local``)."""
+    from petals_ops import generation
+
+    if kind not in BACKENDS:
+        raise InputError(f"--backend {kind} is unknown", fix="use petals or local")
+    if kind == "local":
+        return Backend(generation.load_local_model(ref))
+    die_with_parent_in_forks()
+    return Backend(generation.load_swarm_model(ref, initial_peers, max_retries=max_retries,
+                                               request_timeout=request_timeout))
+
+
+def _ban_failed_peers(model, error: BaseException) -> list[str]:
+    """petals bans a peer only when an established server session fails; a server that died is still
+    routed to (its DHT record outlives it until expiry) and every fresh session fails to connect to it."""
+    texts, seen = [], error
+    while seen is not None and len(texts) < 5:
+        texts.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    peers = sorted(set(PEER_ID_RE.findall(" ".join(texts))))
+    if peers:
+        from petals_ops import petals_door as door
+
+        manager = model.transformer.h.sequence_manager
+        for peer in peers:
+            manager.on_request_failure(door.PeerID.from_base58(peer))
+        # on_request_failure leaves the peer in the precomputed spans: rebuild the routing (it skips banned peers)
+        manager.update(wait=False)
+        manager.ready.wait(timeout=15)
+    return peers
+
+
+def _defuse(server_sessions: Sequence[Any]) -> None:
+    """Close what a session left open, and make sure no ``__del__`` will try again.
+
+    petals' ``_ServerInferenceSession.__del__`` closes its stream through ``RemoteExpertWorker.run_coroutine``;
+    when the garbage collector runs that on the worker's own event-loop thread, the loop waits on itself and
+    every session of the process hangs (seen here: the bench froze mid-run).
+    """
+    for server_session in server_sessions:
+        if getattr(server_session, "_outputs_stream", None) is not None:
+            try:
+                server_session.close()
+            except Exception:  # noqa: BLE001, S110 (the stream is gone either way)
+                pass
+            server_session._outputs_stream = server_session._inputs_queue = None
+
+
+def die_with_parent_in_forks() -> None:
+    """Processes this one forks (the petals client's DHT; it starts its p2pd) die with it, even on kill -9.
+
+    Without this a killed bench leaves its DHT process and p2pd running forever (Linux prctl
+    PR_SET_PDEATHSIG, set in the child after every os.fork/multiprocessing fork; a no-op elsewhere).
+    """
+    import ctypes
+    import os
+    import signal
+
+    if getattr(die_with_parent_in_forks, "done", False) or not sys.platform.startswith("linux"):
+        return
+    forking = {"pid": os.getpid()}
+
+    def before() -> None:
+        forking["pid"] = os.getpid()
+
+    def in_child() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except Exception:  # noqa: BLE001 (no prctl: nothing to set)
+            return
+        if os.getppid() != forking["pid"]:  # the parent died before prctl took effect
+            os._exit(1)
+
+    os.register_at_fork(before=before, after_in_child=in_child)
+    die_with_parent_in_forks.done = True

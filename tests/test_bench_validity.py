@@ -1,0 +1,151 @@
+"""The bench measures real effects: the shipped tiny BLOOM trained on arithmetic, through the harness.
+
+The full held-out runs use the local backend (in-process, the same checkpoint) to keep CI short; a
+subset through a real swarm must give records identical to the local ones, so the swarm run would show
+the same effect. Seeds are fixed: if SC stops beating CoT significantly, these tests fail.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from petals_ops import synthetic_math, tiny_train
+from petals_ops.bench import data, report
+from petals_ops.bench.methods import MethodConfig
+from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
+from petals_ops.bench.store import read_records
+from petals_ops.tiny_model import ARITH_MODEL_DIR, TinyModelSpec, make_tiny_bloom
+from tests.helpers import assert_one_line_error
+
+HELD_OUT = 300  # questions of arith:test in the full runs (the set has 400)
+SWARM_SUBSET = 6
+MAX_NEW_TOKENS = 48
+METHODS = {"cot": MethodConfig(method="cot", paths=1, max_new_tokens=MAX_NEW_TOKENS),
+           "sc": MethodConfig(method="sc", paths=10, max_new_tokens=MAX_NEW_TOKENS)}
+
+
+def _run(run_dir, method: str, *, backend: str = "local", limit: int = HELD_OUT, swarm=None, model=None):
+    params = BenchParams(data="arith:test", limit=limit, run_dir=str(run_dir), backend=backend, method=METHODS[method],
+                         model=model or (None if swarm else str(ARITH_MODEL_DIR)),
+                         swarm_dir=swarm.run_dir if swarm else None, exec=ExecOptions(concurrency=1))
+    return run_bench(params)
+
+
+@pytest.fixture(scope="module")
+def held_out_runs(tmp_path_factory):
+    """CoT and SC (K=10) over the held-out set with the local backend: {method: run dir}."""
+    root = tmp_path_factory.mktemp("arith-runs")
+    return {method: _run(root / method, method).run_dir for method in METHODS}
+
+
+def test_trained_model_cot_accuracy_is_strictly_between_0_and_100(held_out_runs):
+    summary = report.load_summary(held_out_runs["cot"])
+    assert summary["scored"] == HELD_OUT and summary["errors"] == 0
+    assert 0.05 < summary["accuracy"] < 0.95, summary["accuracy"]
+    counts = summary["categories"]["counts"]
+    assert counts["correct"] == summary["correct"] and sum(counts.values()) == HELD_OUT
+    assert counts["arithmetic_slip"] > 0  # the model fails the way the lab's BLOOM does: right equation, wrong number
+
+
+def test_sc_beats_cot_significantly_on_held_out_problems(held_out_runs, tmp_path):
+    path, summaries, pairs = report.compare([held_out_runs["cot"], held_out_runs["sc"]], tmp_path / "cmp")
+    (pair,) = pairs
+    c = pair.comparison
+    assert c.n == HELD_OUT and pair.excluded == 0
+    assert c.diff > 0 and c.diff_ci95[0] > 0, c  # the paired interval excludes no gain
+    assert c.mcnemar_p < 0.01 and c.b_only > 2 * c.a_only, c
+    sc = summaries[1]
+    assert sc["maj_at_k"]["10"] > sc["maj_at_k"]["1"]  # the vote, not the sampling, makes the gain
+    text = path.read_text()
+    assert "Paired comparisons" in text and "McNemar" in text and "Error analysis" in text
+
+
+def test_swarm_subset_gives_the_same_records_as_local(held_out_runs, arith_swarm, tmp_path):
+    for method in METHODS:
+        result = _run(tmp_path / method, method, backend="petals", limit=SWARM_SUBSET, swarm=arith_swarm)
+        through_swarm = read_records(result.run_dir)
+        local = read_records(held_out_runs[method])[:SWARM_SUBSET]
+        assert [r["id"] for r in through_swarm] == [r["id"] for r in local]
+        assert all(r["backend"] == "petals" and r["servers"] for r in through_swarm)
+        keys = ("i", "raw", "text", "answer", "correct", "category", "finish")
+        assert [[{k: p[k] for k in keys} for p in r["paths"]] for r in through_swarm] == \
+               [[{k: p[k] for k in keys} for p in r["paths"]] for r in local]
+        assert [r["vote"] for r in through_swarm] == [r["vote"] for r in local]
+
+
+def test_report_cli_pairs_and_refuses_other_question_sets_and_models(held_out_runs, run_cli, tmp_path, tiny_model_dir):
+    result = run_cli("bench", "report", held_out_runs["cot"], held_out_runs["sc"], "--out", tmp_path / "r", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    (pair,) = json.loads(result.stdout)["pairs"]
+    assert pair["n"] == HELD_OUT and pair["mcnemar_p"] < 0.01
+    assert pair["both_right"] + pair["a_only"] + pair["b_only"] + pair["both_wrong"] == HELD_OUT
+    table = run_cli("bench", "report", held_out_runs["cot"], held_out_runs["sc"], "--out", tmp_path / "r2")
+    assert "Paired comparisons" in table.stdout and "McNemar p" in table.stdout
+
+    fewer = _run(tmp_path / "fewer", "cot", limit=5).run_dir
+    line = assert_one_line_error(run_cli("bench", "report", held_out_runs["cot"], fewer, "--out", tmp_path / "r3"), code=2)
+    assert "different question sets" in line and "--no-pairs" in line
+    assert run_cli("bench", "report", held_out_runs["cot"], fewer, "--no-pairs", "--out", tmp_path / "r4").returncode == 0
+
+    random_model = _run(tmp_path / "random", "cot", limit=5, model=str(tiny_model_dir)).run_dir
+    line = assert_one_line_error(run_cli("bench", "report", fewer, random_model, "--out", tmp_path / "r5"), code=2)
+    assert "different models" in line
+
+
+def test_bench_errors_lists_categories(held_out_runs, run_cli):
+    result = run_cli("bench", "errors", held_out_runs["cot"], "--category", "arithmetic_slip", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows and all(r["category"] == "arithmetic_slip" and r["slip"] for r in rows)
+    assert all(r["answer"] != r["gold"] for r in rows)
+    table = run_cli("bench", "errors", held_out_runs["cot"])
+    assert table.returncode == 0 and "arithmetic_slip" in table.stdout
+    line = assert_one_line_error(run_cli("bench", "errors", held_out_runs["cot"], "--category", "nope"), code=2)
+    assert "--category nope is unknown" in line
+
+
+def test_training_still_lowers_the_loss(tmp_path):
+    spec = TinyModelSpec(layers=2, hidden=64, heads=4, vocab_size=400, dht_prefix="t-arith", skill="arithmetic")
+    steps = []
+    path = make_tiny_bloom(tmp_path / "m", spec, tiny_train.TrainSpec(steps=40, warmup=5), on_step=steps.append)
+    meta = json.loads((path / "petals_ops.json").read_text())
+    losses = meta["training"]["losses"]
+    assert [s.step for s in steps] == list(range(1, 41)) and len(losses) == 2
+    assert meta["training"]["first_loss"] > 2 * losses[-1], losses  # from ~ln(vocab) towards the task's loss
+    assert data.load_dataset("arith:test")  # and the model is a bench-loadable checkpoint:
+    from petals_ops.models import resolve_model
+
+    assert resolve_model(str(path)).dht_prefix == "t-arith"
+
+
+def test_shipped_held_out_set_is_reproducible_and_never_trained_on(tmp_path):
+    digests = synthetic_math.write_held_out_files(tmp_path, tiny_train.HELD_OUT_SIZE, tiny_train.HELD_OUT_SEED,
+                                                  tiny_train.PROMPT_SEED)
+    shipped = data.PACKAGE_DATA / "arith"
+    for name in ("test.jsonl", "prompt.txt"):
+        assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
+    assert digests["test.jsonl"] == data.DATASETS["arith:test"].sha256
+    held = tiny_train.held_out_questions()
+    assert len(held) == tiny_train.HELD_OUT_SIZE
+    stream = synthetic_math.training_examples(0, exclude=held)
+    assert not any(next(stream)[0][3:-3] in held for _ in range(3000))
+    # every problem's changes can be applied in any order without going below zero
+    rng = random.Random(5)
+    for _ in range(500):
+        p = synthetic_math.make_problem(rng)
+        assert p.start + sum(c for c in p.changes if c < 0) >= 0
+
+
+def test_shipped_model_meta_records_the_command_that_made_it():
+    meta = json.loads((ARITH_MODEL_DIR / "petals_ops.json").read_text())
+    assert meta["skill"] == "arithmetic" and meta["training"]["spec"] == \
+        {**tiny_train.TrainSpec().__dict__}
+    assert (ARITH_MODEL_DIR / "model.safetensors").stat().st_size < 10 * 2**20
+
+
+def test_a_named_set_brings_its_own_prompt():
+    assert data.default_prompt_for("arith:test") == data.PACKAGE_DATA / "arith" / "prompt.txt"
+    assert data.default_prompt_for("gsm8k:test") is None and data.default_prompt_for("demo") is None

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from petals_ops import local_swarm  # noqa: E402
 from petals_ops.bench import report  # noqa: E402
+from petals_ops.bench.demo_step import ARITH_SC_TEMPERATURE  # noqa: E402
 from petals_ops.bench.methods import MethodConfig  # noqa: E402
 from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench  # noqa: E402
 from petals_ops.tiny_model import ARITH_MODEL_DIR  # noqa: E402
@@ -33,7 +34,8 @@ from petals_ops.tiny_model import ARITH_MODEL_DIR  # noqa: E402
 
 def bench(work: Path, swarm, name: str, method: str, paths: int, questions: int, **exec_kw) -> dict:
     params = BenchParams(data="arith:test", limit=questions, run_dir=str(work / name), backend="petals",
-                         swarm_dir=swarm.run_dir, method=MethodConfig(method=method, paths=paths, max_new_tokens=48),
+                         swarm_dir=swarm.run_dir,
+                         method=MethodConfig(method=method, paths=paths, temperature=ARITH_SC_TEMPERATURE, max_new_tokens=48),
                          exec=ExecOptions(**exec_kw))
     s = run_bench(params).summary
     out = {"run": name, "accuracy": s["accuracy"], "questions_per_minute": s["questions_per_minute"],

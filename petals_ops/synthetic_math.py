@@ -1,9 +1,9 @@
-"""Synthetic GSM-style word problems with one to three arithmetic steps that can be taken in any order.
+"""Synthetic GSM-style word problems with two or three arithmetic steps that can be taken in any order.
 
 They exist to train the tiny BLOOM a little arithmetic (``petals-ops model tiny --skill arithmetic``) so
 the bench can reproduce a known effect end to end: Self-Consistency beats greedy Chain-of-Thought only
 where a problem has several valid reasoning paths whose errors differ (Wang et al. 2022). Here a
-problem is a start amount and one to three gains or losses; a rationale applies the changes in a
+problem is a start amount and two or three gains or losses (single digits); a rationale applies the changes in a
 random order (``14 + 29 = 43. 43 - 8 = 35. The answer is 35.``), so the same problem has up to six
 chains of different intermediate sums, and a model's slips differ between them.
 
@@ -22,13 +22,13 @@ NAMES = ("Mia", "Tom", "Ava", "Sam", "Lily", "Ben", "Zoe", "Max", "Emma", "Leo",
 ITEMS = ("apples", "stickers", "marbles", "books", "coins", "cards", "shells", "pencils", "stamps", "toys")
 GAINS = ("buys {n} more", "gets {n} from a friend", "finds {n} more", "is given {n} more", "wins {n} more")
 LOSSES = ("gives {n} to a friend", "loses {n}", "sells {n}", "gives away {n}", "uses {n}")
-STEP_WEIGHTS = {1: 1, 2: 2, 3: 2}  # how often a problem has 1, 2 or 3 changes
+STEP_WEIGHTS = {2: 1, 3: 1}  # 2 or 3 changes: a one-change problem has a single order, nothing for SC to vote over
 
 
 @dataclass(frozen=True)
 class NumberRanges:
-    start: tuple[int, int] = (10, 60)
-    change: tuple[int, int] = (2, 19)
+    start: tuple[int, int] = (10, 40)
+    change: tuple[int, int] = (1, 9)
 
 
 @dataclass(frozen=True)

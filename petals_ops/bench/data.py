@@ -70,7 +70,7 @@ register_dataset("gsm8k:train", PACKAGE_DATA / "gsm8k" / "train.jsonl",
 # The synthetic arithmetic task's held-out set (python -m petals_ops.synthetic_math petals_ops/data/arith
 # rewrites these bytes), with its own 2-exemplar prompt; the shipped tiny-bloom-arith model never saw it.
 register_dataset("arith:test", PACKAGE_DATA / "arith" / "test.jsonl",
-                 "720bd023c6320fc435a5f5f4235e88c6693569f8c90f7c5fcbc7b24433c5eaff",
+                 "7f6a6da97c1ebc778d6a83fdf6a2e79a31b97ae6700a09692f91d84253889bab",
                  prompt=PACKAGE_DATA / "arith" / "prompt.txt")
 
 

@@ -2,7 +2,7 @@
 
 A prompt file is either the plain prompt (leading ``#`` comment lines are ignored) or any text with the
 prompt between the lines ``-----BEGIN PROMPT-----`` and ``-----END PROMPT-----`` (the layout of the
-published sets in ../shared/prompts). The question under test is appended as ``\\n\\nQ: {question}\\nA:``.
+published sets such as Wei et al. 2022). The question under test is appended as ``\\n\\nQ: {question}\\nA:``.
 """
 
 from __future__ import annotations

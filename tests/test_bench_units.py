@@ -152,7 +152,7 @@ def test_packaged_gsm8k_named_sets(tmp_path):
 
     with pytest.raises(InputError) as e:
         data.load_dataset("gsm8k:dev")
-    assert e.value.one_line() == ("--data gsm8k:dev is not a known dataset name; use one of: demo, gsm8k, gsm8k:test, "
+    assert e.value.one_line() == ("--data gsm8k:dev is not a known dataset name; use one of: demo, gsm8k, arith:test, gsm8k:test, "
                                   "gsm8k:train, a JSONL path, or hf:openai/gsm8k[:split]")
 
     # a tampered copy registered under a temporary name is refused with one line naming file and fix

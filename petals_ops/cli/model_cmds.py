@@ -41,7 +41,11 @@ def tiny(directory, skill, layers, hidden, heads, seed, steps, dht_prefix):
     from petals_ops.tiny_model import TinyModelSpec, make_tiny_bloom
 
     d_layers, d_hidden, d_heads, vocab, d_prefix = SKILL_DEFAULTS[skill]
-    spec = TinyModelSpec(layers=layers or d_layers, hidden=hidden or d_hidden, heads=heads or d_heads, vocab_size=vocab,
+    def given(value, default):  # 0 is a value the user gave (and is refused by validate), not "unset"
+        return default if value is None else value
+
+    spec = TinyModelSpec(layers=given(layers, d_layers), hidden=given(hidden, d_hidden), heads=given(heads, d_heads),
+                         vocab_size=vocab,
                          seed=seed, dht_prefix=d_prefix if dht_prefix is None else dht_prefix, skill=skill)
     train_spec = None
     if skill == "arithmetic":

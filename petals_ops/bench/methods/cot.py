@@ -10,7 +10,7 @@ class ChainOfThought(Method):
 
     def validate(self, cfg) -> None:
         if cfg.paths != 1:
-            raise InputError(f"--paths {cfg.paths} needs a sampling method such as sc (cot is one greedy path)",
+            raise InputError(f"--paths {cfg.paths} needs --method sc (cot is one greedy path)",
                              fix="drop --paths or use --method sc")
 
 

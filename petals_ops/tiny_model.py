@@ -151,7 +151,7 @@ def make_tiny_bloom(directory: str | Path, spec: TinyModelSpec = TinyModelSpec()
     model.transformer.save_pretrained(directory, safe_serialization=True)  # keys h.{i}.*: what Petals loads
     tokenizer.save_pretrained(directory)
     meta = {"dht_prefix": spec.dht_prefix, "num_blocks": spec.layers, "seed": spec.seed, "made_by": "petals-ops",
-            "skill": spec.skill, "spec": {k: v for k, v in vars(spec).items()}}
+            "skill": spec.skill, "spec": dict(vars(spec))}
     if training is not None:
         meta["training"] = training.to_dict()
     (directory / MODEL_META).write_text(json.dumps(meta, indent=2) + "\n")

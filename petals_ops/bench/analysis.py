@@ -424,6 +424,16 @@ def _classify(path: Mapping, gold: str) -> tuple[str, Equation | None]:
     return "wrong_answer", None
 
 
+def _category_and_slip(path: Mapping, gold: str) -> tuple[str, Equation | None]:
+    """Like :func:`_classify`, but a path scored by the runner already carries its category: only the slip
+    (for ``correct_with_slip`` and the examples) is looked up again, not the loop detection."""
+    category = path.get("category")
+    if category not in CATEGORIES:
+        return _classify(path, gold)
+    needs_slip = category in ("correct", "arithmetic_slip")
+    return category, first_slip(path.get("text") or "") if needs_slip else None
+
+
 def categorize(path: Mapping, gold: str) -> str:
     """The category of one scored path; correctness is re-scored against ``gold`` as the runner does."""
     return _classify(path, gold)[0]
@@ -464,7 +474,7 @@ def summarize_categories(records: Iterable[Mapping], examples: int = 3) -> dict:
         questions += 1
         gold = record.get("gold")
         for j, path in enumerate(record.get("paths") or []):
-            category, slip = _classify(path, gold)
+            category, slip = _category_and_slip(path, gold)
             paths += 1
             counts[category] += 1
             if category == "correct" and slip is not None:

@@ -56,10 +56,15 @@ def register_dataset(name: str, path: str | Path, sha256: str, *, id_prefix: str
                                   Path(prompt) if prompt is not None else None)
 
 
+def canonical_name(spec: str | None) -> str:
+    """``--data`` as a registered name would be looked up (aliases resolved: ``gsm8k`` -> ``gsm8k:test``)."""
+    spec = (spec or "").strip()
+    return ALIASES.get(spec, spec)
+
+
 def default_prompt_for(spec: str | None) -> Path | None:
     """The prompt a named set brings (the synthetic arithmetic set has its own format), else None."""
-    name = ALIASES.get((spec or "").strip(), (spec or "").strip())
-    entry = DATASETS.get(name)
+    entry = DATASETS.get(canonical_name(spec))
     return entry.prompt if entry is not None else None
 
 
@@ -162,7 +167,7 @@ def _restore_hint(path: Path) -> str:
 
 def load_named(name: str) -> Dataset:
     """A registered set (``gsm8k:test``, ``gsm8k:train``, alias ``gsm8k``) after checking its sha256."""
-    name = ALIASES.get(name, name)
+    name = canonical_name(name)
     entry = DATASETS.get(name)
     if entry is None:
         raise InputError(f"--data {name} is not a known dataset name", fix=f"use one of: {', '.join(known_names())}, "

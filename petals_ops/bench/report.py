@@ -59,9 +59,7 @@ def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: 
     if not generated_now and prev:  # a resume with nothing left to do keeps the figures of the runs that did the work
         backend = prev.get("backend", backend)
     served = Counter(peer for r in ok for peer in r.servers)
-    cfg = MethodConfig(**{**config["method"], "stops": tuple(config["method"]["stops"]),
-                          "temperature": config["method"]["temperature"] or MethodConfig.temperature,
-                          "top_k": config["method"]["top_k"]})
+    cfg = MethodConfig.from_dict(config["method"])
     if not generated_now and prev.get("tokens_per_second"):  # a resume with nothing to do keeps the working runs' figures
         tps, qpm = prev.get("tokens_per_second"), prev.get("questions_per_minute")
     elif progress is not None:

@@ -169,7 +169,6 @@ class _BenchProgress:
             self.task = self.bar.add_task("gsm8k", total=progress.total, acc="-", tps="-")
 
     def record(self, record, progress):
-        record = record.to_dict()
         acc = "-" if progress.accuracy is None else f"{100 * progress.accuracy:.1f}%"
         tps = f"{progress.tokens_per_second:.1f}"
         if self.bar is not None:
@@ -177,8 +176,8 @@ class _BenchProgress:
             return
         left = progress.total - progress.done
         eta = progress.elapsed / progress.done * left if progress.done else 0.0
-        state = f"error: {record['error'][:80]}" if record["error"] else ("correct" if record["correct"] else "wrong")
-        info(f"[{progress.done}/{progress.total}] {record['id']} {state}; acc {acc}, {tps} tokens/s, ETA {eta:.0f} s")
+        state = f"error: {record.error[:80]}" if record.error else ("correct" if record.correct else "wrong")
+        info(f"[{progress.done}/{progress.total}] {record.id} {state}; acc {acc}, {tps} tokens/s, ETA {eta:.0f} s")
 
     def __exit__(self, *exc):
         if self.bar is not None:

@@ -90,6 +90,12 @@ class MethodConfig:
         sampling = Sampling(self.temperature, self.top_k, self.seed) if self.sample else Sampling(seed=self.seed)
         return DecodeSpec(sampling=sampling, max_new_tokens=self.max_new_tokens, stops=self.stops)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
+        """The inverse of :meth:`to_dict` (greedy methods stored no sampling parameters: defaults return)."""
+        values = {k: v for k, v in data.items() if v is not None}
+        return cls(**{**values, "stops": tuple(data.get("stops") or ())})
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["stops"] = list(self.stops)

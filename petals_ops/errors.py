@@ -4,10 +4,26 @@ Every message is one line that names the input and says how to fix it; the CLI p
 traceback.
 """
 
+import re
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
+
+
+# A Hugging Face access token (hf_ and 34 letters/digits today; runs of 10 or more are matched, so "hf_transfer" is not).
+SECRET_RE = re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{10,}")
+
+
+def redact(text: str) -> str:
+    """``text`` with every token-like value replaced by ``hf_***``: a secret must never reach a terminal
+    or a log, not even in the error about that secret."""
+    return SECRET_RE.sub("hf_***", text)
+
+
+def looks_secret(text: str) -> bool:
+    return SECRET_RE.search(text) is not None
 
 
 class OpsError(Exception):
@@ -24,7 +40,7 @@ class OpsError(Exception):
 
     def one_line(self) -> str:
         text = self.message if not self.fix else f"{self.message}; {self.fix}"
-        return " ".join(text.split())
+        return redact(" ".join(text.split()))
 
 
 class InputError(OpsError):

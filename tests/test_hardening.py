@@ -47,3 +47,45 @@ def test_inventory_aliases_within_bounds_still_work(tmp_path):
                            "hosts:\n  a: {gpus: 0, server: *s}\n  b: {gpus: 0, server: {<<: *s, port: 5000}}\n")
     inv = load_inventory(path)
     assert inv.server_for("a").port == 4000 and inv.server_for("b").port == 5000
+
+
+# --- secrets ------------------------------------------------------------------------------------------
+TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"
+UNREACHABLE = {"a10-1": {"address": "127.0.0.1", "port": 9, "gpus": 0}}
+
+
+@pytest.mark.parametrize(
+    "server, needles",
+    [
+        ({"hf_token": TOKEN}, ["server.hf_token", "not hold the token"]),
+        ({"hf_token": {"env": TOKEN}}, ["server.hf_token", "name of an environment variable"]),
+        ({"public_name": TOKEN}, ["server.public_name", "looks like a Hugging Face token"]),
+        ({"environment": {"HF_HOME_X": TOKEN}}, ["server.environment", "looks like a Hugging Face token"]),
+        ({"extra_args": [f"--x={TOKEN}"]}, ["server.extra_args", "looks like a Hugging Face token"]),
+    ],
+    ids=["token-itself", "env-is-token", "public_name", "environment", "inside-an-arg"],
+)
+@pytest.mark.parametrize("command", ["plan", "up"])
+def test_tokens_in_the_inventory_are_refused_and_never_printed(tmp_path, run_cli, server, needles, command):
+    path = write(tmp_path, {"server": {"device": "cpu", **server}, "hosts": UNREACHABLE})
+    result = run_cli(command, "-i", path, "-o", "json")
+    assert_one_line_error(result, *needles, code=2)
+    assert TOKEN[3:] not in result.stdout + result.stderr
+
+
+def test_token_file_path_error_is_redacted(tmp_path, run_cli):
+    path = write(tmp_path, {"server": {"device": "cpu", "hf_token": {"file": TOKEN}}, "hosts": UNREACHABLE})
+    result = run_cli("up", "-i", path)
+    assert_one_line_error(result, "cannot read token file", "hf_***", code=2)
+    assert TOKEN[3:] not in result.stdout + result.stderr
+    result = run_cli("plan", "-i", path)
+    assert result.returncode == 0 and TOKEN[3:] not in result.stdout + result.stderr
+
+
+def test_redact_and_click_usage_errors(run_cli):
+    from petals_ops.errors import InputError, redact
+
+    assert redact(f"a {TOKEN}, b hf_token hf_transfer") == "a hf_***, b hf_token hf_transfer"
+    assert TOKEN not in InputError(f"bad {TOKEN}", fix=f"not {TOKEN}").one_line()
+    result = run_cli("bench", "gsm8k", "--paths", TOKEN)
+    assert result.returncode == 2 and TOKEN[3:] not in result.stderr, result.stderr

@@ -6,10 +6,12 @@ failed, 2 bad input, 3 some hosts failed). fabric, docker and petals load inside
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from petals_ops.cli.progress import block_progress
-from petals_ops.errors import EXIT_OK, EXIT_PARTIAL, OpsError, PartialFailure
+from petals_ops.errors import EXIT_OK, EXIT_PARTIAL, OpsError, PartialFailure, redact
 from petals_ops.output import OUTPUT_OPTION, emit_json, render_table
 
 
@@ -135,7 +137,7 @@ def plan_cmd(inventory, hosts, accept_new_host_keys, output):
     inv, opts = _load(inventory, accept_new_host_keys)
     plan = make_plan(inv, hosts, opts=opts)
     if output == "json":
-        emit_json(plan.to_dict())
+        emit_json(json.loads(redact(json.dumps(plan.to_dict()))))  # the inventory refuses tokens; belt and braces
         return
     for s in plan.servers:
         if s.fits:
@@ -152,7 +154,7 @@ def plan_cmd(inventory, hosts, accept_new_host_keys, output):
     for w in plan.warnings:
         click.echo(f"warning: {w}")
     for s in plan.servers:
-        click.echo(f"{s.host}/{s.container}: {s.command_line}")
+        click.echo(redact(f"{s.host}/{s.container}: {s.command_line}"))
 
 
 # ---------------------------------------------------------------------------------------------------

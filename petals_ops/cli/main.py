@@ -10,7 +10,7 @@ import sys
 import click
 
 from petals_ops import __version__
-from petals_ops.errors import OpsError
+from petals_ops.errors import OpsError, redact
 
 
 class OpsGroup(click.Group):
@@ -24,6 +24,9 @@ class OpsGroup(click.Group):
                 raise
             click.echo(f"error: {e.one_line()}", err=True)
             ctx.exit(e.exit_code)
+        except click.ClickException as e:  # click's usage errors quote the value given: redact tokens there too
+            e.message = redact(e.message)
+            raise
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)

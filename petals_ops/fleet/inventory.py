@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from petals_ops.errors import InputError
+from petals_ops.errors import InputError, looks_secret
 from petals_ops.target import is_peer_multiaddr
 
 DEFAULT_INVENTORY = "petals-ops.yaml"
@@ -53,10 +53,20 @@ class TokenSource(_Strict):
     env: str | None = None
     file: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _not_the_token(cls, data):
+        """``hf_token: hf_...`` puts the secret in the file: refuse it without echoing it."""
+        if isinstance(data, str):
+            raise ValueError("must say where the token is ({env: VAR} or {file: PATH}), not hold the token")
+        return data
+
     @model_validator(mode="after")
     def _one(self) -> "TokenSource":
         if (self.env is None) == (self.file is None):
             raise ValueError("give exactly one of env: VAR or file: PATH")
+        if self.env is not None and looks_secret(self.env):
+            raise ValueError("env: takes the name of an environment variable holding the token, not the token")
         return self
 
     def describe(self) -> str:
@@ -110,6 +120,16 @@ class ServerSpec(_Strict):
     hf_token: TokenSource | None = None
     restart_policy: Literal["unless-stopped", "always", "on-failure", "no"] = "unless-stopped"
     container_prefix: str = "petals-server"
+
+    @field_validator("*")
+    @classmethod
+    def _no_secrets(cls, value, info):
+        """A token belongs under hf_token (read at use from a variable or a file). Anywhere else plan would
+        print it, argv would show it to the host's users, or public_name would announce it to the swarm."""
+        if info.field_name != "hf_token" and any(looks_secret(v) for v in _strings(value)):
+            raise ValueError("holds what looks like a Hugging Face token (hf_...); "
+                             "give the token only as hf_token: {env: VAR} or {file: PATH}")
+        return value
 
     @field_validator("block_indices")
     @classmethod
@@ -182,6 +202,17 @@ class ServerSpec(_Strict):
         if not self.command:
             raise ValueError("command is empty")
         return self
+
+
+def _strings(value) -> list[str]:
+    """The strings in a field's value (itself, a list's items, a dict's keys and values)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, str)]
+    if isinstance(value, dict):
+        return [v for kv in value.items() for v in kv if isinstance(v, str)]
+    return []
 
 
 # Per-host overrides: the same fields as ServerSpec, all optional (checked combined with the defaults).

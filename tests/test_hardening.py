@@ -89,3 +89,38 @@ def test_redact_and_click_usage_errors(run_cli):
     assert TOKEN not in InputError(f"bad {TOKEN}", fix=f"not {TOKEN}").one_line()
     result = run_cli("bench", "gsm8k", "--paths", TOKEN)
     assert result.returncode == 2 and TOKEN[3:] not in result.stderr, result.stderr
+
+
+# --- host lists and option values: usage errors before any network work ------------------------------
+@pytest.mark.parametrize("command", [["hosts", "check"], ["provision"], ["plan"], ["up"], ["restart"], ["down"],
+                                     ["status"]])
+@pytest.mark.parametrize("hosts", ["", ",,,", " , "])
+def test_empty_host_list_is_a_usage_error(tmp_path, run_cli, command, hosts):
+    """--hosts '' once meant every host: 'down' stopped the whole fleet."""
+    path = write(tmp_path, {"hosts": UNREACHABLE})
+    assert_one_line_error(run_cli(*command, "-i", path, "--hosts", hosts), "--hosts", "names no host", code=2)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["bench", "gsm8k", "--request-timeout", "0"], "--request-timeout"),
+        (["bench", "gsm8k", "--request-timeout", "-1"], "--request-timeout"),
+        (["bench", "gsm8k", "--request-timeout", "nan"], "--request-timeout"),
+        (["generate", "x", "--max-new-tokens", "-5"], "--max-new-tokens"),
+        (["generate", "x", "--sample", "--temperature", "nan"], "--temperature"),
+        (["swarm", "local", "up", "--timeout", "0"], "--timeout"),
+        (["swarm", "local", "up", "--timeout", "-5"], "--timeout"),
+        (["up", "--timeout", "nan"], "--timeout"),
+        (["restart", "--timeout", "-5"], "--timeout"),
+        (["logs", "a10-1", "--tail", "-5"], "--tail"),
+        (["demo", "--servers", "0"], "--servers"),
+        (["logs"], "Missing argument"),
+    ],
+)
+def test_values_that_cannot_work_are_one_line_usage_errors(tmp_path, run_cli, args, needle):
+    """Checked by click before anything connects (generate once spent 10-17 s connecting first)."""
+    started = time.monotonic()
+    result = run_cli(*args, env=None, timeout=60)
+    line = assert_one_line_error(result, needle, code=2)
+    assert "--help" in line and time.monotonic() - started < 20

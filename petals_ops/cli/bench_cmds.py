@@ -5,7 +5,7 @@ import sys
 import click
 
 from petals_ops.bench.methods import METHODS, MethodConfig, get_method
-from petals_ops.cli.options import swarm_target_options
+from petals_ops.cli.options import POSITIVE, swarm_target_options
 from petals_ops.output import OUTPUT_OPTION, emit_json, info, render_table
 
 
@@ -46,7 +46,7 @@ def bench():
 @click.option("--backoff", default=1.0, show_default=True, type=float, help="First retry delay (doubles each time).")
 @click.option("--client-retries", default=3, show_default=True, type=click.IntRange(min=0),
               help="Petals client retries per failed step (petals' default is forever).")
-@click.option("--request-timeout", default=60.0, show_default=True, type=float, help="Petals client per-request timeout.")
+@click.option("--request-timeout", default=60.0, show_default=True, type=POSITIVE, help="Petals client per-request timeout.")
 @OUTPUT_OPTION
 def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset, limit, sample, sample_seed,
           prompt_file, method, paths, temperature, top_k, max_new_tokens, seed, run_dir, backend, concurrency,

@@ -6,7 +6,7 @@ import click
 @click.command()
 @click.option("--work-dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True,
               help="Where the demo keeps its swarm state, model, bench run and reports.")
-@click.option("--servers", default=2, show_default=True, type=int)
+@click.option("--servers", default=2, show_default=True, type=click.IntRange(min=1))
 def demo(work_dir, servers):
     """Bring up a local swarm, show its status, generate through it, and bring it down again."""
     from petals_ops.demo import run_demo

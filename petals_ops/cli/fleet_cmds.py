@@ -10,6 +10,7 @@ import json
 
 import click
 
+from petals_ops.cli.options import POSITIVE
 from petals_ops.cli.progress import block_progress
 from petals_ops.errors import EXIT_OK, EXIT_PARTIAL, OpsError, PartialFailure, redact
 from petals_ops.output import OUTPUT_OPTION, emit_json, render_table
@@ -181,7 +182,7 @@ def _fleet_finish(result, what: str) -> None:
 @click.command("up")
 @_common()
 @OUTPUT_OPTION
-@click.option("--timeout", default=1800, show_default=True, type=float,
+@click.option("--timeout", default=1800, show_default=True, type=POSITIVE,
               help="Seconds to wait until every server is ONLINE in the swarm's DHT.")
 @click.option("--no-wait", is_flag=True, help="Do not wait for the servers to be ONLINE.")
 @click.option("--parallel", default=None, type=click.IntRange(min=1), help="Hosts at a time [default: all].")
@@ -208,7 +209,7 @@ def up_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout, no_
 @click.command("restart")
 @_common()
 @OUTPUT_OPTION
-@click.option("--timeout", default=1800, show_default=True, type=float, help="Seconds to wait until ONLINE again.")
+@click.option("--timeout", default=1800, show_default=True, type=POSITIVE, help="Seconds to wait until ONLINE again.")
 @click.option("--no-wait", is_flag=True, help="Do not wait for the servers to be ONLINE.")
 def restart_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout, no_wait):
     """Restart the server containers (same peer ids) and wait until they are ONLINE again."""
@@ -307,7 +308,7 @@ def status_cmd(inventory, hosts, accept_new_host_keys, output):
 @click.option("--inventory", "-i", "inventory", type=click.Path(dir_okay=False), default=None, envvar="PETALS_OPS_INVENTORY",
               help="Inventory YAML [default: ./petals-ops.yaml].")
 @click.option("--container", default=None, help="Which server container (when the host runs several).")
-@click.option("--tail", default=100, show_default=True, type=int, help="Last N lines (-1: all).")
+@click.option("--tail", default=100, show_default=True, type=click.IntRange(min=-1), help="Last N lines (-1: all).")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new lines (Ctrl-C stops).")
 @click.option("--accept-new-host-keys", is_flag=True, help="Trust a host whose SSH key is not in known_hosts yet.")
 def logs_cmd(host, inventory, container, tail, follow, accept_new_host_keys):

@@ -4,16 +4,16 @@ import sys
 
 import click
 
-from petals_ops.cli.options import swarm_target_options
+from petals_ops.cli.options import AT_LEAST_ONE, POSITIVE, swarm_target_options
 from petals_ops.output import info
 
 
 @click.command()
 @swarm_target_options
 @click.argument("prompt")
-@click.option("--max-new-tokens", default=32, show_default=True, type=int)
+@click.option("--max-new-tokens", default=32, show_default=True, type=AT_LEAST_ONE)
 @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
-@click.option("--temperature", default=1.0, show_default=True, type=float, help="With --sample.")
+@click.option("--temperature", default=1.0, show_default=True, type=POSITIVE, help="With --sample.")
 @click.option("--top-k", default=None, type=click.IntRange(min=0), help="With --sample: keep the k most likely tokens.")
 @click.option("--seed", default=None, type=int, help="Seed for --sample.")
 @click.option("--max-retries", default=3, show_default=True, type=click.IntRange(min=0),

@@ -24,7 +24,16 @@ class OpsGroup(click.Group):
                 raise
             click.echo(f"error: {e.one_line()}", err=True)
             ctx.exit(e.exit_code)
-        except click.ClickException as e:  # click's usage errors quote the value given: redact tokens there too
+        except click.UsageError as e:
+            # click's own usage error is four lines (usage, hint, blank, "Error: ..."); ours is one, the
+            # same as every other bad input, and redacted: it quotes the value given.
+            if os.environ.get("PETALS_OPS_DEBUG") or (ctx.obj or {}).get("debug"):
+                raise
+            what = " ".join(e.format_message().split()).rstrip(".")
+            where = e.ctx.command_path if e.ctx is not None else "petals-ops"
+            click.echo(redact(f"error: {what}; see '{where} --help'"), err=True)
+            ctx.exit(e.exit_code)
+        except click.ClickException as e:  # other click errors quote what they were given: redact it
             e.message = redact(e.message)
             raise
         except KeyboardInterrupt:

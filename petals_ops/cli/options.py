@@ -33,3 +33,22 @@ def swarm_target_options(func=None, *, multiple_models: bool = False):
     for option in reversed(options):
         func = option(func)
     return func
+
+
+class PositiveNumber(click.ParamType):
+    """A finite number > 0 (seconds, a temperature). click.FloatRange lets nan and inf through (every
+    comparison with nan is false), and a 0 or negative timeout only fails later, after network work."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        number = value if isinstance(value, float) else click.FLOAT.convert(value, param, ctx)
+        if not (math.isfinite(number) and number > 0):
+            self.fail(f"{value!r} is not a finite number > 0", param, ctx)
+        return number
+
+
+POSITIVE = PositiveNumber()
+AT_LEAST_ONE = click.IntRange(min=1)

@@ -2,7 +2,7 @@
 
 import click
 
-from petals_ops.cli.options import swarm_target_options
+from petals_ops.cli.options import POSITIVE, swarm_target_options
 from petals_ops.cli.progress import block_progress
 from petals_ops.local_swarm import default_run_dir
 from petals_ops.output import OUTPUT_OPTION, emit_json, info, render_table
@@ -29,7 +29,7 @@ def local():
 @click.option("--replicas", default=1, show_default=True, type=int, help="Copies of each block range (redundancy).")
 @click.option("--model-dir", type=click.Path(), default=None, help="Model to serve [default: a tiny BLOOM made offline].")
 @click.option("--dht-port", default=0, show_default=True, type=int, help="Bootstrap DHT port on 127.0.0.1 (0: a free one).")
-@click.option("--timeout", default=300, show_default=True, type=float, help="Seconds to wait until every block is served.")
+@click.option("--timeout", default=300, show_default=True, type=POSITIVE, help="Seconds to wait until every block is served.")
 def local_up(run_dir, servers, replicas, model_dir, dht_port, timeout):
     """Start the local swarm and wait until every block has an ONLINE server.
 

@@ -13,9 +13,9 @@ from petals_ops.fleet.ssh import HostSession, SSHOptions, select_hosts
 def stream_logs(inventory: Inventory, host: str, write: Callable[[str], None], *, container: str | None = None,
                 tail: int | None = 100, follow: bool = False, opts: SSHOptions | None = None) -> None:
     opts = opts or SSHOptions.from_inventory(inventory)
-    selected = select_hosts(inventory, [host], opts)
-    if len(selected) != 1 or not host.strip():
+    if "," in host or not host.strip():
         raise InputError(f"logs takes exactly one host, got {host!r}", fix="pass one name, e.g. petals-ops logs a10-1")
+    selected = select_hosts(inventory, [host], opts)
     [host] = selected
     with HostSession(host, inventory.host(host), opts) as session:
         # A follow stream may stay quiet for long: its client has no read timeout (docker-py #931).

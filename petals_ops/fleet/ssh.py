@@ -87,6 +87,9 @@ def select_hosts(inv: Inventory, hosts: Sequence[str] | str | None, opts: SSHOpt
     if isinstance(hosts, str):
         hosts = [hosts]
     names = [h.strip() for v in (hosts or ()) for h in v.split(",") if h.strip()]
+    if hosts is not None and not names:  # --hosts '' or ',,,' must not widen to every host (down would stop all)
+        raise InputError(f"--hosts {','.join(hosts)!r} names no host",
+                         fix="name them (--hosts a10-1,a10-2), or leave --hosts out to act on every inventory host")
     if not names:
         if not inv.hosts:
             raise InputError(

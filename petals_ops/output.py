@@ -1,6 +1,7 @@
 """Output conventions: JSON to stdout for machines, tables for people, progress and logs to stderr."""
 
 import json
+import logging
 import sys
 from typing import Any, Iterable, Sequence
 
@@ -27,6 +28,18 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], title: s
 def info(message: str) -> None:
     """A progress or status line for people, on stderr so stdout stays machine-readable."""
     click.echo(message, err=True)
+
+
+# Libraries whose failures we report ourselves, in one line. paramiko logs a whole traceback at ERROR
+# for a host that answers without SSH, urllib3 each retry: with no handler configured those records reach
+# the terminal through logging's last-resort handler. --debug shows them.
+LIBRARY_LOGGERS = ("paramiko", "urllib3", "docker", "fabric", "invoke")
+
+
+def quiet_library_logging(debug: bool = False) -> None:
+    """Keep library log records (tracebacks included) off the user's terminal unless ``debug``."""
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if debug else logging.CRITICAL + 1)
 
 
 OUTPUT_OPTION = click.option(

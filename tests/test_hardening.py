@@ -124,3 +124,40 @@ def test_values_that_cannot_work_are_one_line_usage_errors(tmp_path, run_cli, ar
     result = run_cli(*args, env=None, timeout=60)
     line = assert_one_line_error(result, needle, code=2)
     assert "--help" in line and time.monotonic() - started < 20
+
+
+# --- library logging ----------------------------------------------------------------------------------
+@pytest.fixture
+def not_ssh_port():
+    """A loopback port that accepts and answers garbage: paramiko logs a traceback per attempt."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    server.close()
+
+
+@pytest.mark.parametrize("command", [["hosts", "check"], ["status", "-o", "json"], ["up", "--no-wait", "-o", "json"]])
+def test_unreachable_host_prints_no_library_traceback(tmp_path, run_cli, not_ssh_port, command):
+    path = write(tmp_path, {"server": {"device": "cpu"},
+                            "hosts": {"a": {"address": "127.0.0.1", "port": not_ssh_port, "gpus": 0}}})
+    result = run_cli(*command, "-i", path, timeout=120)
+    assert_one_line_error(result, "SSH protocol banner", code=1)
+    assert result.stderr.count("\n") == 1, result.stderr

@@ -57,8 +57,11 @@ def cli(ctx, debug):
 
     Every command takes --help. Exit codes: 0 ok, 1 failure, 2 bad usage or input, 3 partial failure.
     """
+    from petals_ops.output import quiet_library_logging
+
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    quiet_library_logging(debug or bool(os.environ.get("PETALS_OPS_DEBUG")))
 
 
 def _register() -> None:

@@ -169,7 +169,8 @@ class HostSession:
         import fabric
         import paramiko
 
-        logging.getLogger("paramiko").setLevel(logging.WARNING)  # no per-channel INFO lines on stderr
+        paramiko_log = logging.getLogger("paramiko")  # no per-channel INFO lines on stderr (never lower the CLI's level)
+        paramiko_log.setLevel(max(paramiko_log.level, logging.WARNING))
         ssh_config = self.opts.parsed_config()  # parsed here, so a broken file is an InputError
         config = fabric.Config(ssh_config=ssh_config) if ssh_config is not None else fabric.Config()
         config.run.in_stream = False

@@ -3,6 +3,7 @@ secret or unbounded work. Fast: no swarm, no hosts (port 9 on loopback has nothi
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -161,3 +162,103 @@ def test_unreachable_host_prints_no_library_traceback(tmp_path, run_cli, not_ssh
     result = run_cli(*command, "-i", path, timeout=120)
     assert_one_line_error(result, "SSH protocol banner", code=1)
     assert result.stderr.count("\n") == 1, result.stderr
+
+
+# --- bench files: one-line errors, never a traceback ---------------------------------------------------
+def test_deeply_nested_data_line_is_one_line(tmp_path, run_cli):
+    data = tmp_path / "deep.jsonl"
+    data.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    result = run_cli("bench", "gsm8k", "--data", data, "--swarm-dir", tmp_path / "none", "--run-dir", tmp_path / "run")
+    assert_one_line_error(result, str(data), "nested deeper", code=2)
+
+
+def _summary() -> dict:
+    """A real bench summary, shaped as the bench writes it (made here, not read from a run dir)."""
+    return {"run_dir": "r", "method": "cot", "paths": 1, "n": 1, "scored": 1, "errors": 0, "correct": 1,
+            "accuracy": 1.0, "accuracy_wilson95": [0.2, 1.0], "tokens": 5, "wall_seconds_total": 1.0,
+            "tokens_per_second": 5.0, "backend": "local", "invalid_path_rate": 0.0, "finish_reasons": {"stop": 1},
+            "extraction": {"answer_is": 1}, "servers_served": {}, "categories": {},
+            "config": {"model": {"name": "m", "dht_prefix": "p"}, "prompt": {"id": "p@1", "exemplars": 2},
+                       "data": {"source": "demo", "sha256": "0" * 64, "offset": 0, "limit": None, "sample": None},
+                       "method": {"method": "cot"}}}
+
+
+@pytest.mark.parametrize(
+    "summary, needle",
+    [
+        ([], "not a JSON object"),
+        ({}, "lacks"),
+        ({"run_dir": ".", "method": "cot", "n": 1, "scored": 1, "config": {}}, "config.model"),
+        ({**_summary(), "config": 5}, "its config is int"),
+        ({**_summary(), "n": "x"}, "its n is str"),
+        ({**_summary(), "accuracy_wilson95": [1]}, "accuracy_wilson95"),
+        ({**_summary(), "maj_at_k": [1]}, "maj_at_k"),
+    ],
+    ids=["list", "empty", "no-model", "config-int", "n-str", "wilson", "maj"],
+)
+@pytest.mark.parametrize("command", ["report", "errors"])
+def test_bad_summary_is_one_line(tmp_path, run_cli, summary, needle, command):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps(summary))
+    args = ["bench", "report", run, "--out", tmp_path / "out"] if command == "report" else ["bench", "errors", run]
+    assert_one_line_error(run_cli(*args), "summary.json", "not a bench summary", needle, code=2)
+
+
+def test_a_good_summary_still_reports(tmp_path):
+    from petals_ops.bench.records import RunSummary
+    from petals_ops.bench.report import _markdown
+
+    assert "cot" in _markdown([RunSummary.from_dict(_summary()).to_dict()], "p.png", "t")
+
+
+def _record(qid: str) -> dict:
+    """A whole question's record, shaped as the runner writes it."""
+    path = {"i": 0, "answer": "4", "how": "answer_is", "correct": True, "finish": "stop", "tokens": 5,
+            "text": "2+2=4. The answer is 4.", "raw": "2+2=4. The answer is 4.", "category": "correct"}
+    return {"id": qid, "line": 1, "question": "2+2?", "gold": "4", "prompt_id": "p@1", "method": "cot",
+            "backend": "local", "prompt_tokens": 10, "paths": [path], "vote": "4", "correct": True, "tokens": 5,
+            "seconds": 0.1, "attempts": 1, "failures": [], "servers": [], "batches": [1], "error": None,
+            "finished_at": 1.0}
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xfe\x00garbage\n", b"[" * 100_000 + b"]" * 100_000 + b"\n", b"[]\n",
+                                     b'{"id": 5}\n', b'{"id": "q:9", "error": null}\n', b"1e999\n"])
+def test_records_with_garbage_lines_are_read_and_resumed(tmp_path, run_cli, garbage):
+    """Garbage appended to records.jsonl is skipped by the readers (its question counts as not done)."""
+    from petals_ops.bench import store
+    from petals_ops.bench.records import is_record
+    from petals_ops.bench.report import load_records
+
+    run = tmp_path / "run"
+    config = {"a": 1}
+    s = store.RunStore(run)
+    s.open(config)
+    for qid in ("q:1", "q:2"):
+        s.append(_record(qid))
+    s.close()
+    with open(run / "records.jsonl", "ab") as f:
+        f.write(garbage)
+    assert [r.id for r in load_records(run)] == ["q:1", "q:2"]
+    s = store.RunStore(run)
+    try:
+        existing = s.open(config)  # what a resume skips: the records the reports can read
+        assert sorted(k for k, r in existing.items() if is_record(r)) == ["q:1", "q:2"]
+    finally:
+        s.close()
+    (run / "summary.json").write_text(json.dumps({**_summary(), "run_dir": str(run)}))
+    result = run_cli("bench", "errors", run, "-o", "json")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert {row["id"] for row in json.loads(result.stdout)} == {"q:1", "q:2"}
+
+
+def test_bad_config_json_on_resume_is_one_line(tmp_path):
+    from petals_ops.bench import store
+    from petals_ops.errors import InputError
+
+    for text in ("[]", "[" * 100_000 + "]" * 100_000):
+        run = tmp_path / str(len(text))
+        run.mkdir()
+        (run / "config.json").write_text(text)
+        with pytest.raises(InputError, match="config.json is unreadable"):
+            store.RunStore(run).open({"a": 1})

@@ -7,8 +7,59 @@ later version adds do not break older run dirs' reports.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's annotation (ints count as floats; a dataclass is a dict here,
+    checked by its own from_dict)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (types.UnionType, typing.Union):
+        return any(_conforms(value, h) for h in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list or hint is list:
+        return isinstance(value, list) and (not args or all(_conforms(v, args[0]) for v in value))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict) and (not args or all(_conforms(v, args[1]) for v in value.values()))
+    if is_dataclass(hint):
+        return isinstance(value, dict)
+    return True
+
+
+def _checked(cls, data: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The known fields of ``data`` for ``cls``, type-checked; a field absent from ``data`` takes its value
+    in ``defaults`` (absent there too: it is required). ValueError, phrased to follow "it is not a ...
+    (": files on disk may be cut, hand-edited or written by another version."""
+    if not isinstance(data, dict):
+        raise ValueError("it is not a JSON object")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls) if f.name != "extras"]
+    missing = sorted(k for k in known if k not in data and k not in defaults)
+    if missing:
+        raise ValueError(f"it lacks {', '.join(missing)}")
+    values = {}
+    for name in known:
+        value = data[name] if name in data else defaults[name]
+        if not _conforms(value, hints[name]):
+            hint = hints[name]
+            expected = hint.__name__ if isinstance(hint, type) and not typing.get_args(hint) else str(hint)
+            raise ValueError(f"its {name} is {type(value).__name__}, not {expected.replace('typing.', '')}")
+        values[name] = value
+    return values
 
 
 @dataclass(frozen=True)
@@ -25,7 +76,8 @@ class ScoredPath:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScoredPath:
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        """ValueError if ``data`` is not a scored path (see :func:`_checked`)."""
+        return cls(**_checked(cls, data, {"category": ""}))
 
 
 @dataclass(frozen=True)
@@ -58,12 +110,27 @@ class QuestionRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuestionRecord:
-        known = {f.name for f in fields(cls)} - {"extras"}
-        values = {k: data.get(k) for k in known}
-        values["paths"] = [ScoredPath.from_dict(p) for p in data.get("paths") or []]
-        for key, empty in (("failures", []), ("servers", []), ("batches", [])):
-            values[key] = values[key] or empty
-        return cls(**values, extras={k: v for k, v in data.items() if k not in known})
+        """ValueError if ``data`` is not a question's record (see :func:`_checked`)."""
+        values = _checked(cls, data, cls._DEFAULTS)
+        values["paths"] = [ScoredPath.from_dict(p) for p in values["paths"]]
+        for key in ("failures", "servers", "batches"):
+            values[key] = values[key] or []
+        return cls(**values, extras={k: v for k, v in data.items() if k not in values})
+
+    # what a record may lack (older versions, or an error record written before any path was scored)
+    _DEFAULTS: typing.ClassVar[dict[str, Any]] = {
+        "paths": [], "vote": None, "correct": False, "tokens": 0, "seconds": 0.0, "attempts": 0, "failures": None,
+        "servers": None, "batches": None, "error": None, "finished_at": 0.0, "prompt_tokens": 0, "line": 0,
+        "prompt_id": "", "backend": "", "question": "", "method": ""}
+
+
+def is_record(data: Any) -> bool:
+    """Whether ``data`` (a line of records.jsonl) is a whole question's record the reports can read."""
+    try:
+        QuestionRecord.from_dict(data)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -108,9 +175,27 @@ class RunSummary:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSummary:
-        known = {f.name for f in fields(cls)} - {"extras"}
-        missing = sorted(k for k in ("run_dir", "method", "n", "scored", "config") if k not in data)
-        if missing:
-            raise ValueError(f"it lacks {', '.join(missing)}")
-        values = {k: data.get(k) for k in known}
-        return cls(**values, extras={k: v for k, v in data.items() if k not in known})
+        """ValueError unless ``data`` has every field the reports read, of the right types (see :func:`_checked`)."""
+        values = _checked(cls, data, cls._DEFAULTS)
+        if len(values["accuracy_wilson95"]) != 2:
+            raise ValueError("its accuracy_wilson95 is not [low, high]")
+        for key, subkeys in cls._CONFIG_KEYS.items():
+            part = values["config"].get(key)
+            if not isinstance(part, dict) or any(k not in part for k in subkeys):
+                raise ValueError(f"its config.{key} lacks {', '.join(subkeys) or 'its fields'}")
+        extras = {k: v for k, v in data.items() if k not in values}
+        if not _conforms(extras.get("maj_at_k"), dict[str, float] | None):
+            raise ValueError("its maj_at_k is not a mapping of k to accuracy")
+        return cls(**values, extras=extras)
+
+    # what a summary may lack: figures the reports show as n/a or leave out
+    _DEFAULTS: typing.ClassVar[dict[str, Any]] = {
+        "backend": None, "done": 0, "missing": 0, "error_ids": [], "invalid_path_rate": None, "finish_reasons": {},
+        "extraction": {}, "categories": {}, "prompt_tokens_mean": None, "wall_seconds": 0.0,
+        "tokens_this_invocation": 0, "tokens_per_second": None, "questions_per_minute": None, "run": {}, "exec": {},
+        "servers_served": {}, "swarm": [], "written_at": 0.0, "errors": 0, "correct": 0, "accuracy": None,
+        "accuracy_wilson95": [0.0, 1.0], "tokens": 0, "wall_seconds_total": 0.0, "paths": 1}
+    # config parts the reports read (the run's identity)
+    _CONFIG_KEYS: typing.ClassVar[dict[str, tuple[str, ...]]] = {
+        "model": ("name", "dht_prefix"), "data": ("source", "sha256", "offset", "limit", "sample"),
+        "prompt": ("id", "exemplars"), "method": ()}

@@ -18,7 +18,7 @@ from typing import Any
 from petals_ops.bench.analysis import CATEGORIES, first_slip, format_fraction, summarize_categories
 from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.paired import PairedComparison, compare_paired
-from petals_ops.bench.records import QuestionRecord, RunSummary
+from petals_ops.bench.records import QuestionRecord, RunSummary, is_record
 from petals_ops.bench.stats import wilson_interval
 from petals_ops.bench.store import SUMMARY_FILE, latest_by_id, read_records
 from petals_ops.errors import InputError
@@ -29,8 +29,9 @@ REPORT_FILE = "report.md"
 
 
 def load_records(run_dir: Path, problems=None) -> list[QuestionRecord]:
-    """The latest record of each question (of ``problems`` if given), typed."""
-    latest = latest_by_id(read_records(run_dir))
+    """The latest record of each question (of ``problems`` if given), typed. A line that is not a whole
+    record (hand-edited, another version) is left out: its question counts as not done."""
+    latest = latest_by_id([r for r in read_records(run_dir) if is_record(r)])
     if problems is not None:
         wanted = {p.id for p in problems}
         latest = {rid: r for rid, r in latest.items() if rid in wanted}

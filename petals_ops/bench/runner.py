@@ -30,7 +30,7 @@ from petals_ops.bench.decoding import (
 from petals_ops.bench.extraction import answers_equal, extract_answer
 from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.prompts import PromptSet, load_prompt_file
-from petals_ops.bench.records import QuestionRecord, ScoredPath
+from petals_ops.bench.records import QuestionRecord, ScoredPath, is_record
 from petals_ops.bench.store import RunStore
 from petals_ops.errors import InputError
 
@@ -282,7 +282,11 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
     opts = params.exec.validate()
     if params.backend not in BACKENDS:
         raise InputError(f"--backend {params.backend} is unknown", fix="use petals or local")
-    dataset = load_dataset(params.data)
+    try:
+        dataset = load_dataset(params.data)
+    except RecursionError:  # json.loads of a line nested ~100,000 deep (data.py names the line for other errors)
+        raise InputError(f"--data {params.data} has a line nested deeper than the JSON parser can read",
+                         fix="fix or remove that line of --data (GSM8K lines are flat objects)") from None
     selection = {"offset": params.offset, "limit": params.limit, "sample": params.sample, "sample_seed": params.sample_seed}
     problems = select(dataset.problems, **selection)
     prompt = load_prompt_file(params.prompt_file or default_prompt_for(params.data))
@@ -305,7 +309,8 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
     store = RunStore(params.run_dir)
     existing = store.open(config)
     try:
-        todo = [p for p in problems if p.id not in existing or existing[p.id].get("error")]
+        # an error record, or a line the reports cannot read (see load_records), is run again
+        todo = [p for p in problems if p.id not in existing or existing[p.id].get("error") or not is_record(existing[p.id])]
         if params.backend == "petals":
             from petals_ops.swarm_health import take_snapshot
 

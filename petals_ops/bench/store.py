@@ -37,7 +37,9 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every whole record line of ``records.jsonl`` in file order (a cut-off last line is ignored)."""
+    """Every whole record line of ``records.jsonl`` in file order. A cut-off last line, and any line the
+    store cannot use (bad JSON, undecodable bytes, nesting too deep for the parser, not an object with a
+    string ``id`` and an ``error`` that is null or a string) is ignored: its question is not done."""
     path = Path(run_dir) / RECORDS_FILE
     if not path.is_file():
         return []
@@ -47,9 +49,12 @@ def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
             if not line.endswith(b"\n"):
                 break
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(line)
+            except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
                 continue
+            if isinstance(record, dict) and isinstance(record.get("id"), str) and \
+                    isinstance(record.get("error"), (str, type(None))):
+                records.append(record)
     return records
 
 
@@ -83,7 +88,9 @@ class RunStore:
         if config_path.is_file():
             try:
                 old = json.loads(config_path.read_text())
-            except (ValueError, OSError) as e:
+                if not isinstance(old, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, OSError, RecursionError) as e:
                 self.close()
                 raise InputError(f"--run-dir {self.run_dir}: {CONFIG_FILE} is unreadable ({e})",
                                  fix="use a new --run-dir") from e

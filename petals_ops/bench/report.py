@@ -138,7 +138,10 @@ def plot(summaries: Sequence[dict], path: Path) -> Path:
     ax.set_ylabel("accuracy (%)")
     ax.set_title("GSM8K accuracy against the number of paths")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+    else:  # every record is an error: nothing to draw (an empty legend makes matplotlib warn on stderr)
+        ax.text(0.5, 0.5, "no scored questions", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

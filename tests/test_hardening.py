@@ -273,3 +273,29 @@ def test_plot_of_runs_without_scored_questions_warns_nothing(tmp_path):
         warnings.simplefilter("error")
         plot([{**_summary(), "accuracy": None, "scored": 0}], tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+# --- /tmp leftovers -----------------------------------------------------------------------------------
+def test_failed_p2pd_start_leaves_no_socket_in_tmp(run_cli):
+    """A swarm that cannot be reached made hivemind leave /tmp/hivemind-p2pd-*.sock behind each time."""
+    from petals_ops import tmpclean
+
+    before = tmpclean.hivemind_sockets()
+    result = run_cli("swarm", "status", "--initial-peers", PEER_ON_PORT_9, "--model", "bigscience/bloom", timeout=120)
+    assert_one_line_error(result, "cannot reach the swarm", code=1)
+    # sockets of other processes may come and go meanwhile: only dead ones that are new count
+    assert {p for p in tmpclean.hivemind_sockets() - before if not tmpclean._listened_on(p)} == set()
+
+
+def test_multiprocessing_tempdir_is_removed(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import multiprocessing.util, os; from petals_ops import tmpclean; d = multiprocessing.util.get_temp_dir(); "
+            "tmpclean.remove_multiprocessing_tempdir(); print(d, os.path.exists(d)); os._exit(0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.split()
+    assert out[0].startswith("/tmp/pymp-") or "pymp-" in out[0]
+    assert out[1] == "False"
+
+
+PEER_ON_PORT_9 = "/ip4/127.0.0.1/tcp/9/p2p/QmS9KwZptnVdB9FFV7uGgaTq4sEKBwcYeKZDfSpyKDUd1g"

@@ -80,6 +80,9 @@ _register()
 
 
 def main() -> None:
+    from petals_ops import tmpclean
+
+    sockets_before = tmpclean.hivemind_sockets()
     try:
         cli(prog_name="petals-ops")
         code = 0
@@ -87,7 +90,10 @@ def main() -> None:
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    if "hivemind" in sys.modules:  # a failed p2pd start, or a client still open, leaves its sockets in /tmp
+        tmpclean.remove_stale_sockets(sockets_before, exiting="petals" in sys.modules)
     if "petals" in sys.modules:
+        tmpclean.remove_multiprocessing_tempdir()  # multiprocessing's atexit hook, which os._exit skips
         # The command's work is done and written. Interpreter teardown with the petals client loaded can
         # hang for ever (a petals/hivemind __del__ waits on an event loop that is already stopped; seen
         # after a finished 'generate'), so end the process here instead of risking a stuck command.

@@ -1,0 +1,73 @@
+"""Files our processes leave in /tmp, removed when a command ends.
+
+hivemind names a unix socket per p2pd daemon and per client (``/tmp/hivemind-p2pd-*.sock``,
+``hivemind-p2pclient-*.sock``) and removes them only on an orderly shutdown: a daemon that failed to
+start, a client still open when the CLI ends with ``os._exit`` (see petals_ops.cli.main) or a killed
+process leave them behind. ``os._exit`` also skips multiprocessing's removal of its ``/tmp/pymp-*``
+directory. Other processes (another swarm, another user's client) use the same names, so only sockets
+created while the command ran are candidates, and of those only the ones nobody listens on any more or
+that this process itself listens on (it is about to end).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+from contextlib import suppress
+
+SOCKET_GLOB = "/tmp/hivemind-p2p*.sock"
+
+
+def hivemind_sockets() -> set[str]:
+    return set(glob.glob(SOCKET_GLOB))
+
+
+def _own_socket_paths() -> set[str]:
+    """Paths of the unix sockets this process holds open (Linux /proc; empty elsewhere)."""
+    try:
+        inodes = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with suppress(OSError):
+                inodes.add(os.readlink(f"/proc/self/fd/{fd}"))
+        with open("/proc/net/unix") as f:
+            rows = [line.split() for line in f.read().splitlines()[1:]]
+    except OSError:
+        return set()
+    return {row[7] for row in rows if len(row) >= 8 and f"socket:[{row[6]}]" in inodes}
+
+
+def _listened_on(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:  # a timeout or a permission error: someone may be there, keep it
+            return True
+    return True
+
+
+def remove_stale_sockets(before: set[str], *, exiting: bool = False) -> list[str]:
+    """Unlink hivemind sockets that appeared since ``before`` and that nobody listens on (with ``exiting``:
+    also the ones this process listens on). Returns what was removed."""
+    new = hivemind_sockets() - before
+    own = _own_socket_paths() if exiting and new else set()
+    removed = []
+    for path in sorted(new):
+        if path in own or not _listened_on(path):
+            with suppress(OSError):
+                os.unlink(path)
+                removed.append(path)
+    return removed
+
+
+def remove_multiprocessing_tempdir() -> None:
+    """multiprocessing's ``/tmp/pymp-*`` of this process, which its atexit hook (skipped by os._exit) removes."""
+    import multiprocessing
+    import shutil
+
+    tempdir = multiprocessing.current_process()._config.get("tempdir")  # set by multiprocessing.util.get_temp_dir
+    if tempdir and os.path.basename(tempdir).startswith("pymp-"):
+        shutil.rmtree(tempdir, ignore_errors=True)

@@ -108,6 +108,8 @@ def _parse_lines(lines: list[str], where: str, id_prefix: str) -> list[Problem]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{loc} is not valid JSON ({e.msg})", fix="fix or remove that line of --data") from e
+        except RecursionError as e:
+            raise InputError(f"{loc} is nested deeper than JSON can be read here", fix="fix or remove that line of --data") from e
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
             raise InputError(f"{loc} lacks string fields 'question' and 'answer'", fix="use the GSM8K JSONL layout")
         try:

@@ -174,8 +174,15 @@ def solve(backend: Backend, prompt: PromptSet, problem: Problem, cfg: MethodConf
             if attempt <= opts.retries:
                 _backoff_wait(attempt, opts.backoff, cancel)
             continue
-        scored = [score_path(p, problem.gold) for p in paths]
-        vote = method.aggregate([p.answer for p in scored])
+        try:
+            scored = [score_path(p, problem.gold) for p in paths]
+            vote = method.aggregate([p.answer for p in scored])
+        except Exception as e:  # noqa: BLE001 (one unscorable completion is that question's error, never the run's)
+            failures.append(f"scoring: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+            return QuestionRecord(
+                **base, paths=[], vote=None, correct=False, tokens=0, seconds=round(time.monotonic() - started, 3),
+                attempts=attempt, failures=failures, servers=sorted(servers), batches=batches, error=failures[-1],
+                finished_at=time.time())
         return QuestionRecord(
             **base, paths=scored, vote=vote, correct=answers_equal(vote, problem.gold),
             tokens=sum(p.tokens for p in paths), seconds=round(time.monotonic() - started, 3), attempts=attempt,

@@ -1,9 +1,9 @@
-"""Synthetic GSM-style word problems with two or three arithmetic steps that can be taken in any order.
+"""Synthetic GSM-style word problems with one to three arithmetic steps that can be taken in any order.
 
 They exist to train the tiny BLOOM a little arithmetic (``petals-ops model tiny --skill arithmetic``) so
 the bench can reproduce a known effect end to end: Self-Consistency beats greedy Chain-of-Thought only
 where a problem has several valid reasoning paths whose errors differ (Wang et al. 2022). Here a
-problem is a start amount and two or three gains or losses (single digits); a rationale applies the changes in a
+problem is a start amount and one to three gains or losses (1 to 5 each, on a start of 10 to 30); a rationale applies the changes in a
 random order (``14 + 29 = 43. 43 - 8 = 35. The answer is 35.``), so the same problem has up to six
 chains of different intermediate sums, and a model's slips differ between them.
 
@@ -22,13 +22,17 @@ NAMES = ("Mia", "Tom", "Ava", "Sam", "Lily", "Ben", "Zoe", "Max", "Emma", "Leo",
 ITEMS = ("apples", "stickers", "marbles", "books", "coins", "cards", "shells", "pencils", "stamps", "toys")
 GAINS = ("buys {n} more", "gets {n} from a friend", "finds {n} more", "is given {n} more", "wins {n} more")
 LOSSES = ("gives {n} to a friend", "loses {n}", "sells {n}", "gives away {n}", "uses {n}")
-STEP_WEIGHTS = {2: 1, 3: 1}  # 2 or 3 changes: a one-change problem has a single order, nothing for SC to vote over
+# Training mixes in one-change problems: without them a tiny model never learns to add one number cleanly
+# (greedy accuracy fell from 42% to 8% when they were dropped). The held-out set keeps only problems with
+# two or three changes: a one-change problem has a single order, nothing for SC to vote over.
+TRAIN_STEP_WEIGHTS = {1: 1, 2: 2, 3: 2}
+HELD_OUT_STEP_WEIGHTS = {2: 1, 3: 1}
 
 
 @dataclass(frozen=True)
 class NumberRanges:
-    start: tuple[int, int] = (10, 40)
-    change: tuple[int, int] = (1, 9)
+    start: tuple[int, int] = (10, 30)
+    change: tuple[int, int] = (1, 5)
 
 
 @dataclass(frozen=True)
@@ -42,9 +46,10 @@ class Problem:
         return self.start + sum(self.changes)
 
 
-def make_problem(rng: random.Random, steps: int | None = None, ranges: NumberRanges = NumberRanges()) -> Problem:
+def make_problem(rng: random.Random, steps: int | None = None, ranges: NumberRanges = NumberRanges(),
+                 step_weights: dict[int, int] = TRAIN_STEP_WEIGHTS) -> Problem:
     """A problem whose every order of changes stays at or above zero (a loss never exceeds what is there)."""
-    steps = steps or rng.choices(list(STEP_WEIGHTS), weights=list(STEP_WEIGHTS.values()))[0]
+    steps = steps or rng.choices(list(step_weights), weights=list(step_weights.values()))[0]
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     while True:
         start = rng.randint(*ranges.start)
@@ -90,7 +95,7 @@ def held_out(n: int, seed: int) -> list[Problem]:
     """``n`` distinct problems for evaluation (a seed of their own, never the training seed)."""
     rng, seen, problems = random.Random(seed), set(), []
     while len(problems) < n:
-        problem = make_problem(rng)
+        problem = make_problem(rng, step_weights=HELD_OUT_STEP_WEIGHTS)
         if problem.question not in seen:
             seen.add(problem.question)
             problems.append(problem)

@@ -75,7 +75,7 @@ register_dataset("gsm8k:train", PACKAGE_DATA / "gsm8k" / "train.jsonl",
 # The synthetic arithmetic task's held-out set (python -m petals_ops.synthetic_math petals_ops/data/arith
 # rewrites these bytes), with its own 2-exemplar prompt; the shipped tiny-bloom-arith model never saw it.
 register_dataset("arith:test", PACKAGE_DATA / "arith" / "test.jsonl",
-                 "7f6a6da97c1ebc778d6a83fdf6a2e79a31b97ae6700a09692f91d84253889bab",
+                 "cfe3f8e002d8b7136200aa5287eb8af7908beda44a8bbc6073cb57c62dfd4e5e",
                  prompt=PACKAGE_DATA / "arith" / "prompt.txt")
 
 

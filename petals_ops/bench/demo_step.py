@@ -9,10 +9,10 @@ from pathlib import Path
 DEMO_QUESTIONS = 40
 DEMO_CONCURRENCY = 4
 DEMO_MAX_NEW_TOKENS = 48
-# SC's sampling temperature on the arithmetic model: its reasoning orders are equally likely, so a low
-# temperature still spreads the paths over orders while keeping the digits sharp (measured: 0.4 beat 0.55,
-# 0.7 and 1.0; hotter sampling adds digit noise faster than the vote removes it).
-ARITH_SC_TEMPERATURE = 0.4
+# SC's sampling temperature on the arithmetic model: its reasoning orders are about equally likely, so a
+# moderate temperature already spreads the paths over orders while keeping the digits sharp (measured on
+# 400 held-out problems: 0.5 beat 0.7; hotter sampling adds digit noise faster than the vote removes it).
+ARITH_SC_TEMPERATURE = 0.5
 
 
 def run(ctx, *, questions: int = DEMO_QUESTIONS) -> None:

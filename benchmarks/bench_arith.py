@@ -49,7 +49,8 @@ BUCKETS = (
     ("ours (decoding loop, tokenizer, sampling)", ("petals_ops/", "tokenizers", "transformers/tokenization")),
     ("petals client", ("petals/",)),
     ("transport (hivemind, p2p, asyncio, waiting on the client's event loop)",
-     ("hivemind/", "asyncio", "threading.py", "concurrent/futures", "grpc", "google/protobuf", "{method 'acquire'")),
+     ("hivemind/", "asyncio", "threading.py", "concurrent/futures", "grpc", "google/protobuf", "method 'acquire'", "method 'poll'",
+      "method 'select'", "method 'control'")),
     ("torch (embeddings, LM head, tensor glue on the client)", ("torch/",)),
 )
 
@@ -92,19 +93,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--questions", type=int, default=30)
     ap.add_argument("--profile-tokens", type=int, default=200)
+    ap.add_argument("--profile-only", action="store_true", help="skip the bench runs (parts 1 and 2)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-arith-") as tmp:
         work = Path(tmp)
         swarm = local_swarm.up(work / "swarm", servers=2, model_dir=ARITH_MODEL_DIR)
         try:
-            bench(work, swarm, "warm-up", "cot", 1, 1)
-            cot = bench(work, swarm, "cot", "cot", 1, args.questions)
-            sc = bench(work, swarm, "sc", "sc", 10, args.questions)
-            seq = bench(work, swarm, "sc-sequential", "sc", 10, args.questions, batch_size=1)
-            _, _, (pair,) = report.compare([work / "cot", work / "sc"], work / "cmp")
+            if not args.profile_only:
+                bench(work, swarm, "warm-up", "cot", 1, 1)
+                cot = bench(work, swarm, "cot", "cot", 1, args.questions)
+                sc = bench(work, swarm, "sc", "sc", 10, args.questions)
+                seq = bench(work, swarm, "sc-sequential", "sc", 10, args.questions, batch_size=1)
+                _, _, (pair,) = report.compare([work / "cot", work / "sc"], work / "cmp")
             prof = profile_tokens(swarm, args.profile_tokens)
         finally:
             local_swarm.down(work / "swarm")
+    print(f"one greedy token: {prof['swarm_ms_per_token']} ms through the swarm vs {prof['in_process_ms_per_token']} ms "
+          f"in-process ({prof['ratio']}x); client-side split (ms/token): {json.dumps(prof['client_split_ms'])}")
+    if args.profile_only:
+        return
     c = pair.comparison
     print(f"through the swarm, {args.questions} held-out questions: CoT {100 * cot['accuracy']:.1f}% at "
           f"{cot['questions_per_minute']:.1f} questions/min; SC K=10 {100 * sc['accuracy']:.1f}% at "
@@ -113,8 +120,6 @@ def main() -> None:
     print(f"SC K=10 batched {sc['bench_wall_s']:.1f} s vs sequential {seq['bench_wall_s']:.1f} s: "
           f"{seq['bench_wall_s'] / sc['bench_wall_s']:.2f}x (goal >= 4x); identical accuracy: "
           f"{sc['accuracy'] == seq['accuracy']}")
-    print(f"one greedy token: {prof['swarm_ms_per_token']} ms through the swarm vs {prof['in_process_ms_per_token']} ms "
-          f"in-process ({prof['ratio']}x); client-side split (ms/token): {json.dumps(prof['client_split_ms'])}")
 
 
 if __name__ == "__main__":

@@ -296,37 +296,47 @@ def find_equations(text: str) -> list[Equation]:
         if right is None:
             continue
         stated, end = right
-        left = _left_expression(text, eq)
+        left = evaluate_left(text, eq)
         if left is None:
             continue
-        start, tokens = left
-        left_text = text[start:eq].strip()
-        value: Fraction | None = None
-        ok: bool | None = None
-        first = tokens[0]
-        # A leading operator has a word for its left operand ("12 eggs / 3 + 1 = 5"): not checked. A leading
-        # '-' is a sign only when glued to its number and preceded by a space, '(' or '=' ("x = -3 + 5").
-        sign = first[0] == "op" and first[1] == "-" and len(tokens) > 1 and tokens[1][2] == first[3] \
-            and (first[2] == 0 or text[first[2] - 1] in " \t(=<")
-        short = len(tokens) <= MAX_EXPR_TOKENS and eq - start <= MAX_EXPR_CHARS
-        mixed = re.search(r"\d[ \t]+and[ \t]*$", text[max(0, start - 40):start])  # '12 x 1 and 1/4 = 15'
-        checkable = (first[0] != "op" or sign) and short and not mixed
-        if checkable:
-            try:
-                node = _Parser(tokens).parse()
-            except ValueError:
-                node = None
-            if node is not None and not _has_binary(node):
-                continue  # '-5 = -5' or '(5) = 5': not arithmetic
-            if node is not None:
-                try:
-                    value = _evaluate(node)
-                except _Unchecked:
-                    value = None
-                if value is not None:
-                    ok = _matches(stated, value, text[eq + 1:end])
-        found.append(Equation(start, end, text[start:end], left_text, stated, value, ok))
+        start, value = left
+        ok = None if value is None else _matches(stated, value, text[eq + 1:end])
+        found.append(Equation(start, end, text[start:end], text[start:eq].strip(), stated, value, ok))
     return found
+
+
+def evaluate_left(text: str, eq: int) -> tuple[int, Fraction | None] | None:
+    """The arithmetic expression just before the '=' at ``eq``, read as :func:`find_equations` reads it
+    (shared with the decoding calculator, :mod:`petals_ops.bench.calculator`).
+
+    None when there is no expression there: no number and operator ('x = 5'), or a bare number ('-5 =',
+    '(5) ='). Else (where it starts, its exact value), the value None when it cannot be checked: a leading
+    operator whose left operand is a word, a mixed number, over MAX_EXPR_CHARS/MAX_EXPR_TOKENS, a left side
+    that does not parse, a division by zero or an ambiguous percent.
+    """
+    left = _left_expression(text, eq)
+    if left is None:
+        return None
+    start, tokens = left
+    first = tokens[0]
+    # A leading operator has a word for its left operand ("12 eggs / 3 + 1 = 5"): not checked. A leading
+    # '-' is a sign only when glued to its number and preceded by a space, '(' or '=' ("x = -3 + 5").
+    sign = first[0] == "op" and first[1] == "-" and len(tokens) > 1 and tokens[1][2] == first[3] \
+        and (first[2] == 0 or text[first[2] - 1] in " \t(=<")
+    short = len(tokens) <= MAX_EXPR_TOKENS and eq - start <= MAX_EXPR_CHARS
+    mixed = re.search(r"\d[ \t]+and[ \t]*$", text[max(0, start - 40):start])  # '12 x 1 and 1/4 = 15'
+    if not ((first[0] != "op" or sign) and short and not mixed):
+        return start, None
+    try:
+        node = _Parser(tokens).parse()
+    except ValueError:
+        return start, None
+    if not _has_binary(node):
+        return None  # '-5 = -5' or '(5) = 5': not arithmetic
+    try:
+        return start, _evaluate(node)
+    except _Unchecked:
+        return start, None
 
 
 def first_slip(text: str) -> Equation | None:

@@ -47,6 +47,7 @@ class Generation:
     new_token_ids: list[list[int]]  # one list per returned sequence
     texts: list[str]
     seconds: float
+    interventions: list[Any] = field(default_factory=list)  # with calculator: decoding.Intervention of sequence 0
 
     @property
     def new_tokens(self) -> int:
@@ -145,9 +146,14 @@ def generate(
     num_return_sequences: int = 1,
     seed: int | None = None,
     on_text: Callable[[str], None] | None = None,
+    calculator: bool = False,
     **generate_kwargs,
 ) -> Generation:
-    """Generate from ``prompt``; several sequences run as one batch of the same prompt (no padding)."""
+    """Generate from ``prompt``; several sequences run as one batch of the same prompt (no padding).
+
+    ``calculator``: decode with the bench's token loop (:func:`petals_ops.bench.decoding.decode_batch`),
+    which forces the exact result after ``<expression> =``; the text is handed to ``on_text`` at the end.
+    """
     import torch
 
     if max_new_tokens < 1:
@@ -158,6 +164,10 @@ def generate(
     input_ids = tok(prompt, return_tensors="pt")["input_ids"]
     if input_ids.shape[1] == 0:
         raise InputError("the prompt is empty", fix="pass some text")
+    if calculator:
+        return _generate_with_calculator(loaded, input_ids, max_new_tokens=max_new_tokens, sample=sample,
+                                         temperature=temperature, top_k=top_k, seed=seed,
+                                         num_return_sequences=num_return_sequences, on_text=on_text)
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=tok.pad_token_id, **generate_kwargs)
     if sample:
         kwargs.update(temperature=temperature, top_k=top_k or 0, num_return_sequences=num_return_sequences)
@@ -178,3 +188,24 @@ def generate(
         texts=[tok.decode(ids, skip_special_tokens=True) for ids in new_ids],
         seconds=seconds,
     )
+
+
+def _generate_with_calculator(loaded: LoadedModel, input_ids, *, max_new_tokens: int, sample: bool,
+                              temperature: float, top_k: int | None, seed: int | None, num_return_sequences: int,
+                              on_text: Callable[[str], None] | None) -> Generation:
+    """``generate`` through the bench's loop with the calculator on (no stop strings; EOS still stops)."""
+    import secrets
+
+    from petals_ops.backends import Backend
+    from petals_ops.bench.decoding import DecodeSpec, Sampling, decode_batch
+
+    if sample:
+        sampling = Sampling(temperature, top_k or None, secrets.randbits(63) if seed is None else seed)
+    else:
+        sampling = Sampling()
+    spec = DecodeSpec(sampling, max_new_tokens=max_new_tokens, stops=(), calculator=True)
+    out = decode_batch(Backend(loaded), input_ids, list(range(num_return_sequences)), spec, "generate")
+    if on_text is not None:
+        on_text(out.paths[0].raw)
+    return Generation(prompt_tokens=int(input_ids.shape[1]), new_token_ids=[p.ids for p in out.paths], texts=[p.raw for p in out.paths],
+                      seconds=out.seconds, interventions=list(out.paths[0].interventions))

@@ -6,6 +6,13 @@ path stops client-side at its first stop string (``\\nQ:``, ``\\n\\n``) or EOS; 
 path has stopped or at ``max_new_tokens``. A sampled path draws from its own seeded ``torch.Generator``
 (seed, question id, path index), so paths do not depend on how they are split into batches nor on
 concurrency. The loop is backend-agnostic: it sees a :class:`petals_ops.backends.DecodeSession`.
+
+With the calculator on (``DecodeSpec.calculator``), a row whose newest token completed ``<expression> =``
+gets the tokens of the exact result (:mod:`petals_ops.bench.calculator`) queued as its next inputs: at
+each step a row with queued tokens takes its next forced token instead of its own, while the other rows
+decode as usual. Forced tokens go through the same session, one step each, with the rest of the batch
+(no extra round trip). Every row still draws from its generator at every step, forced or not, so turning
+the calculator on never shifts any row's random stream. Each path records its interventions (:class:`Intervention`).
 """
 
 from __future__ import annotations
@@ -14,9 +21,10 @@ import hashlib
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from petals_ops.bench.extraction import DEFAULT_STOPS, truncate_at_stop
+from petals_ops.bench import calculator
+from petals_ops.bench.extraction import DEFAULT_STOPS, NUMBER_RE, answers_equal, truncate_at_stop
 
 
 class QuestionTimeout(Exception):
@@ -45,6 +53,22 @@ class DecodeSpec:
     sampling: Sampling
     max_new_tokens: int
     stops: tuple[str, ...] = DEFAULT_STOPS
+    calculator: bool = False  # force the exact result after '<expression> =' (see the module docstring)
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """One calculator intervention in a path."""
+
+    position: int  # index among the path's new tokens of the first forced token (the '=' is just before)
+    expression: str  # as written, without the '='
+    result: str  # the forced result (the forced text is this, after a space unless the text had one)
+    model: str  # what the model chose itself at the forced steps, up to its first disagreement (included);
+    # when it agreed all along, also its token after the result (so '23' then '4' shows as '234')
+    model_wrong: bool | None  # its own number (as far as it went) differs from the result; None: cut short
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -54,6 +78,8 @@ class PathOutput:
     text: str  # cut at the first stop string: what is scored
     tokens: int  # tokens this path used (up to and including its stop)
     finish: str  # "stop", "eos" or "length"
+    interventions: list[Intervention] = field(default_factory=list)  # the calculator's, in order
+    ids: list[int] = field(default_factory=list)  # the new token ids (forced ones included)
 
 
 @dataclass
@@ -92,6 +118,8 @@ def decode_batch(backend, prompt_ids, path_indices: Sequence[int], spec: DecodeS
         generators = [torch.Generator().manual_seed(path_seed(sampling.seed, question_id, i)) for i in path_indices]
     new_ids: list[list[int]] = [[] for _ in range(batch)]
     finish: list[str | None] = [None] * batch
+    forcing: list[_Forcing | None] = [None] * batch  # the calculator's tokens queued for a row
+    forcings: list[list[_Forcing]] = [[] for _ in range(batch)]
     started = time.monotonic()
     steps = 0
 
@@ -107,25 +135,37 @@ def decode_batch(backend, prompt_ids, path_indices: Sequence[int], spec: DecodeS
         while True:
             check()
             steps += 1
-            chosen = _next_tokens(logits, sampling, generators)
+            chosen = _next_tokens(logits, sampling, generators)  # every row draws, forced or not
             for r, token in enumerate(chosen):
                 if finish[r] is not None:
                     continue
+                forced = forcing[r] is not None and bool(forcing[r].queue)
+                if forced:
+                    token = forcing[r].take(token)
+                elif forcing[r] is not None:  # the model's own token right after a forced result
+                    forcing[r].after(token)
+                    forcing[r] = None
                 new_ids[r].append(token)
                 if eos is not None and token == eos:
                     finish[r] = "eos"
                 elif spec.stops and _ends_in_stop(tok, new_ids[r], spec.stops):
                     finish[r] = "stop"
+                elif spec.calculator and not forced:
+                    found = _calculation(tok, new_ids[r], token)
+                    if found is not None:
+                        forcing[r] = _Forcing(len(new_ids[r]), found, tok(found.forced_text, add_special_tokens=False)["input_ids"])
+                        forcings[r].append(forcing[r])
             if all(f is not None for f in finish) or steps >= spec.max_new_tokens:
                 break
-            feed = [filler if finish[r] is not None else chosen[r] for r in range(batch)]
+            feed = [filler if finish[r] is not None else new_ids[r][-1] for r in range(batch)]
             logits = session.forward(torch.tensor(feed, dtype=torch.long).view(batch, 1))
         servers = session.served_peers
     outputs = []
     for r, index in enumerate(path_indices):
         raw = tok.decode(new_ids[r], skip_special_tokens=True)
         text, _ = truncate_at_stop(raw, spec.stops)
-        outputs.append(PathOutput(index=index, raw=raw, text=text, tokens=len(new_ids[r]), finish=finish[r] or "length"))
+        outputs.append(PathOutput(index=index, raw=raw, text=text, tokens=len(new_ids[r]), finish=finish[r] or "length",
+                                  interventions=[f.intervention(tok) for f in forcings[r]], ids=new_ids[r]))
     return BatchOutput(paths=outputs, prompt_tokens=prompt_len, steps=steps, seconds=time.monotonic() - started,
                        servers=servers)
 
@@ -138,6 +178,48 @@ def _ends_in_stop(tok, ids: list[int], stops: Sequence[str]) -> bool:
     at every step made the loop quadratic in its length (see benchmarks/bench_arith.py)."""
     window = max(STOP_WINDOW_TOKENS, max(len(s) for s in stops))
     return truncate_at_stop(tok.decode(ids[-window:], skip_special_tokens=True), stops)[1] is not None
+
+
+CALC_WINDOW_TOKENS = 64  # the decoded tail the calculator reads: an expression cut by it is left to the model
+
+
+def _calculation(tok, ids: list[int], token: int) -> calculator.Calculation | None:
+    """The calculation the newest token completed (it wrote the '='), read from a tail window of the path."""
+    if "=" not in tok.decode([token]):
+        return None
+    text = tok.decode(ids[-CALC_WINDOW_TOKENS:], skip_special_tokens=True)
+    return calculator.find_calculation(text, start_is_cut=len(ids) > CALC_WINDOW_TOKENS)
+
+
+class _Forcing:
+    """A row's forced result in progress: the tokens still to force and what the model chose instead."""
+
+    def __init__(self, position: int, found: calculator.Calculation, ids: list[int]):
+        self.position, self.found, self.queue = position, found, list(ids)
+        self.own: list[int] = []
+        self.known = False  # the model's own number is known: it disagreed, or the step after the result ran
+
+    def take(self, own: int) -> int:
+        """The next forced token, noting the model's own choice ``own`` (until it first disagrees)."""
+        token = self.queue.pop(0)
+        if not self.known:
+            self.own.append(own)
+            self.known = own != token
+        return token
+
+    def after(self, own: int) -> None:
+        if not self.known:
+            self.own.append(own)
+            self.known = True
+
+    def intervention(self, tok) -> Intervention:
+        model = tok.decode(self.own, skip_special_tokens=True)
+        wrong = None
+        if self.known:
+            m = NUMBER_RE.match(model.strip())
+            wrong = m is None or not answers_equal(m.group(0), self.found.result)
+        return Intervention(position=self.position, expression=self.found.expression, result=self.found.result,
+                            model=model, model_wrong=wrong)
 
 
 def _next_tokens(logits, sampling: Sampling, generators) -> list[int]:

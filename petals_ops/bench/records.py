@@ -73,11 +73,14 @@ class ScoredPath:
     text: str  # cut at the first stop string: what is scored
     raw: str  # everything decoded
     category: str = ""  # error-analysis category (petals_ops.bench.analysis)
+    # --calculator: each forced result (decoding.Intervention.to_dict: position, expression, result, model,
+    # model_wrong); empty without the calculator
+    interventions: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScoredPath:
         """ValueError if ``data`` is not a scored path (see :func:`_checked`)."""
-        return cls(**_checked(cls, data, {"category": ""}))
+        return cls(**_checked(cls, data, {"category": "", "interventions": []}))
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,9 @@ class RunSummary:
     servers_served: dict[str, int]
     swarm: list[dict[str, Any]]
     written_at: float
+    # --calculator runs: interventions, per question, how often the model's own number was wrong
+    # (calculator.summarize_interventions); None without the calculator
+    calculator: dict[str, Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,7 +200,7 @@ class RunSummary:
         "extraction": {}, "categories": {}, "prompt_tokens_mean": None, "wall_seconds": 0.0,
         "tokens_this_invocation": 0, "tokens_per_second": None, "questions_per_minute": None, "run": {}, "exec": {},
         "servers_served": {}, "swarm": [], "written_at": 0.0, "errors": 0, "correct": 0, "accuracy": None,
-        "accuracy_wilson95": [0.0, 1.0], "tokens": 0, "wall_seconds_total": 0.0, "paths": 1}
+        "accuracy_wilson95": [0.0, 1.0], "tokens": 0, "wall_seconds_total": 0.0, "paths": 1, "calculator": None}
     # config parts the reports read (the run's identity)
     _CONFIG_KEYS: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "model": ("name", "dht_prefix"), "data": ("source", "sha256", "offset", "limit", "sample"),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from petals_ops.bench.analysis import CATEGORIES, first_slip, format_fraction, summarize_categories
+from petals_ops.bench.calculator import summarize_interventions
 from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.paired import PairedComparison, compare_paired
 from petals_ops.bench.records import QuestionRecord, RunSummary, is_record
@@ -103,6 +104,7 @@ def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: 
             for s in (snapshot.servers if snapshot is not None else [])
         ],
         written_at=time.time(),
+        calculator=summarize_interventions(ok) if cfg.calculator else None,
         extras=cfg.impl.summary_extras(ok, cfg),
     ).to_dict()
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
@@ -115,7 +117,8 @@ def _pct(x: float | None) -> str:
 
 def _label(summary: dict) -> str:
     name = Path(summary["run_dir"]).name
-    return f"{name} ({summary['method']}{'' if summary['paths'] == 1 else ' K=' + str(summary['paths'])})"
+    calc = " +calculator" if summary.get("calculator") is not None else ""
+    return f"{name} ({summary['method']}{'' if summary['paths'] == 1 else ' K=' + str(summary['paths'])}{calc})"
 
 
 def plot(summaries: Sequence[dict], path: Path) -> Path:
@@ -185,6 +188,13 @@ def _markdown(summaries: Sequence[dict], plot_name: str, title: str, pairs: Sequ
         if s.get("maj_at_k"):
             curve = ", ".join(f"maj@{k} {_pct(v)}" for k, v in s["maj_at_k"].items())
             lines += [f"- {curve}", f"- pass@K {_pct(s.get('pass_at_k'))}, agreement with the vote {_pct(s.get('agreement'))}"]
+        calc = s.get("calculator")
+        if calc is not None:
+            per_q = "n/a" if calc.get("per_question") is None else f"{calc['per_question']:.2f}"
+            lines.append(f"- calculator: {calc.get('interventions')} interventions ({per_q} per question, in "
+                         f"{calc.get('paths_with_interventions')} paths); the model's own number was wrong in "
+                         f"{calc.get('model_wrong')} of {calc.get('model_wrong_known')} "
+                         f"({_pct(calc.get('model_wrong_rate'))})")
         if s["servers_served"]:
             lines += [f"- servers that served: {', '.join(f'{p[:12]}… ({n})' for p, n in s['servers_served'].items())}"]
         lines += ["", *_categories_markdown(s.get("categories") or {})]

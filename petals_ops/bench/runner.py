@@ -199,7 +199,8 @@ def score_path(path, gold: str) -> ScoredPath:
     answer, how = extract_answer(path.text)
     fields = {"i": path.index, "answer": answer, "how": how, "correct": answers_equal(answer, gold),
               "finish": path.finish, "tokens": path.tokens, "text": path.text, "raw": path.raw}
-    return ScoredPath(**fields, category=categorize(fields, gold))
+    return ScoredPath(**fields, category=categorize(fields, gold),
+                      interventions=[i.to_dict() for i in path.interventions])
 
 
 def execute(backend: Backend, prompt: PromptSet, problems: list[Problem], cfg: MethodConfig, store: RunStore,

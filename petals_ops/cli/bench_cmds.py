@@ -33,9 +33,12 @@ def bench():
 @click.option("--top-k", default=40, show_default=True, type=int, help="SC top-k (0: no top-k).")
 @click.option("--max-new-tokens", default=256, show_default=True, type=int, help="Per path; stops earlier at the next 'Q:'.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampled paths.")
+@click.option("--calculator", is_flag=True,
+              help="When a path writes an arithmetic expression and '=', force the exact result as its next "
+                   "tokens (same session; one decoding step per forced token). Part of the run's config.")
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False),
               help="Where records.jsonl, summary.json and report.md go; the same command resumes [default: "
-                   "bench-runs/gsm8k-METHOD].")
+                   "bench-runs/gsm8k-METHOD, gsm8k-METHOD-calculator with --calculator].")
 @click.option("--backend", type=click.Choice(["petals", "local"]), default="petals", show_default=True,
               help="petals: through the swarm; local: the same checkpoint in this process.")
 @click.option("--concurrency", default=1, show_default=True, type=int, help="Questions in flight at once.")
@@ -49,7 +52,7 @@ def bench():
 @click.option("--request-timeout", default=60.0, show_default=True, type=POSITIVE, help="Petals client per-request timeout.")
 @OUTPUT_OPTION
 def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset, limit, sample, sample_seed,
-          prompt_file, method, paths, temperature, top_k, max_new_tokens, seed, run_dir, backend, concurrency,
+          prompt_file, method, paths, temperature, top_k, max_new_tokens, seed, calculator, run_dir, backend, concurrency,
           batch_size, retries, timeout, backoff, client_retries, request_timeout, output):
     """Run GSM8K with 8-shot CoT (greedy) or Self-Consistency; records go to RUN_DIR as they finish.
 
@@ -59,10 +62,12 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset,
     from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
 
     cfg = MethodConfig(method=method, paths=paths if paths is not None else get_method(method).default_paths,
-                       temperature=temperature, top_k=top_k or None, max_new_tokens=max_new_tokens, seed=seed)
+                       temperature=temperature, top_k=top_k or None, max_new_tokens=max_new_tokens, seed=seed,
+                       calculator=calculator)
+    default_run_dir = f"bench-runs/gsm8k-{method}" + ("-calculator" if calculator else "")
     params = BenchParams(
         data=data, offset=offset, limit=limit, sample=sample, sample_seed=sample_seed, prompt_file=prompt_file,
-        method=cfg, run_dir=run_dir or f"bench-runs/gsm8k-{method}", backend=backend, initial_peers=initial_peers,
+        method=cfg, run_dir=run_dir or default_run_dir, backend=backend, initial_peers=initial_peers,
         model=model, dht_prefix=dht_prefix, num_blocks=num_blocks, swarm_dir=swarm_dir, client_retries=client_retries,
         request_timeout=request_timeout,
         exec=ExecOptions(concurrency=concurrency, retries=retries, timeout=timeout, backoff=backoff, batch_size=batch_size),
@@ -79,6 +84,10 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset,
                 f"{100 * high:.1f}%]), {s['errors']} errors, {s['tokens']} tokens, {s['tokens_per_second']:.1f} tokens/s")
         if s.get("maj_at_k"):
             line += f", maj@{len(s['maj_at_k'])} {100 * list(s['maj_at_k'].values())[-1]:.1f}%"
+        calc = s.get("calculator")
+        if calc is not None:
+            line += (f", calculator: {calc['interventions']} interventions, the model's own number wrong in "
+                     f"{calc['model_wrong']}")
         click.echo(line)
         click.echo(f"report: {result.report_path}")
     if s["errors"]:

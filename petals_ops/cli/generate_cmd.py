@@ -20,8 +20,11 @@ from petals_ops.output import info
               help="Client retries per failed step before giving up (petals' default is forever).")
 @click.option("--backend", type=click.Choice(["petals", "local"]), default="petals", show_default=True,
               help="petals: through the swarm; local: the same checkpoint in this process.")
+@click.option("--calculator", is_flag=True,
+              help="Force the exact result after an arithmetic expression and '=' (the bench's decoding loop; "
+                   "the text is printed at the end, the interventions on stderr).")
 def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, max_new_tokens, sample,
-             temperature, top_k, seed, max_retries, backend):
+             temperature, top_k, seed, max_retries, backend, calculator):
     """Generate text from PROMPT through the swarm (the local one by default), streamed to stdout."""
     from petals_ops import generation
     from petals_ops.errors import OpsError
@@ -48,7 +51,8 @@ def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, ma
     try:
         with loaded:
             result = generation.generate(loaded, prompt, max_new_tokens=max_new_tokens, sample=sample,
-                                         temperature=temperature, top_k=top_k, seed=seed, on_text=write)
+                                         temperature=temperature, top_k=top_k, seed=seed, on_text=write,
+                                         calculator=calculator)
     except Exception as e:
         if isinstance(e, OpsError) or backend == "local":
             raise
@@ -56,5 +60,8 @@ def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, ma
         raise OpsError(f"generation through the swarm failed: {' '.join(str(e).split())[:200]}",
                        fix="check 'petals-ops swarm status' and retry") from e
     write("\n")
+    for i in result.interventions:
+        own = "" if i.model_wrong is None else f" (the model wrote{'' if i.model_wrong else ' it too'}: {i.model.strip()!r})"
+        info(f"calculator at token {i.position}: {i.expression} = {i.result}{own}")
     tps = result.new_tokens / result.seconds if result.seconds else 0.0
     info(f"{result.new_tokens} tokens in {result.seconds:.2f} s ({tps:.1f} tokens/s, {backend})")

@@ -62,6 +62,7 @@ class MethodConfig:
     max_new_tokens: int = 256
     stops: tuple[str, ...] = DEFAULT_STOPS
     seed: int = 0
+    calculator: bool = False  # exact results forced after '<expression> =' (petals_ops.bench.calculator)
 
     @property
     def impl(self) -> Method:
@@ -88,7 +89,8 @@ class MethodConfig:
 
     def decode_spec(self) -> DecodeSpec:
         sampling = Sampling(self.temperature, self.top_k, self.seed) if self.sample else Sampling(seed=self.seed)
-        return DecodeSpec(sampling=sampling, max_new_tokens=self.max_new_tokens, stops=self.stops)
+        return DecodeSpec(sampling=sampling, max_new_tokens=self.max_new_tokens, stops=self.stops,
+                          calculator=self.calculator)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
@@ -101,4 +103,6 @@ class MethodConfig:
         data["stops"] = list(self.stops)
         if not self.sample:  # sampling parameters mean nothing for greedy decoding
             data.update(temperature=None, top_k=None)
+        if not self.calculator:  # written only when on: run dirs made before the option resume unchanged
+            del data["calculator"]
         return data

@@ -120,6 +120,7 @@ def decode_batch(backend, prompt_ids, path_indices: Sequence[int], spec: DecodeS
     finish: list[str | None] = [None] * batch
     forcing: list[_Forcing | None] = [None] * batch  # the calculator's tokens queued for a row
     forcings: list[list[_Forcing]] = [[] for _ in range(batch)]
+    writes_equals: dict[int, bool] = {}  # token id -> its text has an '=' (the calculator's cheap first check)
     started = time.monotonic()
     steps = 0
 
@@ -151,7 +152,7 @@ def decode_batch(backend, prompt_ids, path_indices: Sequence[int], spec: DecodeS
                 elif spec.stops and _ends_in_stop(tok, new_ids[r], spec.stops):
                     finish[r] = "stop"
                 elif spec.calculator and not forced:
-                    found = _calculation(tok, new_ids[r], token)
+                    found = _calculation(tok, new_ids[r], token, writes_equals)
                     if found is not None:
                         forcing[r] = _Forcing(len(new_ids[r]), found, tok(found.forced_text, add_special_tokens=False)["input_ids"])
                         forcings[r].append(forcing[r])
@@ -183,9 +184,11 @@ def _ends_in_stop(tok, ids: list[int], stops: Sequence[str]) -> bool:
 CALC_WINDOW_TOKENS = 64  # the decoded tail the calculator reads: an expression cut by it is left to the model
 
 
-def _calculation(tok, ids: list[int], token: int) -> calculator.Calculation | None:
+def _calculation(tok, ids: list[int], token: int, writes_equals: dict[int, bool]) -> calculator.Calculation | None:
     """The calculation the newest token completed (it wrote the '='), read from a tail window of the path."""
-    if "=" not in tok.decode([token]):
+    if token not in writes_equals:
+        writes_equals[token] = "=" in tok.decode([token])
+    if not writes_equals[token]:
         return None
     text = tok.decode(ids[-CALC_WINDOW_TOKENS:], skip_special_tokens=True)
     return calculator.find_calculation(text, start_is_cut=len(ids) > CALC_WINDOW_TOKENS)

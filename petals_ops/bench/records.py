@@ -127,13 +127,16 @@ class QuestionRecord:
         "prompt_id": "", "backend": "", "question": "", "method": ""}
 
 
-def is_record(data: Any) -> bool:
-    """Whether ``data`` (a line of records.jsonl) is a whole question's record the reports can read."""
+def parse_record(data: Any) -> QuestionRecord | None:
+    """``data`` (a line of records.jsonl) typed, or None if it is not a whole record the reports can read."""
     try:
-        QuestionRecord.from_dict(data)
+        return QuestionRecord.from_dict(data)
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def is_record(data: Any) -> bool:
+    return parse_record(data) is not None
 
 
 @dataclass(frozen=True)

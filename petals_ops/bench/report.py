@@ -19,7 +19,7 @@ from petals_ops.bench.analysis import CATEGORIES, first_slip, format_fraction, s
 from petals_ops.bench.calculator import summarize_interventions
 from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.paired import PairedComparison, compare_paired
-from petals_ops.bench.records import QuestionRecord, RunSummary, is_record
+from petals_ops.bench.records import QuestionRecord, RunSummary, parse_record
 from petals_ops.bench.stats import wilson_interval
 from petals_ops.bench.store import SUMMARY_FILE, latest_by_id, read_records
 from petals_ops.errors import InputError
@@ -32,11 +32,13 @@ REPORT_FILE = "report.md"
 def load_records(run_dir: Path, problems=None) -> list[QuestionRecord]:
     """The latest record of each question (of ``problems`` if given), typed. A line that is not a whole
     record (hand-edited, another version) is left out: its question counts as not done."""
-    latest = latest_by_id([r for r in read_records(run_dir) if is_record(r)])
+    lines = read_records(run_dir)
+    typed = {id(line): parse_record(line) for line in lines}  # each line typed once
+    latest = latest_by_id([line for line in lines if typed[id(line)] is not None])
     if problems is not None:
         wanted = {p.id for p in problems}
         latest = {rid: r for rid, r in latest.items() if rid in wanted}
-    return [QuestionRecord.from_dict(r) for r in latest.values()]
+    return [typed[id(r)] for r in latest.values()]
 
 
 def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: str | None = None, snapshot=None,
@@ -245,9 +247,7 @@ def load_summary(run_dir: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise InputError(f"{path} is not valid JSON ({e})", fix="re-run the bench to rewrite it") from e
     try:
-        if not isinstance(data, dict):
-            raise ValueError("it is not a JSON object")
-        return RunSummary.from_dict(data).to_dict()
+        return RunSummary.from_dict(data).to_dict()  # ValueError for anything but a summary, a non-object too
     except (ValueError, TypeError) as e:
         raise InputError(f"{path} is not a bench summary ({e})", fix="re-run the bench to rewrite it") from e
 

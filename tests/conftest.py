@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 # Fixtures of the other real parts live in their own modules (one per concern).
-pytest_plugins: list[str] = ["tests.fixtures_prometheus", "tests.fixtures_fleet"]
+pytest_plugins: list[str] = ["tests.fixtures_prometheus", "tests.fixtures_fleet", "tests.fixtures_browser"]
 
 REPO = Path(__file__).resolve().parents[1]
 

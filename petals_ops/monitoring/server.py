@@ -1,4 +1,4 @@
-"""The exporter's HTTP server and run loop: ``/metrics`` for Prometheus, ``/`` a landing page.
+"""The exporter's HTTP server and run loop: ``/metrics`` for Prometheus, ``/`` the swarm map, ``/map.json`` its data.
 
 The server binds before the refresher starts, so a bad or busy ``--listen`` fails at once with one line.
 SIGTERM and SIGINT stop it gracefully: the HTTP server finishes, the refresher's DHT node shuts down.
@@ -20,6 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCol
 
 from petals_ops.errors import InputError
 from petals_ops.monitoring.collector import SwarmCollector
+from petals_ops.monitoring.map_page import page_bytes
+from petals_ops.monitoring.map_state import MAP_PATH, MapBody
 from petals_ops.monitoring.refresher import Refresher
 
 DEFAULT_LISTEN = "127.0.0.1:9469"
@@ -63,11 +65,6 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-LANDING = b"""<!doctype html><html><head><title>petals-ops exporter</title></head><body>
-<h1>petals-ops exporter</h1><p>Petals swarm health for Prometheus: <a href="/metrics">/metrics</a>.</p>
-</body></html>"""
-
-
 class MetricsBody:
     """The /metrics text: the state's families encoded once per refresh, plus the per-scrape ones.
 
@@ -90,18 +87,34 @@ class MetricsBody:
         return cached[1] + generate_latest(self.live)
 
 
-def make_app(body: Callable[[], bytes]) -> Callable:
+PAGE_HEADERS = [
+    ("Content-Type", "text/html; charset=utf-8"),
+    # The page loads nothing from elsewhere; its own inline script and style are all it may run.
+    ("Content-Security-Policy", ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                 "connect-src 'self'; img-src 'self'")),
+    ("X-Content-Type-Options", "nosniff"),
+]
+
+
+def make_app(body: Callable[[], bytes], map_body: Callable[[], bytes] | None = None) -> Callable:
+    """The WSGI app: /metrics (Prometheus), / (the swarm map page) and /map.json (the page's data)."""
+    page = page_bytes()
+
+    def respond(start_response, status: str, headers: list[tuple[str, str]], data: bytes):
+        start_response(status, [*headers, ("Content-Length", str(len(data)))])
+        return [data]
+
     def app(environ, start_response):
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
-            data = body()
-            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(data)))])
-            return [data]
-        if path == "/":
-            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-            return [LANDING]
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found: try /metrics\n"]
+            return respond(start_response, "200 OK", [("Content-Type", CONTENT_TYPE_LATEST)], body())
+        if path == MAP_PATH and map_body is not None:
+            return respond(start_response, "200 OK", [("Content-Type", "application/json"),
+                                                      ("Cache-Control", "no-store")], map_body())
+        if path in ("/", "/index.html"):
+            return respond(start_response, "200 OK", PAGE_HEADERS, page)
+        return respond(start_response, "404 Not Found", [("Content-Type", "text/plain")],
+                       f"not found: try / (the swarm map), {MAP_PATH} or /metrics\n".encode())
 
     return app
 
@@ -134,9 +147,10 @@ def start_exporter(refresher: Refresher, listen: str = DEFAULT_LISTEN, *, proces
     if process_metrics:
         ProcessCollector(registry=registry)
     body = MetricsBody(lambda: refresher.state, registry)
+    map_body = MapBody(lambda: refresher.state)
     server_class = _V6Server if ":" in host else _Server
     try:
-        httpd = make_server(host, port, make_app(body), server_class=server_class, handler_class=_QuietHandler)
+        httpd = make_server(host, port, make_app(body, map_body), server_class=server_class, handler_class=_QuietHandler)
     except (OSError, OverflowError) as e:
         reason = getattr(e, "strerror", None) or str(e)
         raise InputError(f"--listen {listen}: cannot listen there ({reason})",

@@ -8,6 +8,7 @@ missing block forever.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -16,6 +17,9 @@ from petals_ops.errors import InputError, OpsError
 from petals_ops.models import ModelRef
 
 DEFAULT_MAX_RETRIES = 3
+# What a petals server answers when a session is longer than its --inference_max_length.
+SERVER_LENGTH_LIMIT_RE = re.compile(r"Cannot allocate KV cache for (\d+) tokens, max = (\d+)")
+LENGTH_FIX = "shorten the prompt or lower --max-new-tokens"
 
 
 @dataclass
@@ -61,6 +65,39 @@ def _require_local_checkpoint(ref: ModelRef) -> str:
             fix="pass --model DIR of a local checkpoint",
         )
     return ref.path
+
+
+def load_tokenizer(ref: ModelRef):
+    """The checkpoint's tokenizer alone: cheap, and needs no swarm (usage checks run before connecting)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_require_local_checkpoint(ref))
+
+
+def require_length_fits(prompt_tokens: int, max_new_tokens: int, limit: int | None, *,
+                        what: str = "the prompt") -> None:
+    """A session longer than the servers' ``inference_max_length`` is refused by every server, after a
+    storm of retries: when the limit is known, say so before any network work."""
+    if limit is not None and prompt_tokens + max_new_tokens > limit:
+        raise InputError(
+            f"{what} ({prompt_tokens} tokens) + --max-new-tokens {max_new_tokens} exceeds the servers' "
+            f"inference_max_length {limit}",
+            fix=LENGTH_FIX,
+        )
+
+
+def length_error_from(error: BaseException) -> InputError | None:
+    """The servers' refusal of a too-long session (anywhere in the exception chain) as a usage error."""
+    seen, depth = error, 0
+    while seen is not None and depth < 8:
+        match = SERVER_LENGTH_LIMIT_RE.search(str(seen))
+        if match:
+            return InputError(
+                f"the servers refused a session of {match[1]} tokens: their inference_max_length is {match[2]}",
+                fix=LENGTH_FIX,
+            )
+        seen, depth = seen.__cause__ or seen.__context__, depth + 1
+    return None
 
 
 def load_swarm_model(

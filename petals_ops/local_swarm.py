@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from petals_ops import procs
+from petals_ops import procs, tmpclean
 from petals_ops.errors import InputError, OpsError
 from petals_ops.fsutil import read_json, tail_lines, write_json_atomic
 from petals_ops.models import ModelRef, resolve_model
@@ -337,10 +337,14 @@ def stop(swarm: LocalSwarm, names: list[str] | None = None) -> list[str]:
     """Stop the process groups (servers first, DHT last); return the names stopped. Updates the state."""
     chosen = [p for p in swarm.processes if names is None or p.name in names]
     chosen.sort(key=lambda p: p.role == "dht")
-    left = []
+    left, sockets = [], set()
     for p in chosen:
-        if p.running() and not procs.stop_group(p.pgid):  # never signal a group that is no longer ours
+        if not p.running():  # never signal a group that is no longer ours
+            continue
+        sockets |= tmpclean.hivemind_sockets_of(procs.group_members(p.pgid))
+        if not procs.stop_group(p.pgid):
             left.append(p.name)
+    tmpclean.remove_unlistened(sockets)  # killed servers and daemons do not remove their /tmp sockets
     if left:
         raise OpsError(f"processes of {left} survived SIGKILL", fix="check 'ps -eo pid,pgid,cmd' and kill them")
     return [p.name for p in chosen]

@@ -15,6 +15,8 @@ class SwarmTarget:
     initial_peers: list[str]
     model: ModelRef
     local_run_dir: str | None = None  # set when the target is a local swarm
+    # The servers' --inference_max_length when we know it (we started them); servers do not announce it.
+    max_length: int | None = None
 
 
 def is_peer_multiaddr(value: str) -> bool:
@@ -48,8 +50,8 @@ def resolve_target(
         if not model:
             raise InputError("--initial-peers was given without --model", fix="pass --model NAME_OR_DIR too")
         return SwarmTarget(peers, resolve_model(model, dht_prefix=dht_prefix, num_blocks=num_blocks))
-    from petals_ops.local_swarm import load_running
+    from petals_ops.local_swarm import SERVER_DEFAULTS, load_running
 
     swarm = load_running(run_dir)
     ref = resolve_model(model or swarm.model_dir, dht_prefix=dht_prefix, num_blocks=num_blocks)
-    return SwarmTarget(swarm.initial_peers, ref, swarm.run_dir)
+    return SwarmTarget(swarm.initial_peers, ref, swarm.run_dir, max_length=SERVER_DEFAULTS["inference_max_length"])

@@ -11,6 +11,7 @@ that this process itself listens on (it is about to end).
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import socket
@@ -23,18 +24,40 @@ def hivemind_sockets() -> set[str]:
     return set(glob.glob(SOCKET_GLOB))
 
 
-def _own_socket_paths() -> set[str]:
-    """Paths of the unix sockets this process holds open (Linux /proc; empty elsewhere)."""
+def socket_paths_of(pids) -> set[str]:
+    """Paths of the unix sockets the processes ``pids`` hold open (Linux /proc; empty elsewhere)."""
+    inodes = set()
+    for pid in pids:
+        with suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with suppress(OSError):
+                    inodes.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
     try:
-        inodes = set()
-        for fd in os.listdir("/proc/self/fd"):
-            with suppress(OSError):
-                inodes.add(os.readlink(f"/proc/self/fd/{fd}"))
         with open("/proc/net/unix") as f:
             rows = [line.split() for line in f.read().splitlines()[1:]]
     except OSError:
         return set()
     return {row[7] for row in rows if len(row) >= 8 and f"socket:[{row[6]}]" in inodes}
+
+
+def _own_socket_paths() -> set[str]:
+    return socket_paths_of(["self"])
+
+
+def hivemind_sockets_of(pids) -> set[str]:
+    """The hivemind sockets of processes we are about to stop: after they die, nobody removes them."""
+    return {p for p in socket_paths_of(pids) if fnmatch.fnmatch(p, SOCKET_GLOB)}
+
+
+def remove_unlistened(paths) -> list[str]:
+    """Unlink those of ``paths`` that nobody listens on any more (their processes have been stopped)."""
+    removed = []
+    for path in sorted(paths):
+        if os.path.exists(path) and not _listened_on(path):
+            with suppress(OSError):
+                os.unlink(path)
+                removed.append(path)
+    return removed
 
 
 def _listened_on(path: str) -> bool:

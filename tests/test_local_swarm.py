@@ -5,7 +5,7 @@ import os
 import signal
 import time
 
-from petals_ops import local_swarm, procs
+from petals_ops import local_swarm, procs, tmpclean
 from tests.helpers import assert_one_line_error
 
 
@@ -126,8 +126,11 @@ def test_lifecycle_failure_and_clean_down(run_cli, tmp_path, tiny_model_dir):
 
         failed = run_cli("generate", "--swarm-dir", run_dir, "hello", "--max-new-tokens", 4, timeout=120)
         assert_one_line_error(failed, "blocks 2:4", "no ONLINE server", code=1)
+        sockets = tmpclean.hivemind_sockets_of(pid for g in pgids for pid in procs.group_members(g))
+        assert any("p2pclient" in s for s in sockets) and any("p2pd" in s for s in sockets), sockets
     finally:
         down = run_cli("swarm", "local", "down", "--run-dir", run_dir, timeout=120)
     assert down.returncode == 0, down.stderr
     assert _live_processes_of(pgids, run_dir) == []
+    assert [s for s in sockets if os.path.exists(s)] == [], "down removes the /tmp sockets of what it stopped"
     assert not (run_dir / "state.json").exists()

@@ -252,6 +252,18 @@ def choose_batch_size(backend: Backend, prompt: PromptSet, todo: list[Problem], 
     return cfg.paths, "all paths in one batch"
 
 
+def require_prompts_fit(model_ref, prompt: PromptSet, todo: list[Problem], cfg: MethodConfig,
+                        limit: int | None) -> None:
+    """The longest rendered prompt must fit the servers' known length limit: checked before connecting."""
+    if limit is None or not todo:
+        return
+    from petals_ops.generation import load_tokenizer, require_length_fits
+
+    tokenizer = load_tokenizer(model_ref)
+    longest, problem = max((len(tokenizer(prompt.render(p.question))["input_ids"]), p.id) for p in todo)
+    require_length_fits(longest, cfg.max_new_tokens, limit, what=f"the prompt of question {problem}")
+
+
 @dataclass
 class BenchParams:
     data: str | None = "demo"
@@ -318,6 +330,7 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         if params.backend == "petals":
             from petals_ops.swarm_health import take_snapshot
 
+            require_prompts_fit(model_ref, prompt, todo, cfg, target.max_length)
             snapshot = take_snapshot(target.initial_peers, target.model)
             snapshot.require_full_coverage()
         progress = Progress(total=len(todo))

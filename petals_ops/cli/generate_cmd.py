@@ -46,6 +46,8 @@ def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, ma
     if backend == "local":
         loaded = generation.load_local_model(target.model)
     else:
+        prompt_tokens = len(generation.load_tokenizer(target.model)(prompt)["input_ids"])
+        generation.require_length_fits(prompt_tokens, max_new_tokens, target.max_length)
         take_snapshot(target.initial_peers, target.model).require_full_coverage()
         loaded = generation.load_swarm_model(target.model, target.initial_peers, max_retries=max_retries)
     try:
@@ -56,6 +58,9 @@ def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, ma
     except Exception as e:
         if isinstance(e, OpsError) or backend == "local":
             raise
+        too_long = generation.length_error_from(e)
+        if too_long is not None:
+            raise too_long from e
         take_snapshot(target.initial_peers, target.model).require_full_coverage()  # name the blocks if they are gone
         raise OpsError(f"generation through the swarm failed: {' '.join(str(e).split())[:200]}",
                        fix="check 'petals-ops swarm status' and retry") from e

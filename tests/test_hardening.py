@@ -127,6 +127,58 @@ def test_values_that_cannot_work_are_one_line_usage_errors(tmp_path, run_cli, ar
     assert "--help" in line and time.monotonic() - started < 20
 
 
+# Every command of the CLI with one bad input each: one line naming the input, exit 2, before any work.
+# The files are made in tmp_path: "inv.yaml" (one unreachable host), "afile" (a plain file).
+BAD_INPUT_PER_COMMAND = {
+    "model tiny": (["model", "tiny", "d", "--layers", "0"], "--layers 0"),
+    "swarm local up": (["swarm", "local", "up", "--servers", "0"], "--servers 0"),
+    "swarm local down": (["swarm", "local", "down", "--swarm-dir", "afile"], "'afile' is a file"),
+    "swarm local status": (["swarm", "local", "status", "-o", "yaml"], "'yaml' is not one of"),
+    "swarm status": (["swarm", "status", "--initial-peers", "garbage", "--model", "x"], "--initial-peers garbage"),
+    "generate": (["generate", "x", "--top-k", "-1"], "--top-k"),
+    "demo": (["demo", "--work-dir", "afile"], "'afile' is a file"),
+    "exporter": (["exporter", "--listen", "nonsense"], "--listen 'nonsense'"),
+    "bench gsm8k": (["bench", "gsm8k", "--data", "nosuch.jsonl"], "--data nosuch.jsonl"),
+    "bench report": (["bench", "report", "nosuchdir"], "nosuchdir has no summary.json"),
+    "bench errors": (["bench", "errors", "nosuchdir"], "nosuchdir has no summary.json"),
+    "hosts check": (["hosts", "check", "-i", "missing.yaml"], "inventory missing.yaml"),
+    "provision": (["provision", "-i", "inv.yaml", "--hosts", "zz"], "zz is neither in the inventory"),
+    "plan": (["plan", "-i", "inv.yaml", "--as-model", "nonsense"], "--as-model nonsense"),
+    "up": (["up", "-i", "inv.yaml", "--hosts", "zz"], "zz is neither in the inventory"),
+    "down": (["down", "-i", "inv.yaml", "--hosts", "zz"], "zz is neither in the inventory"),
+    "status": (["status", "-i", "inv.yaml", "--hosts", "zz"], "zz is neither in the inventory"),
+    "restart": (["restart", "-i", "inv.yaml", "--hosts", "zz"], "zz is neither in the inventory"),
+    "logs": (["logs", "zz", "-i", "inv.yaml"], "host zz is neither in the inventory"),
+}
+
+
+def _cli_commands() -> set[str]:
+    import click
+
+    from petals_ops.cli.main import cli
+
+    def walk(command, path):
+        if isinstance(command, click.Group):
+            return {name for sub, c in command.commands.items() for name in walk(c, [*path, sub])}
+        return {" ".join(path)}
+
+    return walk(cli, [])
+
+
+def test_every_command_has_a_bad_input_case():
+    """A new command gets a row in BAD_INPUT_PER_COMMAND, or this fails."""
+    assert _cli_commands() == set(BAD_INPUT_PER_COMMAND)
+
+
+@pytest.mark.parametrize("command", sorted(BAD_INPUT_PER_COMMAND))
+def test_each_commands_bad_input_is_one_line(tmp_path, run_cli, monkeypatch, command):
+    args, needle = BAD_INPUT_PER_COMMAND[command]
+    write(tmp_path, {"hosts": UNREACHABLE})
+    (tmp_path / "afile").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run_cli(*args, timeout=60), needle, code=2)
+
+
 # --- library logging ----------------------------------------------------------------------------------
 @pytest.fixture
 def not_ssh_port():

@@ -15,7 +15,7 @@ def stream_logs(inventory: Inventory, host: str, write: Callable[[str], None], *
     opts = opts or SSHOptions.from_inventory(inventory)
     if "," in host or not host.strip():
         raise InputError(f"logs takes exactly one host, got {host!r}", fix="pass one name, e.g. petals-ops logs a10-1")
-    selected = select_hosts(inventory, [host], opts)
+    selected = select_hosts(inventory, [host], opts, given_as="host")
     [host] = selected
     with HostSession(host, inventory.host(host), opts) as session:
         # A follow stream may stay quiet for long: its client has no read timeout (docker-py #931).

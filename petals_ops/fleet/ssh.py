@@ -82,7 +82,8 @@ class SSHOptions:
         return Path(DEFAULT_KNOWN_HOSTS).expanduser()
 
 
-def select_hosts(inv: Inventory, hosts: Sequence[str] | str | None, opts: SSHOptions) -> list[str]:
+def select_hosts(inv: Inventory, hosts: Sequence[str] | str | None, opts: SSHOptions, *,
+                 given_as: str = "--hosts:") -> list[str]:
     """``--hosts a,b``: names from the inventory, or ssh-config aliases; default: every inventory host."""
     if isinstance(hosts, str):
         hosts = [hosts]
@@ -101,10 +102,10 @@ def select_hosts(inv: Inventory, hosts: Sequence[str] | str | None, opts: SSHOpt
         from petals_ops.fleet.inventory import HOST_NAME_RE
 
         if not HOST_NAME_RE.match(name):
-            raise InputError(f"--hosts: {name!r} is not a host name", fix="use names like a10-1 (letters, digits, . _ -)")
+            raise InputError(f"{given_as} {name!r} is not a host name", fix="use names like a10-1 (letters, digits, . _ -)")
         if name not in inv.hosts and not opts.is_alias(name):
             raise InputError(
-                f"--hosts: {name} is neither in the inventory ({inv.source or 'none'}) nor an alias in the ssh config "
+                f"{given_as} {name} is neither in the inventory ({inv.source or 'none'}) nor an alias in the ssh config "
                 f"({opts.ssh_config_path() or 'none'})",
                 fix="add it under hosts: in the inventory, or a 'Host NAME' block to the ssh config",
             )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a fresh machine: creates .venv and installs the pinned stack plus petals-ops (editable,
 # with dev tools). Re-running it is safe. Usage: ./install.sh [--system]
-#   --system  also installs the Debian packages the tests use (openssh-server, docker.io, prometheus); needs root.
+#   --system  also installs the Debian packages the tests use (openssh-server, docker.io, prometheus, chromium); needs root.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${PETALS_OPS_VENV:-.venv}"
@@ -10,7 +10,7 @@ PY="${PYTHON:-python3}"
 if [[ "${1:-}" == "--system" ]]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends openssh-server openssh-client docker.io prometheus >/dev/null
+  apt-get install -y -qq --no-install-recommends openssh-server openssh-client docker.io prometheus chromium >/dev/null
 fi
 
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"

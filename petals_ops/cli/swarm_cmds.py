@@ -87,7 +87,8 @@ def local_status(run_dir, output):
 def status(initial_peers, model, dht_prefix, num_blocks, swarm_dir, output):
     """Blocks and servers of a swarm (the local one by default), with a coverage summary.
 
-    Exit code 1 when some block has no ONLINE server (the model cannot serve a forward pass).
+    Exit code 1 when some block has no ONLINE server (the model cannot serve a forward pass). The block
+    map draws one character per block for each server, with a red ✗ under blocks no ONLINE server holds.
     """
     from petals_ops.swarm_health import format_block_ranges, take_snapshot
     from petals_ops.target import resolve_target
@@ -103,11 +104,7 @@ def status(initial_peers, model, dht_prefix, num_blocks, swarm_dir, output):
               s.cache_tokens_left, s.version, s.torch_dtype, s.quant_type] for s in snap.servers],
             title=f"servers of {snap.dht_prefix}",
         )
-        render_table(
-            ["block", "ONLINE servers", "all servers"],
-            [[b.index, b.online, len(b.servers)] for b in snap.blocks],
-            title="blocks",
-        )
+        print_block_map(snap)
         cov = snap.coverage()
         uncovered = format_block_ranges(cov["uncovered_blocks"]) or "none"
         click.echo(
@@ -117,3 +114,16 @@ def status(initial_peers, model, dht_prefix, num_blocks, swarm_dir, output):
         )
     if not snap.fully_served:
         raise SystemExit(1)
+
+
+def print_block_map(snap) -> None:
+    """The terminal block map (petals_ops.block_map) of ``snap``, fitted to the terminal's width."""
+    import sys
+
+    from rich.console import Console
+
+    from petals_ops.block_map import block_map
+
+    console = Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None)  # as render_table
+    console.print(f"block map of {snap.dht_prefix}", style="italic")
+    console.print(block_map(snap))

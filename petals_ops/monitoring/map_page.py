@@ -29,6 +29,7 @@ table.grid tr.srv:hover { background: #f3f6f8; }
 .F { background: repeating-linear-gradient(45deg, var(--off), var(--off) 2px, #f4c7c1 2px, #f4c7c1 4px); }
 .A { background: var(--absent); } .A.U { background: #f6d5d1; }
 .ours { background: #1f5fa8; color: #fff; border-radius: 3px; padding: 0 4px; font-size: 11px; margin-left: 4px; }
+.name { display: inline-block; max-width: 18em; overflow: hidden; text-overflow: ellipsis; vertical-align: bottom; }
 .peer { color: var(--muted); font-family: ui-monospace, monospace; font-size: 11px; margin-left: 4px; }
 .num { text-align: right !important; font-variant-numeric: tabular-nums; }
 .st-ONLINE { color: var(--on); } .st-JOINING { color: #a07800; } .st-OFFLINE { color: var(--off); }
@@ -44,7 +45,7 @@ table.grid tr.srv:hover { background: #f3f6f8; }
 <div id="models"></div>
 <script>
 "use strict";
-// Announced strings only ever go through text() / setAttribute(): never innerHTML.
+// Announced strings only ever reach the DOM as textContent or attribute values, never as markup.
 function el(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
@@ -113,9 +114,10 @@ function drawModel(m) {
     const tr = el("tr", "srv");
     tr.dataset.peer = s.peer_id; tr.dataset.state = s.state;
     const name = el("td");
-    name.appendChild(el("span", "name", s.public_name || ""));
+    const shown = name.appendChild(el("span", "name", s.public_name || ""));
+    if (s.public_name) shown.title = s.public_name;
     name.appendChild(el("span", "peer", "\u2026" + s.peer_id.slice(-8)));
-    name.title = s.peer_id;
+    name.lastChild.title = s.peer_id;
     if (s.ours) { const o = el("span", "ours", "ours: " + s.ours); name.appendChild(o); tr.dataset.ours = s.ours; }
     tr.appendChild(name);
     tr.appendChild(el("td", "st-" + s.state, s.state));

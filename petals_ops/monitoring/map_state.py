@@ -57,7 +57,7 @@ def model_map(snap: SwarmSnapshot, own_hosts: dict[str, str]) -> dict[str, Any]:
             "ours": own_hosts.get(s.peer_id),
             "cells": "".join(cells[s.peer_id]),
         }
-        for s in snap.servers
+        for s in sorted(snap.servers, key=lambda s: (s.start_block, s.end_block, s.peer_id))  # a staircase
     ]
     return {
         "model": snap.model,

@@ -33,7 +33,9 @@ SSHD = "/usr/sbin/sshd"
 DOCKERD = shutil.which("dockerd") or "/usr/sbin/dockerd"
 DOCKER_CLI = shutil.which("docker") or "/usr/bin/docker"
 TEST_IMAGE = "petals-ops-test:1"
-HOSTS = {"a10-1": "127.0.0.11", "a10-2": "127.0.0.12"}
+HOSTS = {"a10-1": "127.0.0.11", "a10-2": "127.0.0.12"}  # the session fixtures' two hosts
+# Up to five hosts for the rehearsal (tests/rehearsal_lab.py): a10-N on 127.0.0.1N; the first two are HOSTS.
+LAB_HOSTS = {f"a10-{i}": f"127.0.0.{10 + i}" for i in range(1, 6)}
 SSH_PORT = 2222
 DHT_PREFIX = "fleet-tiny"
 
@@ -89,6 +91,8 @@ class FleetLab:
     hosts: dict[str, LabHost] = field(default_factory=dict)
     initial_peers: list[str] = field(default_factory=list)
     dht_pgid: int | None = None
+    host_map: dict[str, str] = field(default_factory=lambda: dict(HOSTS))  # name -> loopback address
+    ssh_port: int = SSH_PORT  # another port lets a second lab (the rehearsal's) run beside the session one
 
     # -- paths ----------------------------------------------------------------------------------
     @property
@@ -105,30 +109,30 @@ class FleetLab:
 
     # -- start ----------------------------------------------------------------------------------
     def start(self) -> "FleetLab":
-        for name, address in HOSTS.items():
-            if not _port_free(address, SSH_PORT):
-                raise RuntimeError(f"{address}:{SSH_PORT} is busy: another fleet lab (or sshd) runs; stop it first")
+        for name, address in self.host_map.items():
+            if not _port_free(address, self.ssh_port):
+                raise RuntimeError(f"{address}:{self.ssh_port} is busy: another fleet lab (or sshd) runs; stop it first")
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
         self.root.mkdir(parents=True, exist_ok=True)
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "petals-ops-test", "-f", str(self.client_key)])
         shutil.copy(f"{self.client_key}.pub", self.root / "authorized_keys")
         lines, known = [], []
-        for name, address in HOSTS.items():
+        for name, address in self.host_map.items():
             host = LabHost(name, address, self.root / name)
             host.dir.mkdir()
             self.hosts[name] = host
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host.dir / "host_key")])
             host.sshd_config.write_text("\n".join([
-                f"ListenAddress {address}", f"Port {SSH_PORT}", f"HostKey {host.dir / 'host_key'}",
+                f"ListenAddress {address}", f"Port {self.ssh_port}", f"HostKey {host.dir / 'host_key'}",
                 f"PidFile {host.dir / 'sshd.pid'}", f"AuthorizedKeysFile {self.root / 'authorized_keys'}",
                 "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
                 "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", "MaxSessions 20",
                 f"SetEnv DOCKER_HOST=unix://{host.docker_sock}", "",
             ]))
-            lines += [f"Host {name}", f"  HostName {address}", f"  Port {SSH_PORT}", "  User root",
+            lines += [f"Host {name}", f"  HostName {address}", f"  Port {self.ssh_port}", "  User root",
                       f"  IdentityFile {self.client_key}", f"  UserKnownHostsFile {self.known_hosts}", ""]
             pub = (host.dir / "host_key.pub").read_text().split()
-            known.append(f"[{address}]:{SSH_PORT} {pub[0]} {pub[1]}")
+            known.append(f"[{address}]:{self.ssh_port} {pub[0]} {pub[1]}")
         self.ssh_config.write_text("\n".join(lines))
         self.known_hosts.write_text("\n".join(known) + "\n")
         try:
@@ -145,7 +149,7 @@ class FleetLab:
     def start_sshd(self, name: str) -> None:
         host = self.hosts[name]
         _run([SSHD, "-f", str(host.sshd_config)])  # daemonizes; the pid lands in its PidFile
-        _wait(lambda: (host.dir / "sshd.pid").is_file() and not _port_free(host.address, SSH_PORT), 10, f"sshd of {name}")
+        _wait(lambda: (host.dir / "sshd.pid").is_file() and not _port_free(host.address, self.ssh_port), 10, f"sshd of {name}")
         host.sshd_pid = int((host.dir / "sshd.pid").read_text())
 
     def stop_sshd(self, name: str) -> None:
@@ -215,7 +219,7 @@ class FleetLab:
     # -- inventory --------------------------------------------------------------------------------
     def server_port(self) -> int:
         for port in range(31330, 31400):
-            if all(_port_free(a, port) and _port_free(a, port + 1) for a in HOSTS.values()):
+            if all(_port_free(a, port) and _port_free(a, port + 1) for a in self.host_map.values()):
                 return port
         raise RuntimeError("no free server port in 31330..31400")
 
@@ -244,7 +248,7 @@ class FleetLab:
             server["hf_token"] = {"env": token_env}
         server.update(extra or {})
         hosts = {}
-        for (name, address), rng in zip(HOSTS.items(), blocks):
+        for (name, address), rng in zip(self.host_map.items(), blocks):
             hosts[name] = {"gpus": 0, "server": {"listen_address": address, "block_indices": [rng]}}
             hosts[name]["server"].update((host_extra or {}).get(name, {}))
         return {"ssh_config": str(self.ssh_config), "known_hosts": str(self.known_hosts), "server": server, "hosts": hosts}
@@ -292,8 +296,15 @@ def unmount_under(root: Path) -> None:
         subprocess.run(["umount", "-l", point], capture_output=True)
 
 
-def start_lab(root: Path | str | None = None) -> FleetLab:
-    return FleetLab(Path(root or tempfile.mkdtemp(prefix="petals-ops-fleet-"))).start()
+def lab_hosts(count: int) -> dict[str, str]:
+    """The first ``count`` lab hosts (a10-1 on 127.0.0.11, ...), at most five."""
+    if not 1 <= count <= len(LAB_HOSTS):
+        raise ValueError(f"the lab has 1 to {len(LAB_HOSTS)} hosts, not {count}")
+    return dict(list(LAB_HOSTS.items())[:count])
+
+
+def start_lab(root: Path | str | None = None, hosts: dict[str, str] | None = None) -> FleetLab:
+    return FleetLab(Path(root or tempfile.mkdtemp(prefix="petals-ops-fleet-")), host_map=dict(hosts or HOSTS)).start()
 
 
 def stop_lab_dir(root: Path | str) -> None:
@@ -301,7 +312,9 @@ def stop_lab_dir(root: Path | str) -> None:
     sshd, dockerd and the DHT, found through the pid files in DIR; then remove DIR."""
     root = Path(root)
     lab = FleetLab(root)
-    for name, address in HOSTS.items():
+    for name, address in LAB_HOSTS.items():
+        if name not in HOSTS and not (root / name).is_dir():
+            continue
         host = LabHost(name, address, root / name)
         if (host.dir / "sshd.pid").is_file():
             host.sshd_pid = int((host.dir / "sshd.pid").read_text())

@@ -70,6 +70,14 @@ class Prometheus:
             time.sleep(interval)
         raise AssertionError(f"{expr}: condition not met in {timeout:.0f} s; last result {result}")
 
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
     def set_targets(self, targets: list[str], timeout: float = 30.0) -> None:
         """Scrape exactly ``targets`` (host:port) under the job of monitoring/prometheus.yml."""
         tmp = self.targets_file.with_suffix(".tmp")
@@ -96,15 +104,13 @@ def make_test_config(base: Path, targets_file: Path) -> dict:
     return config
 
 
-@pytest.fixture(scope="session")
-def prometheus(tmp_path_factory):
-    if not Path(PROMETHEUS).exists():
-        pytest.fail(f"{PROMETHEUS} missing: install Debian's prometheus package (./install.sh --system)")
-    base = tmp_path_factory.mktemp("prometheus")
+def start_prometheus(base: Path, config: dict | None = None) -> Prometheus:
+    """A Prometheus on a free 127.0.0.1 port with ``config`` (default: :func:`make_test_config`), targets from
+    ``base/targets.json`` (empty at first), TSDB under ``base``. Plain code: the rehearsal uses it too."""
     targets_file = base / "targets.json"
     targets_file.write_text("[]")
     config_file = base / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump(make_test_config(base, targets_file), sort_keys=False))
+    config_file.write_text(yaml.safe_dump(config or make_test_config(base, targets_file), sort_keys=False))
     port = free_port()
     log = base / "prometheus.log"
     with open(log, "wb") as out:
@@ -114,25 +120,32 @@ def prometheus(tmp_path_factory):
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if "Ready" in http_get(f"{url}/-/ready", timeout=2):
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Prometheus did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
-        yield Prometheus(url, targets_file, proc, log)
-    finally:
-        proc.terminate()
+    prom = Prometheus(url, targets_file, proc, log)
+    deadline = time.monotonic() + 60
+    while True:
         try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            if "Ready" in http_get(f"{url}/-/ready", timeout=2):
+                return prom
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            prom.stop()
+            raise RuntimeError(f"Prometheus did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory):
+    if not Path(PROMETHEUS).exists():
+        pytest.fail(f"{PROMETHEUS} missing: install Debian's prometheus package (./install.sh --system)")
+    try:
+        prom = start_prometheus(tmp_path_factory.mktemp("prometheus"))
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    try:
+        yield prom
+    finally:
+        prom.stop()
 
 
 class ExporterProcess:

@@ -7,6 +7,7 @@ Works offline: GPU memory comes from the inventory (default: an A10 as NVML repo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shlex
 from dataclasses import asdict, dataclass, field
@@ -15,6 +16,7 @@ from typing import Sequence
 from petals_ops.errors import InputError
 from petals_ops.fleet import containers as C
 from petals_ops.fleet.inventory import Inventory
+from petals_ops.fleet.peers import swarm_note
 from petals_ops.fleet.ssh import SSHOptions, select_hosts
 from petals_ops.models import KNOWN_MODELS, resolve_model
 
@@ -51,6 +53,9 @@ class FleetPlan:
     total_blocks_assigned: int = 0
     covers_model: bool | str = False
     warnings: list[str] = field(default_factory=list)
+    as_model: str | None = None  # set by plan_as_if: the blocks per server are that model's
+    assignment: dict[str, list[str]] = field(default_factory=dict)  # plan_as_if: host -> one range per server
+    swarm: str = ""  # which swarm the servers join (the public one without initial_peers / new_swarm)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -71,15 +76,10 @@ def _memory_source(model_name: str):
                  "vocab_size": known["vocab_size"]}
 
 
-def make_plan(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts: SSHOptions | None = None) -> FleetPlan:
+def _memory_fn(source):
+    """Memoised Petals block accounting of ``source``: (torch_dtype, quant, cache tokens) -> block_memory()."""
     from petals_ops import petals_door as door
 
-    opts = opts or SSHOptions.from_inventory(inventory)
-    names = select_hosts(inventory, hosts, opts)
-    models = {inventory.server_for(h).model for h in names}
-    if len(models) != 1:
-        raise InputError("the selected hosts serve different models", fix="plan one model at a time with --hosts")
-    ref, source = _memory_source(models.pop())
     memo: dict = {}
 
     def memory(dtype, quant, tokens):
@@ -88,8 +88,30 @@ def make_plan(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts:
             memo[key] = door.block_memory(source, torch_dtype=dtype or "auto", quant_type=quant, attn_cache_tokens=tokens)
         return memo[key]
 
+    return memory
+
+
+def _blocks_that_fit(m: dict, gpu_memory_bytes: int, num_blocks: int) -> int:
+    """Petals' ``_choose_num_blocks`` arithmetic: (GPU memory - autograd reserve) / (block + its cache)."""
+    n = math.floor((gpu_memory_bytes - m["autograd_bytes"]) / (m["block_bytes"] + m["cache_bytes_per_block"]))
+    return max(0, min(n, num_blocks))
+
+
+def _one_model(inventory: Inventory, names: Sequence[str]) -> str:
+    models = {inventory.server_for(h).model for h in names}
+    if len(models) != 1:
+        raise InputError("the selected hosts serve different models", fix="plan one model at a time with --hosts")
+    return models.pop()
+
+
+def make_plan(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts: SSHOptions | None = None) -> FleetPlan:
+    opts = opts or SSHOptions.from_inventory(inventory)
+    names = select_hosts(inventory, hosts, opts)
+    ref, source = _memory_source(_one_model(inventory, names))
+    memory = _memory_fn(source)
+
     num_blocks = ref.num_blocks or memory(None, "none", None)["num_blocks"]
-    plan = FleetPlan(model=ref.name, num_blocks=num_blocks)
+    plan = FleetPlan(model=ref.name, num_blocks=num_blocks, swarm=swarm_note(inventory, names))
     held = [0] * num_blocks
     soft_total = 0
     for h in names:
@@ -105,9 +127,7 @@ def make_plan(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts:
                 for q in QUANTS:
                     fits[q] = {}
                     for t in sorted({*CACHE_SIZES, tokens}):
-                        m = memory(spec.torch_dtype, q, t)
-                        n = math.floor((hspec.gpu_memory_bytes - m["autograd_bytes"]) / (m["block_bytes"] + m["cache_bytes_per_block"]))
-                        fits[q][t] = max(0, min(n, num_blocks))
+                        fits[q][t] = _blocks_that_fit(memory(spec.torch_dtype, q, t), hspec.gpu_memory_bytes, num_blocks)
                 blocks_fit = fits[quant][tokens]
             if slot.blocks:
                 start, end = slot.blocks
@@ -138,6 +158,11 @@ def make_plan(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts:
                 gpu_memory_gib=gib, fits=fits, chosen_quant=quant, chosen_cache_tokens=tokens, blocks_fit=blocks_fit,
                 blocks=blocks, num_blocks=n, command=C.server_args(spec, slot),
             ))
+    _set_coverage(plan, held, soft_total)
+    return plan
+
+
+def _set_coverage(plan: FleetPlan, held: list[int], soft_total: int = 0) -> None:
     plan.covered = [b for b, c in enumerate(held) if c]
     plan.uncovered = [b for b, c in enumerate(held) if not c]
     if not plan.uncovered:
@@ -146,4 +171,59 @@ def make_plan(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts:
         plan.covers_model = "likely"  # enough blocks; Petals' block selection fills the weakest spans first
     else:
         plan.covers_model = False
+
+
+def plan_as_if(inventory: Inventory, hosts: Sequence[str] | None = None, *, as_model: str, quant: str = "nf4",
+               attn_cache_tokens: int | None = None, opts: SSHOptions | None = None) -> FleetPlan:
+    """Contiguous block ranges for the inventory's servers, sized as if each held ``as_model``'s real blocks.
+
+    Each server counts as one GPU of its host (``gpu_memory_bytes``, an A10 by default, also for a CPU lab
+    host) running ``as_model`` with ``quant`` and Petals' default cache: five A10 hosts and BLOOM-176B in
+    nf4 get 0:14, 14:28, ... 56:70, exactly a real fleet's ranges. Ranges follow the hosts' order; once the
+    model is covered the next server starts a second copy at block 0. The served model (a 70-block tiny
+    BLOOM in a rehearsal) must have as many blocks as ``as_model``; the commands are its servers' commands
+    with the assigned ``--block_indices``.
+    """
+    if quant not in QUANTS:
+        raise InputError(f"--quant {quant} is unknown", fix=f"use one of {', '.join(QUANTS)}")
+    opts = opts or SSHOptions.from_inventory(inventory)
+    names = select_hosts(inventory, hosts, opts)
+    served = resolve_model(_one_model(inventory, names))
+    ref, source = _memory_source(as_model)
+    memory = _memory_fn(source)
+    m = memory(None, quant, attn_cache_tokens)
+    num_blocks = ref.num_blocks or m["num_blocks"]
+    if served.num_blocks != num_blocks:
+        raise InputError(f"the inventory's model {served.name} has {served.num_blocks or 'an unknown number of'} blocks, "
+                         f"{ref.name} has {num_blocks}",
+                         fix=f"serve a model of {num_blocks} blocks (e.g. 'petals-ops model tiny DIR --layers {num_blocks}')")
+    plan = FleetPlan(model=served.name, num_blocks=num_blocks, as_model=ref.name, swarm=swarm_note(inventory, names))
+    held = [0] * num_blocks
+    cursor = 0
+    for h in names:
+        hspec, spec = inventory.host(h), inventory.server_for(h)
+        ranges = []
+        for slot in C.server_slots(h, hspec, spec):
+            fits = {q: {m["attn_cache_tokens"]: _blocks_that_fit(memory(None, q, attn_cache_tokens), hspec.gpu_memory_bytes, num_blocks)}
+                    for q in QUANTS}
+            n = fits[quant][m["attn_cache_tokens"]]
+            end = min(cursor + n, num_blocks)
+            blocks = f"{cursor}:{end}" if n else None
+            if n == 0:
+                plan.warnings.append(f"{h}/{slot.container}: not one block of {ref.name} fits ({quant})")
+            for b in range(cursor, end):
+                held[b] += 1
+            if slot.block_indices and slot.block_indices != blocks:
+                plan.warnings.append(f"{h}/{slot.container}: the inventory pins {slot.block_indices}; this plan assigns {blocks}")
+            ranges.append(blocks)
+            plan.total_blocks_assigned += end - cursor
+            plan.servers.append(ServerPlan(
+                host=h, container=slot.container, device=spec.device if slot.gpu is None else f"cuda:{slot.gpu}",
+                gpu_memory_gib=round(hspec.gpu_memory_bytes / 1024**3, 2), fits=fits, chosen_quant=quant,
+                chosen_cache_tokens=m["attn_cache_tokens"], blocks_fit=n, blocks=blocks or "none", num_blocks=end - cursor,
+                command=C.server_args(spec, dataclasses.replace(slot, block_indices=blocks, num_blocks=None)),
+            ))
+            cursor = 0 if end == num_blocks else end
+        plan.assignment[h] = ranges
+    _set_coverage(plan, held)
     return plan

@@ -1,0 +1,452 @@
+"""The dress rehearsal at BLOOM-176B's shape (issue 13): 70 blocks over N loopback hosts, an outage, its repair.
+
+Plain code shared by ``benchmarks/rehearsal.py`` (five hosts, the pre-flight check) and
+``tests/test_rehearsal.py`` (three hosts, in CI). Every step is a real ``petals-ops`` command in a
+subprocess, as an operator runs it, against the fleet lab of :mod:`tests.fixtures_fleet` (a real sshd and
+Docker engine per host, CPU servers of a tiny BLOOM with 70 blocks); the only thing absent is a GPU, so
+``plan --as-model bigscience/bloom`` sizes the ranges as if each host had one (an A10 unless told).
+
+Flow: lab -> ``model tiny --layers 70`` -> ``hosts check`` -> ``plan --as-model`` (ranges written into the
+inventory) -> exporter + Prometheus (the project's rules with short ``for:``) -> ``up`` -> ``swarm status``
+-> greedy per-token latency through 1..N hops -> ``bench gsm8k`` in flight -> outage (one host's container
+stopped) -> uncovered range, alert firing, bench errors/retries -> ``restart`` -> coverage, alert resolved ->
+the bench resumed to the end (each question exactly once) -> ``down`` and the lab stopped, nothing left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tests.fixtures_fleet import DHT_PREFIX, REPO, FleetLab, _port_free, lab_hosts
+from tests.fixtures_prometheus import MONITORING, ExporterProcess, make_test_config, start_prometheus
+
+ALERT = "PetalsModelNotFullyServed"
+AS_MODEL = "bigscience/bloom"
+A100_40GB_BYTES = 42_949_672_960  # what NVML reports for an A100-SXM4-40GB: 26 nf4 blocks of BLOOM-176B
+SSH_PORT = 2223  # not the session fleet lab's 2222: both can run in one pytest session
+
+
+def cli(*args, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """``petals-ops ARGS`` in a subprocess (this interpreter), output captured; ``check``: rc 0 or raise."""
+    env = dict(os.environ)
+    env.pop("PETALS_OPS_SWARM_DIR", None)
+    result = subprocess.run([sys.executable, "-m", "petals_ops.cli.main", *map(str, args)], check=False,
+                            capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"petals-ops {' '.join(map(str, args))} exited {result.returncode}:\n"
+                           f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def rehearsal_rules(path: Path, for_: str) -> Path:
+    """The shipped alert rules with every ``for:`` shortened to ``for_`` (the shipped file is not touched)."""
+    rules = yaml.safe_load((MONITORING / "rules" / "petals_alerts.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                rule["for"] = for_
+    path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    return path
+
+
+def memory_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def servers_rss(needle: str) -> tuple[int, int]:
+    """(count, total PSS bytes) of the Petals server processes (and their forked workers) whose command line
+    mentions ``needle`` (the lab's directory: other swarms on this machine are not ours). PSS splits shared
+    pages between the processes that share them; their p2pd daemons are not counted."""
+    count, total = 0, 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"petals_ops.serve" not in cmd or b"server" not in cmd or not any(needle.encode() in a for a in cmd):
+                continue
+            status = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        rss = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("Pss:")), 0)
+        count, total = count + 1, total + rss
+    return count, total
+
+
+class Watcher(threading.Thread):
+    """Polls Prometheus (the alert, ``petals_model_fully_served``) and memory every ``interval`` s, noting
+    when each changes, so the timeline does not depend on how long the other steps' polling takes."""
+
+    def __init__(self, prometheus, interval: float = 0.5):
+        super().__init__(daemon=True, name="rehearsal-watcher")
+        self.prometheus, self.interval = prometheus, interval
+        self.events: list[tuple[float, str, object]] = []  # (monotonic time, what, new value)
+        self.state: dict[str, object] = {}
+        self.min_available = memory_available()
+        self._stop = threading.Event()
+
+    def _note(self, what: str, value) -> None:
+        if self.state.get(what, "unset") != value:
+            self.state[what] = value
+            self.events.append((time.monotonic(), what, value))
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.min_available = min(self.min_available, memory_available())
+            try:
+                firing = self.prometheus.query(f'ALERTS{{alertname="{ALERT}",alertstate="firing"}}')
+                served = self.prometheus.value("max(petals_model_fully_served)")
+            except Exception:  # noqa: BLE001, S112 (a slow answer under load: try again next tick)
+                continue
+            self._note("alert_firing", bool(firing))
+            self._note("fully_served", served)
+
+    def first(self, what: str, value, after: float) -> float | None:
+        return next((t for t, w, v in self.events if w == what and v == value and t >= after), None)
+
+    def wait(self, what: str, value, after: float, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            t = self.first(what, value, after)
+            if t is not None:
+                return t
+            time.sleep(0.2)
+        raise RuntimeError(f"Prometheus: {what} did not become {value} within {timeout:.0f} s (now {self.state.get(what)})")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(5)
+
+
+@dataclass
+class Rehearsal:
+    """One rehearsal in ``root``. ``figures`` and ``timeline`` fill in as it runs; :meth:`run` tears
+    everything down whatever happens."""
+
+    root: Path
+    hosts: int = 5
+    gpu_memory_bytes: int | None = None  # None: an A10 (plan's default)
+    quant: str = "nf4"
+    outage_host: str | None = None  # default: the middle host
+    questions: int = 10
+    max_new_tokens: int = 12
+    alert_for: str = "5s"
+    refresh: str = "2s"
+    hop_tokens: int = 16
+    measure_hops: bool = True
+    log: object = print
+    figures: dict = field(default_factory=dict)
+    timeline: list[tuple[float, str]] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        self.lab: FleetLab | None = None
+        self.prometheus = self.exporter = self.watcher = self.bench_proc = None
+        self.t0 = time.monotonic()
+        self.mem_baseline = memory_available()
+        self.daemons: list[tuple[str, int]] = []  # (what, pid) of the lab's daemons, checked after teardown
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def mark(self, what: str, at: float | None = None) -> float:
+        at = time.monotonic() if at is None else at
+        self.timeline.append((at - self.t0, what))
+        self.log(f"[{at - self.t0:7.1f} s] {what}")
+        return at
+
+    def fleet(self, *args, **kw) -> subprocess.CompletedProcess:
+        return cli(*args, "-i", self.inventory_path, **kw)
+
+    def target(self, model: Path | None = None) -> list[str]:
+        return ["--initial-peers", self.lab.initial_peers[0], "--model", str(model or self.model), "--dht-prefix", DHT_PREFIX]
+
+    def swarm_status(self) -> dict:
+        result = cli("swarm", "status", *self.target(), "-o", "json", check=False, timeout=120)
+        if result.returncode not in (0, 1):
+            raise RuntimeError(f"swarm status exited {result.returncode}: {result.stderr[-2000:]}")
+        return json.loads(result.stdout)
+
+    def wait_coverage(self, uncovered: list[int], timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            snap = self.swarm_status()
+            if snap["uncovered_blocks"] == uncovered:
+                return snap
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"swarm status: uncovered blocks {snap['uncovered_blocks']}, expected {uncovered}")
+            time.sleep(1)
+
+    # -- steps -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.lab = FleetLab(self.root / "lab", host_map=lab_hosts(self.hosts), ssh_port=SSH_PORT)
+        self.lab.start()
+        self.mark(f"lab up: {self.hosts} hosts (sshd + dockerd each), bootstrap DHT")
+        self.model = self.lab.root / "tiny-bloom-70"
+        cli("model", "tiny", self.model, "--layers", 70, "--dht-prefix", DHT_PREFIX)
+        self.mark("model tiny --layers 70 written")
+        data = self.lab.inventory(self.model, port=self.lab.server_port(), blocks=["0:70"] * self.hosts, token_env=None)
+        for h in data["hosts"].values():  # unpinned: plan assigns the ranges
+            h["server"].pop("block_indices")
+            if self.gpu_memory_bytes:
+                h["gpu_memory_bytes"] = self.gpu_memory_bytes
+        self.inventory = data
+        self.inventory_path = self.lab.write_inventory(self.root / "petals-ops.yaml", data)
+
+    def check_and_plan(self) -> None:
+        reports = json.loads(self.fleet("hosts", "check", "-o", "json").stdout)
+        assert all(r["ok"] for r in reports) and len(reports) == self.hosts, reports
+        self.mark("hosts check: all ok")
+        plan = json.loads(self.fleet("plan", "--as-model", AS_MODEL, "--quant", self.quant, "-o", "json").stdout)
+        self.plan = plan
+        self.figures["plan_assignment"] = plan["assignment"]
+        self.figures["plan_covers_model"] = plan["covers_model"]
+        for name, ranges in plan["assignment"].items():
+            self.inventory["hosts"][name]["server"]["block_indices"] = ranges
+        self.lab.write_inventory(self.inventory_path, self.inventory)
+        pinned = json.loads(self.fleet("plan", "-o", "json").stdout)
+        self.figures["plan_uncovered"] = pinned["uncovered"]
+        self.mark(f"plan --as-model {AS_MODEL} --quant {self.quant}: "
+                  + ", ".join(f"{h} {r[0]}" for h, r in plan["assignment"].items()))
+
+    def start_monitoring(self) -> None:
+        base = self.root / "prometheus"
+        base.mkdir()
+        config = make_test_config(base, base / "targets.json")
+        config["rule_files"] = [str(rehearsal_rules(base / "rules.yml", self.alert_for))]
+        self.prometheus = start_prometheus(base, config)
+        self.exporter = ExporterProcess([*self.target(), "--refresh", self.refresh, "--inventory", str(self.inventory_path)],
+                                        self.root / "exporter.log")
+        self.prometheus.set_targets([self.exporter.address])
+        self.watcher = Watcher(self.prometheus)
+        self.watcher.start()
+        rules = self.prometheus.api("rules")["data"]["groups"]
+        assert any(r["name"] == ALERT for g in rules for r in g["rules"]), rules
+        self.mark(f"Prometheus with the rules (for: {self.alert_for}) scraping the exporter (refresh {self.refresh})")
+
+    def up(self) -> None:
+        started = self.mark("up: all hosts")
+        result = self.fleet("up", "--timeout", 900, "-o", "json", timeout=1000)
+        done = self.mark(f"up returned: every server ONLINE ({json.loads(result.stdout)['seconds']} s in up)")
+        snap = self.wait_coverage([], 120)
+        covered = self.mark("swarm status: 70 of 70 blocks covered")
+        self.figures["up_seconds"] = round(done - started, 1)
+        self.figures["full_coverage_seconds"] = round(covered - started, 1)
+        self.figures["servers_online"] = sum(1 for s in snap["servers"] if s["state"] == "ONLINE")
+        count, rss = servers_rss(str(self.lab.root))
+        self.figures["server_processes"], self.figures["servers_pss_mib"] = count, round(rss / 2**20)
+        table = cli("swarm", "status", *self.target(), timeout=120).stdout
+        (self.root / "swarm-status.txt").write_text(table)
+        t = self.watcher.wait("fully_served", 1.0, started, 120)
+        self.figures["prometheus_fully_served_seconds"] = round(t - started, 1)
+
+    def hop_latency(self) -> None:
+        ends = [int(r[0].split(":")[1]) for r in self.plan["assignment"].values() if r and r[0]]
+        out = self.root / "hops.json"
+        subprocess.run([sys.executable, "-m", "tests.rehearsal_lab", "hops", self.lab.initial_peers[0], str(self.root / "hops"),
+                        str(out), str(self.hop_tokens), *map(str, ends)], check=True, timeout=600, cwd=REPO)
+        self.figures["per_token_ms_by_hops"] = json.loads(out.read_text())
+        self.mark("greedy per-token latency through 1.." + str(len(ends)) + " hops measured")
+
+    def start_bench(self) -> None:
+        self.bench_dir = self.root / "bench"
+        self.bench_args = ["bench", "gsm8k", "--data", "arith:test", "--limit", self.questions,
+                           "--max-new-tokens", self.max_new_tokens, *self.target(), "--run-dir", self.bench_dir,
+                           "--retries", 2, "--backoff", 1, "--client-retries", 1, "--request-timeout", 10,
+                           "--timeout", 60]
+        self.bench_log = open(self.root / "bench-1.log", "w")  # noqa: SIM115 (the bench outlives this method)
+        self.bench_proc = subprocess.Popen([sys.executable, "-m", "petals_ops.cli.main", *map(str, self.bench_args)],
+                                           stdout=self.bench_log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        records = self.bench_dir / "records.jsonl"
+        deadline = time.monotonic() + 300
+        while not (records.is_file() and records.read_text().strip()):
+            if self.bench_proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bench wrote no record: {(self.root / 'bench-1.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        self.mark("bench gsm8k in flight: first question recorded")
+
+    def outage(self) -> None:
+        names = list(self.inventory["hosts"])
+        host = self.outage_host or names[len(names) // 2]
+        rng = self.plan["assignment"][host][0]
+        start, end = map(int, rng.split(":"))
+        client = self.lab.docker(host)
+        t_out = self.mark(f"OUTAGE: docker stop {host}'s server (blocks {rng})")
+        client.containers.get("petals-server-0").stop(timeout=30)
+        client.close()
+        self.mark(f"{host}'s container stopped")
+        if self.bench_proc.poll() == 0:
+            raise RuntimeError("the bench finished before the outage took effect: raise questions")
+        self.wait_coverage(list(range(start, end)), 120)
+        t_unc = self.mark(f"swarm status shows {rng} uncovered")
+        t_alert = self.watcher.wait("alert_firing", True, t_out, 180)
+        self.mark(f"Prometheus: {ALERT} firing", t_alert)
+        self.figures.update(outage_host=host, outage_blocks=rng, outage_to_uncovered_seconds=round(t_unc - t_out, 1),
+                            outage_to_alert_seconds=round(t_alert - t_out, 1))
+        self.outage_at, self.outage_host_name = t_out, host
+        # The bench must have recorded the failure (an error record, or a retried attempt), not hung.
+        deadline = time.monotonic() + 240
+        while not self._bench_saw_failure():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the bench recorded no error or retry during the outage (hung?)")
+            time.sleep(0.5)
+        self.mark("bench recorded errors/retries during the outage")
+
+    def _records(self) -> list[dict]:
+        path = self.bench_dir / "records.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+    def _bench_saw_failure(self) -> bool:
+        log = (self.root / "bench-1.log").read_text()
+        return any(r.get("error") or r.get("attempts", 1) > 1 for r in self._records()) or "retry" in log.lower()
+
+    def repair(self) -> None:
+        t_rep = self.mark(f"REPAIR: petals-ops restart --hosts {self.outage_host_name}")
+        self.fleet("restart", "--hosts", self.outage_host_name, "--timeout", 600, "-o", "json", timeout=700)
+        self.mark("restart returned: the server is ONLINE")
+        self.wait_coverage([], 180)
+        t_cov = self.mark("swarm status: 70 of 70 blocks covered again")
+        t_res = self.watcher.wait("alert_firing", False, t_rep, 180)
+        self.mark(f"Prometheus: {ALERT} resolved", t_res)
+        self.figures.update(repair_to_full_coverage_seconds=round(t_cov - t_rep, 1),
+                            repair_to_alert_resolved_seconds=round(t_res - t_rep, 1))
+
+    def finish_bench(self) -> None:
+        try:
+            rc = self.bench_proc.wait(600)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError("the bench in flight did not finish within 600 s of the repair (hung)") from None
+        self.bench_log.close()
+        self.mark(f"bench run 1 exited {rc} ({sum(1 for r in self._records() if r.get('error'))} error records)")
+        self.figures["bench_first_exit"] = rc
+        runs = 1
+        while rc != 0 and runs < 3:
+            result = cli(*self.bench_args, check=False, timeout=900)
+            (self.root / f"bench-{runs + 1}.log").write_text(result.stdout + result.stderr)
+            rc, runs = result.returncode, runs + 1
+            self.mark(f"bench resumed (run {runs}) exited {rc}")
+        records = self._records()
+        ok: dict[str, int] = {}
+        for r in records:
+            if not r.get("error"):
+                ok[r["id"]] = ok.get(r["id"], 0) + 1
+        self.figures.update(
+            bench_runs=runs, bench_final_exit=rc, bench_questions=len(ok),
+            bench_error_records=sum(1 for r in records if r.get("error")),
+            bench_retried_attempts=sum(r.get("attempts", 1) - 1 for r in records if not r.get("error")),
+            bench_each_question_once=len(ok) == self.questions and set(ok.values()) == {1},
+        )
+        if rc != 0 or not self.figures["bench_each_question_once"]:
+            raise RuntimeError(f"bench did not finish each question exactly once (exit {rc}, successes per id {ok})")
+
+    def teardown(self) -> None:
+        """Everything down in reverse order, whatever failed; then check that nothing is left running."""
+        steps = []
+        if self.bench_proc is not None and self.bench_proc.poll() is None:
+            steps.append(("bench", lambda: (os.killpg(self.bench_proc.pid, 9), self.bench_proc.wait(10))))
+        if self.lab is not None and getattr(self, "inventory_path", None) and self.lab.dht_pgid:
+            steps.append(("down", lambda: self.fleet("down", timeout=300, check=False)))
+        if self.watcher is not None:
+            steps.append(("watcher", self.watcher.stop))
+        if self.exporter is not None:
+            steps.append(("exporter", self.exporter.stop))
+        if self.prometheus is not None:
+            steps.append(("prometheus", self.prometheus.stop))
+        if self.lab is not None:
+            self.daemons = [(f"sshd of {h.name}", h.sshd_pid) for h in self.lab.hosts.values() if h.sshd_pid]
+            self.daemons += [(f"dockerd of {h.name}", h.dockerd_pgid) for h in self.lab.hosts.values() if h.dockerd_pgid]
+            self.daemons += [("bootstrap DHT", self.lab.dht_pgid)] if self.lab.dht_pgid else []
+            steps.append(("lab", self.lab.stop))
+        errors = []
+        for name, step in steps:
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 (keep tearing down)
+                errors.append(f"{name}: {e}")
+        self.figures["left_running"] = leftovers(self)
+        self.mark("torn down" + (f" (errors: {errors})" if errors else "") +
+                  (f"; LEFT RUNNING: {self.figures['left_running']}" if self.figures["left_running"] else ": nothing left running"))
+
+    def run(self) -> dict:
+        try:
+            self.start()
+            self.check_and_plan()
+            self.start_monitoring()
+            self.up()
+            if self.measure_hops:
+                self.hop_latency()
+            self.start_bench()
+            self.outage()
+            self.repair()
+            self.finish_bench()
+        finally:
+            if self.watcher is not None:  # machine-wide: other work on the machine counts too
+                self.figures["peak_memory_used_mib"] = round((self.mem_baseline - self.watcher.min_available) / 2**20)
+            self.teardown()
+            self.figures["total_seconds"] = round(time.monotonic() - self.t0, 1)
+        return self.figures
+
+
+def leftovers(rh: Rehearsal) -> list[str]:
+    """What of the rehearsal still runs: lab daemons, server processes, the exporter, Prometheus, the bench."""
+    from petals_ops.procs import pid_alive
+
+    left = [what for what, pid in rh.daemons if pid_alive(pid)]
+    if rh.lab is not None:
+        left += [f"port {a}:{SSH_PORT}" for a in rh.lab.host_map.values() if not _port_free(a, SSH_PORT)]
+        if rh.lab.root.exists():
+            left.append(f"lab dir {rh.lab.root}")
+    count, _ = servers_rss(str(rh.root))
+    if count:
+        left.append(f"{count} server process(es)")
+    for name, proc in (("exporter", getattr(rh.exporter, "proc", None)), ("prometheus", getattr(rh.prometheus, "proc", None)),
+                       ("bench", rh.bench_proc)):
+        if proc is not None and proc.poll() is None:
+            left.append(name)
+    return left
+
+
+def measure_hops(initial_peer: str, work: Path, out: Path, tokens: int, ends: list[int]) -> None:
+    """Greedy per-token latency through 1..len(ends) servers: a client model whose config has ``ends[k-1]``
+    blocks (same DHT prefix) routes through the first k servers. Median of 3 of (t(tokens) - t(1)) / (tokens - 1)."""
+    import gc
+
+    from petals_ops import generation
+    from petals_ops.models import resolve_model
+    from petals_ops.tiny_model import TinyModelSpec, make_tiny_bloom
+
+    gc.disable()  # the petals client's GC hang (a session's __del__ on the event-loop thread)
+    prompt = "Q: A baker has 12 trays of 24 muffins. How many muffins?\nA:"
+    result = {}
+    for hops, end in enumerate(ends, start=1):
+        model = make_tiny_bloom(work / f"hops-{hops}", TinyModelSpec(layers=end, dht_prefix=DHT_PREFIX))
+        with generation.load_swarm_model(resolve_model(str(model)), [initial_peer]) as loaded:
+            generation.generate(loaded, prompt, max_new_tokens=2)  # warm-up: routes, connections
+            per = []
+            for _ in range(3):
+                one = generation.generate(loaded, prompt, max_new_tokens=1).seconds
+                many = generation.generate(loaded, prompt, max_new_tokens=tokens)
+                per.append((many.seconds - one) / max(1, many.new_tokens - 1))
+                gc.collect()
+        result[str(hops)] = round(1000 * statistics.median(per), 1)
+        print(f"{hops} hop(s) (blocks 0:{end}): {result[str(hops)]} ms/token", flush=True)
+    out.write_text(json.dumps(result))
+
+
+if __name__ == "__main__":  # python -m tests.rehearsal_lab hops PEER WORKDIR OUT TOKENS END1 END2 ...
+    if sys.argv[1:2] == ["hops"]:
+        measure_hops(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]), [int(a) for a in sys.argv[6:]])
+        sys.stdout.flush()
+        os._exit(0)  # interpreter teardown with the petals client loaded can hang
+    sys.exit("usage: python -m tests.rehearsal_lab hops PEER WORKDIR OUT TOKENS END...")

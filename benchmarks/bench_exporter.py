@@ -3,7 +3,8 @@
 1. Refresh time against the number of server records: a bootstrap DHT on 127.0.0.1 holds N fake servers'
    records (N = 0, 100, 200, 400 by default; each announces a 10-block span of a 70-block BLOOM-176B-like
    model, as Petals servers do); the exporter's refresher walks it through its long-lived probe.
-2. Scrape latency p50/p99 of GET /metrics while the refresher walks the largest swarm every second.
+2. Latency p50/p99 of GET /metrics and of GET /map.json (the swarm map page's data) while the refresher
+   walks the largest swarm every second (goal: p99 under 50 ms for both at 400 servers).
 
     .venv/bin/python benchmarks/bench_exporter.py [--servers 0,100,200,400] [--scrapes 300] [--json OUT]
 """
@@ -53,8 +54,27 @@ def pct(values, q):
     return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
 
 
+def measure(exporter, url: str, servers: int, requests: int) -> dict:
+    """GET ``url`` ``requests`` times (10 ms apart) while the exporter's refresher keeps walking the swarm."""
+    lat, size = [], 0
+    refreshes_before = exporter.refresher.state.refreshes
+    started = time.monotonic()
+    for _ in range(requests):
+        t = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=10) as r:
+            size = len(r.read())
+        lat.append((time.perf_counter() - t) * 1000)
+        time.sleep(0.01)
+    return {
+        "servers": servers, "scrapes": requests, "p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2),
+        "max_ms": round(max(lat), 2), "bytes": size,
+        "refreshes_during": exporter.refresher.state.refreshes - refreshes_before,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
 def bench(server_counts: list[int], scrapes: int, refreshes: int) -> dict:
-    results = {"num_blocks": NUM_BLOCKS, "refresh": [], "scrape": None}
+    results = {"num_blocks": NUM_BLOCKS, "refresh": [], "scrape": None, "map_json": None}
     with tempfile.TemporaryDirectory(prefix="bench-exporter-") as tmp:
         work = Path(tmp)
         dht, peers = start_dht(work)
@@ -88,31 +108,17 @@ def bench(server_counts: list[int], scrapes: int, refreshes: int) -> dict:
                 results["refresh"].append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
 
-            # Scrape latency while the refresher walks the largest swarm every second.
+            # Latency of both endpoints while the refresher walks the largest swarm every second.
             n = server_counts[-1]
             model = ModelRef(name=f"bench/bloom-{n}", dht_prefix=f"bench-bloom-{n}-petals", num_blocks=NUM_BLOCKS)
             exporter = start_exporter(Refresher(peers, [model], interval=1.0), "127.0.0.1:0")
-            url = "http://{}:{}/metrics".format(*exporter.address)
+            base = "http://{}:{}".format(*exporter.address)
             try:
                 while not exporter.refresher.state.up:
                     time.sleep(0.1)
-                lat, size = [], 0
-                refreshes_before = exporter.refresher.state.refreshes
-                started = time.monotonic()
-                for _ in range(scrapes):
-                    t = time.perf_counter()
-                    with urllib.request.urlopen(url, timeout=10) as r:
-                        size = len(r.read())
-                    lat.append((time.perf_counter() - t) * 1000)
-                    time.sleep(0.01)
-                elapsed = time.monotonic() - started
-                results["scrape"] = {
-                    "servers": n, "scrapes": scrapes, "p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2),
-                    "max_ms": round(max(lat), 2), "bytes": size,
-                    "refreshes_during": exporter.refresher.state.refreshes - refreshes_before,
-                    "seconds": round(elapsed, 1),
-                }
-                print(json.dumps(results["scrape"]), file=sys.stderr, flush=True)
+                for key, path in (("scrape", "/metrics"), ("map_json", "/map.json")):
+                    results[key] = measure(exporter, base + path, n, scrapes)
+                    print(json.dumps({"endpoint": path, **results[key]}), file=sys.stderr, flush=True)
             finally:
                 exporter.close()
         finally:
@@ -133,9 +139,11 @@ def main() -> None:
     for r in results["refresh"]:
         print(f"{r['servers']:>7}  {r['records_seen']:>7}  {r['block_entries']:>13}  {r['first_refresh_s']:>12.3f}s"
               f"  {r['refresh_p50_s']:>10.3f}s  {r['refresh_max_s']:>10.3f}s")
-    s = results["scrape"]
-    print(f"scrape /metrics ({s['servers']} servers, {s['bytes']} bytes, {s['scrapes']} scrapes, "
-          f"{s['refreshes_during']} refreshes meanwhile): p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, max {s['max_ms']} ms")
+    for key, path in (("scrape", "/metrics"), ("map_json", "/map.json")):
+        s = results[key]
+        print(f"GET {path} ({s['servers']} servers, {s['bytes']} bytes, {s['scrapes']} requests, "
+              f"{s['refreshes_during']} refreshes meanwhile): p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, "
+              f"max {s['max_ms']} ms")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

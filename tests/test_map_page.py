@@ -80,12 +80,31 @@ def test_map_body_encodes_once_per_state_and_equals_map_json():
     assert map_state(state) == map_state(state)
 
 
+def test_bodies_are_encoded_before_a_state_is_published():
+    """The refresher hands each new state to the HTTP bodies before publishing it: no request encodes."""
+    from petals_ops.models import ModelRef
+    from petals_ops.monitoring.refresher import Refresher
+
+    refresher = Refresher(["/ip4/127.0.0.1/tcp/9/p2p/QmXnTFvGexkbhYVWAP95ZsSKJCG5j2xAi4vktJyRsfhnJY"],
+                          [ModelRef("m", "m-petals", 4)], interval=30)
+    refresher._walk_swarm = lambda: [snapshot(time.time())]  # no swarm here: the walk's result stands in
+    body = MapBody(lambda: refresher.state)
+    seen = []
+    refresher.before_publish.extend([lambda st: seen.append(st is refresher.state), body.prepare,
+                                     lambda st: 1 / 0])  # a failing callback is logged, not fatal
+    state = refresher.refresh_once()
+    assert seen == [False] and body._cached[0] is state
+    cached = body._cached
+    assert json.loads(body())["models"][0]["num_blocks"] == 4 and body._cached is cached
+
+
 # ------------------------------------------------------------------------------ the page, no swarm
 class StateHolder:
     """Stands in for the refresher (no DHT walk): the page test sets the state the exporter serves."""
 
     def __init__(self, state: ExporterState):
         self.state = state
+        self.before_publish = []
 
     def start(self):
         return self

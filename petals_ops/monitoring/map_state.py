@@ -106,12 +106,19 @@ class MapBody:
         self.get_state = get_state
         self._cached: tuple[ExporterState, bytes] | None = None
 
+    @staticmethod
+    def encode(state: ExporterState) -> bytes:
+        return json.dumps(map_state(state), separators=(",", ":"), allow_nan=False, default=str).encode()
+
+    def prepare(self, state: ExporterState) -> None:
+        """Encode ``state`` now (the refresher calls this before publishing it, so no request waits on it)."""
+        self._cached = (state, self.encode(state))
+
     def __call__(self, now: float | None = None) -> bytes:
         state = self.get_state()
         cached = self._cached
         if cached is None or cached[0] is not state:
-            encoded = json.dumps(map_state(state), separators=(",", ":"), allow_nan=False, default=str).encode()
-            cached = self._cached = (state, encoded)
+            cached = self._cached = (state, self.encode(state))
         now = time.time() if now is None else now
         # The clock's members + the cached object's members: map_json's object without re-encoding the bulk.
         head = json.dumps(clock(state, now), separators=(",", ":")).encode()[:-1]

@@ -106,6 +106,9 @@ class Refresher:
             containers=() if inventory is not None else None,
             fleet_ok=None,
         )
+        # Called with each new state before it is published (the HTTP server encodes its bodies there, so
+        # no request pays for it); a failing callback is logged and skipped, never fatal.
+        self.before_publish: list[Callable[[ExporterState], None]] = []
 
     # -- one refresh ----------------------------------------------------------------------------------
     def _own_from_identities(self) -> dict[str, str]:
@@ -174,11 +177,17 @@ class Refresher:
         for peer_id, host in old.own_hosts.items():
             if host in unreachable or fleet_ok is False:
                 own.setdefault(peer_id, host)
-        self.state = ExporterState(
+        new = ExporterState(
             refresh_interval=self.interval, snapshots=snapshots, own_hosts=own, containers=containers,
             fleet_ok=fleet_ok, up=up, refresh_seconds=refresh_seconds, last_success=last_success,
             refreshes=old.refreshes + 1, errors=errors, last_error=last_error,
         )
+        for prepare in self.before_publish:
+            try:
+                prepare(new)
+            except Exception:  # a request would encode it itself
+                log.exception("preparing the new state failed")
+        self.state = new
         return self.state
 
     # -- the thread -----------------------------------------------------------------------------------

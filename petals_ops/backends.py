@@ -53,7 +53,8 @@ class DecodeSession:
 
     def prefill(self, ids):
         """Feed a whole prompt (``[batch, length]``) in tasks the servers accept; the last logits."""
-        chunk = max(1, MAX_TASK_TOKENS // int(ids.shape[0]))
+        # the first chunk also carries the tuned prompts the model prepends itself (petals_ops.tune)
+        chunk = max(1, MAX_TASK_TOKENS // int(ids.shape[0]) - self._loaded.pre_seq_len)
         logits = None
         for start in range(0, int(ids.shape[1]), chunk):
             logits = self.forward(ids[:, start:start + chunk])
@@ -97,7 +98,9 @@ class Backend:
                 yield DecodeSession(self.loaded)
                 return
             server_sessions: list = []
-            with self.loaded.model.transformer.h.inference_session(max_length=max_length) as session:
+            # tuned prompts (petals_ops.tune) take pre_seq_len positions of the session
+            with self.loaded.model.transformer.h.inference_session(
+                    max_length=max_length + self.loaded.pre_seq_len) as session:
                 try:
                     yield DecodeSession(self.loaded, session)
                 finally:
@@ -138,12 +141,18 @@ class Backend:
 
 
 def open_backend(kind: str, ref: ModelRef, initial_peers: Sequence[str] = (), *, max_retries: int = 3,
-                 request_timeout: float = 60.0) -> Backend:
-    """Load ``ref`` for decoding through the swarm (``petals``) or in this process (``local``)."""
+                 request_timeout: float = 60.0, prompts=None) -> Backend:
+    """Load ``ref`` for decoding through the swarm (``petals``) or in this process (``local``);
+    ``prompts``: tuned prompts (:class:`petals_ops.tune.prompts.TunedPrompts`) the model prepends itself."""
     from petals_ops import generation
 
     if kind not in BACKENDS:
         raise InputError(f"--backend {kind} is unknown", fix="use petals or local")
+    if prompts is not None:
+        from petals_ops.tune.prompts import open_with_prompts
+
+        return Backend(open_with_prompts(kind, ref, initial_peers, prompts, max_retries=max_retries,
+                                         request_timeout=request_timeout))
     if kind == "local":
         return Backend(generation.load_local_model(ref))
     die_with_parent_in_forks()

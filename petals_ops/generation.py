@@ -29,6 +29,8 @@ class LoadedModel:
     backend: str  # "petals" or "local"
     ref: ModelRef
     initial_peers: list[str] = field(default_factory=list)
+    pre_seq_len: int = 0  # trained prompts the model prepends itself (petals_ops.tune); sessions need room for them
+    prompts_id: str | None = None  # the id of the tuned prompts loaded (petals_ops.tune.prompts), if any
 
     def close(self) -> None:
         """Release the swarm connection (DHT, p2pd) of a petals backend; a no-op for local."""
@@ -106,8 +108,11 @@ def load_swarm_model(
     *,
     max_retries: int = DEFAULT_MAX_RETRIES,
     request_timeout: float = 60.0,
+    **model_kwargs,
 ) -> LoadedModel:
-    """Connect to the swarm and load the client side (embeddings, LM head) of ``ref``."""
+    """Connect to the swarm and load the client side (embeddings, LM head) of ``ref``.
+
+    ``model_kwargs``: more for petals' ``from_pretrained`` (``tuning_mode``, ``pre_seq_len``: petals_ops.tune)."""
     from petals_ops import petals_door as door
     from transformers import AutoTokenizer
 
@@ -124,6 +129,7 @@ def load_swarm_model(
             connect_timeout=5,
             daemon_startup_timeout=30,
             show_route=False,
+            **model_kwargs,
         )
     except Exception as e:
         if "bootstrap" in str(e) or "multiaddr" in str(e) or "Daemon failed" in str(e):
@@ -201,10 +207,11 @@ def generate(
     input_ids = tok(prompt, return_tensors="pt")["input_ids"]
     if input_ids.shape[1] == 0:
         raise InputError("the prompt is empty", fix="pass some text")
-    if calculator:
+    if calculator or loaded.pre_seq_len:  # tuned prompts: the bench's loop serves both backends alike
         return _generate_with_calculator(loaded, input_ids, max_new_tokens=max_new_tokens, sample=sample,
                                          temperature=temperature, top_k=top_k, seed=seed,
-                                         num_return_sequences=num_return_sequences, on_text=on_text)
+                                         num_return_sequences=num_return_sequences, on_text=on_text,
+                                         calculator=calculator)
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=tok.pad_token_id, **generate_kwargs)
     if sample:
         kwargs.update(temperature=temperature, top_k=top_k or 0, num_return_sequences=num_return_sequences)
@@ -229,8 +236,8 @@ def generate(
 
 def _generate_with_calculator(loaded: LoadedModel, input_ids, *, max_new_tokens: int, sample: bool,
                               temperature: float, top_k: int | None, seed: int | None, num_return_sequences: int,
-                              on_text: Callable[[str], None] | None) -> Generation:
-    """``generate`` through the bench's loop with the calculator on (no stop strings; EOS still stops)."""
+                              on_text: Callable[[str], None] | None, calculator: bool = True) -> Generation:
+    """``generate`` through the bench's loop, with the calculator or tuned prompts (no stop strings; EOS stops)."""
     import secrets
 
     from petals_ops.backends import Backend
@@ -240,7 +247,7 @@ def _generate_with_calculator(loaded: LoadedModel, input_ids, *, max_new_tokens:
         sampling = Sampling(temperature, top_k or None, secrets.randbits(63) if seed is None else seed)
     else:
         sampling = Sampling()
-    spec = DecodeSpec(sampling, max_new_tokens=max_new_tokens, stops=(), calculator=True)
+    spec = DecodeSpec(sampling, max_new_tokens=max_new_tokens, stops=(), calculator=calculator)
     out = decode_batch(Backend(loaded), input_ids, list(range(num_return_sequences)), spec, "generate")
     if on_text is not None:
         on_text(out.paths[0].raw)

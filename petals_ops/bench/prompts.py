@@ -27,6 +27,7 @@ class PromptSet:
     path: str
     prefix: str
     exemplars: int
+    tuned: str | None = None  # the id of tuned prompts the model prepends (petals_ops.tune), if any
 
     @property
     def sha256(self) -> str:
@@ -34,10 +35,15 @@ class PromptSet:
 
     @property
     def prompt_id(self) -> str:
-        return f"{self.name}@{self.sha256[:12]}"
+        return f"{self.name}@{self.sha256[:12]}" + (f"+tuned@{self.tuned}" if self.tuned else "")
 
     def render(self, question: str) -> str:
+        if not self.prefix:  # 0-shot
+            return f"Q: {question}\nA:"
         return f"{self.prefix}\n\nQ: {question}\nA:"
+
+
+ZERO_SHOT = PromptSet(name="zero-shot", path="", prefix="", exemplars=0)
 
 
 def parse_prompt_text(text: str, where: str) -> str:

@@ -9,6 +9,7 @@ Records are appended by the main thread only, as each question finishes.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from petals_ops.bench.decoding import (
 )
 from petals_ops.bench.extraction import answers_equal, extract_answer
 from petals_ops.bench.methods import MethodConfig
-from petals_ops.bench.prompts import PromptSet, load_prompt_file
+from petals_ops.bench.prompts import ZERO_SHOT, PromptSet, load_prompt_file
 from petals_ops.bench.records import QuestionRecord, ScoredPath, is_record
 from petals_ops.bench.store import RunStore
 from petals_ops.errors import InputError
@@ -272,6 +273,8 @@ class BenchParams:
     sample: int | None = None
     sample_seed: int = 0
     prompt_file: str | None = None
+    zero_shot: bool = False  # no exemplars: 'Q: question\nA:' alone (with --tuned-prompts, say)
+    tuned_prompts: str | None = None  # a tune run dir or prompt file (petals_ops.tune.prompts)
     method: MethodConfig = field(default_factory=MethodConfig)
     run_dir: str = "bench-run"
     backend: str = "petals"
@@ -305,7 +308,15 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
     dataset = load_dataset(params.data)
     selection = {"offset": params.offset, "limit": params.limit, "sample": params.sample, "sample_seed": params.sample_seed}
     problems = select(dataset.problems, **selection)
-    prompt = load_prompt_file(params.prompt_file or default_prompt_for(params.data))
+    if params.zero_shot and params.prompt_file:
+        raise InputError("--zero-shot and --prompt-file were both given", fix="pass one of them")
+    prompt = ZERO_SHOT if params.zero_shot else load_prompt_file(params.prompt_file or default_prompt_for(params.data))
+    tuned = None
+    if params.tuned_prompts:
+        from petals_ops.tune.prompts import load_prompts
+
+        tuned = load_prompts(params.tuned_prompts)
+        prompt = dataclasses.replace(prompt, tuned=tuned.prompts_id)
 
     snapshot = None
     if params.backend == "petals" or params.initial_peers:
@@ -322,6 +333,11 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         model_ref = resolve_model(load_running(params.swarm_dir).model_dir)
 
     config = make_config(model_ref, prompt, cfg, dataset, selection, problems)
+    if tuned is not None:
+        from petals_ops.tune.prompts import require_compatible
+
+        require_compatible(tuned, model_ref)  # before the run dir is touched
+        config["tuned_prompts"] = {k: v for k, v in tuned.describe().items() if k != "path"}
     store = RunStore(params.run_dir)
     existing = store.open(config)
     try:
@@ -341,7 +357,7 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
 
             peers = target.initial_peers if params.backend == "petals" else ()
             with open_backend(params.backend, model_ref, peers, max_retries=params.client_retries,
-                              request_timeout=params.request_timeout) as backend:
+                              request_timeout=params.request_timeout, prompts=tuned) as backend:
                 run_info["batch_size"], run_info["batch_note"] = choose_batch_size(
                     backend, prompt, todo, cfg, opts, snapshot)
                 if on_start:

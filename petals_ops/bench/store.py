@@ -84,6 +84,18 @@ class RunStore:
             raise InputError(f"--run-dir {self.run_dir} is a file", fix="pass a directory")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._acquire()
+        try:
+            self.check_config(config, started=self.records_path)
+        except InputError:
+            self.close()
+            raise
+        self._repair()
+        self._fd = os.open(self.records_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return latest_by_id(read_records(self.run_dir))
+
+    def check_config(self, config: dict[str, Any], *, started: Path) -> None:
+        """Write ``config.json``, or refuse when the one there differs (``started``: a file that shows
+        a run began, refused without a config). Shared with the tune run dir (petals_ops.tune.store)."""
         config_path = self.run_dir / CONFIG_FILE
         if config_path.is_file():
             try:
@@ -91,25 +103,19 @@ class RunStore:
                 if not isinstance(old, dict):
                     raise ValueError("not a JSON object")
             except (ValueError, OSError, RecursionError) as e:
-                self.close()
                 raise InputError(f"--run-dir {self.run_dir}: {CONFIG_FILE} is unreadable ({e})",
                                  fix="use a new --run-dir") from e
             diffs = config_differences(old, config)
             if diffs:
-                self.close()
                 shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
                 raise InputError(
                     f"--run-dir {self.run_dir} holds a run with a different config ({shown})",
                     fix="use a new --run-dir, or the same options as that run to resume it",
                 )
         else:
-            if self.records_path.exists():
-                self.close()
-                raise InputError(f"--run-dir {self.run_dir} has records but no {CONFIG_FILE}", fix="use a new --run-dir")
+            if started.exists():
+                raise InputError(f"--run-dir {self.run_dir} has {started.name} but no {CONFIG_FILE}", fix="use a new --run-dir")
             write_json_atomic(config_path, config)
-        self._repair()
-        self._fd = os.open(self.records_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        return latest_by_id(read_records(self.run_dir))
 
     def _acquire(self) -> None:
         """A pid lock file (not flock: processes the petals client forks inherit flocks and outlive a kill -9)."""

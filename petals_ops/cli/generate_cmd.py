@@ -23,8 +23,11 @@ from petals_ops.output import info
 @click.option("--calculator", is_flag=True,
               help="Force the exact result after an arithmetic expression and '=' (the bench's decoding loop; "
                    "the text is printed at the end, the interventions on stderr).")
+@click.option("--tuned-prompts", default=None, type=click.Path(),
+              help="A 'petals-ops tune' run dir (or prompt file): the model prepends those prompts "
+                   "(the text is printed at the end).")
 def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, max_new_tokens, sample,
-             temperature, top_k, seed, max_retries, backend, calculator):
+             temperature, top_k, seed, max_retries, backend, calculator, tuned_prompts):
     """Generate text from PROMPT through the swarm (the local one by default), streamed to stdout."""
     from petals_ops import generation
     from petals_ops.errors import OpsError
@@ -43,13 +46,22 @@ def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, ma
         sys.stdout.write(text)
         sys.stdout.flush()
 
+    tuned = None
+    if tuned_prompts:
+        from petals_ops.tune.prompts import load_prompts, open_with_prompts, require_compatible
+
+        tuned = load_prompts(tuned_prompts)
+        require_compatible(tuned, target.model)
     if backend == "local":
-        loaded = generation.load_local_model(target.model)
+        loaded = generation.load_local_model(target.model) if tuned is None else \
+            open_with_prompts("local", target.model, [], tuned)
     else:
         prompt_tokens = len(generation.load_tokenizer(target.model)(prompt)["input_ids"])
         generation.require_length_fits(prompt_tokens, max_new_tokens, target.max_length)
         take_snapshot(target.initial_peers, target.model).require_full_coverage()
-        loaded = generation.load_swarm_model(target.model, target.initial_peers, max_retries=max_retries)
+        loaded = generation.load_swarm_model(target.model, target.initial_peers, max_retries=max_retries) \
+            if tuned is None else open_with_prompts("petals", target.model, target.initial_peers, tuned,
+                                                    max_retries=max_retries)
     try:
         with loaded:
             result = generation.generate(loaded, prompt, max_new_tokens=max_new_tokens, sample=sample,

@@ -74,6 +74,7 @@ def _register() -> None:
     from petals_ops.cli.exporter_cmd import exporter; cli.add_command(exporter)  # noqa: E702
     from petals_ops.cli.bench_cmds import bench; cli.add_command(bench)  # noqa: E702
     from petals_ops.cli.fleet_cmds import COMMANDS as fleet; [cli.add_command(c) for c in fleet]  # noqa: E702
+    from petals_ops.cli.tune_cmd import tune; cli.add_command(tune)  # noqa: E702
 
 
 _register()

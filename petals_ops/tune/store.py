@@ -1,0 +1,101 @@
+"""A tune run directory: ``config.json`` (the run's identity), ``checkpoint.pt`` (the state a resume starts
+from), and what a user reads: ``prompts.safetensors`` (last), ``best.safetensors`` (lowest held-out loss),
+``tune.json`` and ``loss.png``.
+
+Every file is written whole (temp file, fsync, rename): a crash or kill -9 leaves the previous checkpoint
+intact and loses at most the steps since it. The config check and the pid lock are the bench's
+(:class:`petals_ops.bench.store.RunStore`): a run dir with another config is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from petals_ops.bench.store import RunStore
+from petals_ops.errors import InputError
+from petals_ops.fsutil import write_json_atomic
+
+CHECKPOINT_FILE = "checkpoint.pt"
+TUNE_FILE = "tune.json"
+PLOT_FILE = "loss.png"
+
+
+class TuneStore(RunStore):
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_FILE
+
+    def open(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        """Create or reopen the run dir for ``config``; return the last checkpoint, or None."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise InputError(f"--run-dir {self.run_dir} is a file", fix="pass a directory")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._acquire()
+        try:
+            self.check_config(config, started=self.checkpoint_path)
+            return self._read_checkpoint()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        import torch
+
+        if not self.checkpoint_path.is_file():
+            return None
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise InputError(f"--run-dir {self.run_dir}: {CHECKPOINT_FILE} is unreadable ({type(e).__name__})",
+                             fix=f"remove {self.checkpoint_path} to start over, or use a new --run-dir") from e
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise InputError(f"--run-dir {self.run_dir}: {CHECKPOINT_FILE} is not a tune checkpoint",
+                             fix="use a new --run-dir")
+        return state
+
+    def write_checkpoint(self, state: dict[str, Any]) -> None:
+        import torch
+
+        fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=f".{CHECKPOINT_FILE}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.checkpoint_path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.run_dir / TUNE_FILE, summary)
+
+    def write_plot(self, losses: list[float], evals: list[dict[str, Any]], title: str) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(range(1, len(losses) + 1), losses, label="training loss (batch)", alpha=0.7)
+        if evals:
+            ax.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", label="held-out loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (answer tokens)")
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        path = self.run_dir / PLOT_FILE
+        fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=f".{PLOT_FILE}.", suffix=".png")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, dpi=80)
+            os.replace(tmp, path)
+        finally:
+            plt.close(fig)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path

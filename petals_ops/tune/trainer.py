@@ -1,0 +1,320 @@
+"""The training loop of ``petals-ops tune``: resumable, observable, and robust to servers that die.
+
+Each step is one forward and one backward through every server of the route (the blocks are frozen;
+only the prompt tensors on the client get gradients), then an AdamW step on the client. A step that
+fails after the petals client's own re-routing (``client_retries``) is retried whole: the peers the error
+names are banned first, so the retry takes another route; after ``step_retries`` the run stops with one
+line naming the uncovered blocks (or the error). Automatic GC is off while the loop runs and collected
+from this thread between steps (the petals client's ``__del__`` hang, see petals_ops.backends).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from petals_ops.backends import BACKENDS, Backend
+from petals_ops.errors import InputError, OpsError
+from petals_ops.tune.spec import DEFAULT_SERVERS_MAX_BATCH_SIZE, TuneSpec, check_request_size
+
+CONFIG_VERSION = 1
+MAX_BATCH_RE = re.compile(r"Task size greater than max_batch_size \((\d+)\)")
+
+
+@dataclass
+class TuneParams:
+    spec: TuneSpec = field(default_factory=TuneSpec)
+    run_dir: str = "tune-runs/gsm8k"
+    backend: str = "petals"
+    initial_peers: tuple[str, ...] = ()
+    model: str | None = None
+    dht_prefix: str | None = None
+    num_blocks: int | None = None
+    swarm_dir: str | None = None
+    client_retries: int = 3
+    request_timeout: float = 60.0
+    step_retries: int = 3
+    backoff: float = 1.0
+    servers_max_batch_size: int = DEFAULT_SERVERS_MAX_BATCH_SIZE
+
+
+@dataclass
+class StepReport:
+    step: int
+    steps: int
+    loss: float
+    tokens_per_second: float  # real (unpadded) training tokens of this invocation per second
+    eta: float
+    eval_loss: float | None = None
+    checkpoint: bool = False
+    retries: int = 0
+
+
+@dataclass
+class TuneResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def _resolve_model(params: TuneParams):
+    """(model ref, initial peers): the swarm's, or a checkpoint in-process (like bench gsm8k)."""
+    from petals_ops.models import resolve_model
+
+    if params.backend == "petals" or params.initial_peers:
+        from petals_ops.target import resolve_target
+
+        target = resolve_target(params.initial_peers, params.model, dht_prefix=params.dht_prefix,
+                                num_blocks=params.num_blocks, run_dir=params.swarm_dir)
+        return target.model, list(target.initial_peers)
+    if params.model:
+        return resolve_model(params.model, dht_prefix=params.dht_prefix, num_blocks=params.num_blocks), []
+    from petals_ops.local_swarm import load_running
+
+    return resolve_model(load_running(params.swarm_dir).model_dir), []
+
+
+def make_config(ref, spec: TuneSpec, pairs) -> dict:
+    """The identity of a run: what must match for a run dir to be resumed."""
+    return {"version": CONFIG_VERSION, "model": {"name": ref.name, "dht_prefix": ref.dht_prefix},
+            "spec": spec.to_dict(), "data": {"source": pairs.source, "sha256": pairs.sha256}}
+
+
+def run_tune(params: TuneParams, *, on_start: Callable[[dict], None] | None = None,
+             on_step: Callable[[StepReport], None] | None = None) -> TuneResult:
+    """Everything ``petals-ops tune gsm8k`` does: validate, connect, resume, train, evaluate, checkpoint."""
+    from petals_ops.tune.examples import load_pairs
+    from petals_ops.tune.store import TuneStore
+
+    spec = params.spec.validate()
+    if params.backend not in BACKENDS:
+        raise InputError(f"--backend {params.backend} is unknown", fix="use petals or local")
+    if params.step_retries < 0:
+        raise InputError(f"--step-retries {params.step_retries} must be >= 0", fix="use --step-retries 3")
+    if params.backend == "petals":
+        check_request_size(spec, params.servers_max_batch_size)
+    ref, peers = _resolve_model(params)
+    pairs = load_pairs(spec.data, spec.eval_size)
+    store = TuneStore(params.run_dir)
+    checkpoint = store.open(make_config(ref, spec, pairs))
+    try:
+        if params.backend == "petals":
+            from petals_ops.swarm_health import take_snapshot
+
+            take_snapshot(peers, ref).require_full_coverage()
+        loop = _Loop(params, spec, ref, peers, pairs, store, checkpoint)
+        if on_start:
+            on_start({"step": loop.step, "steps": spec.steps, "resumed": checkpoint is not None,
+                      "train_pairs": len(pairs.train), "held_out_pairs": len(pairs.held_out)})
+        loop.run(on_step)
+        return TuneResult(store.run_dir, loop.summary())
+    finally:
+        store.close()
+
+
+class _Loop:
+    def __init__(self, params: TuneParams, spec: TuneSpec, ref, peers, pairs, store, checkpoint):
+        self.params, self.spec, self.ref, self.peers, self.pairs, self.store = params, spec, ref, peers, pairs, store
+        state = checkpoint or {}
+        self.step = int(state.get("step", 0))
+        self.history: dict[str, Any] = state.get("history") or {
+            "losses": [], "evals": [], "forward_s": 0.0, "backward_s": 0.0, "optimizer_s": 0.0, "tokens": 0,
+            "padded_tokens": 0, "train_s": 0.0, "retries": 0, "failures": [], "resumed_at": [], "servers": []}
+        self.best: dict[str, Any] = state.get("best") or {}
+        if checkpoint is not None:
+            self.history["resumed_at"].append(self.step)
+        self._prompts = state.get("prompts")
+        self._optimizer_state = state.get("optimizer")
+        self.servers: set[str] = set(self.history["servers"])
+        self.hidden_size = None
+        self.last_id = state.get("last_id")
+
+    # --- setup -------------------------------------------------------------------------------------------
+    def _open(self):
+        import torch
+
+        from petals_ops.tune.model import init_prompts, open_tunable, prompt_parameters
+
+        loaded = open_tunable(self.params.backend, self.ref, self.peers, self.spec.mode, self.spec.pre_seq_len,
+                              max_retries=self.params.client_retries, request_timeout=self.params.request_timeout)
+        model = loaded.model
+        self.hidden_size = int(model.config.hidden_size)
+        self.params_by_name = prompt_parameters(model, self.spec.mode)
+        if self._prompts is None:
+            init_prompts(model, self.spec.mode, self.spec.seed)
+        else:
+            with torch.no_grad():
+                for key, value in self._prompts.items():
+                    self.params_by_name[key].copy_(value)
+        for p in self.params_by_name.values():
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(list(self.params_by_name.values()), lr=self.spec.lr, weight_decay=0.0)
+        if self._optimizer_state is not None:
+            self.optimizer.load_state_dict(self._optimizer_state)
+        if loaded.backend == "petals":
+            self._record_servers(model)
+        return loaded
+
+    def _record_servers(self, model) -> None:
+        """Note every peer that answered a request (petals routes inside the client; this is where it says)."""
+        manager = model.transformer.h.sequence_manager
+        original = manager.on_request_success
+
+        def on_success(peer_id):
+            self.servers.add(peer_id.to_base58() if hasattr(peer_id, "to_base58") else str(peer_id))
+            return original(peer_id)
+
+        manager.on_request_success = on_success
+
+    # --- the loop ----------------------------------------------------------------------------------------
+    def run(self, on_step) -> None:
+        from petals_ops.tune.examples import collate
+
+        if self.step >= self.spec.steps:
+            return
+        loaded = self._open()
+        backend = Backend(loaded)
+        started, tokens_now = time.monotonic(), 0
+        try:
+            with backend.quiet_gc():
+                while self.step < self.spec.steps:
+                    step = self.step + 1
+                    ids, labels, real = collate(loaded.tokenizer, self.pairs.batch(step, self.spec.batch_size,
+                                                                                   self.spec.seed), self.spec.max_length)
+                    loss, retries = self._train_step(backend, step, ids, labels)
+                    backend.collect()
+                    self.step = step
+                    self.history["losses"].append(round(loss, 5))
+                    self.history["tokens"] += real
+                    self.history["padded_tokens"] += int(ids.numel())
+                    tokens_now += real
+                    report = StepReport(step, self.spec.steps, loss, 0.0, 0.0, retries=retries)
+                    if step % self.spec.eval_every == 0 or step == self.spec.steps:
+                        report.eval_loss = self._evaluate(backend)
+                        backend.collect()
+                    if step % self.spec.checkpoint_every == 0 or step == self.spec.steps:
+                        self._checkpoint()
+                        report.checkpoint = True
+                    elapsed = time.monotonic() - started
+                    report.tokens_per_second = tokens_now / elapsed if elapsed > 0 else 0.0
+                    done_now = step - (self.history["resumed_at"][-1] if self.history["resumed_at"] else 0)
+                    report.eta = elapsed / max(done_now, 1) * (self.spec.steps - step)
+                    if on_step:
+                        on_step(report)
+        finally:
+            loaded.close()
+
+    def _train_step(self, backend: Backend, step: int, ids, labels) -> tuple[float, int]:
+        from petals_ops.tune.model import step_loss
+
+        failures = []
+        for attempt in range(1, self.params.step_retries + 2):
+            try:
+                self.optimizer.zero_grad(set_to_none=True)
+                t0 = time.monotonic()
+                loss = step_loss(backend.loaded.model, ids, labels)
+                t1 = time.monotonic()
+                loss.backward()
+                t2 = time.monotonic()
+                self.optimizer.step()
+                t3 = time.monotonic()
+            except Exception as e:  # noqa: BLE001 (a server died or refused: ban it, retry on another route)
+                backend.collect()
+                self._fail(backend, step, attempt, e, failures)
+                continue
+            self.history["forward_s"] += t1 - t0
+            self.history["backward_s"] += t2 - t1
+            self.history["optimizer_s"] += t3 - t2
+            self.history["train_s"] += t3 - t0
+            self.history["retries"] += attempt - 1
+            return float(loss.detach()), attempt - 1
+        raise AssertionError("unreachable")
+
+    def _fail(self, backend: Backend, step: int, attempt: int, error: Exception, failures: list[str]) -> None:
+        text = " ".join(str(error).split())
+        too_big = MAX_BATCH_RE.search(text)
+        if too_big:
+            raise InputError(f"the servers refused a training request: max_batch_size {too_big[1]} tokens",
+                             fix="lower --batch-size or --max-length (and pass --servers-max-batch-size "
+                                 f"{too_big[1]})") from error
+        if backend.name != "petals":
+            raise error
+        failures.append(f"{type(error).__name__}: {text[:200]}")
+        try:
+            banned = backend.after_failure(error)
+        except Exception:  # noqa: BLE001 (best effort; the retry still happens)
+            banned = []
+        self.history["failures"].append({"step": step, "attempt": attempt, "error": failures[-1], "banned": banned})
+        if attempt > self.params.step_retries:
+            from petals_ops.swarm_health import take_snapshot
+
+            take_snapshot(self.peers, self.ref).require_full_coverage()  # names the missing blocks, if any
+            raise OpsError(f"training step {step} failed {attempt} times through the swarm (last: {failures[-1]})",
+                           fix="check 'petals-ops swarm status'; the same command resumes from the last checkpoint")
+        time.sleep(min(30.0, self.params.backoff * 2 ** (attempt - 1)))
+
+    def _evaluate(self, backend: Backend) -> float:
+        """Mean loss per answer token on the held-out slice (no gradients)."""
+        import torch
+
+        from petals_ops.tune.examples import collate
+        from petals_ops.tune.model import step_loss
+
+        total, count = 0.0, 0
+        held = self.pairs.held_out
+        for start in range(0, len(held), self.spec.batch_size):
+            ids, labels, _ = collate(backend.tokenizer, held[start:start + self.spec.batch_size], self.spec.max_length)
+            n = int((labels[:, 1:] != -100).sum())
+            for attempt in range(1, self.params.step_retries + 2):
+                try:
+                    with torch.no_grad():
+                        loss = float(step_loss(backend.loaded.model, ids, labels))
+                    break
+                except Exception as e:  # noqa: BLE001
+                    backend.collect()
+                    self._fail(backend, self.step, attempt, e, [])
+            total, count = total + loss * n, count + n
+        value = round(total / max(count, 1), 5)
+        self.history["evals"].append({"step": self.step, "loss": value})
+        if not self.best or value < self.best["eval_loss"]:
+            from petals_ops.tune.prompts import BEST_FILE, save_prompts
+
+            pid = save_prompts(self.store.run_dir / BEST_FILE, self.params_by_name, mode=self.spec.mode, ref=self.ref,
+                               hidden_size=self.hidden_size, step=self.step)
+            self.best = {"step": self.step, "eval_loss": value, "id": pid}
+        return value
+
+    def _checkpoint(self) -> None:
+        from petals_ops.tune.prompts import LAST_FILE, save_prompts
+
+        self.history["servers"] = sorted(self.servers)
+        self.last_id = save_prompts(self.store.run_dir / LAST_FILE, self.params_by_name, mode=self.spec.mode,
+                                    ref=self.ref, hidden_size=self.hidden_size, step=self.step)
+        self.store.write_checkpoint({
+            "step": self.step, "history": self.history, "best": self.best, "last_id": self.last_id,
+            "prompts": {k: v.detach().clone() for k, v in self.params_by_name.items()},
+            "optimizer": self.optimizer.state_dict()})
+        self.store.write_summary(self.summary())
+        self.store.write_plot(self.history["losses"], self.history["evals"],
+                              f"{self.spec.mode} N={self.spec.pre_seq_len} on {self.pairs.source}")
+
+    def summary(self) -> dict[str, Any]:
+        h = self.history
+        train_s = h["train_s"]
+        return {
+            "model": self.ref.name, "dht_prefix": self.ref.dht_prefix, "backend": self.params.backend,
+            "mode": self.spec.mode, "pre_seq_len": self.spec.pre_seq_len,
+            "data": {"source": self.pairs.source, "sha256": self.pairs.sha256, "train_pairs": len(self.pairs.train),
+                     "held_out_pairs": len(self.pairs.held_out)},
+            "hyperparameters": self.spec.to_dict(), "step": self.step, "steps": self.spec.steps,
+            "losses": h["losses"], "evals": h["evals"], "best": self.best, "prompts_id": self.last_id,
+            "servers": sorted(self.servers), "resumed_at": h["resumed_at"], "retries": h["retries"],
+            "failures": h["failures"][-20:],
+            "timing": {"forward_s": round(h["forward_s"], 3), "backward_s": round(h["backward_s"], 3),
+                       "optimizer_s": round(h["optimizer_s"], 3), "train_s": round(train_s, 3),
+                       "tokens": h["tokens"], "padded_tokens": h["padded_tokens"],
+                       "tokens_per_second": round(h["tokens"] / train_s, 1) if train_s else None},
+        }

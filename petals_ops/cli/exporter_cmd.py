@@ -1,4 +1,4 @@
-"""``petals-ops exporter``: serve the swarm's health (and our containers') to Prometheus."""
+"""``petals-ops exporter``: serve the swarm's health (and our containers') to Prometheus and as a map page."""
 
 import click
 
@@ -9,19 +9,21 @@ from petals_ops.output import info
 @click.command()
 @swarm_target_options(multiple_models=True)
 @click.option("--listen", default="127.0.0.1:9469", show_default=True, envvar="PETALS_OPS_EXPORTER_LISTEN",
-              help="HOST:PORT to serve /metrics on (0.0.0.0:9469 for every interface).")
+              help="HOST:PORT to serve / (the map), /map.json and /metrics on (0.0.0.0:9469 for every interface).")
 @click.option("--refresh", default="30s", show_default=True, envvar="PETALS_OPS_EXPORTER_REFRESH",
               help="How often to walk the DHT (e.g. 30s, 1m). Scrapes in between serve the latest walk.")
 @click.option("--inventory", type=click.Path(dir_okay=False), default=None, envvar="PETALS_OPS_INVENTORY",
               help="Fleet inventory: also export our containers (running, restarts, last exit code) and "
                    "label our servers with their host.")
 def exporter(initial_peers, model, dht_prefix, num_blocks, swarm_dir, listen, refresh, inventory):
-    """Prometheus exporter of swarm health: coverage per block, servers, our nodes.
+    """Prometheus exporter of swarm health, and a live swarm map page for people.
 
     \b
     Walks the DHT every --refresh in the background; each scrape of /metrics serves the latest walk
-    and its age (petals_exporter_snapshot_age_seconds). Monitors the local swarm unless
-    --initial-peers and --model are given. Metrics: docs/monitoring.md. Stop with Ctrl-C or SIGTERM.
+    and its age (petals_exporter_snapshot_age_seconds). / is a map of servers x blocks per model that
+    redraws itself (our servers marked, from --inventory or the local swarm); /map.json is its data.
+    Monitors the local swarm unless --initial-peers and --model are given. Metrics: docs/monitoring.md.
+    Stop with Ctrl-C or SIGTERM.
     """
     from petals_ops.monitoring.refresher import Refresher, load_fleet_api, local_identities
     from petals_ops.monitoring.server import parse_duration, parse_listen, run_until_signalled, start_exporter
@@ -42,7 +44,8 @@ def exporter(initial_peers, model, dht_prefix, num_blocks, swarm_dir, listen, re
     running = start_exporter(refresher, listen)
     host, port = running.address
     models = ", ".join(t.model.dht_prefix for t in targets)
-    info(f"exporter serving http://{host}:{port}/metrics for {models} (DHT walk every {interval:g} s); "
-         f"stop with Ctrl-C or SIGTERM")
+    shown = f"[{host}]" if ":" in host else host
+    info(f"exporter serving the swarm map at http://{shown}:{port}/ and metrics at /metrics for {models} "
+         f"(DHT walk every {interval:g} s); stop with Ctrl-C or SIGTERM")
     run_until_signalled(running, on_stop=lambda name: info(f"{name}: stopping the exporter"))
     info("exporter stopped")

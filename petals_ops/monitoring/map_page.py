@@ -29,6 +29,7 @@ table.grid tr.srv:hover { background: #f3f6f8; }
 .F { background: repeating-linear-gradient(45deg, var(--off), var(--off) 2px, #f4c7c1 2px, #f4c7c1 4px); }
 .A { background: var(--absent); } .A.U { background: #f6d5d1; }
 .ours { background: #1f5fa8; color: #fff; border-radius: 3px; padding: 0 4px; font-size: 11px; margin-left: 4px; }
+.clip { display: inline-block; max-width: 12em; overflow: hidden; text-overflow: ellipsis; vertical-align: bottom; }
 .name { display: inline-block; max-width: 18em; overflow: hidden; text-overflow: ellipsis; vertical-align: bottom; }
 .peer { color: var(--muted); font-family: ui-monospace, monospace; font-size: 11px; margin-left: 4px; }
 .num { text-align: right !important; font-variant-numeric: tabular-nums; }
@@ -131,9 +132,11 @@ function drawModel(m) {
     tr.appendChild(el("td", "num", s.start_block + ":" + s.end_block));
     tr.appendChild(el("td", "num", fmtNum(s.throughput, 1)));
     tr.appendChild(el("td", "num", s.cache_tokens_left === null ? "?" : s.cache_tokens_left));
-    tr.appendChild(el("td", null, s.version || "?"));
-    tr.appendChild(el("td", null, s.torch_dtype || "?"));
-    tr.appendChild(el("td", null, s.quant_type || "?"));
+    for (const text of [s.version, s.torch_dtype, s.quant_type]) {  // announced: clipped, full text on hover
+      const td = el("td"), span = td.appendChild(el("span", "clip", text || "?"));
+      if (text) span.title = text;
+      tr.appendChild(td);
+    }
     tr.appendChild(el("td", null, s.using_relay === null ? "?" : (s.using_relay ? "relay" : "direct")));
     table.appendChild(tr);
   }

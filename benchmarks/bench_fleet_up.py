@@ -42,9 +42,9 @@ def main() -> None:
             down(inv, opts=opts)
             started = time.monotonic()
             for hosts in batches:
-                result = apply(inv, hosts, opts=opts, timeout=args.timeout)
-                if result.exit_code != 0:
-                    raise SystemExit(f"up failed: {result.rows()}")
+                results = apply(inv, hosts, opts=opts, timeout=args.timeout).host_results()
+                if not all(r.ok for r in results):
+                    raise SystemExit(f"up failed: {[r.error for r in results if not r.ok]}")
             return time.monotonic() - started
 
         par, seq = [], []

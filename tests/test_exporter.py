@@ -126,17 +126,18 @@ def test_render_values_and_conventions():
     assert got[("petals_model_fully_served", m)] == 0
     assert got[("petals_model_servers", m + (("state", "JOINING"),))] == 1
     assert got[("petals_block_online_servers", (("block", "1"), ("model", "m-petals")))] == 1
-    a = (("host", "a10-1"), ("model", "m-petals"), ("peer_id", "QmA"), ("public_name", "a10-1"))
+    a = (("host", "a10-1"), ("model", "m-petals"), ("peer_id", "QmA"))  # public_name: on the info metric only
     assert got[("petals_server_state", a + (("state", "ONLINE"),))] == 1
     assert got[("petals_server_state", a + (("state", "OFFLINE"),))] == 0
     assert got[("petals_server_first_block", a)] == 0 and got[("petals_server_last_block", a)] == 1
     assert got[("petals_server_throughput_tokens_per_second", a)] == 12.5
     assert got[("petals_server_cache_left_tokens", a)] == 4096
-    info = dict(a + (("quant_type", "none"), ("torch_dtype", "float32"), ("using_relay", "false"),
+    info = dict(a + (("public_name", "a10-1"), ("quant_type", "none"), ("torch_dtype", "float32"), ("using_relay", "false"),
                      ("version", "2.2.0.post1")))
     assert got[("petals_server_info", tuple(sorted(info.items())))] == 1
-    b = (("host", ""), ("model", "m-petals"), ("peer_id", "QmB"), ("public_name", ""))
+    b = (("host", ""), ("model", "m-petals"), ("peer_id", "QmB"))
     assert ("petals_server_cache_left_tokens", b) not in got  # unknown, not 0
+    assert not [k for k in got if k[0] != "petals_server_info" and "public_name" in dict(k[1])]
     assert got[("petals_own_server_online", (("host", "a10-1"), ("peer_id", "QmA")))] == 1
     assert got[("petals_own_server_online", (("host", "a10-9"), ("peer_id", "QmGone")))] == 0  # absent = not ONLINE
     assert got[("petals_exporter_up", ())] == 1

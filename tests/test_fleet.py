@@ -53,22 +53,34 @@ def containers(lab, host):
     return {c.name: c for c in lab.docker(host).containers.list(all=True)}
 
 
+def hosts_of(stdout: str) -> dict:
+    """host -> its result (the one shape of every fleet command: host, ok, changed, error, rows)."""
+    return {h["host"]: h for h in json.loads(stdout)["hosts"]}
+
+
 def rows_by_host(stdout: str) -> dict:
-    return {r["host"]: r for r in json.loads(stdout)["servers"]}
+    """host -> its one server row (each lab host runs one server)."""
+    return {h: r["rows"][0] for h, r in hosts_of(stdout).items()}
+
+
+def container_entries(statuses) -> list:
+    from petals_ops.fleet.status import ContainerStatus
+
+    return [s for s in statuses if isinstance(s, ContainerStatus)]
 
 
 # ---------------------------------------------------------------------------------------------------
 def test_hosts_check_reports_what_is_there(fleet, run_cli):
     result = fleet.cli(run_cli, "hosts", "check", "-o", "json")
     assert result.returncode == 0, result.stderr + result.stdout
-    reports = {r["host"]: r for r in json.loads(result.stdout)}
+    reports = hosts_of(result.stdout)
     assert set(reports) == {"a10-1", "a10-2"}
     for r in reports.values():
-        checks = {c["name"]: c for c in r["checks"]}
-        assert r["ok"] and r["reachable"]
+        checks = {c["check"]: c for c in r["rows"]}
+        assert r["ok"] and r["error"] is None and r["changed"] == []
         assert checks["docker running"]["ok"] and "20.10" in checks["docker running"]["detail"]
         assert checks["user can reach docker"]["ok"]
-        assert r["facts"]["gpus"] == [] and "none" in checks["gpus"]["detail"]  # the one absent part: GPUs
+        assert checks["gpus"]["fact"] == [] and "none" in checks["gpus"]["detail"]  # the one absent part: GPUs
         assert "not needed" in checks["nvidia container toolkit"]["detail"]
         assert any(name.startswith("port ") and c["ok"] for name, c in checks.items())
     # Expecting a GPU where there is none fails that check, by name, with exit code 1 (both hosts fail).
@@ -109,18 +121,19 @@ def test_provision_checks_and_dry_run(fleet, run_cli):
     """apt cannot run here: the checks run against the real hosts, the changes only as a --dry-run plan."""
     result = fleet.cli(run_cli, "provision", "--dry-run", "-o", "json")
     assert result.returncode == 0, result.stderr
-    for r in json.loads(result.stdout):
-        steps = {s["name"]: s for s in r["steps"]}
+    for r in json.loads(result.stdout)["hosts"]:
+        steps = {s["step"]: s for s in r["rows"]}
         assert steps["docker"]["status"] == "ok" and steps["docker group"]["status"] == "ok"
         assert steps["toolkit package"]["status"] == "skipped" and not r["changed"]
     gpu = fleet.variant("gpu-prov.yaml", lambda d: [h.update(gpus=1) or h["server"].pop("block_indices")
                                                       for h in d["hosts"].values()] and d["server"].update(device="cuda"))
     result = fleet.cli(run_cli, "provision", "--dry-run", "--hosts", "a10-1", "-o", "json", inventory=gpu)
-    [r] = json.loads(result.stdout)
-    steps = {s["name"]: s for s in r["steps"]}
+    [r] = json.loads(result.stdout)["hosts"]
+    steps = {s["step"]: s for s in r["rows"]}
     assert steps["toolkit repository"]["status"] == "would-change" and "nvidia.github.io" in steps["toolkit repository"]["commands"][0]
     assert steps["toolkit package"]["status"] == "would-change"
     assert steps["docker nvidia runtime"]["status"] == "would-change" and steps["nvidia driver"]["status"] == "manual"
+    assert "toolkit package: nvidia-container-toolkit not installed" in r["changed"] and not r["ok"]
     assert not Path("/etc/apt/sources.list.d/nvidia-container-toolkit.list").exists()  # dry run changed nothing
     # For real, on this Debian host, it refuses to apply instead of half-installing.
     result = fleet.cli(run_cli, "provision", "--hosts", "a10-1", inventory=gpu)
@@ -175,6 +188,10 @@ def test_changed_setting_recreates_only_that_container(fleet, run_cli):
     fleet.lab.write_inventory(fleet.path, fleet.data)
     dry = fleet.cli(run_cli, "up", "--dry-run", "-o", "json")
     assert {h: r["action"] for h, r in rows_by_host(dry.stdout).items()} == {"a10-1": "unchanged", "a10-2": "would-recreate"}
+    assert {h: r["changed"] for h, r in hosts_of(dry.stdout).items()} == {
+        "a10-1": [], "a10-2": ["petals-server-0: recreate (configuration changed)"]}
+    table = fleet.cli(run_cli, "up", "--dry-run")  # people see the computed changes
+    assert table.returncode == 0 and "a10-2: petals-server-0: recreate (configuration changed)" in table.stdout
     result = fleet.cli(run_cli, "up", "-o", "json", "--timeout", "300")
     assert result.returncode == 0, result.stderr + result.stdout
     rows = rows_by_host(result.stdout)
@@ -190,11 +207,15 @@ def test_status_and_the_exporter_interface(fleet, run_cli):
 
     result = fleet.cli(run_cli, "status", "-o", "json")
     assert result.returncode == 0, result.stderr
-    rows = {r["host"]: r for r in json.loads(result.stdout)["containers"]}
+    data = json.loads(result.stdout)
+    rows = rows_by_host(result.stdout)
     for host, peer in fleet.peers.items():
         assert rows[host]["running"] and rows[host]["peer_id"] == peer and rows[host]["dht_state"] == "ONLINE"
     assert rows["a10-1"]["dht_blocks"] == "0:2" and rows["a10-2"]["dht_blocks"] == "2:4"
-    statuses = container_statuses(load_inventory(fleet.path))
+    # GPUs: the lab hosts have no nvidia-smi, and say so (the inventory expects none: gpus 0, device cpu).
+    assert {(g["host"], g["state"], g["expected"]) for g in data["gpus"]} == {
+        ("a10-1", "no_nvidia_smi", 0), ("a10-2", "no_nvidia_smi", 0)}
+    statuses = container_entries(container_statuses(load_inventory(fleet.path)))
     assert sorted((s.host, s.container, s.running, s.peer_id, s.error) for s in statuses) == [
         ("a10-1", "petals-server-0", True, fleet.peers["a10-1"], None),
         ("a10-2", "petals-server-0", True, fleet.peers["a10-2"], None)]
@@ -211,7 +232,7 @@ def test_restart_keeps_the_peer_id(fleet, run_cli):
     started = containers(fleet.lab, "a10-1")["petals-server-0"].attrs["State"]["StartedAt"]
     result = fleet.cli(run_cli, "restart", "--hosts", "a10-1", "-o", "json", "--timeout", "300")
     assert result.returncode == 0, result.stderr + result.stdout
-    [row] = json.loads(result.stdout)["servers"]
+    [row] = rows_by_host(result.stdout).values()
     assert (row["action"], row["peer_id"], row["dht_state"]) == ("restarted", fleet.peers["a10-1"], "ONLINE")
     assert containers(fleet.lab, "a10-1")["petals-server-0"].attrs["State"]["StartedAt"] != started  # really restarted
 
@@ -224,18 +245,18 @@ def test_one_host_down_partial_failure(fleet, run_cli):
     assert down.returncode == 0, down.stderr
     empty = fleet.cli(run_cli, "status", "-o", "json")  # a reachable host without servers is a failure too
     assert empty.returncode == 3 and "a10-2" in empty.stderr, empty.stderr
-    rows = {r["host"]: r for r in json.loads(empty.stdout)["containers"]}
-    assert "no petals-ops containers" in rows["a10-2"]["error"] and rows["a10-1"]["running"]
+    hosts = hosts_of(empty.stdout)
+    assert "no petals-ops containers" in hosts["a10-2"]["error"] and hosts["a10-1"]["rows"][0]["running"]
     fleet.lab.stop_sshd("a10-1")
     try:
         result = fleet.cli(run_cli, "up", "--timeout", "300")
         assert_one_line_error(result, "up failed on 1 of 2", "a10-1", "connection refused", code=3)
         lines = {line.split()[1]: line for line in result.stdout.splitlines() if re.match(r"^│ a10-\d", line)}
-        assert "failed" in lines["a10-1"] and "FAILED" in lines["a10-1"]
+        assert "FAILED" in lines["a10-1"] and "connection refused" in result.stdout
         assert "created" in lines["a10-2"] and "ONLINE" in lines["a10-2"]
         status = fleet.cli(run_cli, "status")
         assert status.returncode == 3 and "a10-1" in status.stderr
-        statuses = {s.host: s for s in container_statuses(load_inventory(fleet.path))}
+        statuses = {s.host: s for s in container_entries(container_statuses(load_inventory(fleet.path)))}
         assert statuses["a10-1"].error and "connection refused" in statuses["a10-1"].error
         assert statuses["a10-2"].running and statuses["a10-2"].peer_id == fleet.peers["a10-2"]
     finally:

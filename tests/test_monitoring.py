@@ -36,10 +36,12 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([PROMTOOL, *args], check=False, capture_output=True, text=True, timeout=120, cwd=MONITORING)
 
 
-def dashboard_exprs() -> list[str]:
-    """Every PromQL expression of the dashboard, with Grafana's variables given concrete values."""
+def dashboard_exprs(gpu: bool | None = False) -> list[str]:
+    """Every PromQL expression of the dashboard (``gpu``: only the GPU row's, False: all but those, None:
+    all), with Grafana's variables given concrete values."""
     dash = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])
+             if gpu is None or ("_gpu_" in t["expr"]) == gpu]
     return [e.replace("$__rate_interval", "30s").replace("$model", ".*") for e in exprs]
 
 
@@ -72,6 +74,13 @@ def test_grafana_provisioning_and_compose():
     assert (MONITORING / mounts[provider["options"]["path"]] / DASHBOARD.name).is_file()
     assert (MONITORING / mounts["/etc/grafana/provisioning"] / "datasources").is_dir()
     assert {"exporter", "prometheus", "grafana"} <= set(compose["services"])
+    # The GPU exporter: a compose service for GPU hosts (profile gpu) and a Prometheus job scraping it.
+    assert compose["services"]["dcgm-exporter"]["profiles"] == ["gpu"]
+    assert "dcgm-exporter" in compose["services"]["dcgm-exporter"]["image"]
+    jobs = {j["job_name"]: j for j in yaml.safe_load((MONITORING / "prometheus.yml").read_text())["scrape_configs"]}
+    assert jobs["dcgm"]["file_sd_configs"][0]["files"] == ["targets/dcgm*.yml"]
+    assert "./targets:/etc/prometheus/targets:ro" in compose["services"]["prometheus"]["volumes"]
+    assert any(p["type"] == "row" and "GPU" in p["title"] for p in json.loads(DASHBOARD.read_text())["panels"])
     dash = json.loads(DASHBOARD.read_text())
     assert dash["uid"] and dash["id"] is None
     ids = [p["id"] for p in dash["panels"]]
@@ -248,3 +257,63 @@ def test_inventory_errors_are_one_line(local_swarm, run_cli, tmp_path):
                      timeout=60)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------- GPU health
+def test_gpu_metrics_dashboard_and_alerts_in_prometheus(prometheus, tmp_path):
+    """No GPU here: the exposition is what the exporter renders for nvidia-smi outputs kept in
+    tests/data/nvidia-smi (a healthy A10, two A100s one of them full, a GPU fallen off the bus), served by a
+    plain HTTP server. Prometheus scrapes it: the dashboard's GPU row has data, the GPU alerts go pending."""
+    import http.server
+    import threading
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from petals_ops.fleet.gpu import parse_query
+    from petals_ops.monitoring.collector import SwarmCollector
+    from petals_ops.monitoring.refresher import ExporterState
+
+    data = Path(__file__).parent / "data" / "nvidia-smi"
+    gpus = (parse_query("a10-1", (data / "healthy_a10.txt").read_text(), 0, expected=1),
+            parse_query("a100-1", (data / "healthy_2xa100_one_full.txt").read_text(), 0, expected=2),
+            parse_query("a10-2", (data / "fallen_off_bus.txt").read_text(), 15, expected=1))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SwarmCollector(lambda: ExporterState(refresh_interval=30, containers=gpus, fleet_ok=True)))
+    body = generate_latest(registry)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        prometheus.set_targets([f"127.0.0.1:{server.server_address[1]}"])
+        prometheus.wait_for("petals_gpu_lost", lambda r: bool(r), 30)
+        time.sleep(3)  # a few samples
+        for expr in dashboard_exprs(gpu=True):
+            assert prometheus.query(expr), f"dashboard GPU query returned no data: {expr}"
+        lost = prometheus.query(rule_exprs()["PetalsGpuFallenOffBus"])
+        assert [(r["metric"]["host"], r["metric"]["bus_id"]) for r in lost] == [("a10-2", "0000:00:1E.0")]
+        missing = prometheus.query(rule_exprs()["PetalsGpuMissing"])
+        assert [r["metric"]["host"] for r in missing] == ["a10-2"]
+        full = prometheus.query(rule_exprs()["PetalsGpuOutOfMemory"])
+        assert [(r["metric"]["host"], r["metric"]["gpu"]) for r in full] == [("a100-1", "0")]
+
+        def pending(result):
+            names = {a["labels"]["alertname"] for a in result["data"]["alerts"] if a["state"] in ("pending", "firing")}
+            return {"PetalsGpuFallenOffBus", "PetalsGpuMissing", "PetalsGpuOutOfMemory"} <= names
+
+        deadline = time.monotonic() + 30
+        while not pending(prometheus.api("alerts")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert pending(prometheus.api("alerts")), prometheus.api("alerts")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -6,13 +6,14 @@ failed, 2 bad input, 3 some hosts failed). fabric, docker and petals load inside
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import click
 
 from petals_ops.cli.options import POSITIVE
 from petals_ops.cli.progress import block_progress
-from petals_ops.errors import EXIT_OK, EXIT_PARTIAL, OpsError, PartialFailure, redact
+from petals_ops.errors import redact
 from petals_ops.output import OUTPUT_OPTION, emit_json, render_table
 
 
@@ -43,18 +44,6 @@ def _load(inventory, accept_new_host_keys):
     return inv, SSHOptions.from_inventory(inv, accept_new_host_keys=accept_new_host_keys)
 
 
-def _finish(oks: list[bool], failures: list[str], what: str) -> None:
-    from petals_ops.fleet.parallel import exit_code
-
-    code = exit_code(oks)
-    if code == EXIT_OK:
-        return
-    summary = f"{what} failed on {len(failures)} of {len(oks)} host(s): {'; '.join(failures)}"
-    if code == EXIT_PARTIAL:
-        raise PartialFailure(summary, fix="the other hosts are done; fix the failing ones and run it again")
-    raise OpsError(summary, fix="fix the hosts and run it again")
-
-
 # ---------------------------------------------------------------------------------------------------
 @click.group("hosts")
 def hosts_group():
@@ -70,27 +59,11 @@ def hosts_check(inventory, hosts, accept_new_host_keys, output):
     Exit code 1/3 when any host fails a check (3: some hosts are fine).
     """
     from petals_ops.fleet.hostcheck import check_hosts
+    from petals_ops.fleet.result import report
 
     inv, opts = _load(inventory, accept_new_host_keys)
-    reports = check_hosts(inv, hosts, opts=opts)
-    if output == "json":
-        emit_json([r.to_dict() for r in reports])
-    else:
-        names = []
-        for r in reports:
-            names += [c.name for c in r.checks if c.name not in names]
-        rows = []
-        for name in names:
-            row = [name]
-            for r in reports:
-                c = r.check(name)
-                row.append("" if c is None else f"{'ok' if c.ok else 'FAIL'}: {c.detail}")
-            rows.append(row)
-        rows.append(["result"] + ["ok" if r.ok else "FAIL" for r in reports])
-        render_table(["check"] + [r.host for r in reports], rows, title="hosts check")
-    _finish([r.ok for r in reports],
-            [f"{r.host} ({r.error or ', '.join(c.name for c in r.checks if not c.ok)})" for r in reports if not r.ok],
-            "hosts check")
+    results = [r.result() for r in check_hosts(inv, hosts, opts=opts)]
+    report(results, "hosts check", ["check"], output=output)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -104,23 +77,16 @@ def provision_cmd(inventory, hosts, accept_new_host_keys, dry_run, output):
     changed. --dry-run prints what would change and changes nothing.
     """
     from petals_ops.fleet.provision import provision
+    from petals_ops.fleet.result import report
 
     inv, opts = _load(inventory, accept_new_host_keys)
-    reports = provision(inv, hosts, opts=opts, dry_run=dry_run)
-    if output == "json":
-        emit_json([r.to_dict() for r in reports])
-    else:
-        rows = []
-        for r in reports:
-            if r.error:
-                rows.append([r.host, "-", "FAILED", r.error])
-            for s in r.steps:
-                rows.append([r.host, s.name, s.status, s.detail + ("".join(f"\n  $ {c.splitlines()[0]}" + (" ..." if "\n" in c else "")
-                                                                           for c in s.commands) if dry_run else "")])
-        render_table(["host", "step", "status", "detail"], rows, title="provision" + (" (dry run: nothing changed)" if dry_run else ""))
-    _finish([r.ok for r in reports],
-            [f"{r.host} ({r.error or ', '.join(s.name for s in r.steps if s.status in ('failed', 'manual'))})" for r in reports if not r.ok],
-            "provision")
+    results = provision(inv, hosts, opts=opts, dry_run=dry_run)
+    if dry_run and output != "json":  # the commands a dry run would run, first line of each
+        for r in results:
+            for row in r.rows:
+                row["detail"] += "".join(f"\n  $ {c.splitlines()[0]}" + (" ..." if "\n" in c else "")
+                                         for c in row["commands"])
+    report(results, "provision", ["step", "status"], output=output, dry_run=dry_run)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,6 +129,7 @@ def plan_cmd(inventory, hosts, accept_new_host_keys, output, as_model, quant):
     cover = {True: "yes", False: "NO", "likely": "likely (enough blocks; Petals picks the spans)"}[plan.covers_model]
     click.echo(f"covers the whole model: {cover}; uncovered pinned blocks: {format_block_ranges(plan.uncovered) or 'none'}; "
                f"blocks assigned: {plan.total_blocks_assigned}")
+    click.echo(f"swarm: {plan.swarm}")
     for w in plan.warnings:
         click.echo(f"warning: {w}")
     for s in plan.servers:
@@ -170,24 +137,15 @@ def plan_cmd(inventory, hosts, accept_new_host_keys, output, as_model, quant):
 
 
 # ---------------------------------------------------------------------------------------------------
-def _fleet_table(result, title: str) -> None:
-    rows = []
-    for r in result.rows():
-        detail = r["error"] or ""
-        if r["log_tail"]:
-            detail += "\n" + "\n".join(r["log_tail"][-8:])
-        rows.append([r["host"], r["container"], r["action"], r["peer_id"], r["blocks"], r["dht_state"],
-                     "ok" if not r["error"] else "FAILED", detail])
-    render_table(["host", "container", "action", "peer id", "blocks", "DHT", "result", "detail"], rows, title=title)
+SERVER_COLUMNS = ["container", "action", "peer_id", "blocks", "dht_state"]
 
 
-def _fleet_finish(result, what: str) -> None:
-    bad = []
-    for h in result.hosts:
-        if not result.host_ok(h):
-            err = result.host_errors.get(h) or next(s.error for s in result.servers if s.host == h and s.error)
-            bad.append(f"{h} ({err})")
-    _finish([result.host_ok(h) for h in result.hosts], bad, what)
+def _changes_notes(results, dry_run: bool) -> list[str]:
+    """--dry-run: the computed changes, one line each (what the apply step would do)."""
+    if not dry_run:
+        return []
+    lines = [f"{r.host}: {c}" for r in results for c in r.changed]
+    return ["changes:"] + [f"  {line}" for line in lines] if lines else ["no changes"]
 
 
 @click.command("up")
@@ -204,17 +162,16 @@ def up_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout, no_
     recreated (same identity file, so the same peer id). On failure the table shows the container's last
     log lines.
     """
+    from petals_ops.fleet.result import report
     from petals_ops.fleet.up import apply
 
     inv, opts = _load(inventory, accept_new_host_keys)
     with block_progress("servers ONLINE") as update:
         result = apply(inv, hosts, opts=opts, dry_run=dry_run, wait=not no_wait, timeout=timeout,
                        parallel=parallel, on_progress=update)
-    if output == "json":
-        emit_json({"seconds": result.seconds, "servers": result.rows(), "dry_run": dry_run})
-    else:
-        _fleet_table(result, "up" + (" (dry run: nothing changed)" if dry_run else f" in {result.seconds:.1f} s"))
-    _fleet_finish(result, "up")
+    results = result.host_results()
+    report(results, "up", SERVER_COLUMNS, output=output, dry_run=dry_run, extra={"seconds": result.seconds},
+           title=None if dry_run else f"up in {result.seconds:.1f} s", notes=_changes_notes(results, dry_run))
 
 
 @click.command("restart")
@@ -224,16 +181,15 @@ def up_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout, no_
 @click.option("--no-wait", is_flag=True, help="Do not wait for the servers to be ONLINE.")
 def restart_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout, no_wait):
     """Restart the server containers (same peer ids) and wait until they are ONLINE again."""
+    from petals_ops.fleet.result import report
     from petals_ops.fleet.up import restart
 
     inv, opts = _load(inventory, accept_new_host_keys)
     with block_progress("servers ONLINE") as update:
         result = restart(inv, hosts, opts=opts, dry_run=dry_run, wait=not no_wait, timeout=timeout, on_progress=update)
-    if output == "json":
-        emit_json({"seconds": result.seconds, "servers": result.rows(), "dry_run": dry_run})
-    else:
-        _fleet_table(result, "restart" + (" (dry run: nothing changed)" if dry_run else ""))
-    _fleet_finish(result, "restart")
+    results = result.host_results()
+    report(results, "restart", SERVER_COLUMNS, output=output, dry_run=dry_run, extra={"seconds": result.seconds},
+           notes=_changes_notes(results, dry_run))
 
 
 @click.command("down")
@@ -242,17 +198,11 @@ def restart_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout
 def down_cmd(inventory, hosts, accept_new_host_keys, dry_run, output):
     """Stop and remove the server containers (SIGINT first: a clean OFFLINE); the cache volume and identities stay."""
     from petals_ops.fleet.down import down
+    from petals_ops.fleet.result import report
 
     inv, opts = _load(inventory, accept_new_host_keys)
-    rows, _code = down(inv, hosts, opts=opts, dry_run=dry_run)
-    if output == "json":
-        emit_json([r.__dict__ for r in rows])
-    else:
-        render_table(["host", "container", "action", "error"], [[r.host, r.container, r.action, r.error] for r in rows],
-                     title="down" + (" (dry run: nothing changed)" if dry_run else ""))
-    hosts_seen = list(dict.fromkeys(r.host for r in rows))
-    _finish([all(r.action != "failed" for r in rows if r.host == h) for h in hosts_seen],
-            [f"{r.host} ({r.error})" for r in rows if r.action == "failed"], "down")
+    results = down(inv, hosts, opts=opts, dry_run=dry_run)
+    report(results, "down", ["container", "action"], output=output, dry_run=dry_run)
 
 
 @click.command("status")
@@ -263,55 +213,38 @@ def status_cmd(inventory, hosts, accept_new_host_keys, output):
 
     Exit code 1/3 when a host is unreachable or a server is not running/ONLINE (3: others are fine).
     """
-    from petals_ops.fleet.ssh import select_hosts
-    from petals_ops.fleet.status import ContainerStatus, container_statuses
-    from petals_ops.fleet.up import _model_ref
+    from petals_ops.fleet.result import report
+    from petals_ops.fleet.status import fleet_status
 
     inv, opts = _load(inventory, accept_new_host_keys)
-    names = select_hosts(inv, hosts, opts)
-    statuses = container_statuses(inv, names, opts=opts)
-    found = {s.host for s in statuses}
-    for h in names:  # a reachable host without servers must not pass silently
-        if h not in found:
-            statuses.append(ContainerStatus(host=h, container="", running=False, restart_count=0, exit_code=None,
-                                            peer_id=None, error=f"{h}: no petals-ops containers (run 'petals-ops up')"))
-    statuses.sort(key=lambda s: names.index(s.host))
-    peers = list(dict.fromkeys(p for h in names for p in inv.server_for(h).initial_peers))
-    snap, dht_error = None, None
-    if peers and any(s.peer_id for s in statuses):
-        from petals_ops.swarm_health import take_snapshot
+    st = fleet_status(inv, hosts, opts=opts)
+    notes = []
+    if st.coverage:
+        notes.append(f"swarm {st.dht_prefix}: uncovered blocks {st.coverage['uncovered_blocks'] or 'none'}, "
+                     f"full forward pass: {'yes' if st.coverage['fully_served'] else 'NO'}")
+    elif st.dht_error:
+        notes.append(f"swarm: {st.dht_error}")
+    if st.public_swarm:
+        notes.append("swarm: the public one (no initial_peers in the inventory): checked through petals' published peers")
+    notes += [f"gpus {g.host}: {_gpu_line(g)}" for g in st.gpus]
+    report(st.hosts, "status", ["container", "running", "restart_count", "exit_code", "peer_id", "dht_state",
+                                "dht_blocks"], output=output, title="fleet status", notes=notes,
+           extra={"dht_error": st.dht_error, "coverage": st.coverage,
+                  "gpus": [dataclasses.asdict(g) for g in st.gpus]})
 
-        try:
-            snap = take_snapshot(peers, _model_ref(inv, names))
-        except OpsError as e:
-            dht_error = e.one_line()
-    rows = []
-    for s in statuses:
-        rec = snap.server(s.peer_id) if snap and s.peer_id else None
-        rows.append({**s.__dict__, "dht_state": (rec.state if rec else ("absent" if snap else None)),
-                     "dht_blocks": f"{rec.start_block}:{rec.end_block}" if rec else None,
-                     "throughput": rec.throughput if rec else None})
-    if output == "json":
-        emit_json({"containers": rows, "dht_error": dht_error,
-                   "coverage": snap.coverage() if snap else None})
-    else:
-        render_table(["host", "container", "running", "restarts", "exit code", "peer id", "DHT state", "DHT blocks", "error"],
-                     [[r["host"], r["container"], r["running"] if not r["error"] else "", r["restart_count"] if not r["error"] else "",
-                       r["exit_code"], r["peer_id"], r["dht_state"], r["dht_blocks"], r["error"]] for r in rows],
-                     title="fleet status")
-        if snap:
-            cov = snap.coverage()
-            click.echo(f"swarm {snap.dht_prefix}: uncovered blocks {cov['uncovered_blocks'] or 'none'}, "
-                       f"full forward pass: {'yes' if cov['fully_served'] else 'NO'}")
-        elif dht_error:
-            click.echo(f"swarm: {dht_error}")
-    by_host: dict[str, bool] = {}
-    for r in rows:
-        good = not r["error"] and r["running"] and (snap is None or r["dht_state"] == "ONLINE")
-        by_host[r["host"]] = by_host.get(r["host"], True) and bool(good)
-    _finish(list(by_host.values()),
-            [f"{h} ({next((r['error'] for r in rows if r['host'] == h and r['error']), 'a server is not running/ONLINE')})"
-             for h, ok in by_host.items() if not ok], "status")
+
+def _gpu_line(g) -> str:
+    """One line per host: state, then each GPU's utilisation, memory, temperature, power, ECC."""
+    if not g.gpus:
+        return f"{g.state}" + (f" ({g.detail})" if g.detail else "")
+    parts = []
+    for x in g.gpus:
+        mem = (f"{x.memory_used_bytes / 2**30:.1f}/{x.memory_total_bytes / 2**30:.1f} GiB"
+               if x.memory_used_bytes is not None and x.memory_total_bytes else "mem ?")
+        util = f"{x.utilization_ratio:.0%}" if x.utilization_ratio is not None else "?"
+        parts.append(f"#{x.index} {x.name} {util} {mem} {x.temperature_celsius or '?'} C "
+                     f"{x.power_watts or '?'} W ecc {x.ecc_uncorrected if x.ecc_uncorrected is not None else '-'}")
+    return f"{g.state}: " + "; ".join(parts)
 
 
 @click.command("logs")

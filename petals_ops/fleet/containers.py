@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from petals_ops.errors import InputError
 from petals_ops.fleet.inventory import BLOCK_RANGE_RE, HostSpec, ServerSpec, token_digest
+from petals_ops.fleet.peers import multiaddr
 from petals_ops.fleet.ssh import HostError, HostSession
 
 LABEL_MANAGED = "io.petals-ops.managed"
@@ -88,11 +89,9 @@ def server_args(spec: ServerSpec, slot: ServerSlot, initial_peers: list[str] | N
         args += ["--block_indices", slot.block_indices]
     elif slot.num_blocks:
         args += ["--num_blocks", str(slot.num_blocks)]
-    family = "ip6" if ":" in spec.listen_address else "ip4"
-    args += ["--host_maddrs", f"/{family}/{spec.listen_address}/tcp/{slot.port}"]
+    args += ["--host_maddrs", multiaddr(spec.listen_address, slot.port)]
     if spec.public_ip:
-        family = "ip6" if ":" in spec.public_ip else "ip4"
-        args += ["--announce_maddrs", f"/{family}/{spec.public_ip}/tcp/{slot.port}"]
+        args += ["--announce_maddrs", multiaddr(spec.public_ip, slot.port)]
     if spec.public_name:
         args += ["--public_name", spec.public_name]
     args += ["--identity_path", IDENTITY_IN_CONTAINER]
@@ -192,8 +191,11 @@ def ensure_identity(session: HostSession, path: str, *, dry_run: bool) -> tuple[
     return peer_id, True
 
 
-def managed_containers(client, host: str | None = None) -> list:
-    filters = {"label": [f"{LABEL_MANAGED}=true"]}
+def managed_containers(client, host: str) -> list:
+    """Our server containers of ``host``: managed by petals-ops AND labelled with this host's name, so
+    one engine shared by two inventory hosts (or two inventories) never has the other's containers
+    counted, restarted or removed here."""
+    filters = {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_HOST}={host}"]}
     return sorted(client.containers.list(all=True, filters=filters), key=lambda c: c.name)
 
 

@@ -14,6 +14,7 @@ from typing import Sequence
 from petals_ops.fleet import containers as C
 from petals_ops.fleet.inventory import Inventory
 from petals_ops.fleet.parallel import per_host
+from petals_ops.fleet.result import HostResult
 from petals_ops.fleet.ssh import HostSession, SSHOptions, select_hosts
 
 MIN_FREE_DISK_GIB = 50  # a few nf4 BLOOM blocks plus the image
@@ -49,6 +50,16 @@ class HostReport:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
+
+    def result(self) -> HostResult:
+        """The fleet's one result shape: a row per check, with the fact it read (os, gpus, free disk)."""
+        bad = [c.name for c in self.checks if not c.ok]
+        facts = {"os": "os", "gpus": "gpus", "free disk": "free_disk_gib"}
+        rows = [{"check": c.name, "ok": c.ok, "detail": c.detail,
+                 **({"fact": self.facts[facts[c.name]]} if facts.get(c.name) in self.facts else {})}
+                for c in self.checks]
+        return HostResult(self.host, ok=self.ok, error=self.error or (f"{self.host}: {', '.join(bad)}" if bad else None),
+                          rows=rows)
 
 
 def _gpus(session: HostSession) -> list[dict]:
@@ -131,7 +142,7 @@ def check_host(session: HostSession, inventory: Inventory) -> HostReport:
     ours = set()
     if reach_ok:
         try:
-            ours = {c.name for c in C.managed_containers(session.docker()) if c.status == "running"}
+            ours = {c.name for c in C.managed_containers(session.docker(), host) if c.status == "running"}
         except Exception:
             ours = set()
     for slot in C.server_slots(host, hspec, spec) if expected or spec.device == "cpu" else []:

@@ -10,21 +10,24 @@ from petals_ops.fleet.inventory import Inventory
 from petals_ops.fleet.ssh import HostSession, SSHOptions, select_hosts
 
 
-def stream_logs(inventory: Inventory, host: str, write: Callable[[str], None], *, container: str | None = None,
+def stream_logs(inventory: Inventory, host: str, write: Callable[[str], None], *,
+                container: str | None = None,
                 tail: int | None = 100, follow: bool = False, opts: SSHOptions | None = None) -> None:
     opts = opts or SSHOptions.from_inventory(inventory)
     if "," in host or not host.strip():
-        raise InputError(f"logs takes exactly one host, got {host!r}", fix="pass one name, e.g. petals-ops logs a10-1")
+        raise InputError(f"logs takes exactly one host, got {host!r}",
+                         fix="pass one name, e.g. petals-ops logs a10-1")
     selected = select_hosts(inventory, [host], opts, given_as="host")
     [host] = selected
     with HostSession(host, inventory.host(host), opts) as session:
         # A follow stream may stay quiet for long: its client has no read timeout (docker-py #931).
         client = session.docker(timeout=None if follow else 120)
-        found = C.managed_containers(client)
+        found = C.managed_containers(client, host)
         if container:
             found = [c for c in found if c.name == container]
         if not found:
-            raise InputError(f"{host} has no petals-ops server container{' named ' + container if container else ''}",
+            named = f" named {container}" if container else ""
+            raise InputError(f"{host} has no petals-ops server container{named}",
                              fix="check 'petals-ops status', or run 'petals-ops up'")
         if len(found) > 1 and follow:
             raise InputError(f"{host} runs {len(found)} servers; --follow needs one",

@@ -20,7 +20,8 @@ class HostOutcome:
         return self.error is None
 
 
-def per_host(hosts: Sequence[str], fn: Callable[[str], Any], *, parallel: int | None = None) -> list[HostOutcome]:
+def per_host(hosts: Sequence[str], fn: Callable[[str], Any], *,
+             parallel: int | None = None) -> list[HostOutcome]:
     """``fn(host)`` for every host (threads, ``parallel`` at a time; default all); results in host order."""
 
     def one(host: str) -> HostOutcome:

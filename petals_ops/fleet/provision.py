@@ -12,11 +12,12 @@ the inventory except the SSH user's name, passed as a positional parameter.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from petals_ops.fleet.inventory import Inventory
 from petals_ops.fleet.parallel import per_host
+from petals_ops.fleet.result import HostResult
 from petals_ops.fleet.ssh import HostError, HostSession, SSHOptions, select_hosts
 
 SUPPORTED = ("ubuntu", "22.04")
@@ -54,23 +55,94 @@ class Step:
     detail: str
     commands: list[str] = field(default_factory=list)
 
+    def row(self) -> dict:
+        return {"step": self.name, "status": self.status, "detail": self.detail, "commands": self.commands,
+                "ok": self.status not in ("failed", "manual")}
 
-@dataclass
-class ProvisionReport:
-    host: str
-    steps: list[Step] = field(default_factory=list)
-    error: str | None = None
 
-    @property
-    def ok(self) -> bool:
-        return self.error is None and not any(s.status in ("failed", "manual") for s in self.steps)
+def host_result(host: str, steps: list[Step], error: str | None = None) -> HostResult:
+    """A host's steps in the fleet's result shape (manual or failed steps fail the host)."""
+    bad = [st.name for st in steps if st.status in ("failed", "manual")]
+    return HostResult(host, ok=error is None and not bad,
+                      changed=[f"{st.name}: {st.detail}" for st in steps if st.status in ("changed", "would-change")],
+                      error=error or (f"{host}: needs {', '.join(bad)}" if bad else None),
+                      rows=[st.row() for st in steps])
 
-    @property
-    def changed(self) -> bool:
-        return any(s.status in ("changed", "would-change") for s in self.steps)
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "ok": self.ok, "changed": self.changed}
+# -- read ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProvisionState:
+    """What provision checks on a host, read once before anything changes."""
+
+    os_id: str
+    os_version: str
+    os_pretty: str
+    root_user: bool
+    user: str
+    docker_ready: bool
+    user_reaches_docker: bool
+    driver: str | None  # nvidia-smi's GPU list, None when it finds none
+    toolkit_repo: bool
+    toolkit_pkg: bool
+    runtime_configured: bool | None  # None: cannot tell (no toolkit yet)
+
+
+def read_state(s: HostSession, *, wants_gpu: bool) -> ProvisionState:
+    osr = s.run(["cat", "/etc/os-release"])
+    info = {k: v.strip('"') for k, v in (line.split("=", 1) for line in osr.stdout.splitlines() if "=" in line)}
+    os_id, os_ver = info.get("ID", "?"), info.get("VERSION_ID", "?")
+    driver = s.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]) if wants_gpu else None
+    pkg = wants_gpu and _toolkit_pkg(s)
+    return ProvisionState(
+        os_id=os_id, os_version=os_ver, os_pretty=info.get("PRETTY_NAME", f"{os_id} {os_ver}"),
+        root_user=s.run(["id", "-u"]).stdout.strip() == "0", user=s.run(["id", "-un"]).stdout.strip(),
+        docker_ready=_docker_ready(s), user_reaches_docker=s.run(["docker", "version"]).ok,
+        driver=(driver.stdout.strip().replace("\n", "; ") or None) if driver is not None and driver.ok else None,
+        toolkit_repo=wants_gpu and _toolkit_repo(s), toolkit_pkg=pkg,
+        runtime_configured=_runtime_configured(s) if pkg else None,
+    )
+
+
+# -- compute ------------------------------------------------------------------------------------------
+def _show(script: str, *args: str) -> str:
+    return script.replace("$1", args[0]) if args else script
+
+
+def plan_steps(state: ProvisionState, *, wants_gpu: bool) -> list[Step]:
+    """The steps and their status from the state alone: ok, would-change (with the commands), skipped,
+    manual (a driver is not ours to install). Unit-tested over made-up states, without SSH."""
+    supported = (state.os_id, state.os_version) == SUPPORTED
+    steps = [Step("os", "ok" if supported else "skipped",
+                  state.os_pretty + ("" if supported else " (apply steps need Ubuntu 22.04)"))]
+
+    def step(name: str, ok: bool, detail_ok: str, detail_missing: str, *commands: str) -> None:
+        steps.append(Step(name, "ok", detail_ok) if ok else Step(name, "would-change", detail_missing, list(commands)))
+
+    step("docker", state.docker_ready, "Docker installed and running", "Docker missing or not running", DOCKER_INSTALL)
+    if state.root_user:
+        steps.append(Step("docker group", "ok", "connecting as root"))
+    else:
+        step("docker group", state.user_reaches_docker, f"{state.user} can reach Docker",
+             f"{state.user} is not in the docker group", _show(DOCKER_GROUP, state.user))
+    if not wants_gpu:
+        for name in GPU_STEPS:
+            steps.append(Step(name, "skipped", "no GPUs in the inventory for this host"))
+        return steps
+    if state.driver:
+        steps.append(Step("nvidia driver", "ok", state.driver))
+    else:
+        steps.append(Step("nvidia driver", "manual",
+                          "nvidia-smi finds no GPU: install the NVIDIA driver (needs a reboot)"))
+    step("toolkit repository", state.toolkit_repo, "NVIDIA container toolkit apt source present",
+         "NVIDIA apt source missing", TOOLKIT_REPO)
+    step("toolkit package", state.toolkit_pkg, "nvidia-container-toolkit installed",
+         "nvidia-container-toolkit not installed", TOOLKIT_INSTALL)
+    step("docker nvidia runtime", bool(state.runtime_configured), "/etc/docker/daemon.json has the nvidia runtime",
+         "daemon.json lacks the nvidia runtime; Docker would be restarted", RUNTIME_CONFIGURE, DOCKER_RESTART)
+    return steps
+
+
+GPU_STEPS = ("nvidia driver", "toolkit repository", "toolkit package", "docker nvidia runtime")
 
 
 def _ok(session: HostSession, script: str, *args: str, sudo: bool = False) -> bool:
@@ -111,92 +183,63 @@ def _apply(s: HostSession, script: str, *args: str, what: str) -> None:
         raise HostError(f"{s.name}: {what} failed (exit {r.exited}: {tail[:200]})", fix="run petals-ops provision --dry-run and read the step")
 
 
-def provision_host(s: HostSession, inventory: Inventory, *, dry_run: bool) -> ProvisionReport:
-    report = ProvisionReport(host=s.name)
+# -- apply --------------------------------------------------------------------------------------------
+def _verifier(s: HostSession, name: str):
+    return {
+        "docker": lambda: _docker_ready(s),
+        "docker group": lambda: s.run(["docker", "version"]).ok,
+        "toolkit repository": lambda: _toolkit_repo(s),
+        "toolkit package": lambda: _toolkit_pkg(s),
+        "docker nvidia runtime": lambda: bool(_runtime_configured(s)),
+    }[name]
+
+
+def apply_steps(s: HostSession, state: ProvisionState, steps: list[Step]) -> list[Step]:
+    """Run the would-change steps in order, each verified by its check after its commands ran."""
+    supported = (state.os_id, state.os_version) == SUPPORTED
+    done = []
+    for st in steps:
+        if st.status != "would-change":
+            done.append(st)
+            continue
+        if not supported:
+            raise HostError(f"{s.name}: {st.name}: {st.detail}, and the host runs {state.os_id} {state.os_version}",
+                            fix="provision applies changes on Ubuntu 22.04 only; install it by hand there")
+        if not state.root_user and not s.spec.sudo:
+            raise HostError(f"{s.name}: {st.name} needs root",
+                            fix=f"set hosts.{s.name}.sudo: true (NOPASSWD sudo) or connect as root")
+        if st.name == "docker group":
+            _apply(s, DOCKER_GROUP, state.user, what=st.name)
+            s.close()  # the new group applies to new logins only: verify on a fresh connection
+        else:
+            for script in st.commands:  # the runtime step restarts Docker: only here, its config changed
+                _apply(s, script, what=st.name)
+        if not _verifier(s, st.name)():
+            raise HostError(f"{s.name}: {st.name} did not verify after applying",
+                            fix="run the commands by hand and read their output")
+        done.append(Step(st.name, "changed", f"applied: {st.detail}", st.commands))
+    return done
+
+
+def provision_host(s: HostSession, inventory: Inventory, *, dry_run: bool) -> HostResult:
+    """read -> compute -> (unless dry_run) apply, for one host."""
     hspec, spec = inventory.host(s.name), inventory.server_for(s.name)
     wants_gpu = spec.device == "cuda" and hspec.gpus > 0
-    osr = s.run(["cat", "/etc/os-release"])
-    info = {k: v.strip('"') for k, v in (l.split("=", 1) for l in osr.stdout.splitlines() if "=" in l)}
-    os_id, os_ver = info.get("ID", "?"), info.get("VERSION_ID", "?")
-    supported = (os_id, os_ver) == SUPPORTED
-    report.steps.append(Step("os", "ok" if supported else "skipped",
-                             info.get("PRETTY_NAME", f"{os_id} {os_ver}") + ("" if supported else " (apply steps need Ubuntu 22.04)")))
-    root_user = s.run(["id", "-u"]).stdout.strip() == "0"
-    if not root_user and not hspec.sudo:
-        can_sudo = False
-    else:
-        can_sudo = True
-
-    def step(name: str, is_ok, apply_script: str, *args: str, detail_ok: str, detail_missing: str, after=None) -> bool:
-        """check -> (dry-run: report) -> apply -> verify. Returns whether something changed."""
-        if is_ok():
-            report.steps.append(Step(name, "ok", detail_ok))
-            return False
-        commands = [apply_script.replace("$1", args[0]) if args else apply_script]
-        if dry_run:
-            report.steps.append(Step(name, "would-change", detail_missing, commands))
-            return True
-        if not supported:
-            raise HostError(f"{s.name}: {name}: {detail_missing}, and the host runs {os_id} {os_ver}",
-                            fix="provision applies changes on Ubuntu 22.04 only; install it by hand there")
-        if not can_sudo:
-            raise HostError(f"{s.name}: {name} needs root", fix=f"set hosts.{s.name}.sudo: true (NOPASSWD sudo) or connect as root")
-        _apply(s, apply_script, *args, what=name)
-        if after:
-            after()
-        if not is_ok():
-            report.steps.append(Step(name, "failed", f"{detail_missing}; still so after applying", commands))
-            raise HostError(f"{s.name}: {name} did not verify after applying", fix="run the commands by hand and read their output")
-        report.steps.append(Step(name, "changed", f"applied: {detail_ok}", commands))
-        return True
-
-    step("docker", lambda: _docker_ready(s), DOCKER_INSTALL,
-         detail_ok="Docker installed and running", detail_missing="Docker missing or not running")
-    user = s.run(["id", "-un"]).stdout.strip()
-    if root_user:
-        report.steps.append(Step("docker group", "ok", "connecting as root"))
-    else:
-        step("docker group", lambda: s.run(["docker", "version"]).ok, DOCKER_GROUP, user,
-             detail_ok=f"{user} can reach Docker", detail_missing=f"{user} is not in the docker group",
-             after=s.close)  # the new group applies to new logins only: verify on a fresh connection
-    if not wants_gpu:
-        for name in ("nvidia driver", "toolkit repository", "toolkit package", "docker nvidia runtime"):
-            report.steps.append(Step(name, "skipped", "no GPUs in the inventory for this host"))
-        return report
-    driver = s.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
-    if driver.ok and driver.stdout.strip():
-        report.steps.append(Step("nvidia driver", "ok", driver.stdout.strip().replace("\n", "; ")))
-    else:
-        report.steps.append(Step("nvidia driver", "manual", "nvidia-smi finds no GPU: install the NVIDIA driver (needs a reboot)"))
-    step("toolkit repository", lambda: _toolkit_repo(s), TOOLKIT_REPO,
-         detail_ok="NVIDIA container toolkit apt source present", detail_missing="NVIDIA apt source missing")
-    step("toolkit package", lambda: _toolkit_pkg(s), TOOLKIT_INSTALL,
-         detail_ok="nvidia-container-toolkit installed", detail_missing="nvidia-container-toolkit not installed")
-    configured = _runtime_configured(s) if _toolkit_pkg(s) else None
-    if configured:
-        report.steps.append(Step("docker nvidia runtime", "ok", "/etc/docker/daemon.json has the nvidia runtime"))
-    elif dry_run:
-        report.steps.append(Step("docker nvidia runtime", "would-change",
-                                 "daemon.json lacks the nvidia runtime; Docker would be restarted", [RUNTIME_CONFIGURE, DOCKER_RESTART]))
-    else:
-        _apply(s, RUNTIME_CONFIGURE, what="nvidia-ctk runtime configure")
-        _apply(s, DOCKER_RESTART, what="restart docker")  # only here: the config changed
-        if not _runtime_configured(s):
-            raise HostError(f"{s.name}: docker nvidia runtime did not verify", fix="check /etc/docker/daemon.json")
-        report.steps.append(Step("docker nvidia runtime", "changed", "configured; Docker restarted", [RUNTIME_CONFIGURE, DOCKER_RESTART]))
-    return report
+    state = read_state(s, wants_gpu=wants_gpu)
+    steps = plan_steps(state, wants_gpu=wants_gpu)
+    return host_result(s.name, steps if dry_run else apply_steps(s, state, steps))
 
 
 def provision(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts: SSHOptions | None = None,
-              dry_run: bool = False) -> list[ProvisionReport]:
+              dry_run: bool = False) -> list[HostResult]:
     opts = opts or SSHOptions.from_inventory(inventory)
     names = select_hosts(inventory, hosts, opts)
 
-    def one(h: str) -> ProvisionReport:
+    def one(h: str) -> HostResult:
         with HostSession(h, inventory.host(h), opts) as session:
             return provision_host(session, inventory, dry_run=dry_run)
 
-    return [o.value if o.ok else ProvisionReport(host=o.host, error=o.error) for o in per_host(names, one)]
+    return [o.value if o.ok else HostResult.failed(o.host, o.error) for o in per_host(names, one)]
 
 
-__all__ = ["ProvisionReport", "Step", "provision"]
+__all__ = ["ProvisionState", "Step", "plan_steps", "provision"]

@@ -1,20 +1,25 @@
-"""Container status per host (for ``petals-ops status`` and the exporter), matched to the DHT by peer id.
+"""Container and GPU status per host (for ``petals-ops status`` and the exporter), joined with the DHT.
 
-Public interface (the exporter codes against it): :func:`container_statuses`, :class:`ContainerStatus`
-and :func:`load_inventory`.
+Public interface (the exporter codes against it): :func:`container_statuses`, :class:`ContainerStatus`,
+:class:`~petals_ops.fleet.gpu.GpuHostStatus` and :func:`load_inventory`. :func:`fleet_status` is the join
+of containers and the swarm's DHT (by peer id) that ``status`` prints.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
+from petals_ops.errors import OpsError
 from petals_ops.fleet import containers as C
+from petals_ops.fleet.gpu import GpuHostStatus, expected_gpus, read_gpus
 from petals_ops.fleet.inventory import Inventory, load_inventory
 from petals_ops.fleet.parallel import per_host
-from petals_ops.fleet.ssh import HostSession, SSHOptions, select_hosts
+from petals_ops.fleet.result import HostResult
+from petals_ops.fleet.ssh import HostError, HostSession, SSHOptions, select_hosts
 
-__all__ = ["ContainerStatus", "container_statuses", "load_inventory"]
+__all__ = ["ContainerStatus", "FleetStatus", "GpuHostStatus", "container_statuses", "fleet_status",
+           "load_inventory"]
 
 
 @dataclass
@@ -28,33 +33,120 @@ class ContainerStatus:
     error: str | None  # set (and the rest defaulted) when the host is unreachable
 
 
-def _host_statuses(host: str, inventory: Inventory, opts: SSHOptions) -> list[ContainerStatus]:
+def _host_statuses(host: str, inventory: Inventory, opts: SSHOptions, gpus: bool) -> list:
     with HostSession(host, inventory.host(host), opts) as session:
-        out = []
-        for c in C.managed_containers(session.docker()):
+        out: list = []
+        for c in C.managed_containers(session.docker(), host):
             state = c.attrs.get("State", {})
             running = state.get("Status") == "running"
             out.append(ContainerStatus(
-                host=host, container=c.name, running=running, restart_count=int(c.attrs.get("RestartCount", 0)),
-                exit_code=None if running else state.get("ExitCode"), peer_id=c.labels.get(C.LABEL_PEER), error=None,
+                host=host, container=c.name, running=running,
+                restart_count=int(c.attrs.get("RestartCount", 0)),
+                exit_code=None if running else state.get("ExitCode"), peer_id=c.labels.get(C.LABEL_PEER),
+                error=None,
             ))
+        if gpus:
+            expected = expected_gpus(inventory, host)
+            try:
+                out.append(read_gpus(session, expected))
+            except HostError as e:  # nvidia-smi hung or the connection dropped: the containers still count
+                out.append(GpuHostStatus(host, "error", expected=expected, detail=e.one_line()))
         return out
 
 
 def container_statuses(inventory: Inventory, hosts: Sequence[str] | None = None, *,
-                       opts: SSHOptions | None = None) -> list[ContainerStatus]:
+                       opts: SSHOptions | None = None, gpus: bool = True) -> list:
     """The managed server containers of ``hosts`` (default: all inventory hosts), queried in parallel.
 
     An unreachable host gives one entry with ``container=""`` and ``error`` set; it never hides the others.
+    With ``gpus`` (the default, as the exporter calls it) each reachable host also gives one
+    :class:`GpuHostStatus` (nvidia-smi over the same SSH session): pick the entries by type.
     """
     opts = opts or SSHOptions.from_inventory(inventory)
     names = select_hosts(inventory, hosts, opts)
-    outcomes = per_host(names, lambda h: _host_statuses(h, inventory, opts))
-    out: list[ContainerStatus] = []
+    outcomes = per_host(names, lambda h: _host_statuses(h, inventory, opts, gpus))
+    out: list = []
     for o in outcomes:
         if o.ok:
             out += o.value
         else:
-            out.append(ContainerStatus(host=o.host, container="", running=False, restart_count=0, exit_code=None,
-                                       peer_id=None, error=o.error))
+            out.append(ContainerStatus(host=o.host, container="", running=False, restart_count=0,
+                                       exit_code=None, peer_id=None, error=o.error))
     return out
+
+
+@dataclass
+class FleetStatus:
+    """``status``: per host its containers joined with the DHT's view of each server, and its GPUs."""
+
+    hosts: list[HostResult]
+    gpus: list[GpuHostStatus] = field(default_factory=list)
+    coverage: dict | None = None
+    dht_prefix: str | None = None
+    dht_error: str | None = None
+    public_swarm: bool = False
+
+
+def join(names: Sequence[str], statuses: Sequence, snap=None) -> list[HostResult]:
+    """Containers x DHT records (by peer id) -> one result per host. Pure (unit-tested without SSH).
+
+    A host fails when unreachable, when it has no containers, or when a server is not running or
+    (with a snapshot) not ONLINE.
+    """
+    out = []
+    for h in names:
+        mine = [s for s in statuses if isinstance(s, ContainerStatus) and s.host == h]
+        unreachable = next((s.error for s in mine if s.error), None)
+        if unreachable:
+            out.append(HostResult.failed(h, unreachable))
+            continue
+        if not mine:
+            out.append(HostResult.failed(h, f"{h}: no petals-ops containers (run 'petals-ops up')"))
+            continue
+        rows, problems = [], []
+        for s in mine:
+            rec = snap.server(s.peer_id) if snap is not None and s.peer_id else None
+            dht_state = rec.state if rec else ("absent" if snap is not None else None)
+            row = {"container": s.container, "running": s.running, "restart_count": s.restart_count,
+                   "exit_code": s.exit_code, "peer_id": s.peer_id, "dht_state": dht_state,
+                   "dht_blocks": f"{rec.start_block}:{rec.end_block}" if rec else None,
+                   "throughput": rec.throughput if rec else None}
+            problem = None
+            if not s.running:
+                problem = f"{s.container} is not running (exit code {s.exit_code})"
+            elif snap is not None and dht_state != "ONLINE":
+                problem = f"{s.container} is {dht_state} in the DHT"
+            row["ok"], row["error"] = problem is None, problem
+            problems += [problem] if problem else []
+            rows.append(row)
+        out.append(HostResult(h, ok=not problems, error=f"{h}: {'; '.join(problems)}" if problems else None,
+                              rows=rows))
+    return out
+
+
+def fleet_status(inventory: Inventory, hosts: Sequence[str] | None = None, *,
+                 opts: SSHOptions | None = None) -> FleetStatus:
+    """Containers and GPUs over SSH, the swarm's DHT through the inventory's initial peers (petals'
+    public ones when the fleet joins the public swarm), joined by peer id."""
+    from petals_ops.fleet.peers import inventory_peers, joins_public_swarm
+
+    opts = opts or SSHOptions.from_inventory(inventory)
+    names = select_hosts(inventory, hosts, opts)
+    statuses = container_statuses(inventory, names, opts=opts)
+    result = FleetStatus(hosts=[], gpus=[s for s in statuses if isinstance(s, GpuHostStatus)],
+                         public_swarm=bool(joins_public_swarm(inventory, names)))
+    snap = None
+    if any(isinstance(s, ContainerStatus) and s.peer_id for s in statuses):
+        from petals_ops.fleet.up import _model_ref
+        from petals_ops.swarm_health import take_snapshot
+
+        try:
+            peers = inventory_peers(inventory, names)
+            if peers:
+                snap = take_snapshot(peers, _model_ref(inventory, names))
+        except OpsError as e:
+            result.dht_error = e.one_line()
+    result.hosts = join(names, statuses, snap)
+    if snap is not None:
+        result.coverage, result.dht_prefix = snap.coverage(), snap.dht_prefix
+    return result

@@ -14,10 +14,14 @@ from collections.abc import Callable, Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 from petals_ops import __version__
+from petals_ops.fleet.gpu import GpuHostStatus
+from petals_ops.monitoring.gpu_metrics import render_gpus
 from petals_ops.monitoring.refresher import ExporterState
 from petals_ops.swarm_health import STATES
 
-SERVER_LABELS = ["model", "peer_id", "public_name", "host"]
+# public_name is chosen by each server of a public swarm (and changes): it is a label of the info metric
+# only, so the other server series stay bounded by peer id. Join it in PromQL through petals_server_info.
+SERVER_LABELS = ["model", "peer_id", "host"]
 CONTAINER_LABELS = ["host", "container"]
 CACHE_NOTE = " (from the exporter's latest DHT walk; see petals_exporter_snapshot_age_seconds)"
 
@@ -48,11 +52,13 @@ def render_state(state: ExporterState) -> list[Metric]:
     # -- per model -----------------------------------------------------------------------------------
     blocks = _gauge("petals_model_blocks", "Blocks (transformer layers) of the model" + CACHE_NOTE, ["model"])
     uncovered = _gauge("petals_model_uncovered_blocks",
-                       "Blocks with no ONLINE server: any one breaks every forward pass" + CACHE_NOTE, ["model"])
+                       "Blocks with no ONLINE server: any one breaks every forward pass" + CACHE_NOTE,
+                       ["model"])
     min_online = _gauge("petals_model_min_online_servers",
                         "Fewest ONLINE servers holding any one block of the model" + CACHE_NOTE, ["model"])
     served = _gauge("petals_model_fully_served",
-                    "1 if every block has an ONLINE server (a full forward pass can be served), else 0" + CACHE_NOTE,
+                    "1 if every block has an ONLINE server (a full forward pass can be served), else 0"
+                    + CACHE_NOTE,
                     ["model"])
     by_state = _gauge("petals_model_servers", "Servers announcing blocks of the model, by state" + CACHE_NOTE,
                       ["model", "state"])
@@ -60,16 +66,21 @@ def render_state(state: ExporterState) -> list[Metric]:
                        ["model", "block"])
     # -- per server ----------------------------------------------------------------------------------
     srv_state = _gauge("petals_server_state",
-                       "1 for the state the server announces (OFFLINE, JOINING, ONLINE), 0 for the others" + CACHE_NOTE,
+                       "1 for the state the server announces (OFFLINE, JOINING, ONLINE), 0 for the others"
+                       + CACHE_NOTE,
                        SERVER_LABELS + ["state"])
     first = _gauge("petals_server_first_block", "First block the server holds" + CACHE_NOTE, SERVER_LABELS)
-    last = _gauge("petals_server_last_block", "Last block the server holds (inclusive)" + CACHE_NOTE, SERVER_LABELS)
+    last = _gauge("petals_server_last_block", "Last block the server holds (inclusive)" + CACHE_NOTE,
+                  SERVER_LABELS)
     throughput = _gauge("petals_server_throughput_tokens_per_second",
-                        "Throughput the server announces (Petals' figure, tokens per second)" + CACHE_NOTE, SERVER_LABELS)
+                        "Throughput the server announces (Petals' figure, tokens per second)" + CACHE_NOTE,
+                        SERVER_LABELS)
     cache = _gauge("petals_server_cache_left_tokens",
-                   "Attention-cache tokens the server has left for new inference sessions" + CACHE_NOTE, SERVER_LABELS)
+                   "Attention-cache tokens the server has left for new inference sessions" + CACHE_NOTE,
+                   SERVER_LABELS)
     info = InfoMetricFamily("petals_server", "Software of the server" + CACHE_NOTE,
-                            labels=SERVER_LABELS + ["version", "torch_dtype", "quant_type", "using_relay"])
+                            labels=SERVER_LABELS + ["public_name", "version", "torch_dtype", "quant_type",
+                                                    "using_relay"])
 
     online_peers: set[str] = set()
     for snap in state.snapshots:
@@ -83,7 +94,7 @@ def render_state(state: ExporterState) -> list[Metric]:
         for b in snap.blocks:
             per_block.add_metric([m, str(b.index)], b.online)
         for s in snap.servers:
-            labels = [m, s.peer_id, s.public_name or "", state.own_hosts.get(s.peer_id, "")]
+            labels = [m, s.peer_id, state.own_hosts.get(s.peer_id, "")]
             if s.state == "ONLINE":
                 online_peers.add(s.peer_id)
             for st in STATES:
@@ -94,14 +105,16 @@ def render_state(state: ExporterState) -> list[Metric]:
             if s.cache_tokens_left is not None:
                 cache.add_metric(labels, s.cache_tokens_left)
             info.add_metric(labels, {
-                "version": s.version or "", "torch_dtype": s.torch_dtype or "", "quant_type": s.quant_type or "",
+                "public_name": s.public_name or "", "version": s.version or "",
+                "torch_dtype": s.torch_dtype or "", "quant_type": s.quant_type or "",
                 "using_relay": "" if s.using_relay is None else str(bool(s.using_relay)).lower(),
             })
-    fams += [blocks, uncovered, min_online, served, by_state, per_block, srv_state, first, last, throughput, cache, info]
+    fams += [blocks, uncovered, min_online, served, by_state, per_block, srv_state, first, last, throughput,
+             cache, info]
 
     # -- our servers (local swarm identities, inventory containers) -----------------------------------
     own = _gauge("petals_own_server_online",
-                 "1 if our server (by peer id) is ONLINE for some monitored model, 0 if it is not or is absent"
+                 "1 if our server (by peer id) is ONLINE for some monitored model, 0 if it is not or absent"
                  + CACHE_NOTE, ["host", "peer_id"])
     if state.snapshots:
         for peer_id, host in sorted(state.own_hosts.items()):
@@ -115,11 +128,14 @@ def render_state(state: ExporterState) -> list[Metric]:
         inspected = _gauge("petals_container_inspect_success", "1 if the container's status could be read",
                            CONTAINER_LABELS)
         running = _gauge("petals_container_running", "1 if the container is running", CONTAINER_LABELS)
-        restarts = CounterMetricFamily("petals_container_restarts", "Restarts of the container (Docker's RestartCount)",
+        restarts = CounterMetricFamily("petals_container_restarts",
+                                       "Restarts of the container (Docker's RestartCount)",
                                        labels=CONTAINER_LABELS)
         exit_code = _gauge("petals_container_last_exit_code", "Exit code of the container's last exit",
                            CONTAINER_LABELS)
         for c in state.containers:
+            if isinstance(c, GpuHostStatus):  # the fleet's status read also gives each host's GPUs
+                continue
             labels = [c.host, c.container]
             inspected.add_metric(labels, 0 if c.error else 1)
             if c.error:
@@ -129,15 +145,18 @@ def render_state(state: ExporterState) -> list[Metric]:
             if c.exit_code is not None:
                 exit_code.add_metric(labels, c.exit_code)
         fams += [fleet_up, inspected, running, restarts, exit_code]
+        fams += render_gpus(c for c in state.containers if isinstance(c, GpuHostStatus))
 
     # -- the exporter itself --------------------------------------------------------------------------
-    up = _gauge("petals_exporter_up", "1 if the latest refresh walked the DHT for every monitored model, else 0")
+    up = _gauge("petals_exporter_up",
+                "1 if the latest refresh walked the DHT for every monitored model, else 0")
     up.add_metric([], 1 if state.up else 0)
     interval = _gauge("petals_exporter_refresh_interval_seconds", "Seconds between two DHT walks (--refresh)")
     interval.add_metric([], state.refresh_interval)
     refreshes = CounterMetricFamily("petals_exporter_refreshes", "Refreshes (DHT walks) attempted")
     refreshes.add_metric([], state.refreshes)
-    errors = CounterMetricFamily("petals_exporter_refresh_errors", "Failed refreshes, by source (swarm, fleet)",
+    errors = CounterMetricFamily("petals_exporter_refresh_errors",
+                                 "Failed refreshes, by source (swarm, fleet)",
                                  labels=["source"])
     for source, count in sorted(state.errors.items()):
         errors.add_metric([source], count)
@@ -145,7 +164,8 @@ def render_state(state: ExporterState) -> list[Metric]:
     build.add_metric([], {"version": __version__})
     fams += [up, interval, refreshes, errors, build]
     if state.refresh_seconds is not None:
-        duration = _gauge("petals_exporter_refresh_duration_seconds", "Wall time of the latest refresh's DHT walk")
+        duration = _gauge("petals_exporter_refresh_duration_seconds",
+                          "Wall time of the latest refresh's DHT walk")
         duration.add_metric([], state.refresh_seconds)
         fams.append(duration)
     if state.last_success is not None:

@@ -59,43 +59,67 @@ def rehearsal_rules(path: Path, for_: str) -> Path:
     return path
 
 
-def memory_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
+def _processes() -> dict[int, tuple[int, list[bytes]]]:
+    """pid -> (parent pid, argv) of every process on this machine."""
+    procs = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            procs[int(pid)] = (ppid, Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
+        except (OSError, IndexError, ValueError):
+            continue
+    return procs
 
 
-def servers_rss(needle: str) -> tuple[int, int]:
+def _pss(pid: int) -> int:
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) * 1024 for line in rollup.splitlines() if line.startswith("Pss:")), 0)
+
+
+def _is_server(argv: list[bytes], needle: str) -> bool:
+    return b"petals_ops.serve" in argv and b"server" in argv and any(needle.encode() in a for a in argv)
+
+
+def servers_pss(needle: str) -> tuple[int, int]:
     """(count, total PSS bytes) of the Petals server processes (and their forked workers) whose command line
     mentions ``needle`` (the lab's directory: other swarms on this machine are not ours). PSS splits shared
     pages between the processes that share them; their p2pd daemons are not counted."""
-    count, total = 0, 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"petals_ops.serve" not in cmd or b"server" not in cmd or not any(needle.encode() in a for a in cmd):
-                continue
-            status = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
-            continue
-        rss = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("Pss:")), 0)
-        count, total = count + 1, total + rss
-    return count, total
+    pids = [pid for pid, (_, argv) in _processes().items() if _is_server(argv, needle)]
+    return len(pids), sum(map(_pss, pids))
+
+
+def rehearsal_pss(needle: str) -> int:
+    """PSS bytes of this process and its descendants (lab daemons, exporter, Prometheus, CLI commands) plus
+    the lab's server processes and theirs (containers are reparented away from dockerd): the rehearsal's
+    own memory, not the machine's."""
+    procs = _processes()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    todo = [os.getpid()] + [pid for pid, (_, argv) in procs.items() if _is_server(argv, needle)]
+    seen: set[int] = set()
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            todo += children.get(pid, [])
+    return sum(map(_pss, seen))
 
 
 class Watcher(threading.Thread):
     """Polls Prometheus (the alert, ``petals_model_fully_served``) and memory every ``interval`` s, noting
     when each changes, so the timeline does not depend on how long the other steps' polling takes."""
 
-    def __init__(self, prometheus, interval: float = 0.5):
+    def __init__(self, prometheus, needle: str, interval: float = 0.5):
         super().__init__(daemon=True, name="rehearsal-watcher")
-        self.prometheus, self.interval = prometheus, interval
+        self.prometheus, self.needle, self.interval = prometheus, needle, interval
         self.events: list[tuple[float, str, object]] = []  # (monotonic time, what, new value)
         self.state: dict[str, object] = {}
-        self.min_available = memory_available()
-        self._stop = threading.Event()
+        self.peak_pss = 0
+        self._halt = threading.Event()
 
     def _note(self, what: str, value) -> None:
         if self.state.get(what, "unset") != value:
@@ -103,8 +127,11 @@ class Watcher(threading.Thread):
             self.events.append((time.monotonic(), what, value))
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.min_available = min(self.min_available, memory_available())
+        ticks = 0
+        while not self._halt.wait(self.interval):
+            ticks += 1
+            if ticks % 6 == 1:
+                self.peak_pss = max(self.peak_pss, rehearsal_pss(self.needle))
             try:
                 firing = self.prometheus.query(f'ALERTS{{alertname="{ALERT}",alertstate="firing"}}')
                 served = self.prometheus.value("max(petals_model_fully_served)")
@@ -126,7 +153,7 @@ class Watcher(threading.Thread):
         raise RuntimeError(f"Prometheus: {what} did not become {value} within {timeout:.0f} s (now {self.state.get(what)})")
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(5)
 
 
@@ -155,7 +182,6 @@ class Rehearsal:
         self.lab: FleetLab | None = None
         self.prometheus = self.exporter = self.watcher = self.bench_proc = None
         self.t0 = time.monotonic()
-        self.mem_baseline = memory_available()
         self.daemons: list[tuple[str, int]] = []  # (what, pid) of the lab's daemons, checked after teardown
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -181,10 +207,10 @@ class Rehearsal:
         deadline = time.monotonic() + timeout
         while True:
             snap = self.swarm_status()
-            if snap["uncovered_blocks"] == uncovered:
+            if snap["coverage"]["uncovered_blocks"] == uncovered:
                 return snap
             if time.monotonic() > deadline:
-                raise RuntimeError(f"swarm status: uncovered blocks {snap['uncovered_blocks']}, expected {uncovered}")
+                raise RuntimeError(f"swarm status: uncovered blocks {snap['coverage']['uncovered_blocks']}, expected {uncovered}")
             time.sleep(1)
 
     # -- steps -----------------------------------------------------------------------------------
@@ -205,8 +231,9 @@ class Rehearsal:
         self.inventory_path = self.lab.write_inventory(self.root / "petals-ops.yaml", data)
 
     def check_and_plan(self) -> None:
-        reports = json.loads(self.fleet("hosts", "check", "-o", "json").stdout)
-        assert all(r["ok"] for r in reports) and len(reports) == self.hosts, reports
+        checked = self.fleet("hosts", "check", "-o", "json")  # exit 0: every host passed every check
+        missing = [h for h in self.inventory["hosts"] if f'"{h}"' not in checked.stdout]
+        assert not missing, f"hosts check did not report {missing}: {checked.stdout[-2000:]}"
         self.mark("hosts check: all ok")
         plan = json.loads(self.fleet("plan", "--as-model", AS_MODEL, "--quant", self.quant, "-o", "json").stdout)
         self.plan = plan
@@ -229,7 +256,7 @@ class Rehearsal:
         self.exporter = ExporterProcess([*self.target(), "--refresh", self.refresh, "--inventory", str(self.inventory_path)],
                                         self.root / "exporter.log")
         self.prometheus.set_targets([self.exporter.address])
-        self.watcher = Watcher(self.prometheus)
+        self.watcher = Watcher(self.prometheus, str(self.lab.root))
         self.watcher.start()
         rules = self.prometheus.api("rules")["data"]["groups"]
         assert any(r["name"] == ALERT for g in rules for r in g["rules"]), rules
@@ -237,14 +264,14 @@ class Rehearsal:
 
     def up(self) -> None:
         started = self.mark("up: all hosts")
-        result = self.fleet("up", "--timeout", 900, "-o", "json", timeout=1000)
-        done = self.mark(f"up returned: every server ONLINE ({json.loads(result.stdout)['seconds']} s in up)")
+        self.fleet("up", "--timeout", 900, "-o", "json", timeout=1000)
+        done = self.mark("up returned: every server ONLINE")
         snap = self.wait_coverage([], 120)
         covered = self.mark("swarm status: 70 of 70 blocks covered")
         self.figures["up_seconds"] = round(done - started, 1)
         self.figures["full_coverage_seconds"] = round(covered - started, 1)
         self.figures["servers_online"] = sum(1 for s in snap["servers"] if s["state"] == "ONLINE")
-        count, rss = servers_rss(str(self.lab.root))
+        count, rss = servers_pss(str(self.lab.root))
         self.figures["server_processes"], self.figures["servers_pss_mib"] = count, round(rss / 2**20)
         table = cli("swarm", "status", *self.target(), timeout=120).stdout
         (self.root / "swarm-status.txt").write_text(table)
@@ -391,8 +418,8 @@ class Rehearsal:
             self.repair()
             self.finish_bench()
         finally:
-            if self.watcher is not None:  # machine-wide: other work on the machine counts too
-                self.figures["peak_memory_used_mib"] = round((self.mem_baseline - self.watcher.min_available) / 2**20)
+            if self.watcher is not None:
+                self.figures["peak_pss_mib"] = round(self.watcher.peak_pss / 2**20)
             self.teardown()
             self.figures["total_seconds"] = round(time.monotonic() - self.t0, 1)
         return self.figures
@@ -407,7 +434,7 @@ def leftovers(rh: Rehearsal) -> list[str]:
         left += [f"port {a}:{SSH_PORT}" for a in rh.lab.host_map.values() if not _port_free(a, SSH_PORT)]
         if rh.lab.root.exists():
             left.append(f"lab dir {rh.lab.root}")
-    count, _ = servers_rss(str(rh.root))
+    count, _ = servers_pss(str(rh.root))
     if count:
         left.append(f"{count} server process(es)")
     for name, proc in (("exporter", getattr(rh.exporter, "proc", None)), ("prometheus", getattr(rh.prometheus, "proc", None)),

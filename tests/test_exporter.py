@@ -132,7 +132,8 @@ def test_render_values_and_conventions():
     assert got[("petals_server_first_block", a)] == 0 and got[("petals_server_last_block", a)] == 1
     assert got[("petals_server_throughput_tokens_per_second", a)] == 12.5
     assert got[("petals_server_cache_left_tokens", a)] == 4096
-    info = dict(a + (("public_name", "a10-1"), ("quant_type", "none"), ("torch_dtype", "float32"), ("using_relay", "false"),
+    info = dict(a + (("public_name", "a10-1"), ("quant_type", "none"), ("torch_dtype", "float32"),
+                     ("using_relay", "false"),
                      ("version", "2.2.0.post1")))
     assert got[("petals_server_info", tuple(sorted(info.items())))] == 1
     b = (("host", ""), ("model", "m-petals"), ("peer_id", "QmB"))

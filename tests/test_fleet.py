@@ -80,7 +80,8 @@ def test_hosts_check_reports_what_is_there(fleet, run_cli):
         assert r["ok"] and r["error"] is None and r["changed"] == []
         assert checks["docker running"]["ok"] and "20.10" in checks["docker running"]["detail"]
         assert checks["user can reach docker"]["ok"]
-        assert checks["gpus"]["fact"] == [] and "none" in checks["gpus"]["detail"]  # the one absent part: GPUs
+        # the one absent part: GPUs
+        assert checks["gpus"]["fact"] == [] and "none" in checks["gpus"]["detail"]
         assert "not needed" in checks["nvidia container toolkit"]["detail"]
         assert any(name.startswith("port ") and c["ok"] for name, c in checks.items())
     # Expecting a GPU where there is none fails that check, by name, with exit code 1 (both hosts fail).
@@ -187,11 +188,13 @@ def test_changed_setting_recreates_only_that_container(fleet, run_cli):
     fleet.data["hosts"]["a10-2"]["server"]["public_name"] = "fleet-b"
     fleet.lab.write_inventory(fleet.path, fleet.data)
     dry = fleet.cli(run_cli, "up", "--dry-run", "-o", "json")
-    assert {h: r["action"] for h, r in rows_by_host(dry.stdout).items()} == {"a10-1": "unchanged", "a10-2": "would-recreate"}
+    assert {h: r["action"] for h, r in rows_by_host(dry.stdout).items()} == {
+        "a10-1": "unchanged", "a10-2": "would-recreate"}
     assert {h: r["changed"] for h, r in hosts_of(dry.stdout).items()} == {
         "a10-1": [], "a10-2": ["petals-server-0: recreate (configuration changed)"]}
     table = fleet.cli(run_cli, "up", "--dry-run")  # people see the computed changes
-    assert table.returncode == 0 and "a10-2: petals-server-0: recreate (configuration changed)" in table.stdout
+    assert table.returncode == 0
+    assert "a10-2: petals-server-0: recreate (configuration changed)" in table.stdout
     result = fleet.cli(run_cli, "up", "-o", "json", "--timeout", "300")
     assert result.returncode == 0, result.stderr + result.stdout
     rows = rows_by_host(result.stdout)

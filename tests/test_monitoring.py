@@ -77,10 +77,12 @@ def test_grafana_provisioning_and_compose():
     # The GPU exporter: a compose service for GPU hosts (profile gpu) and a Prometheus job scraping it.
     assert compose["services"]["dcgm-exporter"]["profiles"] == ["gpu"]
     assert "dcgm-exporter" in compose["services"]["dcgm-exporter"]["image"]
-    jobs = {j["job_name"]: j for j in yaml.safe_load((MONITORING / "prometheus.yml").read_text())["scrape_configs"]}
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
     assert jobs["dcgm"]["file_sd_configs"][0]["files"] == ["targets/dcgm*.yml"]
     assert "./targets:/etc/prometheus/targets:ro" in compose["services"]["prometheus"]["volumes"]
-    assert any(p["type"] == "row" and "GPU" in p["title"] for p in json.loads(DASHBOARD.read_text())["panels"])
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    assert any(p["type"] == "row" and "GPU" in p["title"] for p in panels)
     dash = json.loads(DASHBOARD.read_text())
     assert dash["uid"] and dash["id"] is None
     ids = [p["id"] for p in dash["panels"]]
@@ -278,7 +280,8 @@ def test_gpu_metrics_dashboard_and_alerts_in_prometheus(prometheus, tmp_path):
             parse_query("a100-1", (data / "healthy_2xa100_one_full.txt").read_text(), 0, expected=2),
             parse_query("a10-2", (data / "fallen_off_bus.txt").read_text(), 15, expected=1))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SwarmCollector(lambda: ExporterState(refresh_interval=30, containers=gpus, fleet_ok=True)))
+    state = ExporterState(refresh_interval=30, containers=gpus, fleet_ok=True)
+    registry.register(SwarmCollector(lambda: state))
     body = generate_latest(registry)
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -307,7 +310,8 @@ def test_gpu_metrics_dashboard_and_alerts_in_prometheus(prometheus, tmp_path):
         assert [(r["metric"]["host"], r["metric"]["gpu"]) for r in full] == [("a100-1", "0")]
 
         def pending(result):
-            names = {a["labels"]["alertname"] for a in result["data"]["alerts"] if a["state"] in ("pending", "firing")}
+            names = {a["labels"]["alertname"] for a in result["data"]["alerts"]
+                     if a["state"] in ("pending", "firing")}
             return {"PetalsGpuFallenOffBus", "PetalsGpuMissing", "PetalsGpuOutOfMemory"} <= names
 
         deadline = time.monotonic() + 30

@@ -23,12 +23,16 @@ def _common(dry_run: bool = True):
             click.option("--inventory", "-i", "inventory", type=click.Path(dir_okay=False), default=None,
                          envvar="PETALS_OPS_INVENTORY", help="Inventory YAML [default: ./petals-ops.yaml]."),
             click.option("--hosts", "hosts", default=None, metavar="A,B",
-                         help="Hosts to act on (inventory names or ssh-config aliases) [default: all in the inventory]."),
+                         help="Hosts to act on (inventory names or ssh-config aliases) "
+                              "[default: all in the inventory]."),
             click.option("--accept-new-host-keys", is_flag=True,
-                         help="Trust hosts whose SSH key is not in known_hosts yet, and record it (trust on first use)."),
+                         help="Trust hosts whose SSH key is not in known_hosts yet, and record it "
+                              "(trust on first use)."),
         ]
         if dry_run:
-            options.append(click.option("--dry-run", is_flag=True, help="Show what would change; change nothing."))
+            options.append(click.option("--dry-run", is_flag=True,
+                                        help="Print the changes computed from each host's state; "
+                                             "change nothing."))
         for option in reversed(options):
             func = option(func)
         return func
@@ -156,7 +160,8 @@ def _changes_notes(results, dry_run: bool) -> list[str]:
 @click.option("--no-wait", is_flag=True, help="Do not wait for the servers to be ONLINE.")
 @click.option("--parallel", default=None, type=click.IntRange(min=1), help="Hosts at a time [default: all].")
 def up_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout, no_wait, parallel):
-    """Create or replace each host's server containers (one per GPU), then wait until the DHT shows them ONLINE.
+    """Create or replace each host's server containers (one per GPU), then wait until the DHT shows them
+    ONLINE.
 
     Idempotent: a container whose configuration hash is unchanged is left alone; a changed one is
     recreated (same identity file, so the same peer id). On failure the table shows the container's last
@@ -177,7 +182,8 @@ def up_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout, no_
 @click.command("restart")
 @_common()
 @OUTPUT_OPTION
-@click.option("--timeout", default=1800, show_default=True, type=POSITIVE, help="Seconds to wait until ONLINE again.")
+@click.option("--timeout", default=1800, show_default=True, type=POSITIVE,
+              help="Seconds to wait until ONLINE again.")
 @click.option("--no-wait", is_flag=True, help="Do not wait for the servers to be ONLINE.")
 def restart_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout, no_wait):
     """Restart the server containers (same peer ids) and wait until they are ONLINE again."""
@@ -186,17 +192,19 @@ def restart_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout
 
     inv, opts = _load(inventory, accept_new_host_keys)
     with block_progress("servers ONLINE") as update:
-        result = restart(inv, hosts, opts=opts, dry_run=dry_run, wait=not no_wait, timeout=timeout, on_progress=update)
+        result = restart(inv, hosts, opts=opts, dry_run=dry_run, wait=not no_wait, timeout=timeout,
+                         on_progress=update)
     results = result.host_results()
-    report(results, "restart", SERVER_COLUMNS, output=output, dry_run=dry_run, extra={"seconds": result.seconds},
-           notes=_changes_notes(results, dry_run))
+    report(results, "restart", SERVER_COLUMNS, output=output, dry_run=dry_run,
+           extra={"seconds": result.seconds}, notes=_changes_notes(results, dry_run))
 
 
 @click.command("down")
 @_common()
 @OUTPUT_OPTION
 def down_cmd(inventory, hosts, accept_new_host_keys, dry_run, output):
-    """Stop and remove the server containers (SIGINT first: a clean OFFLINE); the cache volume and identities stay."""
+    """Stop and remove the server containers (SIGINT first: a clean OFFLINE); the cache volume and the
+    identities stay."""
     from petals_ops.fleet.down import down
     from petals_ops.fleet.result import report
 
@@ -225,7 +233,8 @@ def status_cmd(inventory, hosts, accept_new_host_keys, output):
     elif st.dht_error:
         notes.append(f"swarm: {st.dht_error}")
     if st.public_swarm:
-        notes.append("swarm: the public one (no initial_peers in the inventory): checked through petals' published peers")
+        notes.append("swarm: the public one (no initial_peers in the inventory): "
+                     "checked through petals' published peers")
     notes += [f"gpus {g.host}: {_gpu_line(g)}" for g in st.gpus]
     report(st.hosts, "status", ["container", "running", "restart_count", "exit_code", "peer_id", "dht_state",
                                 "dht_blocks"], output=output, title="fleet status", notes=notes,
@@ -243,18 +252,22 @@ def _gpu_line(g) -> str:
                if x.memory_used_bytes is not None and x.memory_total_bytes else "mem ?")
         util = f"{x.utilization_ratio:.0%}" if x.utilization_ratio is not None else "?"
         parts.append(f"#{x.index} {x.name} {util} {mem} {x.temperature_celsius or '?'} C "
-                     f"{x.power_watts or '?'} W ecc {x.ecc_uncorrected if x.ecc_uncorrected is not None else '-'}")
+                     f"{x.power_watts or '?'} W ecc "
+                     f"{x.ecc_uncorrected if x.ecc_uncorrected is not None else '-'}")
     return f"{g.state}: " + "; ".join(parts)
 
 
 @click.command("logs")
 @click.argument("host")
-@click.option("--inventory", "-i", "inventory", type=click.Path(dir_okay=False), default=None, envvar="PETALS_OPS_INVENTORY",
+@click.option("--inventory", "-i", "inventory", type=click.Path(dir_okay=False), default=None,
+              envvar="PETALS_OPS_INVENTORY",
               help="Inventory YAML [default: ./petals-ops.yaml].")
 @click.option("--container", default=None, help="Which server container (when the host runs several).")
-@click.option("--tail", default=100, show_default=True, type=click.IntRange(min=-1), help="Last N lines (-1: all).")
+@click.option("--tail", default=100, show_default=True, type=click.IntRange(min=-1),
+              help="Last N lines (-1: all).")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new lines (Ctrl-C stops).")
-@click.option("--accept-new-host-keys", is_flag=True, help="Trust a host whose SSH key is not in known_hosts yet.")
+@click.option("--accept-new-host-keys", is_flag=True,
+              help="Trust a host whose SSH key is not in known_hosts yet.")
 def logs_cmd(host, inventory, container, tail, follow, accept_new_host_keys):
     """The log of HOST's server container(s)."""
     import sys
@@ -267,7 +280,8 @@ def logs_cmd(host, inventory, container, tail, follow, accept_new_host_keys):
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    stream_logs(inv, host, write, container=container, tail=None if tail < 0 else tail, follow=follow, opts=opts)
+    stream_logs(inv, host, write, container=container, tail=None if tail < 0 else tail, follow=follow,
+                opts=opts)
 
 
 COMMANDS = [hosts_group, provision_cmd, plan_cmd, up_cmd, down_cmd, status_cmd, logs_cmd, restart_cmd]

@@ -31,7 +31,8 @@ TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 @dataclass
 class ServerSlot:
-    """Server ``index`` of a host: its GPU (None on CPU), port and blocks (``block_indices`` or ``num_blocks``)."""
+    """Server ``index`` of a host: its GPU (None on CPU), port and blocks (``block_indices`` or
+    ``num_blocks``)."""
 
     host: str
     index: int
@@ -81,7 +82,8 @@ def server_args(spec: ServerSpec, slot: ServerSlot, initial_peers: list[str] | N
     elif peers:
         args += ["--initial_peers", *peers]
     args += ["--device", spec.device]
-    for option in ("torch_dtype", "quant_type", "attn_cache_tokens", "inference_max_length", "max_disk_space", "throughput"):
+    for option in ("torch_dtype", "quant_type", "attn_cache_tokens", "inference_max_length", "max_disk_space",
+                   "throughput"):
         value = getattr(spec, option)
         if value is not None:
             args += [f"--{option}", str(value)]
@@ -132,11 +134,13 @@ class DesiredContainer:
             image=self.image, command=self.command, name=self.slot.container, detach=True,
             labels={
                 LABEL_MANAGED: "true", LABEL_HOST: host, LABEL_HASH: self.config_hash(), LABEL_PEER: peer_id,
-                LABEL_BLOCKS: self.slot.block_indices or (f"num:{self.slot.num_blocks}" if self.slot.num_blocks else "auto"),
+                LABEL_BLOCKS: self.slot.block_indices
+                or (f"num:{self.slot.num_blocks}" if self.slot.num_blocks else "auto"),
                 LABEL_INDEX: str(self.slot.index),
             },
             environment=env, network_mode="host", ipc_mode="host", volumes=self.binds,
-            restart_policy=restart, stop_signal="SIGINT",  # run_server shuts down cleanly (OFFLINE) on SIGINT; PID 1 ignores SIGTERM
+            # run_server shuts down cleanly (OFFLINE) on SIGINT; as PID 1 it ignores SIGTERM
+            restart_policy=restart, stop_signal="SIGINT",
             log_config=LogConfig(type="json-file", config={"max-size": "50m", "max-file": "3"}),
         )
         if self.gpu is not None:
@@ -160,14 +164,16 @@ def desired_container(host: str, spec: ServerSpec, slot: ServerSlot, identity: s
     if slot.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = "0"
     return DesiredContainer(
-        slot=slot, image=spec.image, command=server_args(spec, slot, initial_peers), environment=env, binds=binds,
+        slot=slot, image=spec.image, command=server_args(spec, slot, initial_peers), environment=env,
+        binds=binds,
         gpu=slot.gpu, restart_policy=spec.restart_policy, identity_path=identity, token=token,
     )
 
 
 def home_relative(session: HostSession, path: str) -> str:
     """``path`` made absolute on the host (relative paths are relative to the SSH user's home); no changes."""
-    result = session.script('case "$1" in /*) printf %s "$1";; *) printf %s "$HOME/$1";; esac', path, check=True)
+    result = session.script('case "$1" in /*) printf %s "$1";; *) printf %s "$HOME/$1";; esac', path,
+                            check=True)
     return result.stdout.strip()
 
 
@@ -181,7 +187,8 @@ def ensure_identity(session: HostSession, path: str, *, dry_run: bool) -> tuple[
             return door.peer_id_of_identity(data), False
         except Exception:
             raise HostError(f"{session.name}: {path} is not a libp2p identity file",
-                            fix="move it away; petals-ops will make a new one (the server gets a new peer id)") from None
+                            fix="move it away; petals-ops will make a new one "
+                                "(the server gets a new peer id)") from None
     if dry_run:
         return None, True
     parent = path.rsplit("/", 1)[0]

@@ -21,8 +21,10 @@ MIN_FREE_DISK_GIB = 50  # a few nf4 BLOOM blocks plus the image
 
 GPU_QUERY = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"]
 # Listening TCP sockets as "address:port" (ss from iproute2; netstat as a fallback).
-LISTEN_SCRIPT = 'if command -v ss >/dev/null 2>&1; then ss -Hltn | awk \'{print $4}\'; else netstat -ltn 2>/dev/null | awk \'NR>2 {print $4}\'; fi'
-DOCKER_RUNNING_SCRIPT = ('if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker 2>/dev/null; then echo systemd; '
+LISTEN_SCRIPT = ("if command -v ss >/dev/null 2>&1; then ss -Hltn | awk '{print $4}'; "
+                 "else netstat -ltn 2>/dev/null | awk 'NR>2 {print $4}'; fi")
+DOCKER_RUNNING_SCRIPT = ('if command -v systemctl >/dev/null 2>&1 '
+                         '&& systemctl is-active --quiet docker 2>/dev/null; then echo systemd; '
                          'elif pgrep -x dockerd >/dev/null 2>&1; then echo process; else echo no; fi')
 
 
@@ -58,8 +60,8 @@ class HostReport:
         rows = [{"check": c.name, "ok": c.ok, "detail": c.detail,
                  **({"fact": self.facts[facts[c.name]]} if facts.get(c.name) in self.facts else {})}
                 for c in self.checks]
-        return HostResult(self.host, ok=self.ok, error=self.error or (f"{self.host}: {', '.join(bad)}" if bad else None),
-                          rows=rows)
+        error = self.error or (f"{self.host}: {', '.join(bad)}" if bad else None)
+        return HostResult(self.host, ok=self.ok, error=error, rows=rows)
 
 
 def _gpus(session: HostSession) -> list[dict]:
@@ -94,14 +96,17 @@ def check_host(session: HostSession, inventory: Inventory) -> HostReport:
     osr = session.run(["cat", "/etc/os-release"])
     info = dict(line.split("=", 1) for line in osr.stdout.splitlines() if "=" in line)
     pretty = info.get("PRETTY_NAME", "unknown").strip('"')
-    report.facts["os"] = {"id": info.get("ID", "").strip('"'), "version_id": info.get("VERSION_ID", "").strip('"'), "pretty": pretty}
+    report.facts["os"] = {"id": info.get("ID", "").strip('"'), "pretty": pretty,
+                          "version_id": info.get("VERSION_ID", "").strip('"')}
     add(Check("os", True, pretty))
 
     gpus = _gpus(session)
     report.facts["gpus"] = gpus
     expected = hspec.gpus if spec.device == "cuda" else 0
-    detail = ", ".join(f"{g['name']} {g['memory_mib']} MiB driver {g['driver']}" for g in gpus) or "none (no nvidia-smi or no GPU)"
-    add(Check("gpus", len(gpus) >= expected, detail + (f"; inventory expects {expected}" if len(gpus) < expected else "")))
+    detail = (", ".join(f"{g['name']} {g['memory_mib']} MiB driver {g['driver']}" for g in gpus)
+              or "none (no nvidia-smi or no GPU)")
+    short = f"; inventory expects {expected}" if len(gpus) < expected else ""
+    add(Check("gpus", len(gpus) >= expected, detail + short))
 
     docker_path = session.run(["sh", "-c", "command -v docker"]).stdout.strip()
     add(Check("docker installed", bool(docker_path), docker_path or "no docker CLI on PATH"))
@@ -115,26 +120,32 @@ def check_host(session: HostSession, inventory: Inventory) -> HostReport:
     how = session.script(DOCKER_RUNNING_SCRIPT).stdout.strip()
     running = bool(docker_info.get("ServerVersion")) or how in ("systemd", "process")
     add(Check("docker running", running,
-              f"engine {docker_info.get('ServerVersion')}" if docker_info.get("ServerVersion") else ("daemon running" if running else "no running Docker daemon")))
+              f"engine {docker_info.get('ServerVersion')}" if docker_info.get("ServerVersion")
+              else ("daemon running" if running else "no running Docker daemon")))
     reach = session.run(["docker", "version", "--format", "{{.Server.Version}}"]) if docker_path else None
     who = session.run(["id", "-un"]).stdout.strip()
     reach_ok = reach is not None and reach.ok
     add(Check("user can reach docker", reach_ok,
-              f"{who} can" if reach_ok else f"{who} cannot ({' '.join((reach.stderr if reach else 'no docker').split())[:120]}); add the user to the docker group"))
+              f"{who} can" if reach_ok else
+              f"{who} cannot ({' '.join((reach.stderr if reach else 'no docker').split())[:120]}); "
+              "add the user to the docker group"))
     runtimes = docker_info.get("Runtimes") or {}
-    ctk = session.run(["sh", "-c", "command -v nvidia-ctk || command -v nvidia-container-runtime"]).stdout.strip()
+    ctk = session.run(["sh", "-c", "command -v nvidia-ctk || command -v nvidia-container-runtime"])
+    ctk = ctk.stdout.strip()
     toolkit = "nvidia" in runtimes or (bool(ctk) and bool(gpus))
     needs_toolkit = expected > 0
     add(Check("nvidia container toolkit", toolkit or not needs_toolkit,
-              ("configured (docker runtime nvidia)" if "nvidia" in runtimes else f"installed ({ctk})" if toolkit else
-               "not installed" + ("" if needs_toolkit else " (not needed: no GPUs in the inventory)"))))
+              ("configured (docker runtime nvidia)" if "nvidia" in runtimes
+               else f"installed ({ctk})" if toolkit
+               else "not installed" + ("" if needs_toolkit else " (not needed: no GPUs in the inventory)"))))
 
     root = docker_info.get("DockerRootDir") or "/"
     df = session.script('d="$1"; [ -d "$d" ] || d=/; df -Pk "$d" | tail -1', root)
     try:
         free_gib = int(df.stdout.split()[3]) / 1024**2
         report.facts["free_disk_gib"] = round(free_gib, 1)
-        add(Check("free disk", free_gib >= MIN_FREE_DISK_GIB, f"{free_gib:.1f} GiB free on {root} (want >= {MIN_FREE_DISK_GIB})"))
+        add(Check("free disk", free_gib >= MIN_FREE_DISK_GIB,
+                  f"{free_gib:.1f} GiB free on {root} (want >= {MIN_FREE_DISK_GIB})"))
     except (IndexError, ValueError):
         add(Check("free disk", False, f"cannot read df for {root}"))
 
@@ -156,7 +167,8 @@ def check_host(session: HostSession, inventory: Inventory) -> HostReport:
     return report
 
 
-def check_hosts(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts: SSHOptions | None = None) -> list[HostReport]:
+def check_hosts(inventory: Inventory, hosts: Sequence[str] | None = None, *,
+                opts: SSHOptions | None = None) -> list[HostReport]:
     opts = opts or SSHOptions.from_inventory(inventory)
     names = select_hosts(inventory, hosts, opts)
 

@@ -24,14 +24,18 @@ SUPPORTED = ("ubuntu", "22.04")
 
 DOCKER_INSTALL = r"""set -e
 export DEBIAN_FRONTEND=noninteractive
-for p in docker.io docker-doc docker-compose docker-compose-v2 podman-docker containerd runc; do apt-get remove -y -qq $p >/dev/null 2>&1 || true; done
+for p in docker.io docker-doc docker-compose docker-compose-v2 podman-docker containerd runc; do
+  apt-get remove -y -qq $p >/dev/null 2>&1 || true
+done
 apt-get update -qq
 apt-get install -y -qq ca-certificates curl
 install -m 0755 -d /etc/apt/keyrings
 curl -fsSL https://download.docker.com/linux/ubuntu/gpg -o /etc/apt/keyrings/docker.asc
 chmod a+r /etc/apt/keyrings/docker.asc
 . /etc/os-release
-printf 'Types: deb\nURIs: https://download.docker.com/linux/ubuntu\nSuites: %s\nComponents: stable\nArchitectures: %s\nSigned-By: /etc/apt/keyrings/docker.asc\n' "${UBUNTU_CODENAME:-$VERSION_CODENAME}" "$(dpkg --print-architecture)" > /etc/apt/sources.list.d/docker.sources
+printf 'Types: deb\nURIs: https://download.docker.com/linux/ubuntu\nSuites: %s\n%s\n%s\n%s\n' \
+  "${UBUNTU_CODENAME:-$VERSION_CODENAME}" "Components: stable" "Architectures: $(dpkg --print-architecture)" \
+  "Signed-By: /etc/apt/keyrings/docker.asc" > /etc/apt/sources.list.d/docker.sources
 apt-get update -qq
 apt-get install -y -qq docker-ce docker-ce-cli containerd.io docker-buildx-plugin docker-compose-plugin
 systemctl enable --now docker"""
@@ -39,10 +43,14 @@ systemctl enable --now docker"""
 TOOLKIT_REPO = r"""set -e
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y -qq curl gnupg2
-curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey | gpg --batch --yes --dearmor -o /usr/share/keyrings/nvidia-container-toolkit-keyring.gpg
-curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list | sed 's#deb https://#deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] https://#g' > /etc/apt/sources.list.d/nvidia-container-toolkit.list"""
+key=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg
+curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey | gpg --batch --yes --dearmor -o "$key"
+curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list \
+  | sed "s#deb https://#deb [signed-by=$key] https://#g" \
+  > /etc/apt/sources.list.d/nvidia-container-toolkit.list"""
 
-TOOLKIT_INSTALL = "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq nvidia-container-toolkit"
+TOOLKIT_INSTALL = ("set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; "
+                   "apt-get install -y -qq nvidia-container-toolkit")
 RUNTIME_CONFIGURE = "set -e; nvidia-ctk runtime configure --runtime=docker"
 DOCKER_RESTART = "systemctl restart docker"
 DOCKER_GROUP = 'usermod -aG docker "$1"'
@@ -64,7 +72,8 @@ def host_result(host: str, steps: list[Step], error: str | None = None) -> HostR
     """A host's steps in the fleet's result shape (manual or failed steps fail the host)."""
     bad = [st.name for st in steps if st.status in ("failed", "manual")]
     return HostResult(host, ok=error is None and not bad,
-                      changed=[f"{st.name}: {st.detail}" for st in steps if st.status in ("changed", "would-change")],
+                      changed=[f"{st.name}: {st.detail}" for st in steps
+                               if st.status in ("changed", "would-change")],
                       error=error or (f"{host}: needs {', '.join(bad)}" if bad else None),
                       rows=[st.row() for st in steps])
 
@@ -89,15 +98,18 @@ class ProvisionState:
 
 def read_state(s: HostSession, *, wants_gpu: bool) -> ProvisionState:
     osr = s.run(["cat", "/etc/os-release"])
-    info = {k: v.strip('"') for k, v in (line.split("=", 1) for line in osr.stdout.splitlines() if "=" in line)}
+    pairs = (line.split("=", 1) for line in osr.stdout.splitlines() if "=" in line)
+    info = {k: v.strip('"') for k, v in pairs}
     os_id, os_ver = info.get("ID", "?"), info.get("VERSION_ID", "?")
-    driver = s.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]) if wants_gpu else None
+    driver = None
+    if wants_gpu:
+        driver = s.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
     pkg = wants_gpu and _toolkit_pkg(s)
     return ProvisionState(
         os_id=os_id, os_version=os_ver, os_pretty=info.get("PRETTY_NAME", f"{os_id} {os_ver}"),
         root_user=s.run(["id", "-u"]).stdout.strip() == "0", user=s.run(["id", "-un"]).stdout.strip(),
         docker_ready=_docker_ready(s), user_reaches_docker=s.run(["docker", "version"]).ok,
-        driver=(driver.stdout.strip().replace("\n", "; ") or None) if driver is not None and driver.ok else None,
+        driver=(driver.stdout.strip().replace("\n", "; ") or None) if driver and driver.ok else None,
         toolkit_repo=wants_gpu and _toolkit_repo(s), toolkit_pkg=pkg,
         runtime_configured=_runtime_configured(s) if pkg else None,
     )
@@ -116,9 +128,11 @@ def plan_steps(state: ProvisionState, *, wants_gpu: bool) -> list[Step]:
                   state.os_pretty + ("" if supported else " (apply steps need Ubuntu 22.04)"))]
 
     def step(name: str, ok: bool, detail_ok: str, detail_missing: str, *commands: str) -> None:
-        steps.append(Step(name, "ok", detail_ok) if ok else Step(name, "would-change", detail_missing, list(commands)))
+        steps.append(Step(name, "ok", detail_ok) if ok
+                     else Step(name, "would-change", detail_missing, list(commands)))
 
-    step("docker", state.docker_ready, "Docker installed and running", "Docker missing or not running", DOCKER_INSTALL)
+    step("docker", state.docker_ready, "Docker installed and running", "Docker missing or not running",
+         DOCKER_INSTALL)
     if state.root_user:
         steps.append(Step("docker group", "ok", "connecting as root"))
     else:
@@ -137,7 +151,8 @@ def plan_steps(state: ProvisionState, *, wants_gpu: bool) -> list[Step]:
          "NVIDIA apt source missing", TOOLKIT_REPO)
     step("toolkit package", state.toolkit_pkg, "nvidia-container-toolkit installed",
          "nvidia-container-toolkit not installed", TOOLKIT_INSTALL)
-    step("docker nvidia runtime", bool(state.runtime_configured), "/etc/docker/daemon.json has the nvidia runtime",
+    step("docker nvidia runtime", bool(state.runtime_configured),
+         "/etc/docker/daemon.json has the nvidia runtime",
          "daemon.json lacks the nvidia runtime; Docker would be restarted", RUNTIME_CONFIGURE, DOCKER_RESTART)
     return steps
 
@@ -180,7 +195,8 @@ def _apply(s: HostSession, script: str, *args: str, what: str) -> None:
     r = s.script(script, *args, sudo=True, timeout=1200)
     if not r.ok:
         tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-2:])
-        raise HostError(f"{s.name}: {what} failed (exit {r.exited}: {tail[:200]})", fix="run petals-ops provision --dry-run and read the step")
+        raise HostError(f"{s.name}: {what} failed (exit {r.exited}: {tail[:200]})",
+                        fix="run petals-ops provision --dry-run and read the step")
 
 
 # -- apply --------------------------------------------------------------------------------------------
@@ -203,7 +219,8 @@ def apply_steps(s: HostSession, state: ProvisionState, steps: list[Step]) -> lis
             done.append(st)
             continue
         if not supported:
-            raise HostError(f"{s.name}: {st.name}: {st.detail}, and the host runs {state.os_id} {state.os_version}",
+            raise HostError(f"{s.name}: {st.name}: {st.detail}, and the host runs {state.os_id} "
+                            f"{state.os_version}",
                             fix="provision applies changes on Ubuntu 22.04 only; install it by hand there")
         if not state.root_user and not s.spec.sudo:
             raise HostError(f"{s.name}: {st.name} needs root",

@@ -1,8 +1,9 @@
 """The fleet: Petals servers in Docker on rented GPU hosts, over SSH (see docs/fleet.md).
 
 Modules, one per concern: inventory (pydantic), ssh (fabric, host keys, quoting, Docker over SSH),
-hostcheck, provision, plan, containers, up (and restart), down, status, logs. Nothing here imports
-fabric, docker or petals at module level.
+hostcheck, provision, plan, containers, up (and restart), down, status, logs, gpu (nvidia-smi health),
+peers (which swarm, multiaddrs), result (the one per-host result shape every command reports through).
+Nothing here imports fabric, docker or petals at module level.
 """
 
 from petals_ops.fleet.inventory import Inventory, load_inventory

@@ -191,7 +191,7 @@ def test_container_metrics_from_fleet_statuses():
 
 def test_refresher_keeps_the_servers_of_an_unreachable_host():
     """A host that stops answering keeps its peer -> host entries, so its servers' online metric stays (at 0)."""
-    from petals_ops.fleet.status import ContainerStatus
+    from petals_ops.fleet.status import ContainerStatus, FleetReading
     from petals_ops.models import ModelRef
     from petals_ops.monitoring.refresher import Refresher
 
@@ -200,7 +200,7 @@ def test_refresher_keeps_the_servers_of_an_unreachable_host():
 
     rounds = [[status("a10-1", "QmA"), status("a10-2", "QmB")], [status("a10-1", "QmA"), status("a10-2", error="refused")]]
     refresher = Refresher([FAKE_PEER], [ModelRef("m", "m-petals", 4)], interval=30, inventory=object(),
-                          container_statuses=lambda inv: rounds.pop(0))
+                          read_fleet=lambda inv: FleetReading(tuple(rounds.pop(0))))
     refresher._walk_swarm = lambda: [snapshot(time.time())]  # no swarm here: QmB is OFFLINE in it
     assert refresher.refresh_once().own_hosts == {"QmA": "a10-1", "QmB": "a10-2"}
     assert refresher.refresh_once().own_hosts == {"QmA": "a10-1", "QmB": "a10-2"}

@@ -63,12 +63,6 @@ def rows_by_host(stdout: str) -> dict:
     return {h: r["rows"][0] for h, r in hosts_of(stdout).items()}
 
 
-def container_entries(statuses) -> list:
-    from petals_ops.fleet.status import ContainerStatus
-
-    return [s for s in statuses if isinstance(s, ContainerStatus)]
-
-
 # ---------------------------------------------------------------------------------------------------
 def test_hosts_check_reports_what_is_there(fleet, run_cli):
     result = fleet.cli(run_cli, "hosts", "check", "-o", "json")
@@ -206,7 +200,7 @@ def test_changed_setting_recreates_only_that_container(fleet, run_cli):
 
 
 def test_status_and_the_exporter_interface(fleet, run_cli):
-    from petals_ops.fleet import container_statuses, load_inventory
+    from petals_ops.fleet import load_inventory, read_fleet
 
     result = fleet.cli(run_cli, "status", "-o", "json")
     assert result.returncode == 0, result.stderr
@@ -218,7 +212,7 @@ def test_status_and_the_exporter_interface(fleet, run_cli):
     # GPUs: the lab hosts have no nvidia-smi, and say so (the inventory expects none: gpus 0, device cpu).
     assert {(g["host"], g["state"], g["expected"]) for g in data["gpus"]} == {
         ("a10-1", "no_nvidia_smi", 0), ("a10-2", "no_nvidia_smi", 0)}
-    statuses = container_entries(container_statuses(load_inventory(fleet.path)))
+    statuses = read_fleet(load_inventory(fleet.path)).containers
     assert sorted((s.host, s.container, s.running, s.peer_id, s.error) for s in statuses) == [
         ("a10-1", "petals-server-0", True, fleet.peers["a10-1"], None),
         ("a10-2", "petals-server-0", True, fleet.peers["a10-2"], None)]
@@ -242,7 +236,7 @@ def test_restart_keeps_the_peer_id(fleet, run_cli):
 
 def test_one_host_down_partial_failure(fleet, run_cli):
     """sshd of a10-1 stopped: a10-2 still comes up, the exit code says partial failure, the table names a10-1."""
-    from petals_ops.fleet import container_statuses, load_inventory
+    from petals_ops.fleet import load_inventory, read_fleet
 
     down = fleet.cli(run_cli, "down", "--hosts", "a10-2")
     assert down.returncode == 0, down.stderr
@@ -259,7 +253,7 @@ def test_one_host_down_partial_failure(fleet, run_cli):
         assert "created" in lines["a10-2"] and "ONLINE" in lines["a10-2"]
         status = fleet.cli(run_cli, "status")
         assert status.returncode == 3 and "a10-1" in status.stderr
-        statuses = {s.host: s for s in container_entries(container_statuses(load_inventory(fleet.path)))}
+        statuses = {s.host: s for s in read_fleet(load_inventory(fleet.path)).containers}
         assert statuses["a10-1"].error and "connection refused" in statuses["a10-1"].error
         assert statuses["a10-2"].running and statuses["a10-2"].peer_id == fleet.peers["a10-2"]
     finally:

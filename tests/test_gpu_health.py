@@ -103,7 +103,7 @@ def fleet_state() -> ExporterState:
     lost = parse_query("a10-2", (DATA / "fallen_off_bus.txt").read_text(), 15, expected=1)
     both = parse_query("a10-3", (DATA / "ecc_errors.txt").read_text(), 0, expected=2)
     container = ContainerStatus("a10-1", "petals-server-0", True, 0, None, "QmA", None)
-    return ExporterState(refresh_interval=30, containers=(container, healthy, lost, both), fleet_ok=True,
+    return ExporterState(refresh_interval=30, containers=(container,), gpus=(healthy, lost, both), fleet_ok=True,
                          up=True, last_success=time.time())
 
 
@@ -134,7 +134,7 @@ def test_gpu_metrics_with_the_host_label():
 
 def test_na_values_are_absent_from_metrics():
     na = parse_query("g", (DATA / "na_fields.txt").read_text(), 0)
-    _, got = samples(ExporterState(refresh_interval=30, containers=(na,), fleet_ok=True))
+    _, got = samples(ExporterState(refresh_interval=30, containers=(), gpus=(na,), fleet_ok=True))
     t4 = (("gpu", "1"), ("host", "g"))
     assert ("petals_gpu_utilization_ratio", t4) not in got and ("petals_gpu_power_watts", t4) not in got
     assert got[("petals_gpu_power_limit_watts", t4)] == 70
@@ -144,18 +144,19 @@ def test_na_values_are_absent_from_metrics():
 def test_collection_over_real_sshd_without_nvidia_smi(fleet_lab, tmp_path):
     """The lab hosts (real sshd) have no nvidia-smi: each gives the no_nvidia_smi state next to its
     containers, and a host the inventory says has a GPU is then short of GPUs (PetalsGpuMissing fires)."""
-    from petals_ops.fleet import container_statuses, load_inventory
+    from petals_ops.fleet import load_inventory, read_fleet
 
     inv = {"ssh_config": str(fleet_lab.ssh_config), "known_hosts": str(fleet_lab.known_hosts),
            "hosts": {"a10-1": {"gpus": 1}, "a10-2": {"gpus": 0, "server": {"device": "cpu"}}}}
     path = fleet_lab.write_inventory(tmp_path / "gpu.yaml", inv)
-    entries = container_statuses(load_inventory(path))
-    gpus = {e.host: e for e in entries if isinstance(e, GpuHostStatus)}
+    reading = read_fleet(load_inventory(path))
+    gpus = {e.host: e for e in reading.gpus}
     assert set(gpus) == {"a10-1", "a10-2"}
     for host, expected in (("a10-1", 1), ("a10-2", 0)):
         assert (gpus[host].state, gpus[host].gpus, gpus[host].expected) == ("no_nvidia_smi", (), expected)
         assert "no nvidia-smi" in gpus[host].detail
-    _, got = samples(ExporterState(refresh_interval=30, containers=tuple(entries), fleet_ok=True))
+    _, got = samples(ExporterState(refresh_interval=30, containers=reading.containers, gpus=reading.gpus,
+                                   fleet_ok=True))
     visible, expected = counts(got, "a10-1")
     assert visible == 0 < expected
     assert got[("petals_gpu_host_state", (("host", "a10-2"), ("state", "no_nvidia_smi")))] == 1

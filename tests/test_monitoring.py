@@ -280,7 +280,7 @@ def test_gpu_metrics_dashboard_and_alerts_in_prometheus(prometheus, tmp_path):
             parse_query("a100-1", (data / "healthy_2xa100_one_full.txt").read_text(), 0, expected=2),
             parse_query("a10-2", (data / "fallen_off_bus.txt").read_text(), 15, expected=1))
     registry = CollectorRegistry(auto_describe=False)
-    state = ExporterState(refresh_interval=30, containers=gpus, fleet_ok=True)
+    state = ExporterState(refresh_interval=30, containers=(), gpus=gpus, fleet_ok=True)
     registry.register(SwarmCollector(lambda: state))
     body = generate_latest(registry)
 

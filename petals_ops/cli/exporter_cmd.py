@@ -33,13 +33,13 @@ def exporter(initial_peers, model, dht_prefix, num_blocks, swarm_dir, listen, re
     interval = parse_duration(refresh)
     targets = [resolve_target(initial_peers, m, dht_prefix=dht_prefix, num_blocks=num_blocks, run_dir=swarm_dir)
                for m in (model or (None,))]
-    inv, statuses = None, None
+    inv, read_fleet = None, None
     if inventory:
-        load_inventory, statuses = load_fleet_api()
+        load_inventory, read_fleet = load_fleet_api()
         inv = load_inventory(inventory)
     refresher = Refresher(
         targets[0].initial_peers, [t.model for t in targets], interval=interval, inventory=inv,
-        container_statuses=statuses, identities=local_identities(targets[0].local_run_dir),
+        read_fleet=read_fleet, identities=local_identities(targets[0].local_run_dir),
     )
     running = start_exporter(refresher, listen)
     host, port = running.address

@@ -7,6 +7,6 @@ Nothing here imports fabric, docker or petals at module level.
 """
 
 from petals_ops.fleet.inventory import Inventory, load_inventory
-from petals_ops.fleet.status import ContainerStatus, container_statuses
+from petals_ops.fleet.status import ContainerStatus, FleetReading, read_fleet
 
-__all__ = ["ContainerStatus", "Inventory", "container_statuses", "load_inventory"]
+__all__ = ["ContainerStatus", "FleetReading", "Inventory", "load_inventory", "read_fleet"]

@@ -1,7 +1,7 @@
 """Container and GPU status per host (for ``petals-ops status`` and the exporter), joined with the DHT.
 
-Public interface (the exporter codes against it): :func:`container_statuses`, :class:`ContainerStatus`,
-:class:`~petals_ops.fleet.gpu.GpuHostStatus` and :func:`load_inventory`. :func:`fleet_status` is the join
+Public interface (the exporter codes against it): :func:`read_fleet` (a :class:`FleetReading` of
+:class:`ContainerStatus` and :class:`~petals_ops.fleet.gpu.GpuHostStatus`) and :func:`load_inventory`. :func:`fleet_status` is the join
 of containers and the swarm's DHT (by peer id) that ``status`` prints.
 """
 
@@ -18,8 +18,8 @@ from petals_ops.fleet.parallel import per_host
 from petals_ops.fleet.result import HostResult
 from petals_ops.fleet.ssh import HostError, HostSession, SSHOptions, select_hosts
 
-__all__ = ["ContainerStatus", "FleetStatus", "GpuHostStatus", "container_statuses", "fleet_status",
-           "load_inventory"]
+__all__ = ["ContainerStatus", "FleetReading", "FleetStatus", "GpuHostStatus", "fleet_status", "load_inventory",
+           "read_fleet"]
 
 
 @dataclass
@@ -33,7 +33,16 @@ class ContainerStatus:
     error: str | None  # set (and the rest defaulted) when the host is unreachable
 
 
-def _host_statuses(host: str, inventory: Inventory, opts: SSHOptions, gpus: bool) -> list:
+@dataclass(frozen=True)
+class FleetReading:
+    """One read of our hosts: their managed containers (one entry with ``error`` per unreachable host)
+    and, per reachable host, its GPUs (nvidia-smi over the same SSH session)."""
+
+    containers: tuple[ContainerStatus, ...] = ()
+    gpus: tuple[GpuHostStatus, ...] = ()
+
+
+def _read_host(host: str, inventory: Inventory, opts: SSHOptions, gpus: bool) -> FleetReading:
     with HostSession(host, inventory.host(host), opts) as session:
         out: list = []
         for c in C.managed_containers(session.docker(), host):
@@ -45,34 +54,35 @@ def _host_statuses(host: str, inventory: Inventory, opts: SSHOptions, gpus: bool
                 exit_code=None if running else state.get("ExitCode"), peer_id=c.labels.get(C.LABEL_PEER),
                 error=None,
             ))
+        gpu: tuple[GpuHostStatus, ...] = ()
         if gpus:
             expected = expected_gpus(inventory, host)
             try:
-                out.append(read_gpus(session, expected))
+                gpu = (read_gpus(session, expected),)
             except HostError as e:  # nvidia-smi hung or the connection dropped: the containers still count
-                out.append(GpuHostStatus(host, "error", expected=expected, detail=e.one_line()))
-        return out
+                gpu = (GpuHostStatus(host, "error", expected=expected, detail=e.one_line()),)
+        return FleetReading(tuple(out), gpu)
 
 
-def container_statuses(inventory: Inventory, hosts: Sequence[str] | None = None, *,
-                       opts: SSHOptions | None = None, gpus: bool = True) -> list:
-    """The managed server containers of ``hosts`` (default: all inventory hosts), queried in parallel.
+def read_fleet(inventory: Inventory, hosts: Sequence[str] | None = None, *,
+               opts: SSHOptions | None = None, gpus: bool = True) -> FleetReading:
+    """The managed server containers (and GPUs) of ``hosts`` (default: all inventory hosts), in parallel.
 
-    An unreachable host gives one entry with ``container=""`` and ``error`` set; it never hides the others.
-    With ``gpus`` (the default, as the exporter calls it) each reachable host also gives one
-    :class:`GpuHostStatus` (nvidia-smi over the same SSH session): pick the entries by type.
+    An unreachable host gives one container entry with ``container=""`` and ``error`` set; it never hides
+    the others.
     """
     opts = opts or SSHOptions.from_inventory(inventory)
     names = select_hosts(inventory, hosts, opts)
-    outcomes = per_host(names, lambda h: _host_statuses(h, inventory, opts, gpus))
-    out: list = []
-    for o in outcomes:
+    containers: list[ContainerStatus] = []
+    gpu: list[GpuHostStatus] = []
+    for o in per_host(names, lambda h: _read_host(h, inventory, opts, gpus)):
         if o.ok:
-            out += o.value
+            containers += o.value.containers
+            gpu += o.value.gpus
         else:
-            out.append(ContainerStatus(host=o.host, container="", running=False, restart_count=0,
-                                       exit_code=None, peer_id=None, error=o.error))
-    return out
+            containers.append(ContainerStatus(host=o.host, container="", running=False, restart_count=0,
+                                              exit_code=None, peer_id=None, error=o.error))
+    return FleetReading(tuple(containers), tuple(gpu))
 
 
 @dataclass
@@ -87,7 +97,7 @@ class FleetStatus:
     public_swarm: bool = False
 
 
-def join(names: Sequence[str], statuses: Sequence, snap=None) -> list[HostResult]:
+def join(names: Sequence[str], statuses: Sequence[ContainerStatus], snap=None) -> list[HostResult]:
     """Containers x DHT records (by peer id) -> one result per host. Pure (unit-tested without SSH).
 
     A host fails when unreachable, when it has no containers, or when a server is not running or
@@ -95,7 +105,7 @@ def join(names: Sequence[str], statuses: Sequence, snap=None) -> list[HostResult
     """
     out = []
     for h in names:
-        mine = [s for s in statuses if isinstance(s, ContainerStatus) and s.host == h]
+        mine = [s for s in statuses if s.host == h]
         unreachable = next((s.error for s in mine if s.error), None)
         if unreachable:
             out.append(HostResult.failed(h, unreachable))
@@ -132,11 +142,12 @@ def fleet_status(inventory: Inventory, hosts: Sequence[str] | None = None, *,
 
     opts = opts or SSHOptions.from_inventory(inventory)
     names = select_hosts(inventory, hosts, opts)
-    statuses = container_statuses(inventory, names, opts=opts)
-    result = FleetStatus(hosts=[], gpus=[s for s in statuses if isinstance(s, GpuHostStatus)],
+    reading = read_fleet(inventory, names, opts=opts)
+    statuses = reading.containers
+    result = FleetStatus(hosts=[], gpus=list(reading.gpus),
                          public_swarm=bool(joins_public_swarm(inventory, names)))
     snap = None
-    if any(isinstance(s, ContainerStatus) and s.peer_id for s in statuses):
+    if any(s.peer_id for s in statuses):
         from petals_ops.fleet.up import _model_ref
         from petals_ops.swarm_health import take_snapshot
 

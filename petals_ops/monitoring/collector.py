@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 from petals_ops import __version__
-from petals_ops.fleet.gpu import GpuHostStatus
 from petals_ops.monitoring.gpu_metrics import render_gpus
 from petals_ops.monitoring.refresher import ExporterState
 from petals_ops.swarm_health import STATES
@@ -134,8 +133,6 @@ def render_state(state: ExporterState) -> list[Metric]:
         exit_code = _gauge("petals_container_last_exit_code", "Exit code of the container's last exit",
                            CONTAINER_LABELS)
         for c in state.containers:
-            if isinstance(c, GpuHostStatus):  # the fleet's status read also gives each host's GPUs
-                continue
             labels = [c.host, c.container]
             inspected.add_metric(labels, 0 if c.error else 1)
             if c.error:
@@ -145,7 +142,7 @@ def render_state(state: ExporterState) -> list[Metric]:
             if c.exit_code is not None:
                 exit_code.add_metric(labels, c.exit_code)
         fams += [fleet_up, inspected, running, restarts, exit_code]
-        fams += render_gpus(c for c in state.containers if isinstance(c, GpuHostStatus))
+        fams += render_gpus(state.gpus)
 
     # -- the exporter itself --------------------------------------------------------------------------
     up = _gauge("petals_exporter_up",

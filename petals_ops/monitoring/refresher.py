@@ -31,7 +31,8 @@ class ExporterState:
     refresh_interval: float
     snapshots: tuple[SwarmSnapshot, ...] = ()  # latest successful walk of each model
     own_hosts: dict[str, str] = field(default_factory=dict)  # peer id -> our host name
-    containers: tuple[Any, ...] | None = None  # ContainerStatus list; None when no inventory is given
+    containers: tuple[Any, ...] | None = None  # fleet.ContainerStatus; None when no inventory is given
+    gpus: tuple[Any, ...] = ()  # fleet.gpu.GpuHostStatus, one per reachable inventory host
     fleet_ok: bool | None = None  # None when no inventory is given
     up: bool = False  # the latest swarm refresh succeeded for every model
     refresh_seconds: float | None = None
@@ -42,7 +43,7 @@ class ExporterState:
 
 
 def load_fleet_api() -> tuple[Callable, Callable]:
-    """``(load_inventory, container_statuses)`` from the fleet module, imported only when --inventory is given."""
+    """``(load_inventory, read_fleet)`` from the fleet module, imported only when --inventory is given."""
     try:
         from petals_ops.fleet import status as fleet_status
     except ImportError as e:
@@ -55,7 +56,7 @@ def load_fleet_api() -> tuple[Callable, Callable]:
         from petals_ops import fleet
 
         load = fleet.load_inventory
-    return load, fleet_status.container_statuses
+    return load, fleet_status.read_fleet
 
 
 def local_identities(run_dir: str | Path | None) -> dict[str, Path]:
@@ -84,7 +85,7 @@ class Refresher:
         *,
         interval: float,
         inventory: Any = None,
-        container_statuses: Callable | None = None,
+        read_fleet: Callable | None = None,
         identities: dict[str, Path] | None = None,
         startup_timeout: float | None = None,
     ):
@@ -94,7 +95,7 @@ class Refresher:
         self.models = list(models)
         self.interval = float(interval)
         self.inventory = inventory
-        self.container_statuses = container_statuses
+        self.read_fleet = read_fleet
         self.identities = dict(identities or {})
         self.startup_timeout = startup_timeout or min(30.0, max(5.0, self.interval))
         self._probe: SwarmProbe | None = None
@@ -157,13 +158,14 @@ class Refresher:
             self._close_probe()
         refresh_seconds = time.monotonic() - started
 
-        containers, fleet_ok = old.containers, old.fleet_ok
-        if self.inventory is not None and self.container_statuses is not None:
+        containers, gpus, fleet_ok = old.containers, old.gpus, old.fleet_ok
+        if self.inventory is not None and self.read_fleet is not None:
             try:
-                containers, fleet_ok = tuple(self.container_statuses(self.inventory)), True
+                reading = self.read_fleet(self.inventory)
+                containers, gpus, fleet_ok = tuple(reading.containers), tuple(reading.gpus), True
             except Exception as e:  # noqa: BLE001  (SSH, Docker, anything: counted, never fatal)
                 errors["fleet"] += 1
-                containers, fleet_ok = (), False
+                containers, gpus, fleet_ok = (), (), False
                 last_error = " ".join(str(e).split())[:300] or type(e).__name__
                 log.warning("container status failed: %s", last_error)
 
@@ -178,7 +180,7 @@ class Refresher:
             if host in unreachable or fleet_ok is False:
                 own.setdefault(peer_id, host)
         new = ExporterState(
-            refresh_interval=self.interval, snapshots=snapshots, own_hosts=own, containers=containers,
+            refresh_interval=self.interval, snapshots=snapshots, own_hosts=own, containers=containers, gpus=gpus,
             fleet_ok=fleet_ok, up=up, refresh_seconds=refresh_seconds, last_success=last_success,
             refreshes=old.refreshes + 1, errors=errors, last_error=last_error,
         )

@@ -7,10 +7,17 @@ so the last test can kill the servers a run routes through and training still co
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import cli_env
 
 ARITH_MODEL = Path(__file__).resolve().parents[1] / "petals_ops" / "data" / "models" / "tiny-bloom-arith"
 
@@ -32,33 +39,36 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
-def write_shifted_task(directory: Path) -> tuple[Path, Path]:
-    """The arithmetic task with gain/loss verbs the model never saw ('collects 3', 'drops 2'): 0-shot it
-    gets the signs wrong (measured: 4 of 100 right); that is what the tuned prompts have to fix."""
+NEW_GAINS = ("collects {n}", "receives {n}", "earns {n}", "picks up {n}")
+
+
+def write_shifted_task(directory: Path, train: int = 1500, test: int = 100) -> tuple[Path, Path]:
+    """A new domain for the arithmetic model: every event is a gain, told with verbs it never saw
+    ('collects 3', 'earns 2'). 0-shot it subtracts them (measured: 0-8 of 100 right); one fact about the
+    domain (they all add) is what tuned prompts can carry."""
     from petals_ops import synthetic_math as sm
 
-    gains, losses = ("collects {n}", "receives {n}", "earns {n}"), ("drops {n}", "eats {n}", "breaks {n}")
     rng, seen = random.Random(5), set()
 
-    def rows(n: int, weights: dict) -> str:
+    def rows(n: int, steps: tuple[int, ...]) -> str:
         out = []
-        old = sm.GAINS, sm.LOSSES
-        sm.GAINS, sm.LOSSES = gains, losses
-        try:
-            while len(out) < n:
-                p = sm.make_problem(rng, step_weights=weights)
-                if p.question not in seen:
-                    seen.add(p.question)
-                    worked = sm.rationale(p, rng).rsplit(" The answer is", 1)[0]
-                    out.append(json.dumps({"question": p.question, "answer": f"{worked}\n#### {p.answer}"}))
-        finally:
-            sm.GAINS, sm.LOSSES = old
+        while len(out) < n:
+            name, item, start = rng.choice(sm.NAMES), rng.choice(sm.ITEMS), rng.randint(10, 30)
+            changes = tuple(rng.randint(1, 5) for _ in range(rng.choice(steps)))
+            acts = [rng.choice(NEW_GAINS).format(n=c) for c in changes]
+            told = acts[0] if len(acts) == 1 else ", ".join(acts[:-1]) + " and then " + acts[-1]
+            question = f"{name} has {start} {item}. {name} {told}. How many {item} does {name} have now?"
+            if question in seen:
+                continue
+            seen.add(question)
+            worked = sm.rationale(sm.Problem(question, start, changes), rng).rsplit(" The answer is", 1)[0]
+            out.append(json.dumps({"question": question, "answer": f"{worked}\n#### {start + sum(changes)}"}))
         return "\n".join(out) + "\n"
 
-    train, test = directory / "shift_train.jsonl", directory / "shift_test.jsonl"
-    train.write_text(rows(1500, sm.TRAIN_STEP_WEIGHTS))
-    test.write_text(rows(100, sm.HELD_OUT_STEP_WEIGHTS))
-    return train, test
+    train_path, test_path = directory / "gains_train.jsonl", directory / "gains_test.jsonl"
+    train_path.write_text(rows(train, (1, 2, 3)))
+    test_path.write_text(rows(test, (2, 3)))
+    return train_path, test_path
 
 
 @pytest.mark.parametrize("mode", ["ptune", "deep_ptune"])
@@ -84,7 +94,7 @@ def test_swarm_step_gives_in_process_gradients(tune_swarm, mode):
             ids, labels, _ = collate(loaded.tokenizer, pairs.batch(1, 4, 0), 128)
             loss = step_loss(loaded.model, ids, labels)
             loss.backward()
-            results[kind] = (float(loss), {k: p.grad.clone() for k, p in params.items()})
+            results[kind] = (float(loss.detach()), {k: p.grad.clone() for k, p in params.items()})
         finally:
             loaded.close()
     (swarm_loss, swarm_grads), (local_loss, local_grads) = results["petals"], results["local"]
@@ -93,3 +103,181 @@ def test_swarm_step_gives_in_process_gradients(tune_swarm, mode):
     for key in swarm_grads:
         assert float(local_grads[key].abs().max()) > 1e-6, key  # a real gradient, not zeros on both sides
         assert (swarm_grads[key] - local_grads[key]).abs().max() <= 1e-4 * local_grads[key].abs().max() + 1e-7, key
+
+
+def tune_cmd(swarm, run_dir, *extra) -> list[str]:
+    return [sys.executable, "-m", "petals_ops.cli.main", "tune", "gsm8k", *swarm_args(swarm), "--run-dir", str(run_dir),
+            *map(str, extra)]
+
+
+def read_tune(run_dir) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "tune.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.fixture(scope="module")
+def gains_task(tmp_path_factory):
+    return write_shifted_task(tmp_path_factory.mktemp("gains"))
+
+
+@pytest.fixture(scope="module")
+def tuned_run(tune_swarm, gains_task, tmp_path_factory):
+    """ptune, N=8, 40 steps of 16 pairs through the swarm on the new-verbs domain (fixed seed)."""
+    run_dir = tmp_path_factory.mktemp("tuned") / "run"
+    train, _ = gains_task
+    result = subprocess.run(tune_cmd(tune_swarm, run_dir, "--data", train, "--mode", "ptune", "--pre-seq-len", 8,
+                                     "--steps", 40, "--batch-size", 16, "--lr", 0.03, "--eval-every", 20,
+                                     "--eval-size", 32, "--checkpoint-every", 20, "--max-length", 96),
+                            check=False, capture_output=True, text=True, timeout=600, env=cli_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def test_tuning_through_the_swarm_lowers_the_loss(tuned_run, tune_swarm):
+    run_dir, result = tuned_run
+    summary = read_tune(run_dir)
+    losses = summary["losses"]
+    assert summary["step"] == 40 and len(losses) == 40
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:5]) / 5, losses  # measured: 1.6 -> 0.2
+    assert summary["evals"][-1]["loss"] < summary["evals"][0]["loss"] * 1.2
+    assert summary["best"]["step"] in (20, 40) and summary["best"]["id"]
+    assert set(summary["servers"]) and summary["timing"]["forward_s"] > 0 and summary["timing"]["backward_s"] > 0
+    assert summary["mode"] == "ptune" and summary["pre_seq_len"] == 8 and summary["dht_prefix"] == "tiny-bloom-arith"
+    for name in ("best.safetensors", "prompts.safetensors", "loss.png", "config.json", "checkpoint.pt"):
+        assert (run_dir / name).is_file(), name
+    assert "[40/40] loss" in result.stderr  # the progress lines (not a terminal)
+
+
+def test_tuned_prompts_beat_zero_shot_on_held_out_problems(tuned_run, tune_swarm, gains_task, run_cli, tmp_path):
+    """bench gsm8k --zero-shot on 40 held-out problems of the new domain, without the tuned prompts
+    (in-process: the backends agree token for token, see generate below) and with them through the swarm.
+    Measured: 0 vs 15 of 50 (through the swarm); the test wants a gain of 8 or more of 40."""
+    run_dir, _ = tuned_run
+    _, test = gains_task
+    common = ["bench", "gsm8k", *swarm_args(tune_swarm), "--data", test, "--zero-shot", "--limit", 40,
+              "--max-new-tokens", 48, "--output", "json"]
+    plain = run_cli(*common, "--run-dir", tmp_path / "plain", "--backend", "local", timeout=600)
+    tuned = run_cli(*common, "--run-dir", tmp_path / "tuned", "--tuned-prompts", run_dir, "--concurrency", 4,
+                    timeout=600)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    base, with_prompts = json.loads(plain.stdout)["correct"], json.loads(tuned.stdout)["correct"]
+    assert with_prompts >= base + 8, (base, with_prompts)
+    best_id = read_tune(run_dir)["best"]["id"]
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert config["tuned_prompts"]["id"] == best_id and config["tuned_prompts"]["pre_seq_len"] == 8
+    record = json.loads((tmp_path / "tuned" / "records.jsonl").read_text().splitlines()[0])
+    assert record["prompt_id"].endswith(f"+tuned@{best_id}")
+    # the same run dir with other prompts (none) is refused, as the bench refuses any other config
+    again = run_cli(*common, "--run-dir", tmp_path / "tuned", "--backend", "local", timeout=120)
+    assert "different config" in one_error_line(again)
+    # generate with the tuned prompts, through the swarm and in-process: the same greedy text
+    question = "Q: Mia has 12 coins. Mia collects 3 and then earns 2. How many coins does Mia have now?\nA:"
+    texts = []
+    for backend in ("petals", "local"):
+        out = run_cli("generate", *swarm_args(tune_swarm), question, "--max-new-tokens", 24, "--backend", backend,
+                      "--tuned-prompts", run_dir, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        texts.append(out.stdout.strip())
+    assert texts[0] == texts[1] and texts[0].startswith("12 +"), texts  # it adds (0-shot it subtracts)
+
+
+def test_bad_input_is_one_line(tuned_run, tune_swarm, tiny_model_dir, run_cli, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    run_dir, _ = tuned_run
+    base = ["tune", "gsm8k", *swarm_args(tune_swarm), "--run-dir", tmp_path / "bad", "--data", "arith:train"]
+    assert "--pre-seq-len 0 must be at least 1" in one_error_line(run_cli(*base, "--pre-seq-len", 0))
+    assert "--mode prefix is unknown" in one_error_line(run_cli(*base, "--mode", "prefix"))
+    line = one_error_line(run_cli(*base, "--batch-size", 16, "--pre-seq-len", 8, "--max-length", 64,
+                                  "--servers-max-batch-size", 512))
+    assert "max_batch_size of 512 tokens" in line and "14 rows x 72 tokens" in line, line
+    assert not (tmp_path / "bad").exists()  # refused before any work
+    # prompts tuned on the arithmetic model, for another model
+    line = one_error_line(run_cli("generate", "Q: 1+1?", "--backend", "local", "--model", tiny_model_dir,
+                                  "--tuned-prompts", run_dir))
+    assert "were tuned for model tiny-bloom-arith" in line, line
+    line = one_error_line(run_cli("bench", "gsm8k", "--backend", "local", "--model", tiny_model_dir, "--data",
+                                  "arith:test", "--limit", 1, "--run-dir", tmp_path / "b", "--tuned-prompts", run_dir))
+    assert "were tuned for model tiny-bloom-arith" in line and not (tmp_path / "b").exists(), line
+    # a prompt file whose tensors are not what it says (another N, another mode)
+    tensors = load_file(run_dir / "best.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "best.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    for change, expected in (({"pre_seq_len": "4"}, "does not hold ptune prompts of length 4"),
+                             ({"mode": "deep_ptune"}, "does not hold deep_ptune prompts")):
+        doctored = tmp_path / "doctored.safetensors"
+        save_file(tensors, doctored, metadata={**meta, **change})
+        line = one_error_line(run_cli("generate", *swarm_args(tune_swarm), "Q: 1+1?", "--backend", "local",
+                                      "--tuned-prompts", doctored))
+        assert expected in line, line
+    # resuming a run dir with other hyper-parameters
+    line = one_error_line(run_cli("tune", "gsm8k", *swarm_args(tune_swarm), "--run-dir", run_dir, "--data",
+                                  "arith:train", "--steps", 40))
+    assert "different config" in line, line
+
+
+def _wait_for_step(proc, run_dir, step: int, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        summary = read_tune(run_dir)
+        if summary.get("step", 0) >= step:
+            return summary
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint at step {step} within {timeout} s")
+
+
+def test_kill_9_then_the_same_command_resumes(tune_swarm, tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = tune_cmd(tune_swarm, run_dir, "--data", "arith:train", "--steps", 12, "--batch-size", 4,
+                   "--checkpoint-every", 3, "--eval-every", 6, "--eval-size", 8, "--max-length", 96)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    try:
+        killed_at = _wait_for_step(proc, run_dir, 3)["step"]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    assert killed_at < 12
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=cli_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_tune(run_dir)
+    assert summary["step"] == 12 and len(summary["losses"]) == 12
+    assert len(summary["resumed_at"]) == 1 and summary["resumed_at"][0] >= killed_at
+    assert summary["resumed_at"][0] % 3 == 0
+    assert f"resuming at step {summary['resumed_at'][0]} of 12" in result.stderr
+
+
+def test_killed_server_mid_run_training_completes(tune_swarm, tmp_path):
+    """kill -9 one server of each block range while the run routes through them (petals spreads requests over
+    the replicas: all four have served by step 2): training goes on through the other replica. Last in this
+    file: it leaves the swarm with half its servers."""
+    from petals_ops import petals_door
+
+    run_dir = tmp_path / "run"
+    cmd = tune_cmd(tune_swarm, run_dir, "--data", "arith:train", "--steps", 16, "--batch-size", 4,
+                   "--checkpoint-every", 2, "--eval-every", 8, "--eval-size", 8, "--max-length", 96)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    try:
+        progress = _wait_for_step(proc, run_dir, 2)
+        by_peer = {petals_door.peer_id_of_identity((Path(tune_swarm.run_dir) / f"{p.name}.id").read_bytes()): p
+                   for p in tune_swarm.servers}
+        victims = {}
+        for peer in progress["servers"]:  # one server that has served, per block range
+            victims.setdefault(by_peer[peer].blocks, by_peer[peer])
+        assert sorted(victims) == ["0:2", "2:4"], progress["servers"]
+        for victim in victims.values():
+            os.killpg(victim.pgid, signal.SIGKILL)
+        killed_at = read_tune(run_dir)["step"]
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert killed_at < 16 and not any(v.alive() for v in victims.values())
+    summary = read_tune(run_dir)
+    assert summary["step"] == 16 and len(summary["losses"]) == 16

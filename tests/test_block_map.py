@@ -110,3 +110,5 @@ def test_swarm_status_draws_the_map(run_cli, local_swarm):
     assert coverage.split()[-1] == "1" * local_swarm.num_blocks  # 0:2 and 2:4, one server each
     assert "every block has an ONLINE server" in out and UNCOVERED not in out
     assert out.count("█" * 2) >= 2  # each server's two blocks
+    rows = [line for line in out.splitlines() if line.rstrip().endswith(("██··", "··██"))]
+    assert len(rows) == 2 and all(row.startswith("*") for row in rows), "both servers are ours: marked *"

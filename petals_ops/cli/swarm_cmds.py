@@ -104,7 +104,7 @@ def status(initial_peers, model, dht_prefix, num_blocks, swarm_dir, output):
               s.cache_tokens_left, s.version, s.torch_dtype, s.quant_type] for s in snap.servers],
             title=f"servers of {snap.dht_prefix}",
         )
-        print_block_map(snap)
+        print_block_map(snap, own_peer_ids(target.local_run_dir))
         cov = snap.coverage()
         uncovered = format_block_ranges(cov["uncovered_blocks"]) or "none"
         click.echo(
@@ -116,7 +116,17 @@ def status(initial_peers, model, dht_prefix, num_blocks, swarm_dir, output):
         raise SystemExit(1)
 
 
-def print_block_map(snap) -> None:
+def own_peer_ids(local_run_dir) -> set[str]:
+    """Peer ids of the local swarm's servers (from their identity files), marked as ours on the map."""
+    if not local_run_dir:
+        return set()
+    from petals_ops import petals_door as door
+    from petals_ops.monitoring.refresher import local_identities
+
+    return {door.peer_id_of_identity(path.read_bytes()) for path in local_identities(local_run_dir).values()}
+
+
+def print_block_map(snap, own: set[str] = frozenset()) -> None:
     """The terminal block map (petals_ops.block_map) of ``snap``, fitted to the terminal's width."""
     import sys
 
@@ -126,4 +136,4 @@ def print_block_map(snap) -> None:
 
     console = Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None)  # as render_table
     console.print(f"block map of {snap.dht_prefix}", style="italic")
-    console.print(block_map(snap))
+    console.print(block_map(snap, own))

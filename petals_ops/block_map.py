@@ -2,10 +2,11 @@
 
 ``block_map(snapshot)`` is a pure function returning a rich renderable (``swarm status`` prints it). It
 fits the console's width: blocks come in groups of 10 and wrap into bands of whole groups, so BLOOM-176B's
-70 blocks fit one band at 100 columns and wrap below that (a band lists only the rows holding its blocks). Above ``max_rows`` servers, servers with the
-same blocks and state share one row (``×N``), so a public swarm stays a screenful. The coverage row shows
-ONLINE servers per block and a red ``✗`` where there is none. The glyphs carry the state without colour.
-Announced names are shown as plain text (never rich markup), control characters replaced.
+70 blocks fit one band at 100 columns and wrap below that (a band lists only the rows holding its blocks).
+Above ``max_rows`` servers, servers with the same blocks and state share one row (``×N``), so a public
+swarm stays a screenful. The coverage row shows ONLINE servers per block and a red ``✗`` where there is
+none. The glyphs carry the state without colour. Announced names are shown as plain text (never rich
+markup), control characters replaced.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def _label(mark: str, name: str, tail: str) -> str:
 
 
 def map_rows(snap: SwarmSnapshot, own: frozenset[str] = frozenset(), max_rows: int = 40) -> list[MapRow]:
-    """The rows in start-block order; servers grouped by (blocks, state) when there are more than ``max_rows``."""
+    """The rows in start-block order; servers grouped by (blocks, state) when there are more than
+    ``max_rows``."""
     cells: dict[str, list[str]] = {s.peer_id: [ABSENT] * snap.num_blocks for s in snap.servers}
     for block in snap.blocks:
         for peer_id, state in block.servers.items():
@@ -72,7 +74,8 @@ class BlockMap:
         """Block ranges of whole groups that fit ``width`` columns (at least one group per band)."""
         groups = max(1, (width - LABEL_CELLS) // (GROUP + 1))
         per_band = groups * GROUP
-        return [range(b, min(b + per_band, self.snap.num_blocks)) for b in range(0, self.snap.num_blocks, per_band)]
+        return [range(b, min(b + per_band, self.snap.num_blocks))
+                for b in range(0, self.snap.num_blocks, per_band)]
 
     def _cells_line(self, label: Text, band: range, cell) -> Text:
         line = label.copy()
@@ -99,7 +102,8 @@ class BlockMap:
                 n = online[b]
                 return (UNCOVERED, "bold white on red") if n == 0 else ("+" if n > 9 else str(n), "green")
 
-            yield self._cells_line(Text(set_cell_size("ONLINE/block", LABEL_CELLS - 1), style="bold"), band, coverage)
+            yield self._cells_line(Text(set_cell_size("ONLINE/block", LABEL_CELLS - 1), style="bold"), band,
+                                   coverage)
             for row in shown:
                 if not any(row.cells[b] != ABSENT for b in band):
                     continue  # a wrapped band lists only the rows that hold some of its blocks
@@ -108,7 +112,8 @@ class BlockMap:
                     GLYPH.get(row.cells[b], ABSENT),
                     STYLE.get(row.cells[b], "red" if online[b] == 0 else STYLE[ABSENT])))
         if len(self.rows) > len(shown):
-            yield Text(f"… {len(self.rows) - len(shown)} more rows: see the servers table or -o json", style="yellow")
+            yield Text(f"… {len(self.rows) - len(shown)} more rows: see the servers table or -o json",
+                       style="yellow")
         yield Text(f"{GLYPH['ONLINE']} ONLINE  {GLYPH['JOINING']} JOINING  {GLYPH['OFFLINE']} OFFLINE  "
                    f"{ABSENT} not held  * ours", style="bright_black")
         if snap.uncovered_blocks:
@@ -118,6 +123,7 @@ class BlockMap:
             yield Text("every block has an ONLINE server", style="green")
 
 
-def block_map(snap: SwarmSnapshot, own: set[str] | frozenset[str] = frozenset(), *, max_rows: int = 40) -> BlockMap:
+def block_map(snap: SwarmSnapshot, own: set[str] | frozenset[str] = frozenset(), *,
+              max_rows: int = 40) -> BlockMap:
     """The block map of ``snap`` (pure); ``own``: peer ids of our servers (marked ``*``)."""
     return BlockMap(snap, map_rows(snap, frozenset(own), max_rows), max_rows)

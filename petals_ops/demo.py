@@ -30,7 +30,8 @@ def _status(ctx: DemoContext) -> None:
 def _generate(ctx: DemoContext) -> None:
     from petals_ops import generation
 
-    prompt = "Q: Tom has 23 apples. Tom buys 5 more and then gives 4 to a friend. How many apples does Tom have now?\nA:"
+    prompt = ("Q: Tom has 23 apples. Tom buys 5 more and then gives 4 to a friend. "
+              "How many apples does Tom have now?\nA:")
     with generation.load_swarm_model(ctx.swarm.model, ctx.swarm.initial_peers) as loaded:
         result = generation.generate(loaded, prompt, max_new_tokens=32)
     print(f"prompt: {prompt!r}\ncompletion (greedy): {result.texts[0].split(chr(10))[0]!r}")
@@ -64,7 +65,8 @@ def run_demo(work_dir: str | Path, *, servers: int = 2) -> None:
     ctx = DemoContext(work_dir=Path(work_dir).resolve())
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     swarm_dir = ctx.work_dir / "swarm"
-    info(f"== local swarm up ({servers} CPU servers, the shipped tiny BLOOM trained on arithmetic) in {swarm_dir}")
+    info(f"== local swarm up ({servers} CPU servers, the shipped tiny BLOOM trained on arithmetic) "
+         f"in {swarm_dir}")
     ctx.swarm = local_swarm.up(swarm_dir, servers=servers, model_dir=ARITH_MODEL_DIR)
     info(f"   ready in {ctx.swarm.ready_seconds:.1f} s; initial peers {' '.join(ctx.swarm.initial_peers)}")
     try:

@@ -12,7 +12,8 @@ EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 
 
-# A Hugging Face access token (hf_ and 34 letters/digits today; runs of 10 or more are matched, so "hf_transfer" is not).
+# A Hugging Face access token (hf_ and 34 letters/digits today; runs of 10 or more are matched,
+# so "hf_transfer" is not).
 SECRET_RE = re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{10,}")
 
 

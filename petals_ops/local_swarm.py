@@ -92,7 +92,8 @@ class LocalSwarm:
         for p in self.processes:
             if p.name == name:
                 return p
-        raise InputError(f"the local swarm has no process named {name}", fix=f"use one of {[p.name for p in self.processes]}")
+        raise InputError(f"the local swarm has no process named {name}",
+                         fix=f"use one of {[p.name for p in self.processes]}")
 
     def any_alive(self) -> bool:
         return any(p.running() for p in self.processes)
@@ -117,12 +118,14 @@ class LocalSwarm:
 
 
 def plan_block_ranges(num_blocks: int, servers: int, replicas: int = 1) -> list[tuple[int, int]]:
-    """Split ``num_blocks`` into ``servers`` contiguous ranges (sizes differ by at most one), ``replicas`` times."""
+    """Split ``num_blocks`` into ``servers`` contiguous ranges (sizes differ by at most one),
+    ``replicas`` times."""
     if servers < 1:
         raise InputError(f"--servers {servers} must be at least 1", fix="use --servers 2")
     if servers > num_blocks:
         raise InputError(
-            f"--servers {servers} is more than the model's {num_blocks} blocks", fix=f"use --servers {num_blocks} or fewer"
+            f"--servers {servers} is more than the model's {num_blocks} blocks",
+            fix=f"use --servers {num_blocks} or fewer",
         )
     if replicas < 1:
         raise InputError(f"--replicas {replicas} must be at least 1", fix="use --replicas 1")
@@ -154,7 +157,8 @@ def _python_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "petals_ops.serve", *args]
 
 
-def server_command(model: ModelRef, initial_peers: list[str], blocks: tuple[int, int], identity: Path) -> list[str]:
+def server_command(model: ModelRef, initial_peers: list[str], blocks: tuple[int, int],
+                   identity: Path) -> list[str]:
     """The run_server command line of one CPU server of the local swarm."""
     cmd = _python_cmd(
         "server", model.path, "--dht_prefix", model.dht_prefix,
@@ -221,12 +225,14 @@ def _up_lock(run_dir: Path):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
-            raise InputError(f"another 'swarm local up' is starting a swarm in {run_dir}", fix="wait for it") from e
+            raise InputError(f"another 'swarm local up' is starting a swarm in {run_dir}",
+                             fix="wait for it") from e
         yield
 
 
 def _tiny_model_in(run_dir: Path) -> Path:
-    """The run dir's own tiny BLOOM, built into a temp dir and renamed so an interrupted build never sticks."""
+    """The run dir's own tiny BLOOM, built into a temp dir and renamed so an interrupted build never
+    sticks."""
     from petals_ops.tiny_model import make_tiny_bloom
 
     model_path = run_dir / "model"
@@ -243,7 +249,8 @@ def _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_prog
     running = _running_swarm(run_dir)
     if running is not None:
         raise InputError(
-            f"a local swarm is already running in {run_dir} (initial peers {' '.join(running.initial_peers)})",
+            f"a local swarm is already running in {run_dir} "
+            f"(initial peers {' '.join(running.initial_peers)})",
             fix="use it, or stop it first with 'petals-ops swarm local down'",
         )
     if model_dir is None:
@@ -251,7 +258,8 @@ def _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_prog
     else:
         model_path = Path(model_dir)
         if not model_path.is_dir():
-            raise InputError(f"--model-dir {model_dir} is not a directory", fix="pass a model directory, or leave it out")
+            raise InputError(f"--model-dir {model_dir} is not a directory",
+                             fix="pass a model directory, or leave it out")
     model = resolve_model(str(model_path))
     ranges = plan_block_ranges(model.num_blocks, servers, replicas)
     port = check_port_free(dht_port)
@@ -273,7 +281,8 @@ def _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_prog
     return swarm
 
 
-def _launch(swarm: LocalSwarm, name: str, role: str, cmd: list[str], blocks: str | None = None) -> SwarmProcess:
+def _launch(swarm: LocalSwarm, name: str, role: str, cmd: list[str],
+            blocks: str | None = None) -> SwarmProcess:
     log = Path(swarm.run_dir) / "logs" / f"{name}.log"
     popen = procs.spawn(cmd, log_path=log, cwd=swarm.run_dir)  # cwd: petals auto-loads ./config.yml
     proc = SwarmProcess(name=name, role=role, pid=popen.pid, pgid=popen.pid, log=str(log), blocks=blocks,
@@ -299,13 +308,16 @@ def _start(swarm: LocalSwarm, ranges, run_dir: Path, timeout: float, on_progress
             server_command(model, swarm.initial_peers, blocks, run_dir / f"server-{i}.id"),
             blocks=f"{blocks[0]}:{blocks[1]}",
         )
-    wait_until_served(swarm, len(ranges), timeout=timeout - (time.monotonic() - started), on_progress=on_progress)
+    wait_until_served(swarm, len(ranges), timeout=timeout - (time.monotonic() - started),
+                      on_progress=on_progress)
     swarm.ready_seconds = round(time.monotonic() - started, 2)
     swarm.save()
 
 
-def wait_until_served(swarm: LocalSwarm, expected_servers: int, *, timeout: float, on_progress: ProgressFn | None = None):
-    """Poll the DHT until ``expected_servers`` are ONLINE and every block is covered; fail fast if one dies."""
+def wait_until_served(swarm: LocalSwarm, expected_servers: int, *, timeout: float,
+                      on_progress: ProgressFn | None = None):
+    """Poll the DHT until ``expected_servers`` are ONLINE and every block is covered; fail fast if one
+    dies."""
     from petals_ops.swarm_health import SwarmProbe
 
     deadline = time.monotonic() + timeout
@@ -321,13 +333,15 @@ def wait_until_served(swarm: LocalSwarm, expected_servers: int, *, timeout: floa
             if dead:
                 p = dead[0]
                 raise OpsError(
-                    f"{p.name} of the local swarm exited during start-up ({' | '.join(tail_lines(p.log, 3))})",
+                    f"{p.name} of the local swarm exited during start-up "
+                    f"({' | '.join(tail_lines(p.log, 3))})",
                     fix=f"read {p.log}",
                 )
             if time.monotonic() > deadline:
                 raise OpsError(
-                    f"the local swarm was not fully served after {timeout:.0f} s (blocks without an ONLINE server: "
-                    f"{snap.uncovered_blocks}, {online}/{expected_servers} servers ONLINE)",
+                    f"the local swarm was not fully served after {timeout:.0f} s "
+                    f"(blocks without an ONLINE server: {snap.uncovered_blocks}, "
+                    f"{online}/{expected_servers} servers ONLINE)",
                     fix=f"read the logs in {swarm.run_dir}/logs or raise --timeout",
                 )
             time.sleep(1.0)
@@ -346,12 +360,14 @@ def stop(swarm: LocalSwarm, names: list[str] | None = None) -> list[str]:
             left.append(p.name)
     tmpclean.remove_unlistened(sockets)  # killed servers and daemons do not remove their /tmp sockets
     if left:
-        raise OpsError(f"processes of {left} survived SIGKILL", fix="check 'ps -eo pid,pgid,cmd' and kill them")
+        raise OpsError(f"processes of {left} survived SIGKILL",
+                       fix="check 'ps -eo pid,pgid,cmd' and kill them")
     return [p.name for p in chosen]
 
 
 def down(run_dir: str | Path | None = None) -> LocalSwarm | None:
-    """Stop every process of the local swarm in ``run_dir`` (p2pd daemons included). None if there was none."""
+    """Stop every process of the local swarm in ``run_dir`` (p2pd daemons included). None if there was
+    none."""
     run_dir = Path(run_dir or default_run_dir())
     swarm = LocalSwarm.load(run_dir)
     if swarm is None:

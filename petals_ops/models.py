@@ -21,7 +21,8 @@ KNOWN_MODELS = {
     "bigscience/bloom-7b1": {"num_blocks": 30, "hidden_size": 4096, "n_head": 32, "vocab_size": 250880},
     "bigscience/bloom-560m": {"num_blocks": 24, "hidden_size": 1024, "n_head": 16, "vocab_size": 250880},
 }
-LEGACY_NAMES = {"bigscience/bloom-petals": "bigscience/bloom", "bigscience/bloomz-petals": "bigscience/bloomz"}
+LEGACY_NAMES = {"bigscience/bloom-petals": "bigscience/bloom",
+                "bigscience/bloomz-petals": "bigscience/bloomz"}
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class ModelRef:
 
     def block_uids(self) -> list[str]:
         if self.num_blocks is None:
-            raise InputError(f"the number of blocks of model {self.name} is unknown", fix="pass --num-blocks N")
+            raise InputError(f"the number of blocks of model {self.name} is unknown",
+                             fix="pass --num-blocks N")
         return [f"{self.dht_prefix}.{i}" for i in range(self.num_blocks)]
 
 
@@ -49,7 +51,8 @@ def resolve_model(model: str, *, dht_prefix: str | None = None, num_blocks: int 
     """Turn ``--model`` (a hub name or a local checkpoint directory) into a :class:`ModelRef`."""
     model = str(model).strip()
     if not model:
-        raise InputError("--model is empty", fix="pass a hub name such as bigscience/bloom or a model directory")
+        raise InputError("--model is empty",
+                         fix="pass a hub name such as bigscience/bloom or a model directory")
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir() or not is_model_dir(path):

@@ -27,9 +27,11 @@ def _restore_hivemind_names() -> None:
     import hivemind.p2p
     import hivemind.utils
 
-    names = {name: getattr(hivemind.p2p, name) for name in ("P2P", "P2PContext", "P2PHandlerError", "PeerID", "PeerInfo")}
+    names = {name: getattr(hivemind.p2p, name)
+             for name in ("P2P", "P2PContext", "P2PHandlerError", "PeerID", "PeerInfo")}
     modules = [hivemind.compression] + [
-        importlib.import_module(f"hivemind.utils.{info.name}") for info in pkgutil.iter_modules(hivemind.utils.__path__)
+        importlib.import_module(f"hivemind.utils.{info.name}")
+        for info in pkgutil.iter_modules(hivemind.utils.__path__)
     ]
     for module in modules:
         public = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
@@ -68,7 +70,8 @@ def close_client(model) -> None:
 
 
 def new_identity() -> tuple[bytes, str]:
-    """A fresh libp2p private key (the bytes ``--identity_path`` expects) and its base58 PeerID (for the fleet)."""
+    """A fresh libp2p private key (the bytes ``--identity_path`` expects) and its base58 PeerID (for the
+    fleet)."""
     import tempfile
 
     from hivemind.p2p import P2P
@@ -116,7 +119,8 @@ def block_memory(model_path_or_config: "str | dict", *, torch_dtype: str = "auto
     cache = 2 * config.hidden_size * tokens // config.num_key_value_groups * get_size_in_bytes(dtype)
     autograd = 2 * 1024**3 / 14336 * config.hidden_size
     return {"block_bytes": int(block), "cache_bytes_per_block": int(cache), "autograd_bytes": int(autograd),
-            "attn_cache_tokens": tokens, "num_blocks": config.num_hidden_layers, "torch_dtype": str(dtype).replace("torch.", "")}
+            "attn_cache_tokens": tokens, "num_blocks": config.num_hidden_layers,
+            "torch_dtype": str(dtype).replace("torch.", "")}
 
 
 __all__ = [

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 
-def spawn(cmd: Sequence[str], *, log_path: str | Path, cwd: str | Path, env: dict | None = None) -> subprocess.Popen:
+def spawn(cmd: Sequence[str], *, log_path: str | Path, cwd: str | Path,
+          env: dict | None = None) -> subprocess.Popen:
     """Start ``cmd`` in a new session with stdout and stderr appended to ``log_path``."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,7 +43,8 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
 
 
 def start_time(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot): with the pid it identifies a process across pid reuse."""
+    """When ``pid`` started (clock ticks since boot): with the pid it identifies a process across pid
+    reuse."""
     fields = _proc_fields(pid)
     return None if fields is None else int(fields[19])
 

@@ -97,7 +97,8 @@ class SwarmSnapshot:
         """Raise the one-line error every client command gives when some block has no ONLINE server."""
         if self.uncovered_blocks:
             raise OpsError(
-                f"blocks {format_block_ranges(self.uncovered_blocks)} of {self.dht_prefix} have no ONLINE server",
+                f"blocks {format_block_ranges(self.uncovered_blocks)} of {self.dht_prefix} "
+                "have no ONLINE server",
                 fix="start servers for them ('petals-ops swarm status' shows coverage)",
             )
 
@@ -145,7 +146,8 @@ def format_block_ranges(blocks: Sequence[int]) -> str:
     return ", ".join(ranges)
 
 
-def build_snapshot(model: ModelRef, infos: Sequence[Any], *, taken_at: float, walk_seconds: float) -> SwarmSnapshot:
+def build_snapshot(model: ModelRef, infos: Sequence[Any], *, taken_at: float,
+                   walk_seconds: float) -> SwarmSnapshot:
     """Turn petals' ``RemoteModuleInfo`` list (one per block) into a snapshot. Pure: no DHT access."""
     blocks, servers = [], {}
     for index, info in enumerate(infos):
@@ -198,7 +200,8 @@ class SwarmProbe:
 
     def __init__(self, initial_peers: Sequence[str], model: ModelRef, *, startup_timeout: float = 30.0):
         if not initial_peers:
-            raise OpsError("no initial peers given", fix="pass --initial-peers /ip4/.../p2p/... or start the local swarm")
+            raise OpsError("no initial peers given",
+                           fix="pass --initial-peers /ip4/.../p2p/... or start the local swarm")
         self.initial_peers = list(initial_peers)
         self.model = model
         self.startup_timeout = startup_timeout
@@ -209,7 +212,8 @@ class SwarmProbe:
 
         try:
             self._dht = door.DHT(
-                initial_peers=self.initial_peers, client_mode=True, start=True, startup_timeout=self.startup_timeout
+                initial_peers=self.initial_peers, client_mode=True, start=True,
+                startup_timeout=self.startup_timeout,
             )
         except Exception as e:  # hivemind raises P2PDaemonError and friends; the cause is the user's address
             reason = " ".join(str(e).split())[-200:]

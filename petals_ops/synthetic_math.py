@@ -2,10 +2,10 @@
 
 They exist to train the tiny BLOOM a little arithmetic (``petals-ops model tiny --skill arithmetic``) so
 the bench can reproduce a known effect end to end: Self-Consistency beats greedy Chain-of-Thought only
-where a problem has several valid reasoning paths whose errors differ (Wang et al. 2022). Here a
-problem is a start amount and one to three gains or losses (1 to 5 each, on a start of 10 to 30); a rationale applies the changes in a
-random order (``14 + 29 = 43. 43 - 8 = 35. The answer is 35.``), so the same problem has up to six
-chains of different intermediate sums, and a model's slips differ between them.
+where a problem has several valid reasoning paths whose errors differ (Wang et al. 2022). Here a problem
+is a start amount and one to three gains or losses (1 to 5 each, on a start of 10 to 30); a rationale
+applies the changes in a random order (``14 + 29 = 43. 43 - 8 = 35. The answer is 35.``), so the same
+problem has up to six chains of different intermediate sums, and a model's slips differ between them.
 
 Everything is deterministic for a seed and written in the bench's CoT format (``Q: ...\\nA: ... The
 answer is N.``); the held-out set is a GSM8K-layout JSONL (``#### N``) the bench loads by name.
@@ -129,7 +129,8 @@ def write_held_out_files(directory, n: int, seed: int, prompt_seed: int) -> dict
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    files = {"test.jsonl": to_jsonl(held_out(n, seed), random.Random(seed + 1)), "prompt.txt": prompt_text(prompt_seed)}
+    files = {"test.jsonl": to_jsonl(held_out(n, seed), random.Random(seed + 1)),
+             "prompt.txt": prompt_text(prompt_seed)}
     for name, text in files.items():
         (directory / name).write_text(text)
     return {name: hashlib.sha256(text.encode()).hexdigest() for name, text in files.items()}

@@ -20,7 +20,8 @@ class SwarmTarget:
 
 
 def is_peer_multiaddr(value: str) -> bool:
-    """Looks like /ip4/HOST/tcp/PORT/p2p/PEER_ID: an address a DHT can bootstrap from (a peer id is required)."""
+    """Looks like /ip4/HOST/tcp/PORT/p2p/PEER_ID: an address a DHT can bootstrap from (a peer id is
+    required)."""
     return value.startswith("/") and "/p2p/" in value
 
 
@@ -54,4 +55,5 @@ def resolve_target(
 
     swarm = load_running(run_dir)
     ref = resolve_model(model or swarm.model_dir, dht_prefix=dht_prefix, num_blocks=num_blocks)
-    return SwarmTarget(swarm.initial_peers, ref, swarm.run_dir, max_length=SERVER_DEFAULTS["inference_max_length"])
+    return SwarmTarget(swarm.initial_peers, ref, swarm.run_dir,
+                       max_length=SERVER_DEFAULTS["inference_max_length"])

@@ -52,7 +52,8 @@ class TinyModelSpec:
 
     def parameter_bytes(self) -> int:
         """float32 bytes of the weights: 12 h^2 per block (attention and MLP) plus the embeddings."""
-        return 4 * (self.layers * (12 * self.hidden * self.hidden + 13 * self.hidden) + self.vocab_size * self.hidden)
+        return 4 * (self.layers * (12 * self.hidden * self.hidden + 13 * self.hidden)
+                    + self.vocab_size * self.hidden)
 
     def validate(self) -> None:
         if self.skill not in SKILLS:
@@ -61,18 +62,21 @@ class TinyModelSpec:
             raise InputError(f"--dht-prefix {self.dht_prefix!r} must be a non-empty name without spaces",
                              fix="use --dht-prefix tiny-bloom-petals")
         if self.layers < 1:
-            raise InputError(f"--layers {self.layers} is not a positive number of blocks", fix="use --layers 4")
+            raise InputError(f"--layers {self.layers} is not a positive number of blocks",
+                             fix="use --layers 4")
         if self.hidden < 8 or self.heads < 1 or self.hidden % self.heads:
             raise InputError(
                 f"--hidden {self.hidden} must be >= 8 and divisible by the {self.heads} attention heads",
-                fix=f"use a --hidden that is a multiple of --heads {self.heads}, e.g. {max(8, self.heads) * 8}"
+                fix=(f"use a --hidden that is a multiple of --heads {self.heads}, "
+                     f"e.g. {max(8, self.heads) * 8}")
                 if self.heads >= 1 else "use --heads 4",
             )
         limit = _memory_bytes() // 4
         if self.parameter_bytes() > limit:
             raise InputError(
-                f"--layers {self.layers} --hidden {self.hidden} makes {self.parameter_bytes() / 2**30:.1f} GiB of "
-                f"weights, more than a quarter of this machine's memory ({limit / 2**30:.1f} GiB)",
+                f"--layers {self.layers} --hidden {self.hidden} makes "
+                f"{self.parameter_bytes() / 2**30:.1f} GiB of weights, "
+                f"more than a quarter of this machine's memory ({limit / 2**30:.1f} GiB)",
                 fix="a tiny model for the local swarm needs --layers 4 --hidden 64",
             )
 
@@ -130,7 +134,8 @@ def make_tiny_bloom(directory: str | Path, spec: TinyModelSpec = TinyModelSpec()
         from petals_ops import tiny_train
 
         train_spec = (train_spec or tiny_train.TrainSpec(seed=spec.seed)).validate()
-        tokenizer = _train_tokenizer(spec.vocab_size, tiny_train.corpus_for_tokenizer(train_spec.seed), split_digits=True)
+        tokenizer = _train_tokenizer(spec.vocab_size, tiny_train.corpus_for_tokenizer(train_spec.seed),
+                                     split_digits=True)
     else:
         tokenizer = _train_tokenizer(spec.vocab_size)
     config = BloomConfig(
@@ -150,8 +155,8 @@ def make_tiny_bloom(directory: str | Path, spec: TinyModelSpec = TinyModelSpec()
     directory.mkdir(parents=True, exist_ok=True)
     model.transformer.save_pretrained(directory, safe_serialization=True)  # keys h.{i}.*: what Petals loads
     tokenizer.save_pretrained(directory)
-    meta = {"dht_prefix": spec.dht_prefix, "num_blocks": spec.layers, "seed": spec.seed, "made_by": "petals-ops",
-            "skill": spec.skill, "spec": dict(vars(spec))}
+    meta = {"dht_prefix": spec.dht_prefix, "num_blocks": spec.layers, "seed": spec.seed,
+            "made_by": "petals-ops", "skill": spec.skill, "spec": dict(vars(spec))}
     if training is not None:
         meta["training"] = training.to_dict()
     (directory / MODEL_META).write_text(json.dumps(meta, indent=2) + "\n")
@@ -161,5 +166,6 @@ def make_tiny_bloom(directory: str | Path, spec: TinyModelSpec = TinyModelSpec()
 def is_model_dir(directory: str | Path) -> bool:
     directory = Path(directory)
     return (directory / "config.json").is_file() and any(
-        (directory / name).is_file() for name in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+        (directory / name).is_file()
+        for name in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
     )

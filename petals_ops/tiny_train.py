@@ -40,7 +40,8 @@ class TrainSpec:
         if not (0 < self.lr < 1):  # also refuses nan
             raise InputError(f"--lr {self.lr} must be a number in (0, 1)", fix="use --lr 6e-3")
         if self.batch_size < 1 or self.seq_len < 32:
-            raise InputError("--batch-size must be >= 1 and the sequence length >= 32", fix="keep the defaults")
+            raise InputError("--batch-size must be >= 1 and the sequence length >= 32",
+                             fix="keep the defaults")
         return self
 
 
@@ -104,7 +105,8 @@ def _batches(tokenizer, spec: TrainSpec):
         yield torch.tensor(rows), torch.tensor(labels)
 
 
-def train(model, tokenizer, spec: TrainSpec, on_step: Callable[[TrainStep], None] | None = None) -> TrainResult:
+def train(model, tokenizer, spec: TrainSpec,
+          on_step: Callable[[TrainStep], None] | None = None) -> TrainResult:
     """AdamW with linear warmup and cosine decay to 10%; gradient norm clipped at 1."""
     import torch
 
@@ -114,12 +116,14 @@ def train(model, tokenizer, spec: TrainSpec, on_step: Callable[[TrainStep], None
     torch.manual_seed(spec.seed)
     try:
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay,
+                                      betas=(0.9, 0.98))
         batches = _batches(tokenizer, spec)
         started, tokens, window, losses, first = time.monotonic(), 0, [], [], None
         for step in range(1, spec.steps + 1):
             progress = min(1.0, step / spec.steps)
-            lr = spec.lr * min(1.0, step / max(1, spec.warmup)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+            lr = (spec.lr * min(1.0, step / max(1, spec.warmup))
+                  * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             ids, labels = next(batches)

@@ -87,10 +87,12 @@ def remove_stale_sockets(before: set[str], *, exiting: bool = False) -> list[str
 
 
 def remove_multiprocessing_tempdir() -> None:
-    """multiprocessing's ``/tmp/pymp-*`` of this process, which its atexit hook (skipped by os._exit) removes."""
+    """multiprocessing's ``/tmp/pymp-*`` of this process, which its atexit hook (skipped by os._exit)
+    removes."""
     import multiprocessing
     import shutil
 
-    tempdir = multiprocessing.current_process()._config.get("tempdir")  # set by multiprocessing.util.get_temp_dir
+    # set by multiprocessing.util.get_temp_dir
+    tempdir = multiprocessing.current_process()._config.get("tempdir")
     if tempdir and os.path.basename(tempdir).startswith("pymp-"):
         shutil.rmtree(tempdir, ignore_errors=True)

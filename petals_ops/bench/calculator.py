@@ -53,7 +53,8 @@ class Calculation:
 
 
 def format_result(value: Fraction, dollars: bool = False) -> str | None:
-    """``9``, ``-2``, ``2.5``, ``$15.50``; None for a non-terminating decimal or a result over MAX_RESULT_CHARS."""
+    """``9``, ``-2``, ``2.5``, ``$15.50``; None for a non-terminating decimal or a result over
+    MAX_RESULT_CHARS."""
     q = value.denominator
     for p in (2, 5):
         while q % p == 0:
@@ -85,7 +86,8 @@ def find_calculation(text: str, *, start_is_cut: bool = False) -> Calculation | 
     if value is None or eq - start > MAX_CHARS or (start_is_cut and _may_continue_before(text[:start])):
         return None
     expression = text[start:eq].strip()
-    if any(len(n.replace(",", "").replace(".", "")) > MAX_NUMBER_DIGITS for n in _DIGIT_RUN_RE.findall(expression)):
+    if any(len(n.replace(",", "").replace(".", "")) > MAX_NUMBER_DIGITS
+           for n in _DIGIT_RUN_RE.findall(expression)):
         return None
     result = format_result(value, dollars="$" in expression)
     if result is None:

@@ -46,7 +46,8 @@ ALIASES: dict[str, str] = {"gsm8k": "gsm8k:test"}
 
 def register_dataset(name: str, path: str | Path, sha256: str, *, id_prefix: str | None = None,
                      prompt: str | Path | None = None) -> None:
-    """Make ``--data NAME`` load ``path`` (checked against ``sha256``); ids default to ``name`` with ``:`` -> ``-``."""
+    """Make ``--data NAME`` load ``path`` (checked against ``sha256``); ids default to ``name`` with
+    ``:`` -> ``-``."""
     if not NAME_RE.fullmatch(name):
         raise ValueError(f"dataset name {name!r} is not 'family:split'")
     sha256 = sha256.lower()
@@ -107,16 +108,21 @@ def _parse_lines(lines: list[str], where: str, id_prefix: str) -> list[Problem]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise InputError(f"{loc} is not valid JSON ({e.msg})", fix="fix or remove that line of --data") from e
+            raise InputError(f"{loc} is not valid JSON ({e.msg})",
+                             fix="fix or remove that line of --data") from e
         except RecursionError as e:
-            raise InputError(f"{loc} is nested deeper than JSON can be read here", fix="fix or remove that line of --data") from e
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
-            raise InputError(f"{loc} lacks string fields 'question' and 'answer'", fix="use the GSM8K JSONL layout")
+            raise InputError(f"{loc} is nested deeper than JSON can be read here",
+                             fix="fix or remove that line of --data") from e
+        if (not isinstance(row, dict) or not isinstance(row.get("question"), str)
+                or not isinstance(row.get("answer"), str)):
+            raise InputError(f"{loc} lacks string fields 'question' and 'answer'",
+                             fix="use the GSM8K JSONL layout")
         try:
             gold = parse_gold(row["answer"])
         except ValueError as e:
             raise InputError(f"{loc}: the answer has {e}", fix="end the answer with a line '#### N'") from e
-        problems.append(Problem(id=f"{id_prefix}:{number}", line=number, question=row["question"].strip(), gold=gold))
+        problems.append(Problem(id=f"{id_prefix}:{number}", line=number, question=row["question"].strip(),
+                                gold=gold))
     if not problems:
         raise InputError(f"{where} holds no problems", fix="pass a GSM8K JSONL file with at least one line")
     return problems
@@ -132,7 +138,8 @@ def _read_file(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as e:
-        raise InputError(f"{what} {path} cannot be read ({e.strerror or e})", fix="check its permissions") from e
+        raise InputError(f"{what} {path} cannot be read ({e.strerror or e})",
+                         fix="check its permissions") from e
 
 
 def _dataset_from_bytes(raw: bytes, path: Path, id_prefix: str, source: str) -> Dataset:
@@ -147,12 +154,14 @@ def _dataset_from_bytes(raw: bytes, path: Path, id_prefix: str, source: str) -> 
 def load_jsonl(path: str | Path) -> Dataset:
     path = Path(path).expanduser()
     if path.is_dir():  # the official checkout layout: grade_school_math/data/test.jsonl
-        for candidate in (path / "test.jsonl", path / "grade_school_math" / "data" / "test.jsonl", path / "data" / "test.jsonl"):
+        for candidate in (path / "test.jsonl", path / "grade_school_math" / "data" / "test.jsonl",
+                          path / "data" / "test.jsonl"):
             if candidate.is_file():
                 path = candidate
                 break
         else:
-            raise InputError(f"--data {path} is a directory without test.jsonl", fix="pass the JSONL file itself")
+            raise InputError(f"--data {path} is a directory without test.jsonl",
+                             fix="pass the JSONL file itself")
     raw = _read_file(path, "--data")
     return _dataset_from_bytes(raw, path, path.stem, str(path.resolve()))
 
@@ -172,15 +181,17 @@ def load_named(name: str) -> Dataset:
     name = canonical_name(name)
     entry = DATASETS.get(name)
     if entry is None:
-        raise InputError(f"--data {name} is not a known dataset name", fix=f"use one of: {', '.join(known_names())}, "
-                         "a JSONL path, or hf:openai/gsm8k[:split]")
+        raise InputError(f"--data {name} is not a known dataset name",
+                         fix=f"use one of: {', '.join(known_names())}, "
+                             "a JSONL path, or hf:openai/gsm8k[:split]")
     try:
         raw = _read_file(entry.path, f"--data {name}: the packaged file")
     except InputError as e:
         raise InputError(e.message, fix=_restore_hint(entry.path)) from e
     actual = hashlib.sha256(raw).hexdigest()
     if actual != entry.sha256:
-        raise InputError(f"the packaged copy of {name} is modified ({entry.path} has sha256 {actual[:16]}..., "
+        raise InputError(f"the packaged copy of {name} is modified "
+                         f"({entry.path} has sha256 {actual[:16]}..., "
                          f"not the registered {entry.sha256[:16]}...)", fix=_restore_hint(entry.path))
     return _dataset_from_bytes(raw, entry.path, entry.id_prefix, name)
 
@@ -203,11 +214,13 @@ def load_hub(spec: str) -> Dataset:
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
-        raise OpsError(f"reading {local} needs pyarrow", fix="pip install pyarrow, or pass --data PATH of a JSONL file") from e
+        raise OpsError(f"reading {local} needs pyarrow",
+                       fix="pip install pyarrow, or pass --data PATH of a JSONL file") from e
     table = pq.read_table(local).to_pylist()
     lines = [json.dumps({"question": r["question"], "answer": r["answer"]}) for r in table]
     problems = _parse_lines(lines, f"{spec}", f"hf-{split}")
-    return Dataset(source=spec, sha256=hashlib.sha256(Path(local).read_bytes()).hexdigest(), problems=problems)
+    return Dataset(source=spec, sha256=hashlib.sha256(Path(local).read_bytes()).hexdigest(),
+                   problems=problems)
 
 
 def load_dataset(spec: str | None) -> Dataset:
@@ -236,7 +249,8 @@ def select(problems: list[Problem], *, offset: int = 0, limit: int | None = None
         raise InputError("--offset must be >= 0 and --limit/--sample >= 1", fix="check the selection options")
     chosen = problems[offset:]
     if not chosen:
-        raise InputError(f"--offset {offset} skips all {len(problems)} problems", fix=f"use --offset below {len(problems)}")
+        raise InputError(f"--offset {offset} skips all {len(problems)} problems",
+                         fix=f"use --offset below {len(problems)}")
     if sample is not None and sample < len(chosen):
         keep = sorted(random.Random(sample_seed).sample(range(len(chosen)), sample))
         chosen = [chosen[i] for i in keep]

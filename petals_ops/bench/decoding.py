@@ -12,7 +12,8 @@ gets the tokens of the exact result (:mod:`petals_ops.bench.calculator`) queued 
 each step a row with queued tokens takes its next forced token instead of its own, while the other rows
 decode as usual. Forced tokens go through the same session, one step each, with the rest of the batch
 (no extra round trip). Every row still draws from its generator at every step, forced or not, so turning
-the calculator on never shifts any row's random stream. Each path records its interventions (:class:`Intervention`).
+the calculator on never shifts any row's random stream. Each path records its interventions
+(:class:`Intervention`).
 """
 
 from __future__ import annotations
@@ -115,12 +116,14 @@ def decode_batch(backend, prompt_ids, path_indices: Sequence[int], spec: DecodeS
     sampling = spec.sampling
     generators = None
     if not sampling.greedy:
-        generators = [torch.Generator().manual_seed(path_seed(sampling.seed, question_id, i)) for i in path_indices]
+        generators = [torch.Generator().manual_seed(path_seed(sampling.seed, question_id, i))
+                      for i in path_indices]
     new_ids: list[list[int]] = [[] for _ in range(batch)]
     finish: list[str | None] = [None] * batch
     forcing: list[_Forcing | None] = [None] * batch  # the calculator's tokens queued for a row
     forcings: list[list[_Forcing]] = [[] for _ in range(batch)]
-    writes_equals: dict[int, bool] = {}  # token id -> its text has an '=' (the calculator's cheap first check)
+    # token id -> its text has an '=' (the calculator's cheap first check)
+    writes_equals: dict[int, bool] = {}
     started = time.monotonic()
     steps = 0
 
@@ -154,7 +157,8 @@ def decode_batch(backend, prompt_ids, path_indices: Sequence[int], spec: DecodeS
                 elif spec.calculator and not forced:
                     found = _calculation(tok, new_ids[r], token, writes_equals)
                     if found is not None:
-                        forcing[r] = _Forcing(len(new_ids[r]), found, tok(found.forced_text, add_special_tokens=False)["input_ids"])
+                        forcing[r] = _Forcing(len(new_ids[r]), found,
+                                              tok(found.forced_text, add_special_tokens=False)["input_ids"])
                         forcings[r].append(forcing[r])
             if all(f is not None for f in finish) or steps >= spec.max_new_tokens:
                 break
@@ -165,13 +169,15 @@ def decode_batch(backend, prompt_ids, path_indices: Sequence[int], spec: DecodeS
     for r, index in enumerate(path_indices):
         raw = tok.decode(new_ids[r], skip_special_tokens=True)
         text, _ = truncate_at_stop(raw, spec.stops)
-        outputs.append(PathOutput(index=index, raw=raw, text=text, tokens=len(new_ids[r]), finish=finish[r] or "length",
+        outputs.append(PathOutput(index=index, raw=raw, text=text, tokens=len(new_ids[r]),
+                                  finish=finish[r] or "length",
                                   interventions=[f.intervention(tok) for f in forcings[r]], ids=new_ids[r]))
-    return BatchOutput(paths=outputs, prompt_tokens=prompt_len, steps=steps, seconds=time.monotonic() - started,
-                       servers=servers)
+    return BatchOutput(paths=outputs, prompt_tokens=prompt_len, steps=steps,
+                       seconds=time.monotonic() - started, servers=servers)
 
 
-STOP_WINDOW_TOKENS = 16  # a stop string (a few characters) that appears with the newest token lies in this tail
+# a stop string (a few characters) that appears with the newest token lies in this tail
+STOP_WINDOW_TOKENS = 16
 
 
 def _ends_in_stop(tok, ids: list[int], stops: Sequence[str]) -> bool:
@@ -184,7 +190,8 @@ def _ends_in_stop(tok, ids: list[int], stops: Sequence[str]) -> bool:
 CALC_WINDOW_TOKENS = 64  # the decoded tail the calculator reads: an expression cut by it is left to the model
 
 
-def _calculation(tok, ids: list[int], token: int, writes_equals: dict[int, bool]) -> calculator.Calculation | None:
+def _calculation(tok, ids: list[int], token: int,
+                 writes_equals: dict[int, bool]) -> calculator.Calculation | None:
     """The calculation the newest token completed (it wrote the '='), read from a tail window of the path."""
     if token not in writes_equals:
         writes_equals[token] = "=" in tok.decode([token])
@@ -221,8 +228,8 @@ class _Forcing:
         if self.known:
             m = NUMBER_RE.match(model.strip())
             wrong = m is None or not answers_equal(m.group(0), self.found.result)
-        return Intervention(position=self.position, expression=self.found.expression, result=self.found.result,
-                            model=model, model_wrong=wrong)
+        return Intervention(position=self.position, expression=self.found.expression,
+                            result=self.found.result, model=model, model_wrong=wrong)
 
 
 def _next_tokens(logits, sampling: Sampling, generators) -> list[int]:

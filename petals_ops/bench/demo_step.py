@@ -22,7 +22,8 @@ def run(ctx, *, questions: int = DEMO_QUESTIONS) -> None:
     from petals_ops.output import render_table
 
     out = Path(ctx.work_dir) / "bench"
-    shutil.rmtree(out, ignore_errors=True)  # a demo measures afresh; resuming a finished run would measure nothing
+    # a demo measures afresh; resuming a finished run would measure nothing
+    shutil.rmtree(out, ignore_errors=True)
     dirs = []
     for method, paths in (("cot", 1), ("sc", 10)):
         params = BenchParams(data="arith:test", limit=questions, run_dir=str(out / f"arith-{method}"),
@@ -32,12 +33,15 @@ def run(ctx, *, questions: int = DEMO_QUESTIONS) -> None:
                              exec=ExecOptions(concurrency=DEMO_CONCURRENCY))
         result = run_bench(params)
         s = result.summary
-        print(f"{method}: {s['correct']}/{s['scored']} correct ({100 * (s['accuracy'] or 0):.1f}%), {s['errors']} errors, "
-              f"{s['questions_per_minute'] or 0:.0f} questions/min, {s['tokens_per_second'] or 0:.1f} tokens/s")
+        print(f"{method}: {s['correct']}/{s['scored']} correct ({100 * (s['accuracy'] or 0):.1f}%), "
+              f"{s['errors']} errors, {s['questions_per_minute'] or 0:.0f} questions/min, "
+              f"{s['tokens_per_second'] or 0:.1f} tokens/s")
         dirs.append(result.run_dir)
     path, summaries, pairs = report.compare(dirs, out / "report")
-    render_table(report.HEADERS, report.table_rows(summaries), title="CoT and SC through the swarm (arith:test)")
-    render_table(report.PAIR_HEADERS, report.pair_rows(pairs), title="SC minus CoT, paired on the same questions")
+    render_table(report.HEADERS, report.table_rows(summaries),
+                 title="CoT and SC through the swarm (arith:test)")
+    render_table(report.PAIR_HEADERS, report.pair_rows(pairs),
+                 title="SC minus CoT, paired on the same questions")
     render_table(["category", *[Path(s["run_dir"]).name for s in summaries]], category_rows(summaries),
                  title="Error analysis: paths per category")
     print(f"report: {path}")

@@ -51,7 +51,8 @@ def parse_prompt_text(text: str, where: str) -> str:
     if begin:  # the markers count only as whole lines (a header may mention them)
         end = re.compile(rf"^{re.escape(END)}[ \t]*$", re.MULTILINE).search(text, begin.end())
         if not end:
-            raise InputError(f"{where} has a {BEGIN} line but no {END} line", fix="close the prompt with the END line")
+            raise InputError(f"{where} has a {BEGIN} line but no {END} line",
+                             fix="close the prompt with the END line")
         text = text[begin.end():end.start()]
     else:
         lines = text.splitlines()
@@ -73,11 +74,13 @@ def load_prompt_file(path: str | Path | None = None) -> PromptSet:
     prefix = parse_prompt_text(text, str(path))
     blocks = prefix.split("\n\n") if prefix else []
     if not blocks:
-        raise InputError(f"--prompt-file {path} holds no exemplars", fix="write 'Q: ...\\nA: ... The answer is N.' blocks")
+        raise InputError(f"--prompt-file {path} holds no exemplars",
+                         fix="write 'Q: ...\\nA: ... The answer is N.' blocks")
     for i, block in enumerate(blocks, start=1):
         if not BLOCK_RE.fullmatch(block):
             raise InputError(
-                f"--prompt-file {path}: exemplar {i} is not 'Q: ...\\nA: ... The answer is N.' ({block[:60]!r})",
+                f"--prompt-file {path}: exemplar {i} is not 'Q: ...\\nA: ... The answer is N.' "
+                f"({block[:60]!r})",
                 fix="separate exemplars by one blank line; each ends with 'The answer is N.'",
             )
     return PromptSet(name=path.stem, path=str(path.resolve()), prefix=prefix, exemplars=len(blocks))

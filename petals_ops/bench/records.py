@@ -122,9 +122,9 @@ class QuestionRecord:
 
     # what a record may lack (older versions, or an error record written before any path was scored)
     _DEFAULTS: typing.ClassVar[dict[str, Any]] = {
-        "paths": [], "vote": None, "correct": False, "tokens": 0, "seconds": 0.0, "attempts": 0, "failures": None,
-        "servers": None, "batches": None, "error": None, "finished_at": 0.0, "prompt_tokens": 0, "line": 0,
-        "prompt_id": "", "backend": "", "question": "", "method": ""}
+        "paths": [], "vote": None, "correct": False, "tokens": 0, "seconds": 0.0, "attempts": 0,
+        "failures": None, "servers": None, "batches": None, "error": None, "finished_at": 0.0,
+        "prompt_tokens": 0, "line": 0, "prompt_id": "", "backend": "", "question": "", "method": ""}
 
 
 def parse_record(data: Any) -> QuestionRecord | None:
@@ -184,7 +184,8 @@ class RunSummary:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSummary:
-        """ValueError unless ``data`` has every field the reports read, of the right types (see :func:`_checked`)."""
+        """ValueError unless ``data`` has every field the reports read, of the right types
+        (see :func:`_checked`)."""
         values = _checked(cls, data, cls._DEFAULTS)
         if len(values["accuracy_wilson95"]) != 2:
             raise ValueError("its accuracy_wilson95 is not [low, high]")
@@ -199,11 +200,12 @@ class RunSummary:
 
     # what a summary may lack: figures the reports show as n/a or leave out
     _DEFAULTS: typing.ClassVar[dict[str, Any]] = {
-        "backend": None, "done": 0, "missing": 0, "error_ids": [], "invalid_path_rate": None, "finish_reasons": {},
-        "extraction": {}, "categories": {}, "prompt_tokens_mean": None, "wall_seconds": 0.0,
-        "tokens_this_invocation": 0, "tokens_per_second": None, "questions_per_minute": None, "run": {}, "exec": {},
-        "servers_served": {}, "swarm": [], "written_at": 0.0, "errors": 0, "correct": 0, "accuracy": None,
-        "accuracy_wilson95": [0.0, 1.0], "tokens": 0, "wall_seconds_total": 0.0, "paths": 1, "calculator": None}
+        "backend": None, "done": 0, "missing": 0, "error_ids": [], "invalid_path_rate": None,
+        "finish_reasons": {}, "extraction": {}, "categories": {}, "prompt_tokens_mean": None,
+        "wall_seconds": 0.0, "tokens_this_invocation": 0, "tokens_per_second": None,
+        "questions_per_minute": None, "run": {}, "exec": {}, "servers_served": {}, "swarm": [],
+        "written_at": 0.0, "errors": 0, "correct": 0, "accuracy": None, "accuracy_wilson95": [0.0, 1.0],
+        "tokens": 0, "wall_seconds_total": 0.0, "paths": 1, "calculator": None}
     # config parts the reports read (the run's identity)
     _CONFIG_KEYS: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "model": ("name", "dht_prefix"), "data": ("source", "sha256", "offset", "limit", "sample"),

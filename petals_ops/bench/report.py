@@ -41,8 +41,8 @@ def load_records(run_dir: Path, problems=None) -> list[QuestionRecord]:
     return [typed[id(r)] for r in latest.values()]
 
 
-def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: str | None = None, snapshot=None,
-              run_info: dict | None = None, exec_options=None) -> dict[str, Any]:
+def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: str | None = None,
+              snapshot=None, run_info: dict | None = None, exec_options=None) -> dict[str, Any]:
     records = load_records(run_dir, problems)
     ok = [r for r in records if not r.error]
     errors = [r for r in records if r.error]
@@ -60,11 +60,13 @@ def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: 
     wall_before = float(prev.get("wall_seconds_total") or 0.0)
     wall = progress.elapsed if progress is not None else 0.0
     generated_now = progress is not None and progress.tokens > 0
-    if not generated_now and prev:  # a resume with nothing left to do keeps the figures of the runs that did the work
+    # a resume with nothing left to do keeps the figures of the runs that did the work
+    if not generated_now and prev:
         backend = prev.get("backend", backend)
     served = Counter(peer for r in ok for peer in r.servers)
     cfg = MethodConfig.from_dict(config["method"])
-    if not generated_now and prev.get("tokens_per_second"):  # a resume with nothing to do keeps the working runs' figures
+    # a resume with nothing to do keeps the working runs' figures
+    if not generated_now and prev.get("tokens_per_second"):
         tps, qpm = prev.get("tokens_per_second"), prev.get("questions_per_minute")
     elif progress is not None:
         tps, qpm = round(progress.tokens_per_second, 3), round(60 * progress.done / max(wall, 1e-9), 3)
@@ -120,7 +122,8 @@ def _pct(x: float | None) -> str:
 def _label(summary: dict) -> str:
     name = Path(summary["run_dir"]).name
     calc = " +calculator" if summary.get("calculator") is not None else ""
-    return f"{name} ({summary['method']}{'' if summary['paths'] == 1 else ' K=' + str(summary['paths'])}{calc})"
+    return (f"{name} ({summary['method']}"
+            f"{'' if summary['paths'] == 1 else ' K=' + str(summary['paths'])}{calc})")
 
 
 def plot(summaries: Sequence[dict], path: Path) -> Path:
@@ -167,43 +170,51 @@ def table_rows(summaries: Sequence[dict]) -> list[list[str]]:
     return rows
 
 
-HEADERS = ["run", "n", "scored", "errors", "accuracy", "Wilson 95%", "maj@1", "maj@K", "tokens", "wall s", "tokens/s"]
+HEADERS = ["run", "n", "scored", "errors", "accuracy", "Wilson 95%", "maj@1", "maj@K", "tokens", "wall s",
+           "tokens/s"]
 
 
 def _markdown(summaries: Sequence[dict], plot_name: str, title: str, pairs: Sequence[Pair] = ()) -> str:
     lines = [f"# {title}", "",
              "Accuracy = correct / scored questions (error records are counted apart); interval: Wilson 95%.",
-             "maj@k: expected plurality-vote accuracy over random k-subsets of each question's sampled paths.", "",
+             ("maj@k: expected plurality-vote accuracy over random k-subsets of each question's "
+              "sampled paths."), "",
              "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(summaries)]
     lines += ["", f"![accuracy against paths]({plot_name})", ""]
     for s in summaries:
         cfg = s["config"]
         lines += [f"## {_label(s)}", "",
-                  f"- model `{cfg['model']['name']}` (DHT prefix `{cfg['model']['dht_prefix']}`), backend {s['backend']}",
+                  (f"- model `{cfg['model']['name']}` (DHT prefix `{cfg['model']['dht_prefix']}`), "
+                   f"backend {s['backend']}"),
                   f"- prompt `{cfg['prompt']['id']}` ({cfg['prompt']['exemplars']} exemplars)",
                   (f"- data `{cfg['data']['source']}` (sha256 {cfg['data']['sha256'][:12]}…), "
-                   f"offset {cfg['data']['offset']}, limit {cfg['data']['limit']}, sample {cfg['data']['sample']}"),
+                   f"offset {cfg['data']['offset']}, limit {cfg['data']['limit']}, "
+                   f"sample {cfg['data']['sample']}"),
                   f"- method {json.dumps(cfg['method'])}",
                   (f"- invalid paths {_pct(s['invalid_path_rate'])}, finish reasons {s['finish_reasons']}, "
                    f"extraction {s['extraction']}")]
         if s.get("maj_at_k"):
             curve = ", ".join(f"maj@{k} {_pct(v)}" for k, v in s["maj_at_k"].items())
-            lines += [f"- {curve}", f"- pass@K {_pct(s.get('pass_at_k'))}, agreement with the vote {_pct(s.get('agreement'))}"]
+            lines += [f"- {curve}", (f"- pass@K {_pct(s.get('pass_at_k'))}, "
+                                     f"agreement with the vote {_pct(s.get('agreement'))}")]
         calc = s.get("calculator")
         if calc is not None:
             per_q = "n/a" if calc.get("per_question") is None else f"{calc['per_question']:.2f}"
             lines.append(f"- calculator: {calc.get('interventions')} interventions ({per_q} per question, in "
-                         f"{calc.get('paths_with_interventions')} paths); the model's own number was wrong in "
+                         f"{calc.get('paths_with_interventions')} paths); "
+                         "the model's own number was wrong in "
                          f"{calc.get('model_wrong')} of {calc.get('model_wrong_known')} "
                          f"({_pct(calc.get('model_wrong_rate'))})")
         if s["servers_served"]:
-            lines += [f"- servers that served: {', '.join(f'{p[:12]}… ({n})' for p, n in s['servers_served'].items())}"]
+            lines += ["- servers that served: "
+                      f"{', '.join(f'{p[:12]}… ({n})' for p, n in s['servers_served'].items())}"]
         lines += ["", *_categories_markdown(s.get("categories") or {})]
     if pairs:
         lines += ["## Paired comparisons (same questions)", "",
-                  "diff = accuracy of B minus A on the questions both runs scored; 95% interval: Newcombe's hybrid "
-                  "score for paired data; p: exact McNemar test on the discordant questions.", "",
+                  "diff = accuracy of B minus A on the questions both runs scored; 95% interval: "
+                  "Newcombe's hybrid score for paired data; p: exact McNemar test on the discordant "
+                  "questions.", "",
                   "| " + " | ".join(PAIR_HEADERS) + " |", "|" + "---|" * len(PAIR_HEADERS)]
         lines += ["| " + " | ".join(row) + " |" for row in pair_rows(pairs)]
         lines.append("")
@@ -215,10 +226,13 @@ def _categories_markdown(categories: dict) -> list[str]:
     total = sum(counts.values())
     if not total:
         return []
-    lines = [f"### Error analysis ({total} scored paths)", "", "| category | paths | share | meaning |", "|---|---|---|---|"]
-    lines += [f"| {name} | {n} | {_pct(n / total)} | {CATEGORIES.get(name, '')} |" for name, n in counts.items()]
+    lines = [f"### Error analysis ({total} scored paths)", "", "| category | paths | share | meaning |",
+             "|---|---|---|---|"]
+    lines += [f"| {name} | {n} | {_pct(n / total)} | {CATEGORIES.get(name, '')} |"
+              for name, n in counts.items()]
     if categories.get("correct_with_slip"):
-        lines.append(f"\n{categories['correct_with_slip']} correct paths have an arithmetic slip in their rationale.")
+        lines.append(f"\n{categories['correct_with_slip']} correct paths have an arithmetic slip "
+                     "in their rationale.")
     for name, examples in (categories.get("examples") or {}).items():
         if name == "correct" or not examples:
             continue
@@ -241,7 +255,8 @@ def write_run_report(run_dir: Path, summary: dict) -> Path:
 def load_summary(run_dir: str | Path) -> dict:
     path = Path(run_dir) / SUMMARY_FILE
     if not path.is_file():
-        raise InputError(f"{run_dir} has no {SUMMARY_FILE}", fix="pass run dirs made by 'petals-ops bench gsm8k'")
+        raise InputError(f"{run_dir} has no {SUMMARY_FILE}",
+                         fix="pass run dirs made by 'petals-ops bench gsm8k'")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
@@ -265,7 +280,8 @@ def pair_runs(a: dict, b: dict) -> Pair:
     la, lb = _label(a), _label(b)
     ma, mb = a["config"]["model"], b["config"]["model"]
     if (ma["name"], ma["dht_prefix"]) != (mb["name"], mb["dht_prefix"]):
-        raise InputError(f"cannot pair {la} and {lb}: they ran different models ({ma['name']} and {mb['name']})",
+        raise InputError(f"cannot pair {la} and {lb}: they ran different models "
+                         f"({ma['name']} and {mb['name']})",
                          fix="compare runs of the same model, or report them without pairing (--no-pairs)")
     ra, rb = load_records(Path(a["run_dir"])), load_records(Path(b["run_dir"]))
     ids_a, ids_b = {r.id for r in ra}, {r.id for r in rb}
@@ -274,7 +290,8 @@ def pair_runs(a: dict, b: dict) -> Pair:
         differ = len(ids_a ^ ids_b)
         raise InputError(f"cannot pair {la} and {lb}: they ran different question sets "
                          f"({da['source']} vs {db['source']}; {differ} question ids differ)",
-                         fix="run both with the same --data and selection, or report them without pairing (--no-pairs)")
+                         fix="run both with the same --data and selection, "
+                             "or report them without pairing (--no-pairs)")
     ca = {r.id: bool(r.correct) for r in ra if not r.error}
     cb = {r.id: bool(r.correct) for r in rb if not r.error}
     both = sorted(set(ca) & set(cb))
@@ -295,12 +312,13 @@ def pair_rows(pairs: Sequence[Pair]) -> list[list[str]]:
         c = p.comparison
         rows.append([_label(p.a), _label(p.b), str(c.n) + (f" ({p.excluded} excluded)" if p.excluded else ""),
                      _pct(c.acc_a), _pct(c.acc_b), f"{100 * c.diff:+.1f} pts",
-                     f"[{100 * c.diff_ci95[0]:+.1f}, {100 * c.diff_ci95[1]:+.1f}]", str(c.both_right), str(c.a_only),
-                     str(c.b_only), str(c.both_wrong), f"{c.mcnemar_p:.3g}"])
+                     f"[{100 * c.diff_ci95[0]:+.1f}, {100 * c.diff_ci95[1]:+.1f}]", str(c.both_right),
+                     str(c.a_only), str(c.b_only), str(c.both_wrong), f"{c.mcnemar_p:.3g}"])
     return rows
 
 
-def compare(run_dirs: Sequence[str | Path], out_dir: str | Path, *, pairs: bool = True) -> tuple[Path, list[dict], list[Pair]]:
+def compare(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
+            pairs: bool = True) -> tuple[Path, list[dict], list[Pair]]:
     """The side-by-side report of runs; with ``pairs``, each pair (A, B) in the order given is compared
     question by question (all pairs must share the model and the question set)."""
     summaries = [load_summary(d) for d in run_dirs]
@@ -323,8 +341,9 @@ def errors_of(run_dir: str | Path, category: str | None = None) -> list[dict]:
         for p in r.paths:
             if category is None or p.category == category:
                 slip = first_slip(p.text) if p.category == "arithmetic_slip" else None
-                rows.append({"id": r.id, "path": p.i, "category": p.category, "answer": p.answer, "gold": r.gold,
-                             "finish": p.finish, "slip": slip.text if slip else None,
-                             "slip_true_value": format_fraction(slip.value) if slip and slip.value is not None else None,
+                rows.append({"id": r.id, "path": p.i, "category": p.category, "answer": p.answer,
+                             "gold": r.gold, "finish": p.finish, "slip": slip.text if slip else None,
+                             "slip_true_value": (format_fraction(slip.value)
+                                                 if slip and slip.value is not None else None),
                              "text": p.text})
     return rows

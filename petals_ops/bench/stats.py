@@ -52,7 +52,8 @@ def maj_at_k_exact(answers: Sequence[str | None], gold: str, k: int) -> float:
     return sum(vote_credit([answers[i] for i in s], gold) for s in subsets) / len(subsets)
 
 
-def maj_at_k_sampled(answers: Sequence[str | None], gold: str, k: int, *, draws: int, rng: random.Random) -> float:
+def maj_at_k_sampled(answers: Sequence[str | None], gold: str, k: int, *, draws: int,
+                     rng: random.Random) -> float:
     """Mean vote credit over ``draws`` random size-k subsets (without replacement within a subset)."""
     n = len(answers)
     return sum(vote_credit([answers[i] for i in rng.sample(range(n), k)], gold) for _ in range(draws)) / draws
@@ -67,7 +68,8 @@ def maj_at_k(answers: Sequence[str | None], gold: str, k: int, *, exact_limit: i
     return maj_at_k_sampled(answers, gold, k, draws=draws, rng=rng or random.Random(0))
 
 
-def maj_curve(questions: Sequence[tuple[Sequence[str | None], str]], k_max: int, *, seed: int = 0) -> list[float]:
+def maj_curve(questions: Sequence[tuple[Sequence[str | None], str]], k_max: int, *,
+              seed: int = 0) -> list[float]:
     """Accuracy against the number of paths: mean over questions of maj@k, for k = 1..k_max.
 
     A question with fewer than k paths (it should not happen) contributes its maj@(len).

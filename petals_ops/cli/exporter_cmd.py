@@ -9,7 +9,8 @@ from petals_ops.output import info
 @click.command()
 @swarm_target_options(multiple_models=True)
 @click.option("--listen", default="127.0.0.1:9469", show_default=True, envvar="PETALS_OPS_EXPORTER_LISTEN",
-              help="HOST:PORT to serve / (the map), /map.json and /metrics on (0.0.0.0:9469 for every interface).")
+              help="HOST:PORT to serve / (the map), /map.json and /metrics on "
+                   "(0.0.0.0:9469 for every interface).")
 @click.option("--refresh", default="30s", show_default=True, envvar="PETALS_OPS_EXPORTER_REFRESH",
               help="How often to walk the DHT (e.g. 30s, 1m). Scrapes in between serve the latest walk.")
 @click.option("--inventory", type=click.Path(dir_okay=False), default=None, envvar="PETALS_OPS_INVENTORY",
@@ -31,7 +32,8 @@ def exporter(initial_peers, model, dht_prefix, num_blocks, swarm_dir, listen, re
 
     parse_listen(listen)
     interval = parse_duration(refresh)
-    targets = [resolve_target(initial_peers, m, dht_prefix=dht_prefix, num_blocks=num_blocks, run_dir=swarm_dir)
+    targets = [resolve_target(initial_peers, m, dht_prefix=dht_prefix, num_blocks=num_blocks,
+                              run_dir=swarm_dir)
                for m in (model or (None,))]
     inv, read_fleet = None, None
     if inventory:

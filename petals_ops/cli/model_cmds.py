@@ -23,14 +23,18 @@ def model():
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--skill", type=click.Choice(list(SKILL_DEFAULTS)), default="none", show_default=True,
               help="none: random weights (noise; exercises the machinery). arithmetic: trained in-process on "
-                   "synthetic GSM-style word problems (a few minutes on 2 cores) so the bench measures real effects.")
+                   "synthetic GSM-style word problems (a few minutes on 2 cores) so the bench measures "
+                   "real effects.")
 @click.option("--layers", default=None, type=int, help="Transformer blocks (what servers hold) [default: 4].")
 @click.option("--hidden", default=None, type=int, help="Hidden size [default: 64; arithmetic: 128].")
-@click.option("--heads", default=None, type=int, help="Attention heads, must divide --hidden [default: 4; arithmetic: 8].")
+@click.option("--heads", default=None, type=int,
+              help="Attention heads, must divide --hidden [default: 4; arithmetic: 8].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same weights and tokenizer.")
-@click.option("--steps", default=None, type=int, help="arithmetic: training steps [default: the shipped model's].")
+@click.option("--steps", default=None, type=int,
+              help="arithmetic: training steps [default: the shipped model's].")
 @click.option("--dht-prefix", default=None,
-              help="Prefix servers announce blocks under [default: tiny-bloom-petals; arithmetic: tiny-bloom-arith].")
+              help="Prefix servers announce blocks under "
+                   "[default: tiny-bloom-petals; arithmetic: tiny-bloom-arith].")
 def tiny(directory, skill, layers, hidden, heads, seed, steps, dht_prefix):
     """Write a tiny BLOOM to DIRECTORY, offline and deterministic for a seed.
 
@@ -44,8 +48,8 @@ def tiny(directory, skill, layers, hidden, heads, seed, steps, dht_prefix):
     def given(value, default):  # 0 is a value the user gave (and is refused by validate), not "unset"
         return default if value is None else value
 
-    spec = TinyModelSpec(layers=given(layers, d_layers), hidden=given(hidden, d_hidden), heads=given(heads, d_heads),
-                         vocab_size=vocab,
+    spec = TinyModelSpec(layers=given(layers, d_layers), hidden=given(hidden, d_hidden),
+                         heads=given(heads, d_heads), vocab_size=vocab,
                          seed=seed, dht_prefix=d_prefix if dht_prefix is None else dht_prefix, skill=skill)
     train_spec = None
     if skill == "arithmetic":
@@ -55,7 +59,8 @@ def tiny(directory, skill, layers, hidden, heads, seed, steps, dht_prefix):
     elif steps is not None:
         from petals_ops.errors import InputError
 
-        raise InputError("--steps needs --skill arithmetic (a random model is not trained)", fix="drop --steps")
+        raise InputError("--steps needs --skill arithmetic (a random model is not trained)",
+                         fix="drop --steps")
     with _TrainProgress() as progress:
         path = make_tiny_bloom(directory, spec, train_spec, on_step=progress.step)
     info(f"tiny BLOOM ({skill}) with {spec.layers} blocks (hidden {spec.hidden}, seed {seed}, DHT prefix "
@@ -76,16 +81,19 @@ class _TrainProgress:
     def step(self, s) -> None:
         if self.console.is_terminal:
             if self.bar is None:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                           TimeRemainingColumn)
 
                 self.bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
                                     TextColumn("loss {task.fields[loss]}  {task.fields[tps]} tok/s  ETA"),
                                     TimeRemainingColumn(), console=self.console)
                 self.bar.start()
                 self.task = self.bar.add_task("train", total=s.steps, loss="-", tps="-")
-            self.bar.update(self.task, completed=s.step, loss=f"{s.loss:.3f}", tps=f"{s.tokens_per_second:.0f}")
+            self.bar.update(self.task, completed=s.step, loss=f"{s.loss:.3f}",
+                            tps=f"{s.tokens_per_second:.0f}")
         elif s.step == 1 or s.step % 50 == 0 or s.step == s.steps:
-            info(f"[{s.step}/{s.steps}] loss {s.loss:.3f}, {s.tokens_per_second:.0f} tokens/s, ETA {s.eta:.0f} s")
+            info(f"[{s.step}/{s.steps}] loss {s.loss:.3f}, {s.tokens_per_second:.0f} tokens/s, "
+                 f"ETA {s.eta:.0f} s")
 
     def __exit__(self, *exc):
         if self.bar is not None:

@@ -24,7 +24,8 @@ def swarm_target_options(func=None, *, multiple_models: bool = False):
             + ". Default: the local swarm's model.",
         ),
         click.option("--dht-prefix", help="Override the DHT prefix the blocks are announced under."),
-        click.option("--num-blocks", type=click.IntRange(min=1), help="Number of blocks, if the swarm does not say."),
+        click.option("--num-blocks", type=click.IntRange(min=1),
+                     help="Number of blocks, if the swarm does not say."),
         click.option(
             "--swarm-dir", type=click.Path(file_okay=False), default=None, envvar="PETALS_OPS_SWARM_DIR",
             help=f"Run directory of the local swarm [default: {default_run_dir()}].",

@@ -8,7 +8,8 @@ from petals_ops.local_swarm import default_run_dir
 from petals_ops.output import OUTPUT_OPTION, emit_json, info, render_table
 
 RUN_DIR_OPTION = click.option(
-    "--swarm-dir", "--run-dir", "run_dir", type=click.Path(file_okay=False), default=None, envvar="PETALS_OPS_SWARM_DIR",
+    "--swarm-dir", "--run-dir", "run_dir", type=click.Path(file_okay=False), default=None,
+    envvar="PETALS_OPS_SWARM_DIR",
     help=f"Where the local swarm keeps its state, logs and model [default: {default_run_dir()}].",
 )
 
@@ -25,11 +26,16 @@ def local():
 
 @local.command("up")
 @RUN_DIR_OPTION
-@click.option("--servers", default=2, show_default=True, type=int, help="Servers, each holding one block range.")
-@click.option("--replicas", default=1, show_default=True, type=int, help="Copies of each block range (redundancy).")
-@click.option("--model-dir", type=click.Path(), default=None, help="Model to serve [default: a tiny BLOOM made offline].")
-@click.option("--dht-port", default=0, show_default=True, type=int, help="Bootstrap DHT port on 127.0.0.1 (0: a free one).")
-@click.option("--timeout", default=300, show_default=True, type=POSITIVE, help="Seconds to wait until every block is served.")
+@click.option("--servers", default=2, show_default=True, type=int,
+              help="Servers, each holding one block range.")
+@click.option("--replicas", default=1, show_default=True, type=int,
+              help="Copies of each block range (redundancy).")
+@click.option("--model-dir", type=click.Path(), default=None,
+              help="Model to serve [default: a tiny BLOOM made offline].")
+@click.option("--dht-port", default=0, show_default=True, type=int,
+              help="Bootstrap DHT port on 127.0.0.1 (0: a free one).")
+@click.option("--timeout", default=300, show_default=True, type=POSITIVE,
+              help="Seconds to wait until every block is served.")
 def local_up(run_dir, servers, replicas, model_dir, dht_port, timeout):
     """Start the local swarm and wait until every block has an ONLINE server.
 
@@ -73,8 +79,9 @@ def local_status(run_dir, output):
         for p in swarm.processes
     ]
     if output == "json":
-        emit_json({"run_dir": swarm.run_dir, "initial_peers": swarm.initial_peers, "model_dir": swarm.model_dir,
-                   "dht_prefix": swarm.dht_prefix, "num_blocks": swarm.num_blocks, "processes": rows})
+        emit_json({"run_dir": swarm.run_dir, "initial_peers": swarm.initial_peers,
+                   "model_dir": swarm.model_dir, "dht_prefix": swarm.dht_prefix,
+                   "num_blocks": swarm.num_blocks, "processes": rows})
         return
     render_table(["name", "role", "pid", "alive", "blocks", "log"], [list(r.values()) for r in rows],
                  title=f"local swarm in {swarm.run_dir}")
@@ -93,13 +100,15 @@ def status(initial_peers, model, dht_prefix, num_blocks, swarm_dir, output):
     from petals_ops.swarm_health import format_block_ranges, take_snapshot
     from petals_ops.target import resolve_target
 
-    target = resolve_target(initial_peers, model, dht_prefix=dht_prefix, num_blocks=num_blocks, run_dir=swarm_dir)
+    target = resolve_target(initial_peers, model, dht_prefix=dht_prefix, num_blocks=num_blocks,
+                            run_dir=swarm_dir)
     snap = take_snapshot(target.initial_peers, target.model)
     if output == "json":
         emit_json(snap.to_dict())
     else:
         render_table(
-            ["peer id", "name", "state", "blocks", "throughput", "cache tokens left", "version", "dtype", "quant"],
+            ["peer id", "name", "state", "blocks", "throughput", "cache tokens left", "version", "dtype",
+             "quant"],
             [[s.peer_id, s.public_name, s.state, f"{s.start_block}:{s.end_block}", f"{s.throughput:.1f}",
               s.cache_tokens_left, s.version, s.torch_dtype, s.quant_type] for s in snap.servers],
             title=f"servers of {snap.dht_prefix}",

@@ -40,7 +40,8 @@ OFFICIAL_COMMAND = ["python", "-m", "petals.cli.run_server"]
 A10_MEMORY_BYTES = 24_146_608_128  # what NVML reports for an NVIDIA A10 (22.49 GiB)
 HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 BLOCK_RANGE_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
-TOKEN_FLAGS = ("--token", "--use_auth_token", "--use-auth-token")  # petals run_server flags that take the HF token
+# petals run_server flags that take the HF token
+TOKEN_FLAGS = ("--token", "--use_auth_token", "--use-auth-token")
 
 
 class _Strict(BaseModel):
@@ -66,7 +67,8 @@ class TokenSource(_Strict):
         if (self.env is None) == (self.file is None):
             raise ValueError("give exactly one of env: VAR or file: PATH")
         if self.env is not None and looks_secret(self.env):
-            raise ValueError("env: takes the name of an environment variable holding the token, not the token")
+            raise ValueError("env: takes the name of an environment variable holding the token, "
+                             "not the token")
         return self
 
     def describe(self) -> str:
@@ -83,7 +85,8 @@ class TokenSource(_Strict):
         try:
             value = path.read_text().strip()
         except OSError as e:
-            raise InputError(f"hf_token: cannot read token file {path} ({e.strerror})", fix="check the path") from e
+            raise InputError(f"hf_token: cannot read token file {path} ({e.strerror})",
+                             fix="check the path") from e
         if not value:
             raise InputError(f"hf_token: token file {path} is empty", fix="write the token into it")
         return value
@@ -141,7 +144,8 @@ class ServerSpec(_Strict):
             m = BLOCK_RANGE_RE.match(r)
             if not m or int(m.group(1)) >= int(m.group(2)):
                 raise ValueError(f"block range {r!r} is not start:end with start < end (e.g. 0:14)")
-            normalised.append(f"{int(m.group(1))}:{int(m.group(2))}")  # " 0 : 14" -> "0:14", as the DHT shows it
+            # " 0 : 14" -> "0:14", as the DHT shows it
+            normalised.append(f"{int(m.group(1))}:{int(m.group(2))}")
         return normalised
 
     @field_validator("command", "extra_args")
@@ -150,8 +154,9 @@ class ServerSpec(_Strict):
         for a in value:
             flag = a.split("=", 1)[0]
             if flag in TOKEN_FLAGS or a.startswith("hf_"):
-                raise ValueError(f"{'a token' if a.startswith('hf_') else flag} must not be on the command line "
-                                 "(other users of the host can read it); use hf_token: {env: VAR}")
+                raise ValueError(f"{'a token' if a.startswith('hf_') else flag} must not be on the "
+                                 "command line (other users of the host can read it); "
+                                 "use hf_token: {env: VAR}")
         return value
 
     @field_validator("initial_peers")
@@ -174,7 +179,8 @@ class ServerSpec(_Strict):
     def _volumes(cls, value):
         for v in value:
             parts = v.split(":")
-            if len(parts) not in (2, 3) or not all(parts[:2]) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            if (len(parts) not in (2, 3) or not all(parts[:2])
+                    or (len(parts) == 3 and parts[2] not in ("ro", "rw"))):
                 raise ValueError(f"volume {v!r} is not SRC:DST or SRC:DST:ro")
         return value
 
@@ -183,7 +189,8 @@ class ServerSpec(_Strict):
     def _env(cls, value):
         for k in value:
             if "TOKEN" in k.upper() or "SECRET" in k.upper():
-                raise ValueError(f"environment variable {k} looks like a secret; use hf_token: {{env: VAR}} instead")
+                raise ValueError(f"environment variable {k} looks like a secret; "
+                                 "use hf_token: {env: VAR} instead")
         return value
 
     @field_validator("container_prefix")
@@ -287,7 +294,8 @@ def _first_error(e: ValidationError, lines: dict | None = None, prefix: tuple = 
                 where = f" (line {lines[loc[:n]]})"
                 break
     got = err.get("input")
-    shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(got, (dict, list)) else f", got {got!r}"
+    shown = ("" if err["type"] in ("extra_forbidden", "missing") or isinstance(got, (dict, list))
+             else f", got {got!r}")
     return f"{path}{where}: {msg}{shown}"
 
 
@@ -351,8 +359,8 @@ def _check_yaml_size(root, path: Path) -> None:
                 raise InputError(f"inventory {path} expands to more than {MAX_YAML_VALUES:,} values "
                                  "(YAML aliases repeated inside aliases)", fix=fix)
         elif id(child) in on_path:
-            raise InputError(f"inventory {path}: a YAML alias at line {child.start_mark.line + 1} refers to a "
-                             "value that contains it (a recursive structure)", fix=fix)
+            raise InputError(f"inventory {path}: a YAML alias at line {child.start_mark.line + 1} "
+                             "refers to a value that contains it (a recursive structure)", fix=fix)
         elif id(child) not in size:
             if len(stack) >= MAX_YAML_DEPTH:
                 raise InputError(f"inventory {path} nests deeper than {MAX_YAML_DEPTH} levels "
@@ -389,7 +397,8 @@ def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
     path = Path(path if explicit else os.environ.get("PETALS_OPS_INVENTORY", DEFAULT_INVENTORY)).expanduser()
     if not path.is_file():
         if explicit:
-            raise InputError(f"inventory {path} does not exist", fix="pass --inventory PATH (see deploy/petals-ops.example.yaml)")
+            raise InputError(f"inventory {path} does not exist",
+                             fix="pass --inventory PATH (see deploy/petals-ops.example.yaml)")
         return Inventory(source=None)
     try:
         text = path.read_text()
@@ -407,7 +416,8 @@ def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise InputError(f"inventory {path}: the top level must be a mapping (hosts:, server:)", fix="see deploy/petals-ops.example.yaml")
+        raise InputError(f"inventory {path}: the top level must be a mapping (hosts:, server:)",
+                         fix="see deploy/petals-ops.example.yaml")
     try:
         inv = Inventory.model_validate(data)
     except ValidationError as e:

@@ -38,8 +38,8 @@ class SSHOptions:
     connect_timeout: float = 10.0
 
     @classmethod
-    def from_inventory(cls, inv: Inventory, *, accept_new_host_keys: bool = False, ssh_config: str | None = None,
-                       known_hosts: str | None = None) -> "SSHOptions":
+    def from_inventory(cls, inv: Inventory, *, accept_new_host_keys: bool = False,
+                       ssh_config: str | None = None, known_hosts: str | None = None) -> "SSHOptions":
         return cls(
             ssh_config=ssh_config or os.environ.get("PETALS_OPS_SSH_CONFIG") or inv.ssh_config,
             known_hosts=known_hosts or os.environ.get("PETALS_OPS_KNOWN_HOSTS") or inv.known_hosts,
@@ -49,11 +49,13 @@ class SSHOptions:
     def ssh_config_path(self) -> Path | None:
         path = Path(self.ssh_config or DEFAULT_SSH_CONFIG).expanduser()
         if self.ssh_config and not path.is_file():
-            raise InputError(f"ssh config {path} does not exist", fix="fix ssh_config in the inventory or PETALS_OPS_SSH_CONFIG")
+            raise InputError(f"ssh config {path} does not exist",
+                             fix="fix ssh_config in the inventory or PETALS_OPS_SSH_CONFIG")
         return path if path.is_file() else None
 
     def parsed_config(self):
-        """The ssh config as a paramiko ``SSHConfig`` (None when there is none); a bad file is an InputError."""
+        """The ssh config as a paramiko ``SSHConfig`` (None when there is none); a bad file is an
+        InputError."""
         import paramiko
 
         path = self.ssh_config_path()
@@ -63,7 +65,8 @@ class SSHOptions:
             return paramiko.SSHConfig.from_path(str(path))
         except (paramiko.ssh_exception.ConfigParseError, OSError, UnicodeDecodeError) as e:
             raise InputError(f"ssh config {path} cannot be read ({_short(e)})",
-                             fix="fix that file, or point ssh_config / PETALS_OPS_SSH_CONFIG elsewhere") from None
+                             fix="fix that file, or point ssh_config / PETALS_OPS_SSH_CONFIG "
+                                 "elsewhere") from None
 
     def lookup(self, alias: str) -> dict:
         config = self.parsed_config()
@@ -88,13 +91,16 @@ def select_hosts(inv: Inventory, hosts: Sequence[str] | str | None, opts: SSHOpt
     if isinstance(hosts, str):
         hosts = [hosts]
     names = [h.strip() for v in (hosts or ()) for h in v.split(",") if h.strip()]
-    if hosts is not None and not names:  # --hosts '' or ',,,' must not widen to every host (down would stop all)
+    # --hosts '' or ',,,' must not widen to every host (down would stop all)
+    if hosts is not None and not names:
         raise InputError(f"--hosts {','.join(hosts)!r} names no host",
-                         fix="name them (--hosts a10-1,a10-2), or leave --hosts out to act on every inventory host")
+                         fix="name them (--hosts a10-1,a10-2), "
+                             "or leave --hosts out to act on every inventory host")
     if not names:
         if not inv.hosts:
             raise InputError(
-                f"no hosts: the inventory {inv.source or '(none found: ./petals-ops.yaml)'} lists none and --hosts was not given",
+                f"no hosts: the inventory {inv.source or '(none found: ./petals-ops.yaml)'} lists none "
+                "and --hosts was not given",
                 fix="pass --hosts a10-1,a10-2 or add hosts: to the inventory",
             )
         return list(inv.hosts)
@@ -102,11 +108,12 @@ def select_hosts(inv: Inventory, hosts: Sequence[str] | str | None, opts: SSHOpt
         from petals_ops.fleet.inventory import HOST_NAME_RE
 
         if not HOST_NAME_RE.match(name):
-            raise InputError(f"{given_as} {name!r} is not a host name", fix="use names like a10-1 (letters, digits, . _ -)")
+            raise InputError(f"{given_as} {name!r} is not a host name",
+                             fix="use names like a10-1 (letters, digits, . _ -)")
         if name not in inv.hosts and not opts.is_alias(name):
             raise InputError(
-                f"{given_as} {name} is neither in the inventory ({inv.source or 'none'}) nor an alias in the ssh config "
-                f"({opts.ssh_config_path() or 'none'})",
+                f"{given_as} {name} is neither in the inventory ({inv.source or 'none'}) "
+                f"nor an alias in the ssh config ({opts.ssh_config_path() or 'none'})",
                 fix="add it under hosts: in the inventory, or a 'Host NAME' block to the ssh config",
             )
     return list(dict.fromkeys(names))
@@ -116,7 +123,8 @@ def _tofu_policy(known_hosts: Path):
     import paramiko
 
     class TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
-        """Accept a host never seen before and record its key (a changed key still fails: BadHostKeyException)."""
+        """Accept a host never seen before and record its key (a changed key still fails:
+        BadHostKeyException)."""
 
         def missing_host_key(self, client, hostname, key):
             client.get_host_keys().add(hostname, key.get_name(), key)
@@ -170,13 +178,14 @@ class HostSession:
         import fabric
         import paramiko
 
-        paramiko_log = logging.getLogger("paramiko")  # no per-channel INFO lines on stderr (never lower the CLI's level)
+        # no per-channel INFO lines on stderr (never lower the CLI's level)
+        paramiko_log = logging.getLogger("paramiko")
         paramiko_log.setLevel(max(paramiko_log.level, logging.WARNING))
         ssh_config = self.opts.parsed_config()  # parsed here, so a broken file is an InputError
         config = fabric.Config(ssh_config=ssh_config) if ssh_config is not None else fabric.Config()
         config.run.in_stream = False
-        connect_kwargs = {"banner_timeout": self.opts.connect_timeout, "auth_timeout": self.opts.connect_timeout,
-                          "allow_agent": False}
+        connect_kwargs = {"banner_timeout": self.opts.connect_timeout,
+                          "auth_timeout": self.opts.connect_timeout, "allow_agent": False}
         if self.spec.key:
             connect_kwargs["key_filename"] = [str(Path(self.spec.key).expanduser())]
         conn = fabric.Connection(
@@ -213,17 +222,21 @@ class HostSession:
             if "known_hosts" in str(e):
                 raise HostError(
                     f"{self.name}: the SSH host key of {conn.host}:{conn.port} is not in {known_hosts}",
-                    fix="add it (ssh-keyscan, or ssh once) or pass --accept-new-host-keys to trust it on first use",
+                    fix="add it (ssh-keyscan, or ssh once) "
+                        "or pass --accept-new-host-keys to trust it on first use",
                 ) from None
-            raise HostError(f"{self.name}: SSH to {where} failed ({_short(e)})", fix="check sshd on the host") from None
+            raise HostError(f"{self.name}: SSH to {where} failed ({_short(e)})",
+                            fix="check sshd on the host") from None
         except socket.gaierror:
             raise HostError(f"{self.name}: cannot resolve {conn.host}",
                             fix="check the address, or the alias in the ssh config") from None
         except TimeoutError:
-            raise HostError(f"{self.name}: timed out connecting to {where}", fix="check the host is up and the port open") from None
+            raise HostError(f"{self.name}: timed out connecting to {where}",
+                            fix="check the host is up and the port open") from None
         except (paramiko.ssh_exception.NoValidConnectionsError, OSError) as e:
             causes = list(getattr(e, "errors", {}).values()) or [e]
-            refused = all(isinstance(c, ConnectionRefusedError) or getattr(c, "errno", None) == 111 for c in causes)
+            refused = all(isinstance(c, ConnectionRefusedError) or getattr(c, "errno", None) == 111
+                          for c in causes)
             reason = "connection refused" if refused else _short(e)
             raise HostError(f"{self.name}: cannot connect to {where} ({reason})",
                             fix="check that the host is up and sshd listens on that port") from None
@@ -248,7 +261,8 @@ class HostSession:
 
     # -- commands ---------------------------------------------------------------------------------
     def run(self, argv: Sequence[str], *, sudo: bool = False, timeout: float = 120, check: bool = False):
-        """Run ``argv`` (quoted with shlex.join) on the host; returns fabric's Result (``.ok``, ``.stdout``...)."""
+        """Run ``argv`` (quoted with shlex.join) on the host; returns fabric's Result (``.ok``,
+        ``.stdout``...)."""
         command = shlex.join([str(a) for a in argv])
         if sudo and self.spec.sudo:
             command = "sudo -n " + command
@@ -259,7 +273,8 @@ class HostSession:
         except Exception as e:  # CommandTimedOut, a dropped connection
             raise HostError(f"{self.name}: {argv[0]} failed ({_short(e)})", fix="check the host") from None
         if check and not result.ok:
-            raise HostError(f"{self.name}: {' '.join(argv[:3])} exited {result.exited} ({_short(result.stderr or result.stdout)})",
+            raise HostError(f"{self.name}: {' '.join(argv[:3])} exited {result.exited} "
+                            f"({_short(result.stderr or result.stdout)})",
                             fix="run it by hand on the host to see why")
         return result
 
@@ -278,7 +293,8 @@ class HostSession:
         except OSError as e:
             if getattr(e, "errno", None) == 2:
                 return None
-            raise HostError(f"{self.name}: cannot read {path} ({_short(e)})", fix="check permissions") from None
+            raise HostError(f"{self.name}: cannot read {path} ({_short(e)})",
+                            fix="check permissions") from None
         return buf.getvalue()
 
     def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
@@ -333,7 +349,8 @@ def docker_over_ssh(session: HostSession, timeout: float | None = 120):
         raise
     except Exception as e:
         raise HostError(f"{session.name}: cannot reach Docker over SSH ({_short(e)})",
-                        fix="check 'docker info' works for the SSH user there (petals-ops hosts check)") from None
+                        fix="check 'docker info' works for the SSH user there "
+                            "(petals-ops hosts check)") from None
     return client
 
 

@@ -1,8 +1,8 @@
 """Container and GPU status per host (for ``petals-ops status`` and the exporter), joined with the DHT.
 
 Public interface (the exporter codes against it): :func:`read_fleet` (a :class:`FleetReading` of
-:class:`ContainerStatus` and :class:`~petals_ops.fleet.gpu.GpuHostStatus`) and :func:`load_inventory`. :func:`fleet_status` is the join
-of containers and the swarm's DHT (by peer id) that ``status`` prints.
+:class:`ContainerStatus` and :class:`~petals_ops.fleet.gpu.GpuHostStatus`) and :func:`load_inventory`.
+:func:`fleet_status` is the join of containers and the swarm's DHT (by peer id) that ``status`` prints.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from petals_ops.fleet.parallel import per_host
 from petals_ops.fleet.result import HostResult
 from petals_ops.fleet.ssh import HostError, HostSession, SSHOptions, select_hosts
 
-__all__ = ["ContainerStatus", "FleetReading", "FleetStatus", "GpuHostStatus", "fleet_status", "load_inventory",
-           "read_fleet"]
+__all__ = ["ContainerStatus", "FleetReading", "FleetStatus", "GpuHostStatus", "fleet_status",
+           "load_inventory", "read_fleet"]
 
 
 @dataclass

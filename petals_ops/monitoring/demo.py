@@ -1,4 +1,5 @@
-"""The demo's exporter step: start the exporter against the local swarm, scrape it once, show a few metrics."""
+"""The demo's exporter step: start the exporter against the local swarm, scrape it once, show a few
+metrics."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from petals_ops.errors import OpsError
 SHOWN = (
     "petals_model_fully_served", "petals_model_uncovered_blocks", "petals_model_min_online_servers",
     "petals_block_online_servers", "petals_model_servers", "petals_own_server_online",
-    "petals_server_throughput_tokens_per_second", "petals_exporter_up", "petals_exporter_refresh_duration_seconds",
+    "petals_server_throughput_tokens_per_second", "petals_exporter_up",
+    "petals_exporter_refresh_duration_seconds",
 )
 
 
@@ -30,7 +32,8 @@ def show_exporter(swarm, *, refresh: float = 2.0, timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
         while refresher.state.refreshes == 0 or not refresher.state.up:
             if time.monotonic() > deadline:
-                raise OpsError(f"the exporter did not walk the swarm in {timeout:.0f} s ({refresher.state.last_error})",
+                raise OpsError(f"the exporter did not walk the swarm in {timeout:.0f} s "
+                               f"({refresher.state.last_error})",
                                fix="check the swarm with 'petals-ops swarm status'")
             time.sleep(0.2)
         with urllib.request.urlopen(url, timeout=10) as r:

@@ -89,7 +89,8 @@ def map_state(state: ExporterState) -> dict[str, Any]:
 
 
 def clock(state: ExporterState, now: float) -> dict[str, Any]:
-    """The per-request members: the server's clock and the oldest snapshot's age (None before the first walk)."""
+    """The per-request members: the server's clock and the oldest snapshot's age (None before the first
+    walk)."""
     taken = [s.taken_at for s in state.snapshots]
     return {"now": now, "snapshot_age_seconds": max(0.0, now - min(taken)) if taken else None}
 

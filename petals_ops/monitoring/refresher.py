@@ -128,7 +128,8 @@ class Refresher:
 
     def _walk_swarm(self) -> list[SwarmSnapshot]:
         if self._probe is None:
-            self._probe = SwarmProbe(self.initial_peers, self.models[0], startup_timeout=self.startup_timeout).start()
+            self._probe = SwarmProbe(self.initial_peers, self.models[0],
+                                     startup_timeout=self.startup_timeout).start()
         snaps = []
         for i, model in enumerate(self.models):
             snap = self._probe.snapshot(model, require_peers=True)
@@ -180,8 +181,8 @@ class Refresher:
             if host in unreachable or fleet_ok is False:
                 own.setdefault(peer_id, host)
         new = ExporterState(
-            refresh_interval=self.interval, snapshots=snapshots, own_hosts=own, containers=containers, gpus=gpus,
-            fleet_ok=fleet_ok, up=up, refresh_seconds=refresh_seconds, last_success=last_success,
+            refresh_interval=self.interval, snapshots=snapshots, own_hosts=own, containers=containers,
+            gpus=gpus, fleet_ok=fleet_ok, up=up, refresh_seconds=refresh_seconds, last_success=last_success,
             refreshes=old.refreshes + 1, errors=errors, last_error=last_error,
         )
         for prepare in self.before_publish:

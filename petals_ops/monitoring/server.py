@@ -1,4 +1,5 @@
-"""The exporter's HTTP server and run loop: ``/metrics`` for Prometheus, ``/`` the swarm map, ``/map.json`` its data.
+"""The exporter's HTTP server and run loop: ``/metrics`` for Prometheus, ``/`` the swarm map,
+``/map.json`` its data.
 
 The server binds before the refresher starts, so a bad or busy ``--listen`` fails at once with one line.
 SIGTERM and SIGINT stop it gracefully: the HTTP server finishes, the refresher's DHT node shuts down.
@@ -147,7 +148,8 @@ class Exporter:
         self.refresher.stop()
 
 
-def start_exporter(refresher: Refresher, listen: str = DEFAULT_LISTEN, *, process_metrics: bool = True) -> Exporter:
+def start_exporter(refresher: Refresher, listen: str = DEFAULT_LISTEN, *,
+                   process_metrics: bool = True) -> Exporter:
     """Bind ``listen``, then start the refresher and serve. Raises InputError for a bad/busy address."""
     host, port = parse_listen(listen)
     registry = CollectorRegistry(auto_describe=False)  # the per-scrape part: snapshot age, process metrics
@@ -159,11 +161,13 @@ def start_exporter(refresher: Refresher, listen: str = DEFAULT_LISTEN, *, proces
     refresher.before_publish.extend([body.prepare, map_body.prepare])
     server_class = _V6Server if ":" in host else _Server
     try:
-        httpd = make_server(host, port, make_app(body, map_body), server_class=server_class, handler_class=_QuietHandler)
+        httpd = make_server(host, port, make_app(body, map_body), server_class=server_class,
+                            handler_class=_QuietHandler)
     except (OSError, OverflowError) as e:
         reason = getattr(e, "strerror", None) or str(e)
         raise InputError(f"--listen {listen}: cannot listen there ({reason})",
-                         fix="choose a free port on an address of this machine, e.g. --listen 127.0.0.1:9469") from e
+                         fix="choose a free port on an address of this machine, "
+                             "e.g. --listen 127.0.0.1:9469") from e
     thread = threading.Thread(target=httpd.serve_forever, name="petals-exporter-http", daemon=True)
     thread.start()
     refresher.start()

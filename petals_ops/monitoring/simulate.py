@@ -26,7 +26,8 @@ def fake_peer_id() -> str:
 
 def declare_fake_servers(initial_peers: Sequence[str], dht_prefix: str, num_blocks: int, servers: int, *,
                          span: int = 10, ttl: float = 3600.0, seed: int = 0, batch: int = 100) -> list[str]:
-    """Announce ``servers`` ONLINE servers (``span`` blocks each, spread over the model); return their peer ids.
+    """Announce ``servers`` ONLINE servers (``span`` blocks each, spread over the model); return their
+    peer ids.
 
     Small batches: a large pickled call (thousands of records) over hivemind's DHT pipe made the DHT process
     fail with EAGAIN and the caller hang.
@@ -41,8 +42,8 @@ def declare_fake_servers(initial_peers: Sequence[str], dht_prefix: str, num_bloc
         end = min(num_blocks, start + span)
         info = door.ServerInfo(
             state=door.ServerState.ONLINE, throughput=rng.uniform(50, 500), start_block=start, end_block=end,
-            public_name=f"sim-{len(peers)}", version=door.PETALS_VERSION, torch_dtype="bfloat16", quant_type="nf4",
-            using_relay=False, cache_tokens_left=rng.randrange(0, 200_000),
+            public_name=f"sim-{len(peers)}", version=door.PETALS_VERSION, torch_dtype="bfloat16",
+            quant_type="nf4", using_relay=False, cache_tokens_left=rng.randrange(0, 200_000),
         )
         for block in range(start, end):
             keys.append(f"{dht_prefix}.{block}")

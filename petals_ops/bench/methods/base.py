@@ -75,20 +75,24 @@ class MethodConfig:
     def validate(self) -> MethodConfig:
         method = self.impl
         if self.max_new_tokens < 1:
-            raise InputError(f"--max-new-tokens {self.max_new_tokens} must be at least 1", fix="use --max-new-tokens 256")
+            raise InputError(f"--max-new-tokens {self.max_new_tokens} must be at least 1",
+                             fix="use --max-new-tokens 256")
         if self.paths < 1:
-            raise InputError(f"--paths {self.paths} must be at least 1", fix=f"use --paths {method.default_paths}")
+            raise InputError(f"--paths {self.paths} must be at least 1",
+                             fix=f"use --paths {method.default_paths}")
         if method.samples:
             if not self.temperature > 0 or self.temperature == float("inf"):  # also refuses nan
                 raise InputError(f"--temperature {self.temperature} must be a number > 0 for sampling",
                                  fix="use --temperature 0.7")
             if self.top_k is not None and self.top_k < 1:
-                raise InputError(f"--top-k {self.top_k} must be >= 1", fix="use --top-k 40 (or 0 for no top-k)")
+                raise InputError(f"--top-k {self.top_k} must be >= 1",
+                                 fix="use --top-k 40 (or 0 for no top-k)")
         method.validate(self)
         return self
 
     def decode_spec(self) -> DecodeSpec:
-        sampling = Sampling(self.temperature, self.top_k, self.seed) if self.sample else Sampling(seed=self.seed)
+        sampling = (Sampling(self.temperature, self.top_k, self.seed) if self.sample
+                    else Sampling(seed=self.seed))
         return DecodeSpec(sampling=sampling, max_new_tokens=self.max_new_tokens, stops=self.stops,
                           calculator=self.calculator)
 

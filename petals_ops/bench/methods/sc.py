@@ -27,7 +27,8 @@ class SelfConsistency(Method):
         agreement = [r.extras["agreement"] for r in records if r.extras.get("agreement") is not None]
         return {
             "maj_at_k": {str(k): v for k, v in enumerate(curve, start=1)},
-            "pass_at_k": (sum(any(p.correct for p in r.paths) for r in records) / len(records)) if records else None,
+            "pass_at_k": ((sum(any(p.correct for p in r.paths) for r in records) / len(records))
+                          if records else None),
             "agreement": sum(agreement) / len(agreement) if agreement else None,
         }
 

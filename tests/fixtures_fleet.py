@@ -149,11 +149,16 @@ class FleetLab:
     def start_sshd(self, name: str) -> None:
         host = self.hosts[name]
         _run([SSHD, "-f", str(host.sshd_config)])  # daemonizes; the pid lands in its PidFile
-        _wait(lambda: (host.dir / "sshd.pid").is_file() and not _port_free(host.address, self.ssh_port), 10, f"sshd of {name}")
-        host.sshd_pid = int((host.dir / "sshd.pid").read_text())
+        pid_file = host.dir / "sshd.pid"
+        _wait(lambda: pid_file.is_file() and pid_file.read_text().strip() and not _port_free(host.address, self.ssh_port),
+              10, f"sshd of {name}")  # the pid file exists a moment before sshd writes the pid into it
+        host.sshd_pid = int(pid_file.read_text())
 
     def stop_sshd(self, name: str) -> None:
         host = self.hosts[name]
+        pid_file = host.dir / "sshd.pid"
+        if host.sshd_pid is None and pid_file.is_file() and pid_file.read_text().strip():
+            host.sshd_pid = int(pid_file.read_text())  # a start that failed after sshd daemonized
         if host.sshd_pid and _pid_alive(host.sshd_pid):
             os.kill(host.sshd_pid, signal.SIGTERM)
             _wait(lambda: not _pid_alive(host.sshd_pid), 10, f"sshd of {name} to stop")
@@ -217,11 +222,14 @@ class FleetLab:
         (self.root / "initial_peers").write_text(found[0] + "\n")
 
     # -- inventory --------------------------------------------------------------------------------
-    def server_port(self) -> int:
-        for port in range(31330, 31400):
+    def server_port(self, first: int = 31330) -> int:
+        """A port free (with the next one) on every host address, from ``first`` on. p2pd binds with
+        SO_REUSEPORT, so two labs sharing a port would get each other's connections: a second lab (the
+        rehearsal's) searches another range."""
+        for port in range(first, first + 70):
             if all(_port_free(a, port) and _port_free(a, port + 1) for a in self.host_map.values()):
                 return port
-        raise RuntimeError("no free server port in 31330..31400")
+        raise RuntimeError(f"no free server port in {first}..{first + 70}")
 
     def inventory(self, model_dir: Path, *, port: int, blocks=("0:2", "2:4"), extra: dict | None = None,
                   host_extra: dict | None = None, token_env: str | None = "PETALS_OPS_TEST_HF_TOKEN") -> dict:
@@ -277,7 +285,7 @@ class FleetLab:
 
         self.remove_containers()
         for name, host in self.hosts.items():
-            self.stop_sshd(name) if host.sshd_pid else None
+            self.stop_sshd(name)
             if host.dockerd_pgid is not None:
                 procs.stop_group(host.dockerd_pgid, grace=20)
                 host.dockerd_pgid = None

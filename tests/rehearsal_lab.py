@@ -34,6 +34,7 @@ ALERT = "PetalsModelNotFullyServed"
 AS_MODEL = "bigscience/bloom"
 A100_40GB_BYTES = 42_949_672_960  # what NVML reports for an A100-SXM4-40GB: 26 nf4 blocks of BLOOM-176B
 SSH_PORT = 2223  # not the session fleet lab's 2222: both can run in one pytest session
+SERVER_PORTS = 31530  # and servers from here, not the session lab's 31330 (p2pd binds with SO_REUSEPORT)
 
 
 def cli(*args, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
@@ -222,7 +223,7 @@ class Rehearsal:
         self.model = self.lab.root / "tiny-bloom-70"
         cli("model", "tiny", self.model, "--layers", 70, "--dht-prefix", DHT_PREFIX)
         self.mark("model tiny --layers 70 written")
-        data = self.lab.inventory(self.model, port=self.lab.server_port(), blocks=["0:70"] * self.hosts, token_env=None)
+        data = self.lab.inventory(self.model, port=self.lab.server_port(SERVER_PORTS), blocks=["0:70"] * self.hosts, token_env=None)
         for h in data["hosts"].values():  # unpinned: plan assigns the ranges
             h["server"].pop("block_indices")
             if self.gpu_memory_bytes:
@@ -281,8 +282,12 @@ class Rehearsal:
     def hop_latency(self) -> None:
         ends = [int(r[0].split(":")[1]) for r in self.plan["assignment"].values() if r and r[0]]
         out = self.root / "hops.json"
-        subprocess.run([sys.executable, "-m", "tests.rehearsal_lab", "hops", self.lab.initial_peers[0], str(self.root / "hops"),
-                        str(out), str(self.hop_tokens), *map(str, ends)], check=True, timeout=600, cwd=REPO)
+        result = subprocess.run([sys.executable, "-m", "tests.rehearsal_lab", "hops", self.lab.initial_peers[0],
+                                 str(self.root / "hops"), str(out), str(self.hop_tokens), *map(str, ends)],
+                                check=False, capture_output=True, text=True, timeout=600, cwd=REPO)
+        (self.root / "hops.log").write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise RuntimeError(f"hop latency exited {result.returncode}: {result.stderr[-1500:]}")
         self.figures["per_token_ms_by_hops"] = json.loads(out.read_text())
         self.mark("greedy per-token latency through 1.." + str(len(ends)) + " hops measured")
 

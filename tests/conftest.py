@@ -57,8 +57,8 @@ def swarm_factory(tmp_path_factory, tiny_model_dir):
 
     def start(servers: int = 2, replicas: int = 1, model_dir=None):
         run_dir = tmp_path_factory.mktemp("swarm")
-        swarm = local_swarm.up(run_dir, servers=servers, replicas=replicas, model_dir=model_dir or tiny_model_dir,
-                               timeout=240)
+        swarm = local_swarm.up(run_dir, servers=servers, replicas=replicas,
+                               model_dir=model_dir or tiny_model_dir, timeout=240)
         started.append(run_dir)
         return swarm
 
@@ -91,7 +91,8 @@ def gsm8k_dir() -> Path:
     """The GSM8K copy packaged in the checkout (petals_ops/data/gsm8k), never anything outside it."""
     path = REPO / "petals_ops" / "data" / "gsm8k"
     if not (path / "test.jsonl").is_file():
-        pytest.fail(f"GSM8K data missing at {path}: the checkout should carry petals_ops/data/gsm8k/test.jsonl")
+        pytest.fail(f"GSM8K data missing at {path}: "
+                    "the checkout should carry petals_ops/data/gsm8k/test.jsonl")
     return path
 
 

@@ -42,7 +42,8 @@ _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def pytest_addoption(parser):
-    parser.addoption("--artefacts", default=None, help="Directory for test artefacts (the map page's screenshots).")
+    parser.addoption("--artefacts", default=None,
+                     help="Directory for test artefacts (the map page's screenshots).")
 
 
 class CDPError(AssertionError):
@@ -58,7 +59,8 @@ class Page:
         key = base64.b64encode(os.urandom(16))
         self.sock.sendall(
             f"GET {url.path} HTTP/1.1\r\nHost: {url.hostname}:{url.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
         )
         head = b""
         while b"\r\n\r\n" not in head:
@@ -127,7 +129,8 @@ class Page:
                 return msg["result"]
 
     def eval(self, expression: str):
-        """The value of ``expression`` in the page (promises awaited); a JavaScript exception fails the test."""
+        """The value of ``expression`` in the page (promises awaited); a JavaScript exception fails the
+        test."""
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in result:
             raise CDPError(f"{expression!r} threw: {result['exceptionDetails']}")
@@ -163,7 +166,8 @@ class Browser:
 
     def __init__(self):
         if not CHROMIUM:
-            raise RuntimeError("chromium is not installed (apt-get install chromium; ./install.sh --system does)")
+            raise RuntimeError("chromium is not installed "
+                               "(apt-get install chromium; ./install.sh --system does)")
         self.profile = Path(tempfile.mkdtemp(prefix="petals-ops-chromium-"))
         self.log = self.profile.parent / f"{self.profile.name}.log"
         with open(self.log, "wb") as out:

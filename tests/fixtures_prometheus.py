@@ -180,7 +180,8 @@ class ExporterProcess:
         last = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"exporter exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+                raise AssertionError(f"exporter exited {self.proc.returncode}: "
+                                     f"{self.log.read_text()[-2000:]}")
             try:
                 last = predicate(self)
                 if last:
@@ -188,7 +189,8 @@ class ExporterProcess:
             except OSError:
                 pass
             time.sleep(0.3)
-        raise AssertionError(f"exporter: {what} not met in {timeout:.0f} s; log: {self.log.read_text()[-1500:]}")
+        raise AssertionError(f"exporter: {what} not met in {timeout:.0f} s; "
+                             f"log: {self.log.read_text()[-1500:]}")
 
     def wait_up(self, timeout: float = 120.0) -> None:
         self.wait_for(lambda e: e.sample("petals_exporter_up") == 1, timeout, "petals_exporter_up == 1")

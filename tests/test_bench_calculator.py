@@ -131,7 +131,8 @@ def backends(arith_swarm):
     """The arithmetic model through the real local swarm and in this process: {kind: Backend}."""
     from petals_ops.backends import open_backend
 
-    opened = {kind: open_backend(kind, arith_swarm.model, arith_swarm.initial_peers if kind == "petals" else ())
+    opened = {kind: open_backend(kind, arith_swarm.model,
+                                 arith_swarm.initial_peers if kind == "petals" else ())
               for kind in ("petals", "local")}
     yield opened
     for backend in opened.values():
@@ -161,7 +162,8 @@ def test_forced_result_reaches_the_servers_and_equals_the_local_backend(backends
 
     off, _ = _decode(backends["local"], SLIP_QUESTION, DecodeSpec(Sampling(), 48))
     slip = first_slip(off.paths[0].text)
-    assert slip is not None and slip.left == "2 + 5" and slip.stated == 6, off.paths[0].text  # the model's own slip
+    # the model's own slip
+    assert slip is not None and slip.left == "2 + 5" and slip.stated == 6, off.paths[0].text
 
     spec = DecodeSpec(Sampling(), 48, calculator=True)
     outs = {kind: _decode(backend, SLIP_QUESTION, spec)[0].paths[0] for kind, backend in backends.items()}
@@ -185,12 +187,14 @@ def test_sampled_rows_forced_at_different_steps_get_their_own_results(backends):
     paths = range(6)
     on = {kind: _decode(backend, "arith-test:4", DecodeSpec(sampling, 48, calculator=True), paths)[0]
           for kind, backend in backends.items()}
-    assert [(p.raw, p.interventions) for p in on["petals"].paths] == [(p.raw, p.interventions) for p in on["local"].paths]
+    assert ([(p.raw, p.interventions) for p in on["petals"].paths]
+            == [(p.raw, p.interventions) for p in on["local"].paths])
     off, _ = _decode(backends["local"], "arith-test:4", DecodeSpec(sampling, 48), paths)
     rows = on["petals"].paths
     tok = backends["petals"].tokenizer
     forced_steps = [{i.position + k for i in p.interventions
-                     for k in range(len(tok(f" {i.result}", add_special_tokens=False)["input_ids"]))} for p in rows]
+                     for k in range(len(tok(f" {i.result}", add_special_tokens=False)["input_ids"]))}
+                    for p in rows]
     assert len({frozenset(s) for s in forced_steps}) > 1, forced_steps  # rows forced at different steps
     assert any(i.model_wrong for p in rows for i in p.interventions)
     for row, plain in zip(rows, off.paths):
@@ -207,16 +211,18 @@ def test_sc_through_the_swarm_records_interventions_like_local(arith_swarm, tmp_
     cfg = MethodConfig(method="sc", paths=4, temperature=1.0, max_new_tokens=48, calculator=True)
     runs = {}
     for backend in ("petals", "local"):
-        params = BenchParams(data="arith:test", limit=2, run_dir=str(tmp_path / backend), backend=backend, method=cfg,
-                             model=None if backend == "petals" else str(ARITH_MODEL_DIR),
+        params = BenchParams(data="arith:test", limit=2, run_dir=str(tmp_path / backend), backend=backend,
+                             method=cfg, model=None if backend == "petals" else str(ARITH_MODEL_DIR),
                              swarm_dir=arith_swarm.run_dir if backend == "petals" else None)
         runs[backend] = run_bench(params)
     keys = ("i", "raw", "answer", "interventions")
-    recs = {b: [[{k: p[k] for k in keys} for p in r["paths"]] for r in read_records(res.run_dir)] for b, res in runs.items()}
+    recs = {b: [[{k: p[k] for k in keys} for p in r["paths"]] for r in read_records(res.run_dir)]
+            for b, res in runs.items()}
     assert recs["petals"] == recs["local"]
     assert all(p["interventions"] for r in recs["petals"] for p in r)
     calc = runs["petals"].summary["calculator"]
-    assert calc["questions"] == 2 and calc["interventions"] == sum(len(p["interventions"]) for r in recs["petals"] for p in r)
+    assert (calc["questions"] == 2
+            and calc["interventions"] == sum(len(p["interventions"]) for r in recs["petals"] for p in r))
     assert json.loads((runs["petals"].run_dir / "config.json").read_text())["method"]["calculator"] is True
 
 
@@ -228,8 +234,8 @@ MAX_NEW_TOKENS = 48
 
 def _cot(run_dir, calculator: bool, limit: int = HELD_OUT):
     cfg = MethodConfig(method="cot", max_new_tokens=MAX_NEW_TOKENS, calculator=calculator)
-    return run_bench(BenchParams(data="arith:test", limit=limit, run_dir=str(run_dir), backend="local", method=cfg,
-                                 model=str(ARITH_MODEL_DIR), exec=ExecOptions(concurrency=1)))
+    return run_bench(BenchParams(data="arith:test", limit=limit, run_dir=str(run_dir), backend="local",
+                                 method=cfg, model=str(ARITH_MODEL_DIR), exec=ExecOptions(concurrency=1)))
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +257,8 @@ def test_calculator_raises_held_out_accuracy(held_out, tmp_path):
     assert stats["interventions"] >= 2 * HELD_OUT and 2 <= stats["per_question"] <= 3  # one per equation
     assert 0 < stats["model_wrong"] <= stats["model_wrong_known"] == stats["interventions"]
     text = path.read_text()
-    assert "+calculator" in text and "Paired comparisons" in text and "the model's own number was wrong" in text
+    assert ("+calculator" in text and "Paired comparisons" in text
+            and "the model's own number was wrong" in text)
 
 
 def test_calculator_run_dir_refuses_a_run_without_it(held_out):
@@ -265,8 +272,8 @@ def test_calculator_run_dir_refuses_a_run_without_it(held_out):
 
 def test_cli_calculator_flags(run_cli, tmp_path):
     run_dir = tmp_path / "run"
-    common = ["bench", "gsm8k", "--data", "arith:test", "--limit", "2", "--backend", "local", "--model", ARITH_MODEL_DIR,
-              "--max-new-tokens", "48", "--run-dir", run_dir]
+    common = ["bench", "gsm8k", "--data", "arith:test", "--limit", "2", "--backend", "local",
+              "--model", ARITH_MODEL_DIR, "--max-new-tokens", "48", "--run-dir", run_dir]
     result = run_cli(*common, "--calculator")
     assert result.returncode == 0, result.stderr
     assert "calculator:" in result.stdout and "interventions" in result.stdout
@@ -274,8 +281,9 @@ def test_cli_calculator_flags(run_cli, tmp_path):
     line = assert_one_line_error(run_cli(*common), code=2)
     assert "method.calculator True -> None" in line
 
-    gen = run_cli("generate", "Q: Ben has 21 shells. Ben is given 1 more and then buys 5 more. How many shells does "
-                  "Ben have now?\nA:", "--backend", "local", "--model", ARITH_MODEL_DIR, "--max-new-tokens", "20",
-                  "--calculator")
+    gen = run_cli("generate", "Q: Ben has 21 shells. Ben is given 1 more and then buys 5 more. "
+                  "How many shells does Ben have now?\nA:", "--backend", "local", "--model", ARITH_MODEL_DIR,
+                  "--max-new-tokens", "20", "--calculator")
     assert gen.returncode == 0, gen.stderr
-    assert "21 + 1 = 22." in gen.stdout and "calculator at token" in gen.stderr and "21 + 1 = 22" in gen.stderr
+    assert ("21 + 1 = 22." in gen.stdout and "calculator at token" in gen.stderr
+            and "21 + 1 = 22" in gen.stderr)

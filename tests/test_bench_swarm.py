@@ -38,26 +38,29 @@ def test_cot_and_sc_swarm_equal_local_and_report(run_cli, local_swarm, tmp_path)
     for method, extra in (("cot", ()), ("sc", ("--paths", "4"))):
         for backend in ("petals", "local"):
             run_dir = tmp_path / f"{method}-{backend}"
-            result = _bench(run_cli, local_swarm, run_dir, "--limit", "3", "--method", method, "--backend", backend,
-                            *extra)
+            result = _bench(run_cli, local_swarm, run_dir, "--limit", "3", "--method", method,
+                            "--backend", backend, *extra)
             assert result.returncode == 0, result.stderr
             assert "report: " in result.stdout and "tokens/s" in result.stdout
             records = read_records(run_dir)
             assert [r["id"] for r in records] == ["gsm8k_demo:1", "gsm8k_demo:2", "gsm8k_demo:3"]
-            assert all(r["error"] is None and len(r["paths"]) == (1 if method == "cot" else 4) for r in records)
+            assert all(r["error"] is None and len(r["paths"]) == (1 if method == "cot" else 4)
+                       for r in records)
             runs[method, backend] = records
             summary = json.loads((run_dir / "summary.json").read_text())
             assert summary["n"] == summary["scored"] == 3 and summary["errors"] == 0
             assert summary["tokens"] == sum(r["tokens"] for r in records) > 0
             assert 0 <= summary["accuracy_wilson95"][0] <= summary["accuracy_wilson95"][1] <= 1
-            assert (run_dir / "report.md").is_file() and (run_dir / "maj_at_k.png").read_bytes()[:4] == b"\x89PNG"
+            assert ((run_dir / "report.md").is_file()
+                    and (run_dir / "maj_at_k.png").read_bytes()[:4] == b"\x89PNG")
             if backend == "petals":  # the route's servers are recorded and are the swarm's
                 peers = {s["peer_id"] for s in summary["swarm"]}
                 assert set(summary["servers_served"]) and set(summary["servers_served"]) <= peers
             if method == "sc":
                 assert list(summary["maj_at_k"]) == ["1", "2", "3", "4"]
                 assert records[0]["batches"] == [4]  # K paths, one inference session
-    # greedy completions (and, with the same per-path seeds, sampled ones) from the swarm equal the local backend
+    # greedy completions (and, with the same per-path seeds, sampled ones) from the swarm equal the
+    # local backend
     for method in ("cot", "sc"):
         swarm_texts = [[p["raw"] for p in r["paths"]] for r in runs[method, "petals"]]
         local_texts = [[p["raw"] for p in r["paths"]] for r in runs[method, "local"]]
@@ -75,7 +78,8 @@ def test_cot_and_sc_swarm_equal_local_and_report(run_cli, local_swarm, tmp_path)
     assert other.returncode == 2 and other.stderr.strip().startswith("error: ")
     assert "different config" in other.stderr and "max_new_tokens 8 -> 9" in other.stderr
 
-    report = run_cli("bench", "report", tmp_path / "sc-petals", tmp_path / "cot-petals", "--out", tmp_path / "cmp")
+    report = run_cli("bench", "report", tmp_path / "sc-petals", tmp_path / "cot-petals",
+                     "--out", tmp_path / "cmp")
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "cmp" / "report.md").read_text()
     assert "sc-petals" in text and "cot-petals" in text and (tmp_path / "cmp" / "maj_at_k.png").is_file()
@@ -118,8 +122,8 @@ def test_kill_9_then_resume_runs_every_question_once(run_cli, local_swarm, tmp_p
 def test_run_completes_when_a_replica_server_stops_mid_run(swarm_factory, tmp_path):
     swarm = swarm_factory(servers=2, replicas=2)
     run_dir = tmp_path / "failover"
-    args = ("--limit", "5", "--max-new-tokens", "12", "--retries", "4", "--backoff", "0.5", "--client-retries", "1",
-            "--request-timeout", "15", "--timeout", "120")
+    args = ("--limit", "5", "--max-new-tokens", "12", "--retries", "4", "--backoff", "0.5",
+            "--client-retries", "1", "--request-timeout", "15", "--timeout", "120")
     proc = _popen_bench(swarm, run_dir, *args)
     try:
         _wait_for_records(run_dir, 1, proc)
@@ -145,11 +149,14 @@ def test_run_completes_when_a_replica_server_stops_mid_run(swarm_factory, tmp_pa
 
 def test_timeout_gives_error_records_and_exit_3(run_cli, local_swarm, tmp_path):
     run_dir = tmp_path / "slow"
-    result = run_cli("bench", "gsm8k", "--run-dir", run_dir, "--limit", "1", "--max-new-tokens", "400", "--timeout", "0.5",
-                     "--retries", "1", "--backoff", "0.1", env=_env(local_swarm), timeout=200)
+    result = run_cli("bench", "gsm8k", "--run-dir", run_dir, "--limit", "1", "--max-new-tokens", "400",
+                     "--timeout", "0.5", "--retries", "1", "--backoff", "0.1", env=_env(local_swarm),
+                     timeout=200)
     assert result.returncode == 3, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 questions ended in an error record")
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: 1 of 1 questions ended in an error record")
     (record,) = read_records(run_dir)
-    assert record["error"].startswith("QuestionTimeout") and record["attempts"] == 2 and len(record["failures"]) == 2
+    assert (record["error"].startswith("QuestionTimeout") and record["attempts"] == 2
+            and len(record["failures"]) == 2)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["errors"] == 1 and summary["scored"] == 0 and summary["accuracy"] is None

@@ -92,7 +92,8 @@ def test_extraction_real_completion_styles(completion, expected, how):
 def test_huge_numbers_and_non_plain_golds():
     assert normalize_number(LOOPING + ".50") == LOOPING + ".5"
     assert normalize_number("-$" + LOOPING) == "-" + LOOPING
-    assert normalize_number("1e5") is None and normalize_number("inf") is None and normalize_number("NaN") is None
+    assert (normalize_number("1e5") is None and normalize_number("inf") is None
+            and normalize_number("NaN") is None)
     assert answers_equal(LOOPING, LOOPING + ".00") and not answers_equal(LOOPING, LOOPING + "1")
     assert answers_equal("0", "-0") and not answers_equal("abc", "abc")
     assert parse_gold("x\n#### " + LOOPING) == LOOPING
@@ -138,13 +139,15 @@ def test_packaged_gsm8k_named_sets(tmp_path):
     assert data.load_dataset("gsm8k") == test and data.load_dataset(" gsm8k:test ") == test
     assert len(test.problems) == 1319 and test.source == "gsm8k:test"
     assert test.sha256 == "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14"
-    assert [p.id for p in test.problems[:2]] == ["gsm8k-test:1", "gsm8k-test:2"] and test.problems[-1].id == "gsm8k-test:1319"
+    assert ([p.id for p in test.problems[:2]] == ["gsm8k-test:1", "gsm8k-test:2"]
+            and test.problems[-1].id == "gsm8k-test:1319")
     by_line = {p.line: p for p in test.problems}
     assert by_line[147].gold == "2125" and by_line[147].id == "gsm8k-test:147"  # '#### 2,125'
     assert by_line[490].gold == "-10"
     assert test.problems[0].question.startswith("Janet’s ducks lay 16 eggs") and test.problems[0].gold == "18"
     train = data.load_dataset("gsm8k:train")
-    assert len(train.problems) == 7473 and train.problems[6].id == "gsm8k-train:7" and train.source == "gsm8k:train"
+    assert (len(train.problems) == 7473 and train.problems[6].id == "gsm8k-train:7"
+            and train.source == "gsm8k:train")
     assert train.sha256 == "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"
     assert train.problems[0].gold == "72"
     # ids do not depend on the selection
@@ -152,7 +155,8 @@ def test_packaged_gsm8k_named_sets(tmp_path):
 
     with pytest.raises(InputError) as e:
         data.load_dataset("gsm8k:dev")
-    assert e.value.one_line() == ("--data gsm8k:dev is not a known dataset name; use one of: demo, gsm8k, arith:test, gsm8k:test, "
+    assert e.value.one_line() == ("--data gsm8k:dev is not a known dataset name; "
+                                  "use one of: demo, gsm8k, arith:test, gsm8k:test, "
                                   "gsm8k:train, a JSONL path, or hf:openai/gsm8k[:split]")
 
     # a tampered copy registered under a temporary name is refused with one line naming file and fix
@@ -168,10 +172,12 @@ def test_packaged_gsm8k_named_sets(tmp_path):
         with pytest.raises(InputError) as e:
             data.load_dataset(name)
         line = e.value.one_line()
-        assert "\n" not in line and line.startswith(f"the packaged copy of {name} is modified ({copy} has sha256 ")
+        assert "\n" not in line and line.startswith(f"the packaged copy of {name} is modified "
+                                                    f"({copy} has sha256 ")
         assert "restore" in line
         copy.unlink()
-        with pytest.raises(InputError, match=rf"--data {name}: the packaged file .*test.jsonl does not exist"):
+        with pytest.raises(InputError,
+                           match=rf"--data {name}: the packaged file .*test.jsonl does not exist"):
             data.load_dataset(name)
     finally:
         data.DATASETS.pop(name, None)
@@ -182,7 +188,8 @@ def test_packaged_gsm8k_named_sets(tmp_path):
 
 
 def _brute_credit(answers, gold, k):
-    """Independent exact maj@k: enumerate ordered k-tuples of distinct paths, fractional ties, in Fractions."""
+    """Independent exact maj@k: enumerate ordered k-tuples of distinct paths, fractional ties, in
+    Fractions."""
     total, count = Fraction(0), 0
     for subset in itertools.permutations(range(len(answers)), k):
         votes = Counter(answers[i] for i in subset if answers[i] is not None)
@@ -324,13 +331,17 @@ def test_store_refuses_other_config_and_repairs_cut_lines(tmp_path):
 def test_cli_input_errors(run_cli, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "a\\n#### 3"}\nnot json\n')
-    line = assert_one_line_error(run_cli("bench", "gsm8k", "--data", bad, "--run-dir", tmp_path / "r1", "--backend", "local"), code=2)
+    line = assert_one_line_error(run_cli("bench", "gsm8k", "--data", bad, "--run-dir", tmp_path / "r1",
+                                         "--backend", "local"), code=2)
     assert f"{bad}:2" in line
-    line = assert_one_line_error(run_cli("bench", "gsm8k", "--data", tmp_path / "nope.jsonl", "--run-dir", tmp_path / "r2"), code=2)
+    line = assert_one_line_error(run_cli("bench", "gsm8k", "--data", tmp_path / "nope.jsonl",
+                                         "--run-dir", tmp_path / "r2"), code=2)
     assert "nope.jsonl does not exist" in line
-    line = assert_one_line_error(run_cli("bench", "gsm8k", "--data", "hf:openai/gsm8k", "--run-dir", tmp_path / "r3"), code=1)
+    line = assert_one_line_error(run_cli("bench", "gsm8k", "--data", "hf:openai/gsm8k",
+                                         "--run-dir", tmp_path / "r3"), code=1)
     assert "cannot download openai/gsm8k" in line and "--data PATH" in line
-    line = assert_one_line_error(run_cli("bench", "gsm8k", "--method", "cot", "--paths", "3", "--run-dir", tmp_path / "r4"), code=2)
+    line = assert_one_line_error(run_cli("bench", "gsm8k", "--method", "cot", "--paths", "3",
+                                         "--run-dir", tmp_path / "r4"), code=2)
     assert "--paths 3 needs --method sc" in line
     line = assert_one_line_error(run_cli("bench", "report", tmp_path), code=2)
     assert "has no summary.json" in line
@@ -338,6 +349,6 @@ def test_cli_input_errors(run_cli, tmp_path):
 
 def test_cli_unreachable_peers(run_cli, tmp_path, tiny_model_dir):
     peer = "/ip4/127.0.0.1/tcp/9/p2p/QmWZTX7TUhTM2myifFaq1VYb3tVyPMpLGRNoTV9hNqsB9L"
-    line = assert_one_line_error(run_cli("bench", "gsm8k", "--initial-peers", peer, "--model", tiny_model_dir, "--limit", "1",
-                                   "--run-dir", tmp_path / "r"), code=1)
+    line = assert_one_line_error(run_cli("bench", "gsm8k", "--initial-peers", peer, "--model", tiny_model_dir,
+                                         "--limit", "1", "--run-dir", tmp_path / "r"), code=1)
     assert "cannot reach the swarm" in line and peer in line

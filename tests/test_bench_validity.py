@@ -25,12 +25,13 @@ HELD_OUT = 400  # the whole of arith:test (about 3 minutes for CoT and SC, local
 SWARM_SUBSET = 6
 MAX_NEW_TOKENS = 48
 METHODS = {"cot": MethodConfig(method="cot", paths=1, max_new_tokens=MAX_NEW_TOKENS),
-           "sc": MethodConfig(method="sc", paths=10, temperature=ARITH_SC_TEMPERATURE, max_new_tokens=MAX_NEW_TOKENS)}
+           "sc": MethodConfig(method="sc", paths=10, temperature=ARITH_SC_TEMPERATURE,
+                              max_new_tokens=MAX_NEW_TOKENS)}
 
 
 def _run(run_dir, method: str, *, backend: str = "local", limit: int = HELD_OUT, swarm=None, model=None):
-    params = BenchParams(data="arith:test", limit=limit, run_dir=str(run_dir), backend=backend, method=METHODS[method],
-                         model=model or (None if swarm else str(ARITH_MODEL_DIR)),
+    params = BenchParams(data="arith:test", limit=limit, run_dir=str(run_dir), backend=backend,
+                         method=METHODS[method], model=model or (None if swarm else str(ARITH_MODEL_DIR)),
                          swarm_dir=swarm.run_dir if swarm else None, exec=ExecOptions(concurrency=1))
     return run_bench(params)
 
@@ -48,7 +49,8 @@ def test_trained_model_cot_accuracy_is_strictly_between_0_and_100(held_out_runs)
     assert 0 < summary["correct"] < summary["scored"], summary["accuracy"]
     counts = summary["categories"]["counts"]
     assert counts["correct"] == summary["correct"] and sum(counts.values()) == HELD_OUT
-    assert counts["arithmetic_slip"] > 0  # the model fails the way the lab's BLOOM does: right equation, wrong number
+    # the model fails the way the lab's BLOOM does: right equation, wrong number
+    assert counts["arithmetic_slip"] > 0
 
 
 def test_paired_report_of_cot_and_sc_on_held_out_problems(held_out_runs, tmp_path):
@@ -56,7 +58,8 @@ def test_paired_report_of_cot_and_sc_on_held_out_problems(held_out_runs, tmp_pat
     (pair,) = pairs
     c = pair.comparison
     assert c.n == HELD_OUT and pair.excluded == 0
-    assert (c.both_right + c.b_only, c.both_right + c.a_only) == (summaries[1]["correct"], summaries[0]["correct"])
+    assert ((c.both_right + c.b_only, c.both_right + c.a_only)
+            == (summaries[1]["correct"], summaries[0]["correct"]))
     assert summaries[1]["correct"] > 0 and c.diff_ci95[0] <= c.diff <= c.diff_ci95[1]
     text = path.read_text()
     assert "Paired comparisons" in text and "McNemar" in text and "Error analysis" in text
@@ -85,8 +88,10 @@ def test_swarm_subset_gives_the_same_records_as_local(held_out_runs, arith_swarm
         assert [r["vote"] for r in through_swarm] == [r["vote"] for r in local]
 
 
-def test_report_cli_pairs_and_refuses_other_question_sets_and_models(held_out_runs, run_cli, tmp_path, tiny_model_dir):
-    result = run_cli("bench", "report", held_out_runs["cot"], held_out_runs["sc"], "--out", tmp_path / "r", "-o", "json")
+def test_report_cli_pairs_and_refuses_other_question_sets_and_models(held_out_runs, run_cli, tmp_path,
+                                                                     tiny_model_dir):
+    result = run_cli("bench", "report", held_out_runs["cot"], held_out_runs["sc"], "--out", tmp_path / "r",
+                     "-o", "json")
     assert result.returncode == 0, result.stderr
     (pair,) = json.loads(result.stdout)["pairs"]
     assert pair["n"] == HELD_OUT and 0 < pair["mcnemar_p"] <= 1
@@ -95,12 +100,15 @@ def test_report_cli_pairs_and_refuses_other_question_sets_and_models(held_out_ru
     assert "Paired comparisons" in table.stdout and "McNemar p" in table.stdout
 
     fewer = _run(tmp_path / "fewer", "cot", limit=5).run_dir
-    line = assert_one_line_error(run_cli("bench", "report", held_out_runs["cot"], fewer, "--out", tmp_path / "r3"), code=2)
+    line = assert_one_line_error(run_cli("bench", "report", held_out_runs["cot"], fewer,
+                                         "--out", tmp_path / "r3"), code=2)
     assert "different question sets" in line and "--no-pairs" in line
-    assert run_cli("bench", "report", held_out_runs["cot"], fewer, "--no-pairs", "--out", tmp_path / "r4").returncode == 0
+    assert run_cli("bench", "report", held_out_runs["cot"], fewer, "--no-pairs",
+                   "--out", tmp_path / "r4").returncode == 0
 
     random_model = _run(tmp_path / "random", "cot", limit=5, model=str(tiny_model_dir)).run_dir
-    line = assert_one_line_error(run_cli("bench", "report", fewer, random_model, "--out", tmp_path / "r5"), code=2)
+    line = assert_one_line_error(run_cli("bench", "report", fewer, random_model, "--out", tmp_path / "r5"),
+                                 code=2)
     assert "different models" in line
 
 
@@ -112,14 +120,17 @@ def test_bench_errors_lists_categories(held_out_runs, run_cli):
     assert all(r["answer"] != r["gold"] for r in rows)
     table = run_cli("bench", "errors", held_out_runs["cot"])
     assert table.returncode == 0 and "arithmetic_slip" in table.stdout
-    line = assert_one_line_error(run_cli("bench", "errors", held_out_runs["cot"], "--category", "nope"), code=2)
+    line = assert_one_line_error(run_cli("bench", "errors", held_out_runs["cot"], "--category", "nope"),
+                                 code=2)
     assert "--category nope is unknown" in line
 
 
 def test_training_still_lowers_the_loss(tmp_path):
-    spec = TinyModelSpec(layers=2, hidden=64, heads=4, vocab_size=400, dht_prefix="t-arith", skill="arithmetic")
+    spec = TinyModelSpec(layers=2, hidden=64, heads=4, vocab_size=400, dht_prefix="t-arith",
+                         skill="arithmetic")
     steps = []
-    path = make_tiny_bloom(tmp_path / "m", spec, tiny_train.TrainSpec(steps=40, warmup=5), on_step=steps.append)
+    path = make_tiny_bloom(tmp_path / "m", spec, tiny_train.TrainSpec(steps=40, warmup=5),
+                           on_step=steps.append)
     meta = json.loads((path / "petals_ops.json").read_text())
     losses = meta["training"]["losses"]
     assert [s.step for s in steps] == list(range(1, 41)) and len(losses) == 2
@@ -131,8 +142,8 @@ def test_training_still_lowers_the_loss(tmp_path):
 
 
 def test_shipped_held_out_set_is_reproducible_and_never_trained_on(tmp_path):
-    digests = synthetic_math.write_held_out_files(tmp_path, tiny_train.HELD_OUT_SIZE, tiny_train.HELD_OUT_SEED,
-                                                  tiny_train.PROMPT_SEED)
+    digests = synthetic_math.write_held_out_files(tmp_path, tiny_train.HELD_OUT_SIZE,
+                                                  tiny_train.HELD_OUT_SEED, tiny_train.PROMPT_SEED)
     shipped = data.PACKAGE_DATA / "arith"
     for name in ("test.jsonl", "prompt.txt"):
         assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name

@@ -3,7 +3,8 @@
 a public-swarm-sized snapshot, and ``swarm status`` on the real local swarm.
 
 The golden files (tests/golden/block_map_*.txt) were reviewed by eye; after a deliberate change of the
-drawing, regenerate them with ``PETALS_OPS_UPDATE_GOLDEN=1 pytest tests/test_block_map.py`` and review the diff.
+drawing, regenerate them with ``PETALS_OPS_UPDATE_GOLDEN=1 pytest tests/test_block_map.py`` and review
+the diff.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 def bloom_176b_like(num_servers: int = 30, seed: int = 7) -> SwarmSnapshot:
-    """70 blocks; servers with 4-16 block spans, mostly ONLINE; blocks 0:2, 30:34 and 69:70 held by no ONLINE server."""
+    """70 blocks; servers with 4-16 block spans, mostly ONLINE; blocks 0:2, 30:34 and 69:70 held by no
+    ONLINE server."""
     rng = random.Random(seed)
     servers, held = [], {i: {} for i in range(70)}
     for i in range(num_servers):
@@ -54,7 +56,8 @@ def test_golden_bloom_176b(width):
     path = GOLDEN / f"block_map_bloom176b_w{width}.txt"
     if os.environ.get("PETALS_OPS_UPDATE_GOLDEN"):
         path.write_text(text)
-    assert text == path.read_text(), f"block map differs from {path} (PETALS_OPS_UPDATE_GOLDEN=1 regenerates it)"
+    assert text == path.read_text(), (f"block map differs from {path} "
+                                      "(PETALS_OPS_UPDATE_GOLDEN=1 regenerates it)")
     assert max(len(line) for line in text.splitlines()) <= width
 
 

@@ -47,12 +47,14 @@ def test_model_dir_that_is_not_a_model(run_cli, tmp_path):
 
 
 def test_servers_zero(run_cli, tmp_path, tiny_model_dir):
-    result = run_cli("swarm", "local", "up", "--run-dir", tmp_path, "--model-dir", tiny_model_dir, "--servers", "0")
+    result = run_cli("swarm", "local", "up", "--run-dir", tmp_path, "--model-dir", tiny_model_dir,
+                     "--servers", "0")
     assert_one_line_error(result, "--servers 0", code=2)
 
 
 def test_more_servers_than_blocks(run_cli, tmp_path, tiny_model_dir):
-    result = run_cli("swarm", "local", "up", "--run-dir", tmp_path, "--model-dir", tiny_model_dir, "--servers", "9")
+    result = run_cli("swarm", "local", "up", "--run-dir", tmp_path, "--model-dir", tiny_model_dir,
+                     "--servers", "9")
     assert_one_line_error(result, "--servers 9", "4 blocks", code=2)
 
 
@@ -92,7 +94,8 @@ def test_no_local_swarm_running(run_cli, tmp_path):
     assert result.returncode == 0 and "nothing to stop" in result.stderr
 
 
-@pytest.mark.parametrize("args,needle", [(["--layers", "0"], "--layers 0"), (["--hidden", "30"], "--hidden 30")])
+@pytest.mark.parametrize("args,needle", [(["--layers", "0"], "--layers 0"),
+                                         (["--hidden", "30"], "--hidden 30")])
 def test_tiny_model_bad_shape(run_cli, tmp_path, args, needle):
     result = run_cli("model", "tiny", tmp_path / "m", *args)
     assert_one_line_error(result, needle, code=2)
@@ -119,12 +122,14 @@ def test_tiny_model_is_deterministic_for_a_seed(run_cli, tmp_path):
 
 
 def test_missing_model_dir(run_cli, tmp_path):
-    result = run_cli("swarm", "local", "up", "--swarm-dir", tmp_path / "run", "--model-dir", tmp_path / "no" / "such")
+    result = run_cli("swarm", "local", "up", "--swarm-dir", tmp_path / "run",
+                     "--model-dir", tmp_path / "no" / "such")
     assert_one_line_error(result, "no/such", "not a directory", code=2)
 
 
 def test_negative_top_k_is_a_usage_error(run_cli, tiny_model_dir):
-    result = run_cli("generate", "--backend", "local", "--model", tiny_model_dir, "--sample", "--top-k", "-3", "x")
+    result = run_cli("generate", "--backend", "local", "--model", tiny_model_dir, "--sample",
+                     "--top-k", "-3", "x")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "--top-k" in result.stderr
 
 
@@ -138,9 +143,11 @@ def test_stale_state_never_signals_a_reused_pid(tmp_path):
     stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         swarm = local_swarm.LocalSwarm(
-            run_dir=str(tmp_path), model_dir=str(tmp_path / "model"), dht_prefix="x", num_blocks=4, dht_port=1,
+            run_dir=str(tmp_path), model_dir=str(tmp_path / "model"), dht_prefix="x", num_blocks=4,
+            dht_port=1,
             processes=[local_swarm.SwarmProcess(name="dht", role="dht", pid=stranger.pid, pgid=stranger.pid,
-                                                log="dht.log", start_time=procs.start_time(stranger.pid) - 1)],
+                                                log="dht.log",
+                                                start_time=procs.start_time(stranger.pid) - 1)],
         )
         swarm.save()
         assert not local_swarm.LocalSwarm.load(tmp_path).any_alive()

@@ -64,7 +64,8 @@ def test_help_does_not_import_heavy_modules():
         "        assert e.code == 0, e.code\n"
         f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0, result.stderr
     assert "exporter" in result.stdout and "--refresh" in result.stdout
     assert "HEAVY []" in result.stdout
@@ -77,7 +78,8 @@ def test_help_does_not_import_heavy_modules():
     (["--refresh", "soon"], "--refresh 'soon' is not a duration"),
 ])
 def test_bad_options_give_one_line(run_cli, args, needle):
-    result = run_cli("exporter", "--initial-peers", FAKE_PEER, "--model", "bigscience/bloom", *args, timeout=60)
+    result = run_cli("exporter", "--initial-peers", FAKE_PEER, "--model", "bigscience/bloom", *args,
+                     timeout=60)
     assert result.returncode == 2, result.stderr
     assert needle in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -140,12 +142,14 @@ def test_render_values_and_conventions():
     assert ("petals_server_cache_left_tokens", b) not in got  # unknown, not 0
     assert not [k for k in got if k[0] != "petals_server_info" and "public_name" in dict(k[1])]
     assert got[("petals_own_server_online", (("host", "a10-1"), ("peer_id", "QmA")))] == 1
-    assert got[("petals_own_server_online", (("host", "a10-9"), ("peer_id", "QmGone")))] == 0  # absent = not ONLINE
+    # absent = not ONLINE
+    assert got[("petals_own_server_online", (("host", "a10-9"), ("peer_id", "QmGone")))] == 0
     assert got[("petals_exporter_up", ())] == 1
     assert got[("petals_exporter_refresh_errors_total", (("source", "swarm"),))] == 2
     assert got[("petals_exporter_refreshes_total", ())] == 7
     assert 4 < got[("petals_exporter_snapshot_age_seconds", ())] < 60
-    assert not any(name.startswith("petals_container") for name, _ in got)  # no inventory, no container metrics
+    # no inventory, no container metrics
+    assert not any(name.startswith("petals_container") for name, _ in got)
     for family in text_string_to_metric_families(text):
         assert family.name.startswith("petals_"), family.name
         assert family.documentation, family.name
@@ -169,14 +173,16 @@ def test_render_before_first_refresh_and_promtool(tmp_path):
 
 
 def test_container_metrics_from_fleet_statuses():
-    status = pytest.importorskip("petals_ops.fleet.status", reason="the fleet module (issue 4) is not there yet")
+    status = pytest.importorskip("petals_ops.fleet.status",
+                                 reason="the fleet module (issue 4) is not there yet")
     CS = status.ContainerStatus
     containers = (
-        CS(host="a10-1", container="petals-server", running=True, restart_count=3, exit_code=0, peer_id="QmA", error=None),
-        CS(host="a10-2", container="petals-server", running=False, restart_count=5, exit_code=137, peer_id=None,
-           error=None),
-        CS(host="a10-3", container="petals-server", running=False, restart_count=0, exit_code=None, peer_id=None,
-           error="ssh: connection refused"),
+        CS(host="a10-1", container="petals-server", running=True, restart_count=3, exit_code=0,
+           peer_id="QmA", error=None),
+        CS(host="a10-2", container="petals-server", running=False, restart_count=5, exit_code=137,
+           peer_id=None, error=None),
+        CS(host="a10-3", container="petals-server", running=False, restart_count=0, exit_code=None,
+           peer_id=None, error="ssh: connection refused"),
     )
     state = ExporterState(refresh_interval=30, snapshots=(snapshot(time.time()),), own_hosts={"QmA": "a10-1"},
                           containers=containers, fleet_ok=True, up=True, last_success=time.time())
@@ -190,7 +196,8 @@ def test_container_metrics_from_fleet_statuses():
 
 
 def test_refresher_keeps_the_servers_of_an_unreachable_host():
-    """A host that stops answering keeps its peer -> host entries, so its servers' online metric stays (at 0)."""
+    """A host that stops answering keeps its peer -> host entries, so its servers' online metric stays
+    (at 0)."""
     from petals_ops.fleet.status import ContainerStatus, FleetReading
     from petals_ops.models import ModelRef
     from petals_ops.monitoring.refresher import Refresher
@@ -198,10 +205,12 @@ def test_refresher_keeps_the_servers_of_an_unreachable_host():
     def status(host, peer_id=None, error=None):
         return ContainerStatus(host, "" if error else "petals-server-0", not error, 0, None, peer_id, error)
 
-    rounds = [[status("a10-1", "QmA"), status("a10-2", "QmB")], [status("a10-1", "QmA"), status("a10-2", error="refused")]]
+    rounds = [[status("a10-1", "QmA"), status("a10-2", "QmB")],
+              [status("a10-1", "QmA"), status("a10-2", error="refused")]]
     refresher = Refresher([FAKE_PEER], [ModelRef("m", "m-petals", 4)], interval=30, inventory=object(),
                           read_fleet=lambda inv: FleetReading(tuple(rounds.pop(0))))
     refresher._walk_swarm = lambda: [snapshot(time.time())]  # no swarm here: QmB is OFFLINE in it
     assert refresher.refresh_once().own_hosts == {"QmA": "a10-1", "QmB": "a10-2"}
     assert refresher.refresh_once().own_hosts == {"QmA": "a10-1", "QmB": "a10-2"}
-    assert samples(exposition(refresher.state))[("petals_own_server_online", (("host", "a10-2"), ("peer_id", "QmB")))] == 0
+    assert samples(exposition(refresher.state))[("petals_own_server_online",
+                                                 (("host", "a10-2"), ("peer_id", "QmB")))] == 0

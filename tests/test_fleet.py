@@ -38,7 +38,8 @@ def fleet(fleet_lab, tiny_model_dir, tmp_path_factory):
 
         @classmethod
         def cli(cls, run_cli, *args, inventory=None, timeout=400):
-            return run_cli(*args, "-i", inventory or cls.path, timeout=timeout, env=cli_env(**{TOKEN_ENV: TOKEN}))
+            return run_cli(*args, "-i", inventory or cls.path, timeout=timeout,
+                           env=cli_env(**{TOKEN_ENV: TOKEN}))
 
         @classmethod
         def variant(cls, name, mutate):
@@ -79,8 +80,9 @@ def test_hosts_check_reports_what_is_there(fleet, run_cli):
         assert "not needed" in checks["nvidia container toolkit"]["detail"]
         assert any(name.startswith("port ") and c["ok"] for name, c in checks.items())
     # Expecting a GPU where there is none fails that check, by name, with exit code 1 (both hosts fail).
-    gpu = fleet.variant("gpu.yaml", lambda d: [h.update(gpus=1) or h["server"].pop("block_indices")
-                                                 for h in d["hosts"].values()] and d["server"].update(device="cuda"))
+    gpu = fleet.variant("gpu.yaml",
+                        lambda d: [h.update(gpus=1) or h["server"].pop("block_indices")
+                                   for h in d["hosts"].values()] and d["server"].update(device="cuda"))
     result = fleet.cli(run_cli, "hosts", "check", inventory=gpu)
     assert_one_line_error(result, "hosts check failed on 2 of 2", "gpus", "nvidia container toolkit", code=1)
     assert "inventory expects 1" in result.stdout
@@ -88,8 +90,9 @@ def test_hosts_check_reports_what_is_there(fleet, run_cli):
 
 def test_unreachable_host_does_not_hide_the_others(fleet, run_cli):
     def add_dead_host(d):
-        d["hosts"]["a10-3"] = {"address": "127.0.0.13", "port": 2222, "user": "root", "key": str(fleet.lab.client_key),
-                               "gpus": 0, "server": {"listen_address": "127.0.0.13", "block_indices": ["0:4"]}}
+        d["hosts"]["a10-3"] = {"address": "127.0.0.13", "port": 2222, "user": "root",
+                               "key": str(fleet.lab.client_key), "gpus": 0,
+                               "server": {"listen_address": "127.0.0.13", "block_indices": ["0:4"]}}
     path = fleet.variant("dead.yaml", add_dead_host)
     result = fleet.cli(run_cli, "hosts", "check", inventory=path)
     assert_one_line_error(result, "1 of 3", "a10-3", "connection refused", code=3)
@@ -102,13 +105,15 @@ def test_host_keys_are_checked(fleet, run_cli):
     path = fleet.variant("tofu.yaml", lambda d: d.update(known_hosts=str(empty_known)))
     result = fleet.cli(run_cli, "hosts", "check", "--hosts", "a10-1", inventory=path)
     assert_one_line_error(result, "a10-1", "not in", "--accept-new-host-keys", code=1)
-    result = fleet.cli(run_cli, "hosts", "check", "--hosts", "a10-1", "--accept-new-host-keys", inventory=path)
+    result = fleet.cli(run_cli, "hosts", "check", "--hosts", "a10-1", "--accept-new-host-keys",
+                       inventory=path)
     assert result.returncode == 0, result.stderr
     assert "[127.0.0.11]:2222 ssh-ed25519" in empty_known.read_text()
     # A changed key is refused even with --accept-new-host-keys.
     other = (fleet.lab.hosts["a10-2"].dir / "host_key.pub").read_text().split()
     empty_known.write_text(f"[127.0.0.11]:2222 {other[0]} {other[1]}\n")
-    result = fleet.cli(run_cli, "hosts", "check", "--hosts", "a10-1", "--accept-new-host-keys", inventory=path)
+    result = fleet.cli(run_cli, "hosts", "check", "--hosts", "a10-1", "--accept-new-host-keys",
+                       inventory=path)
     assert_one_line_error(result, "does NOT match", code=1)
 
 
@@ -120,16 +125,20 @@ def test_provision_checks_and_dry_run(fleet, run_cli):
         steps = {s["step"]: s for s in r["rows"]}
         assert steps["docker"]["status"] == "ok" and steps["docker group"]["status"] == "ok"
         assert steps["toolkit package"]["status"] == "skipped" and not r["changed"]
-    gpu = fleet.variant("gpu-prov.yaml", lambda d: [h.update(gpus=1) or h["server"].pop("block_indices")
-                                                      for h in d["hosts"].values()] and d["server"].update(device="cuda"))
+    gpu = fleet.variant("gpu-prov.yaml",
+                        lambda d: [h.update(gpus=1) or h["server"].pop("block_indices")
+                                   for h in d["hosts"].values()] and d["server"].update(device="cuda"))
     result = fleet.cli(run_cli, "provision", "--dry-run", "--hosts", "a10-1", "-o", "json", inventory=gpu)
     [r] = json.loads(result.stdout)["hosts"]
     steps = {s["step"]: s for s in r["rows"]}
-    assert steps["toolkit repository"]["status"] == "would-change" and "nvidia.github.io" in steps["toolkit repository"]["commands"][0]
+    assert (steps["toolkit repository"]["status"] == "would-change"
+            and "nvidia.github.io" in steps["toolkit repository"]["commands"][0])
     assert steps["toolkit package"]["status"] == "would-change"
-    assert steps["docker nvidia runtime"]["status"] == "would-change" and steps["nvidia driver"]["status"] == "manual"
+    assert (steps["docker nvidia runtime"]["status"] == "would-change"
+            and steps["nvidia driver"]["status"] == "manual")
     assert "toolkit package: nvidia-container-toolkit not installed" in r["changed"] and not r["ok"]
-    assert not Path("/etc/apt/sources.list.d/nvidia-container-toolkit.list").exists()  # dry run changed nothing
+    # dry run changed nothing
+    assert not Path("/etc/apt/sources.list.d/nvidia-container-toolkit.list").exists()
     # For real, on this Debian host, it refuses to apply instead of half-installing.
     result = fleet.cli(run_cli, "provision", "--hosts", "a10-1", inventory=gpu)
     assert_one_line_error(result, "a10-1", "Ubuntu 22.04", code=1)
@@ -137,7 +146,8 @@ def test_provision_checks_and_dry_run(fleet, run_cli):
 
 def test_quoting_stops_shell_injection(fleet, run_cli):
     marker = fleet.dir / "pwned"
-    path = fleet.variant("inject.yaml", lambda d: d["server"].update(identity_dir=f"x; touch {marker}; $(touch {marker})"))
+    path = fleet.variant("inject.yaml",
+                         lambda d: d["server"].update(identity_dir=f"x; touch {marker}; $(touch {marker})"))
     result = fleet.cli(run_cli, "up", "--dry-run", inventory=path)
     assert result.returncode == 0, result.stderr
     assert not marker.exists()
@@ -161,9 +171,11 @@ def test_up_two_hosts_online_and_generation_works(fleet, run_cli):
         assert attrs["HostConfig"]["IpcMode"] == "host" and attrs["HostConfig"]["NetworkMode"] == "host"
         assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
         assert any(m.get("Name") == "petals-cache" for m in attrs["Mounts"])
-    # Generation through the fleet's servers (the only servers of this DHT prefix) equals in-process generation.
+    # Generation through the fleet's servers (the only servers of this DHT prefix) equals in-process
+    # generation.
     common = ["--model", fleet.model_dir, "--dht-prefix", "fleet-tiny", "--max-new-tokens", "6"]
-    swarm = run_cli("generate", "Q: 2+2?", "--initial-peers", fleet.lab.initial_peers[0], *common, timeout=300)
+    swarm = run_cli("generate", "Q: 2+2?", "--initial-peers", fleet.lab.initial_peers[0], *common,
+                    timeout=300)
     local = run_cli("generate", "Q: 2+2?", "--backend", "local", *common, timeout=300)
     assert swarm.returncode == 0 and local.returncode == 0, swarm.stderr + local.stderr
     assert swarm.stdout.strip() and swarm.stdout == local.stdout
@@ -173,7 +185,8 @@ def test_second_up_changes_nothing(fleet, run_cli):
     before = {h: containers(fleet.lab, h)["petals-server-0"].id for h in ("a10-1", "a10-2")}
     result = fleet.cli(run_cli, "up", "-o", "json", "--timeout", "120")
     assert result.returncode == 0, result.stderr
-    assert {h: r["action"] for h, r in rows_by_host(result.stdout).items()} == {"a10-1": "unchanged", "a10-2": "unchanged"}
+    assert ({h: r["action"] for h, r in rows_by_host(result.stdout).items()}
+            == {"a10-1": "unchanged", "a10-2": "unchanged"})
     assert {h: containers(fleet.lab, h)["petals-server-0"].id for h in ("a10-1", "a10-2")} == before
 
 
@@ -221,7 +234,8 @@ def test_status_and_the_exporter_interface(fleet, run_cli):
 def test_logs(fleet, run_cli):
     result = fleet.cli(run_cli, "logs", "a10-1", "--tail", "50")
     assert result.returncode == 0, result.stderr
-    assert "Started" in result.stdout or "transformer blocks" in result.stdout or "Server" in result.stdout, result.stdout[-2000:]
+    assert ("Started" in result.stdout or "transformer blocks" in result.stdout
+            or "Server" in result.stdout), result.stdout[-2000:]
     assert TOKEN not in result.stdout
 
 
@@ -231,11 +245,13 @@ def test_restart_keeps_the_peer_id(fleet, run_cli):
     assert result.returncode == 0, result.stderr + result.stdout
     [row] = rows_by_host(result.stdout).values()
     assert (row["action"], row["peer_id"], row["dht_state"]) == ("restarted", fleet.peers["a10-1"], "ONLINE")
-    assert containers(fleet.lab, "a10-1")["petals-server-0"].attrs["State"]["StartedAt"] != started  # really restarted
+    # really restarted
+    assert containers(fleet.lab, "a10-1")["petals-server-0"].attrs["State"]["StartedAt"] != started
 
 
 def test_one_host_down_partial_failure(fleet, run_cli):
-    """sshd of a10-1 stopped: a10-2 still comes up, the exit code says partial failure, the table names a10-1."""
+    """sshd of a10-1 stopped: a10-2 still comes up, the exit code says partial failure, the table names
+    a10-1."""
     from petals_ops.fleet import load_inventory, read_fleet
 
     down = fleet.cli(run_cli, "down", "--hosts", "a10-2")
@@ -268,6 +284,7 @@ def test_down_leaves_no_container(fleet, run_cli):
     assert result.returncode == 0, result.stderr
     for host in ("a10-1", "a10-2"):
         assert containers(fleet.lab, host) == {}
-        assert "petals-cache" in [v.name for v in fleet.lab.docker(host).volumes.list()]  # the cache volume stays
+        # the cache volume stays
+        assert "petals-cache" in [v.name for v in fleet.lab.docker(host).volumes.list()]
     again = fleet.cli(run_cli, "down")
     assert again.returncode == 0 and "nothing" in again.stdout

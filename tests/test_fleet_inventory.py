@@ -33,18 +33,22 @@ def test_example_inventory_is_valid():
 @pytest.mark.parametrize(
     "data, needles",
     [
-        ({"hosts": {"a10-1": {"gpus": 1, "colour": "red"}}}, ["hosts.a10-1.colour", "unknown field", "line 3"]),
+        ({"hosts": {"a10-1": {"gpus": 1, "colour": "red"}}},
+         ["hosts.a10-1.colour", "unknown field", "line 3"]),
         ({"hosts": {"a10-1": {"gpus": "two"}}}, ["hosts.a10-1.gpus", "integer"]),
         ({"server": {"port": 70000}}, ["server.port", "65535"]),
-        ({"hosts": {"a10-1": {"server": {"port": 0}}}}, ["hosts.a10-1.server.port", "greater than or equal to 1"]),
+        ({"hosts": {"a10-1": {"server": {"port": 0}}}},
+         ["hosts.a10-1.server.port", "greater than or equal to 1"]),
         ({"server": {"quant_type": "int4"}}, ["server.quant_type"]),
         ({"server": {"block_indices": ["4:2"]}}, ["server.block_indices", "start < end"]),
         ({"server": {"environment": {"HF_TOKEN": "x"}}}, ["server.environment", "hf_token"]),
         ({"server": {"hf_token": {"env": "A", "file": "B"}}}, ["server.hf_token", "exactly one"]),
         ({"server": {"initial_peers": ["127.0.0.1:31337"]}}, ["server.initial_peers", "multiaddr"]),
-        ({"server": {"extra_args": ["--token", "x"]}}, ["server.extra_args", "--token", "hf_token: {env: VAR}"]),
+        ({"server": {"extra_args": ["--token", "x"]}},
+         ["server.extra_args", "--token", "hf_token: {env: VAR}"]),
         ({"server": {"extra_args": ["--use_auth_token=x"]}}, ["server.extra_args", "--use_auth_token"]),
-        ({"hosts": {"a10-1": {"server": {"command": ["run", "hf_abc"]}}}}, ["hosts.a10-1.server.command", "a token"]),
+        ({"hosts": {"a10-1": {"server": {"command": ["run", "hf_abc"]}}}},
+         ["hosts.a10-1.server.command", "a token"]),
     ],
 )
 def test_bad_inventory_one_line_error(tmp_path, run_cli, data, needles):
@@ -65,7 +69,8 @@ def test_unreadable_inventory_and_ssh_config(tmp_path, run_cli):
     assert_one_line_error(run_cli("plan", "-i", binary), str(binary), "cannot be read", code=2)
     ssh_config = write(tmp_path, "Host a10-1\n  HostName\n", "ssh_config")  # a keyword without a value
     path = write(tmp_path, {"ssh_config": str(ssh_config), "hosts": {"a10-1": {"gpus": 0}}})
-    assert_one_line_error(run_cli("hosts", "check", "-i", path, "--hosts", "a10-2"), f"ssh config {ssh_config}", code=2)
+    assert_one_line_error(run_cli("hosts", "check", "-i", path, "--hosts", "a10-2"),
+                          f"ssh config {ssh_config}", code=2)
     two = write(tmp_path, {"hosts": {"a10-1": {"gpus": 0}, "a10-2": {"gpus": 0}}}, "two.yaml")
     assert_one_line_error(run_cli("logs", "-i", two, "a10-1,a10-2"), "exactly one host", code=2)
     assert_one_line_error(run_cli("logs", "-i", two, ""), "exactly one host", code=2)
@@ -89,11 +94,13 @@ def test_block_ranges_are_normalised():
 
 
 def test_missing_host_and_injection_in_host_name(tmp_path, run_cli):
-    path = write(tmp_path, {"ssh_config": str(write(tmp_path, "Host a10-1\n  HostName 127.0.0.11\n", "ssh_config")),
+    path = write(tmp_path, {"ssh_config": str(write(tmp_path, "Host a10-1\n  HostName 127.0.0.11\n",
+                                                    "ssh_config")),
                             "hosts": {"a10-1": {"gpus": 0}}})
     assert_one_line_error(run_cli("hosts", "check", "-i", path, "--hosts", "a10-9"),
                           "a10-9 is neither in the inventory", code=2)
-    assert_one_line_error(run_cli("hosts", "check", "-i", path, "--hosts", "a10-1;touch /tmp/x"), "is not a host name", code=2)
+    assert_one_line_error(run_cli("hosts", "check", "-i", path, "--hosts", "a10-1;touch /tmp/x"),
+                          "is not a host name", code=2)
     empty = write(tmp_path, {}, "empty.yaml")
     assert_one_line_error(run_cli("up", "-i", empty), "no hosts", code=2)
 
@@ -101,9 +108,12 @@ def test_missing_host_and_injection_in_host_name(tmp_path, run_cli):
 def test_plan_uses_petals_block_accounting_for_bloom_on_a10(tmp_path, run_cli):
     """BLOOM-176B on one A10 per host: 4 bf16 / 8 int8 / 14 nf4 blocks at the default 4096-token cache."""
     path = write(tmp_path, {
-        "server": {"initial_peers": ["/ip4/10.0.0.1/tcp/31337/p2p/QmS9KwZptnVdB9FFV7uGgaTq4sEKBwcYeKZDfSpyKDUd1g"],
-                   "quant_type": "nf4"},
-        "hosts": {f"a10-{i}": {"gpus": 1, "server": {"block_indices": [f"{14 * i}:{14 * i + 14}"]}} for i in range(5)},
+        "server": {
+            "initial_peers": ["/ip4/10.0.0.1/tcp/31337/p2p/QmS9KwZptnVdB9FFV7uGgaTq4sEKBwcYeKZDfSpyKDUd1g"],
+            "quant_type": "nf4",
+        },
+        "hosts": {f"a10-{i}": {"gpus": 1, "server": {"block_indices": [f"{14 * i}:{14 * i + 14}"]}}
+                  for i in range(5)},
     })
     result = run_cli("plan", "-i", path, "-o", "json")
     assert result.returncode == 0, result.stderr
@@ -117,23 +127,29 @@ def test_plan_uses_petals_block_accounting_for_bloom_on_a10(tmp_path, run_cli):
     assert cmd[cmd.index("--block_indices") + 1] == "14:28"
     assert cmd[cmd.index("--identity_path") + 1] == "/petals-ops/identity.key"
     # Four hosts leave blocks 56:70 uncovered.
-    partial = write(tmp_path, {**yaml.safe_load(path.read_text()),
-                               "hosts": {f"a10-{i}": {"gpus": 1, "server": {"block_indices": [f"{14 * i}:{14 * i + 14}"]}}
-                                         for i in range(4)}}, "four.yaml")
+    partial = write(tmp_path, {
+        **yaml.safe_load(path.read_text()),
+        "hosts": {f"a10-{i}": {"gpus": 1, "server": {"block_indices": [f"{14 * i}:{14 * i + 14}"]}}
+                  for i in range(4)},
+    }, "four.yaml")
     result = run_cli("plan", "-i", partial)
     assert result.returncode == 0, result.stderr
     assert "covers the whole model: NO" in result.stdout and "56:70" in result.stdout
 
 
 def test_server_command_and_config_hash():
-    """One server per GPU with its own port and GPU; the token is not in the command; the hash follows changes."""
+    """One server per GPU with its own port and GPU; the token is not in the command; the hash follows
+    changes."""
     from petals_ops.fleet import containers as C
     from petals_ops.fleet.inventory import HostSpec, ServerSpec
 
-    spec = ServerSpec(initial_peers=["/ip4/10.0.0.1/tcp/31337/p2p/QmS9KwZptnVdB9FFV7uGgaTq4sEKBwcYeKZDfSpyKDUd1g"],
-                      public_ip="203.0.113.7", quant_type="nf4", num_blocks=13)
+    spec = ServerSpec(
+        initial_peers=["/ip4/10.0.0.1/tcp/31337/p2p/QmS9KwZptnVdB9FFV7uGgaTq4sEKBwcYeKZDfSpyKDUd1g"],
+        public_ip="203.0.113.7", quant_type="nf4", num_blocks=13,
+    )
     slots = C.server_slots("a10-1", HostSpec(gpus=2), spec)
-    assert [(s.container, s.port, s.gpu) for s in slots] == [("petals-server-0", 31330, 0), ("petals-server-1", 31331, 1)]
+    assert [(s.container, s.port, s.gpu) for s in slots] == [("petals-server-0", 31330, 0),
+                                                             ("petals-server-1", 31331, 1)]
     want = C.desired_container("a10-1", spec, slots[1], "/id/a10-1.petals-server-1.key", token="hf_secret")
     assert "--announce_maddrs" in want.command and "/ip4/203.0.113.7/tcp/31331" in want.command
     assert not any("hf_secret" in a for a in want.command)
@@ -143,7 +159,8 @@ def test_server_command_and_config_hash():
     assert kwargs["device_requests"][0]["DeviceIDs"] == ["1"]
     assert kwargs["volumes"]["petals-cache"] == {"bind": "/cache", "mode": "rw"}
     h = want.config_hash()
-    assert "hf_secret" not in h and h == C.desired_container("a10-1", spec, slots[1], want.identity_path, "hf_secret").config_hash()
+    assert "hf_secret" not in h and h == C.desired_container("a10-1", spec, slots[1], want.identity_path,
+                                                             "hf_secret").config_hash()
     assert h != C.desired_container("a10-1", spec, slots[1], want.identity_path, "hf_other").config_hash()
     spec2 = spec.model_copy(update={"public_name": "mine"})
     assert h != C.desired_container("a10-1", spec2, slots[1], want.identity_path, "hf_secret").config_hash()
@@ -154,11 +171,14 @@ def test_fleet_help_is_fast_and_light(run_cli):
     import sys
 
     code = ("import sys; from petals_ops.cli.main import cli\n"
-            "heavy = [m for m in ('torch', 'transformers', 'hivemind', 'petals', 'fabric', 'docker', 'paramiko', 'pydantic') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'transformers', 'hivemind', 'petals', 'fabric', 'docker', "
+            "'paramiko', 'pydantic') if m in sys.modules]\n"
             "print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
     assert out == "[]", out
-    for cmd in (["hosts", "check"], ["provision"], ["plan"], ["up"], ["down"], ["status"], ["logs"], ["restart"]):
+    for cmd in (["hosts", "check"], ["provision"], ["plan"], ["up"], ["down"], ["status"], ["logs"],
+                ["restart"]):
         result = run_cli(*cmd, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout, (cmd, result.stderr)
 
@@ -180,7 +200,8 @@ def test_proxyjump_hops_check_host_keys(tmp_path, monkeypatch):
         raise paramiko.SSHException("Server '127.0.0.1' not found in known_hosts")
 
     monkeypatch.setattr(fabric.Connection, "open", fake_open)
-    session = HostSession("a10-1", HostSpec(), SSHOptions(ssh_config=str(cfg), known_hosts=str(tmp_path / "kh")))
+    session = HostSession("a10-1", HostSpec(),
+                          SSHOptions(ssh_config=str(cfg), known_hosts=str(tmp_path / "kh")))
     with pytest.raises(HostError, match="not in"):
         session.conn
     [conn] = opened

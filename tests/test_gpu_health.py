@@ -103,8 +103,8 @@ def fleet_state() -> ExporterState:
     lost = parse_query("a10-2", (DATA / "fallen_off_bus.txt").read_text(), 15, expected=1)
     both = parse_query("a10-3", (DATA / "ecc_errors.txt").read_text(), 0, expected=2)
     container = ContainerStatus("a10-1", "petals-server-0", True, 0, None, "QmA", None)
-    return ExporterState(refresh_interval=30, containers=(container,), gpus=(healthy, lost, both), fleet_ok=True,
-                         up=True, last_success=time.time())
+    return ExporterState(refresh_interval=30, containers=(container,), gpus=(healthy, lost, both),
+                         fleet_ok=True, up=True, last_success=time.time())
 
 
 def test_gpu_metrics_with_the_host_label():

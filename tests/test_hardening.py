@@ -45,7 +45,8 @@ def test_inventory_aliases_within_bounds_still_work(tmp_path):
     from petals_ops.fleet.inventory import load_inventory
 
     path = write(tmp_path, "server: &s {device: cpu, port: 4000}\n"
-                           "hosts:\n  a: {gpus: 0, server: *s}\n  b: {gpus: 0, server: {<<: *s, port: 5000}}\n")
+                           "hosts:\n  a: {gpus: 0, server: *s}\n"
+                           "  b: {gpus: 0, server: {<<: *s, port: 5000}}\n")
     inv = load_inventory(path)
     assert inv.server_for("a").port == 4000 and inv.server_for("b").port == 5000
 
@@ -93,8 +94,8 @@ def test_redact_and_click_usage_errors(run_cli):
 
 
 # --- host lists and option values: usage errors before any network work ------------------------------
-@pytest.mark.parametrize("command", [["hosts", "check"], ["provision"], ["plan"], ["up"], ["restart"], ["down"],
-                                     ["status"]])
+@pytest.mark.parametrize("command", [["hosts", "check"], ["provision"], ["plan"], ["up"], ["restart"],
+                                     ["down"], ["status"]])
 @pytest.mark.parametrize("hosts", ["", ",,,", " , "])
 def test_empty_host_list_is_a_usage_error(tmp_path, run_cli, command, hosts):
     """--hosts '' once meant every host: 'down' stopped the whole fleet."""
@@ -134,7 +135,8 @@ BAD_INPUT_PER_COMMAND = {
     "swarm local up": (["swarm", "local", "up", "--servers", "0"], "--servers 0"),
     "swarm local down": (["swarm", "local", "down", "--swarm-dir", "afile"], "'afile' is a file"),
     "swarm local status": (["swarm", "local", "status", "-o", "yaml"], "'yaml' is not one of"),
-    "swarm status": (["swarm", "status", "--initial-peers", "garbage", "--model", "x"], "--initial-peers garbage"),
+    "swarm status": (["swarm", "status", "--initial-peers", "garbage", "--model", "x"],
+                     "--initial-peers garbage"),
     "generate": (["generate", "x", "--top-k", "-1"], "--top-k"),
     "demo": (["demo", "--work-dir", "afile"], "'afile' is a file"),
     "exporter": (["exporter", "--listen", "nonsense"], "--listen 'nonsense'"),
@@ -207,7 +209,8 @@ def not_ssh_port():
     server.close()
 
 
-@pytest.mark.parametrize("command", [["hosts", "check"], ["status", "-o", "json"], ["up", "--no-wait", "-o", "json"]])
+@pytest.mark.parametrize("command", [["hosts", "check"], ["status", "-o", "json"],
+                                     ["up", "--no-wait", "-o", "json"]])
 def test_unreachable_host_prints_no_library_traceback(tmp_path, run_cli, not_ssh_port, command):
     path = write(tmp_path, {"server": {"device": "cpu"},
                             "hosts": {"a": {"address": "127.0.0.1", "port": not_ssh_port, "gpus": 0}}})
@@ -220,7 +223,8 @@ def test_unreachable_host_prints_no_library_traceback(tmp_path, run_cli, not_ssh
 def test_deeply_nested_data_line_is_one_line(tmp_path, run_cli):
     data = tmp_path / "deep.jsonl"
     data.write_text("[" * 100_000 + "]" * 100_000 + "\n")
-    result = run_cli("bench", "gsm8k", "--data", data, "--swarm-dir", tmp_path / "none", "--run-dir", tmp_path / "run")
+    result = run_cli("bench", "gsm8k", "--data", data, "--swarm-dir", tmp_path / "none",
+                     "--run-dir", tmp_path / "run")
     assert_one_line_error(result, str(data), "nested deeper", code=2)
 
 
@@ -228,10 +232,12 @@ def _summary() -> dict:
     """A real bench summary, shaped as the bench writes it (made here, not read from a run dir)."""
     return {"run_dir": "r", "method": "cot", "paths": 1, "n": 1, "scored": 1, "errors": 0, "correct": 1,
             "accuracy": 1.0, "accuracy_wilson95": [0.2, 1.0], "tokens": 5, "wall_seconds_total": 1.0,
-            "tokens_per_second": 5.0, "backend": "local", "invalid_path_rate": 0.0, "finish_reasons": {"stop": 1},
-            "extraction": {"answer_is": 1}, "servers_served": {}, "categories": {},
+            "tokens_per_second": 5.0, "backend": "local", "invalid_path_rate": 0.0,
+            "finish_reasons": {"stop": 1}, "extraction": {"answer_is": 1}, "servers_served": {},
+            "categories": {},
             "config": {"model": {"name": "m", "dht_prefix": "p"}, "prompt": {"id": "p@1", "exemplars": 2},
-                       "data": {"source": "demo", "sha256": "0" * 64, "offset": 0, "limit": None, "sample": None},
+                       "data": {"source": "demo", "sha256": "0" * 64, "offset": 0, "limit": None,
+                                "sample": None},
                        "method": {"method": "cot"}}}
 
 
@@ -253,7 +259,8 @@ def test_bad_summary_is_one_line(tmp_path, run_cli, summary, needle, command):
     run = tmp_path / "run"
     run.mkdir()
     (run / "summary.json").write_text(json.dumps(summary))
-    args = ["bench", "report", run, "--out", tmp_path / "out"] if command == "report" else ["bench", "errors", run]
+    args = (["bench", "report", run, "--out", tmp_path / "out"] if command == "report"
+            else ["bench", "errors", run])
     assert_one_line_error(run_cli(*args), "summary.json", "not a bench summary", needle, code=2)
 
 
@@ -269,13 +276,13 @@ def _record(qid: str) -> dict:
     path = {"i": 0, "answer": "4", "how": "answer_is", "correct": True, "finish": "stop", "tokens": 5,
             "text": "2+2=4. The answer is 4.", "raw": "2+2=4. The answer is 4.", "category": "correct"}
     return {"id": qid, "line": 1, "question": "2+2?", "gold": "4", "prompt_id": "p@1", "method": "cot",
-            "backend": "local", "prompt_tokens": 10, "paths": [path], "vote": "4", "correct": True, "tokens": 5,
-            "seconds": 0.1, "attempts": 1, "failures": [], "servers": [], "batches": [1], "error": None,
-            "finished_at": 1.0}
+            "backend": "local", "prompt_tokens": 10, "paths": [path], "vote": "4", "correct": True,
+            "tokens": 5, "seconds": 0.1, "attempts": 1, "failures": [], "servers": [], "batches": [1],
+            "error": None, "finished_at": 1.0}
 
 
-@pytest.mark.parametrize("garbage", [b"\xff\xfe\x00garbage\n", b"[" * 100_000 + b"]" * 100_000 + b"\n", b"[]\n",
-                                     b'{"id": 5}\n', b'{"id": "q:9", "error": null}\n', b"1e999\n"])
+@pytest.mark.parametrize("garbage", [b"\xff\xfe\x00garbage\n", b"[" * 100_000 + b"]" * 100_000 + b"\n",
+                                     b"[]\n", b'{"id": 5}\n', b'{"id": "q:9", "error": null}\n', b"1e999\n"])
 def test_records_with_garbage_lines_are_read_and_resumed(tmp_path, run_cli, garbage):
     """Garbage appended to records.jsonl is skipped by the readers (its question counts as not done)."""
     from petals_ops.bench import store
@@ -333,7 +340,8 @@ def test_failed_p2pd_start_leaves_no_socket_in_tmp(run_cli):
     from petals_ops import tmpclean
 
     before = tmpclean.hivemind_sockets()
-    result = run_cli("swarm", "status", "--initial-peers", PEER_ON_PORT_9, "--model", "bigscience/bloom", timeout=120)
+    result = run_cli("swarm", "status", "--initial-peers", PEER_ON_PORT_9, "--model", "bigscience/bloom",
+                     timeout=120)
     assert_one_line_error(result, "cannot reach the swarm", code=1)
     # sockets of other processes may come and go meanwhile: only dead ones that are new count
     assert {p for p in tmpclean.hivemind_sockets() - before if not tmpclean._listened_on(p)} == set()
@@ -343,9 +351,11 @@ def test_multiprocessing_tempdir_is_removed(tmp_path):
     import subprocess
     import sys
 
-    code = ("import multiprocessing.util, os; from petals_ops import tmpclean; d = multiprocessing.util.get_temp_dir(); "
+    code = ("import multiprocessing.util, os; from petals_ops import tmpclean; "
+            "d = multiprocessing.util.get_temp_dir(); "
             "tmpclean.remove_multiprocessing_tempdir(); print(d, os.path.exists(d)); os._exit(0)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60).stdout.split()
     assert out[0].startswith("/tmp/pymp-") or "pymp-" in out[0]
     assert out[1] == "False"
 

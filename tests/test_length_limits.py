@@ -25,12 +25,12 @@ def test_generate_refuses_a_prompt_over_the_local_servers_limit_before_connectin
 def test_bench_refuses_a_prompt_set_over_the_limit_naming_the_question(run_cli, local_swarm, tmp_path):
     prompt = tmp_path / "long.txt"
     prompt.write_text(f"Q: {LONG}\nA: 1 + 1 = 2. The answer is 2.\n")
-    result = run_cli("bench", "gsm8k", "--swarm-dir", local_swarm.run_dir, "--data", "arith:test", "--limit", 2,
-                     "--prompt-file", prompt, "--run-dir", tmp_path / "run")
+    result = run_cli("bench", "gsm8k", "--swarm-dir", local_swarm.run_dir, "--data", "arith:test",
+                     "--limit", 2, "--prompt-file", prompt, "--run-dir", tmp_path / "run")
     assert_one_line_error(result, "the prompt of question", f"inference_max_length {LIMIT}", code=2)
 
 
 def test_the_servers_refusal_through_explicit_peers_is_one_line_naming_their_limit(run_cli, local_swarm):
-    result = run_cli("generate", "--initial-peers", local_swarm.initial_peers[0], "--model", local_swarm.model_dir,
-                     "--max-retries", 1, LONG, timeout=180)
+    result = run_cli("generate", "--initial-peers", local_swarm.initial_peers[0],
+                     "--model", local_swarm.model_dir, "--max-retries", 1, LONG, timeout=180)
     assert_one_line_error(result, f"inference_max_length is {LIMIT}", "shorten the prompt", code=2)

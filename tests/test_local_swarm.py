@@ -62,7 +62,8 @@ def test_greedy_through_swarm_equals_in_process_transformers(local_swarm):
 
 
 def test_generate_cli_streams_text(run_cli, local_swarm):
-    result = run_cli("generate", "--swarm-dir", local_swarm.run_dir, "Q: 2+2?", "--max-new-tokens", 8, timeout=120)
+    result = run_cli("generate", "--swarm-dir", local_swarm.run_dir, "Q: 2+2?", "--max-new-tokens", 8,
+                     timeout=120)
     assert result.returncode == 0, result.stderr
     assert "8 tokens in" in result.stderr and "petals" in result.stderr
     local = run_cli("generate", "--swarm-dir", local_swarm.run_dir, "Q: 2+2?", "--max-new-tokens", 8,
@@ -103,7 +104,8 @@ def test_lifecycle_failure_and_clean_down(run_cli, tmp_path, tiny_model_dir):
         assert_one_line_error(again, "already running", code=2)
 
         pgids = {p.pgid for p in swarm.processes}
-        p2pd = [pid for g in pgids for pid in procs.group_members(g) if "p2pd" in open(f"/proc/{pid}/cmdline").read()]
+        p2pd = [pid for g in pgids for pid in procs.group_members(g)
+                if "p2pd" in open(f"/proc/{pid}/cmdline").read()]
         assert len(p2pd) >= 3, "each process of the swarm runs a p2pd daemon in its group"
 
         victim = swarm.process("server-1")  # blocks 2:4

@@ -35,7 +35,8 @@ NOT_INJECTED = ("window.__pwned === undefined && document.querySelectorAll('#mod
 
 
 def snapshot(taken_at: float, name: str | None = "a10-1") -> SwarmSnapshot:
-    """test_exporter's snapshot (QmA ONLINE 0:2, QmB OFFLINE 2:4, QmC JOINING 1:3) with hostile announcements."""
+    """test_exporter's snapshot (QmA ONLINE 0:2, QmB OFFLINE 2:4, QmC JOINING 1:3) with hostile
+    announcements."""
     base = exporter_snapshot(taken_at)
     a, b, c = base.servers
     hostile_b = replace(b, throughput=math.nan, version=HOSTILE, torch_dtype=HOSTILE, quant_type=HOSTILE)
@@ -43,7 +44,8 @@ def snapshot(taken_at: float, name: str | None = "a10-1") -> SwarmSnapshot:
 
 
 def state_of(*snaps: SwarmSnapshot, **kw) -> ExporterState:
-    return ExporterState(refresh_interval=1, snapshots=snaps, own_hosts={"QmA": "a10-1"}, up=True, refreshes=1, **kw)
+    return ExporterState(refresh_interval=1, snapshots=snaps, own_hosts={"QmA": "a10-1"}, up=True,
+                         refreshes=1, **kw)
 
 
 # ------------------------------------------------------------------------------------------ the JSON
@@ -57,7 +59,8 @@ def test_map_json_is_a_pure_function_of_the_state():
     assert m["uncovered_blocks"] == [2, 3] and m["online_per_block"] == [1, 1, 0, 0] and not m["fully_served"]
     rows = {s["peer_id"]: s for s in m["servers"]}
     assert [s["peer_id"] for s in m["servers"]] == ["QmA", "QmC", "QmB"]  # start-block order, as the snapshot
-    assert rows["QmA"]["cells"] == "OO.." and rows["QmC"]["cells"] == ".JJ." and rows["QmB"]["cells"] == "..FF"
+    assert (rows["QmA"]["cells"] == "OO.." and rows["QmC"]["cells"] == ".JJ."
+            and rows["QmB"]["cells"] == "..FF")
     assert rows["QmA"]["ours"] == "a10-1" and rows["QmB"]["ours"] is None
     assert rows["QmA"]["public_name"] == HOSTILE  # data, verbatim: escaping is the page's job
     assert rows["QmB"]["throughput"] is None  # NaN announced: strict JSON has no NaN
@@ -129,10 +132,12 @@ def test_routes(static_exporter):
         page = r.read().decode()
         assert r.headers["Content-Type"].startswith("text/html")
         assert "default-src 'none'" in r.headers["Content-Security-Policy"]
-    assert "map.json" in page and "http://" not in page and "https://" not in page  # nothing loaded from elsewhere
+    # nothing loaded from elsewhere
+    assert "map.json" in page and "http://" not in page and "https://" not in page
     assert "innerHTML" not in page and "insertAdjacentHTML" not in page and "document.write" not in page
     with urllib.request.urlopen(url + "/map.json") as r:
-        assert r.headers["Content-Type"] == "application/json" and json.load(r)["models"][0]["num_blocks"] == 4
+        assert (r.headers["Content-Type"] == "application/json"
+                and json.load(r)["models"][0]["num_blocks"] == 4)
     with urllib.request.urlopen(url + "/metrics") as r:
         assert b"petals_model_uncovered_blocks" in r.read()
     with pytest.raises(urllib.error.HTTPError) as e:
@@ -148,8 +153,10 @@ def test_page_escapes_announced_strings_and_redraws(static_exporter, browser, ar
     assert page.eval("document.querySelector('tr[data-peer=QmA] .name').textContent") == HOSTILE
     assert page.eval("document.querySelector('tr[data-peer=QmB]').textContent").count(HOSTILE) == 3
     assert page.eval(NOT_INJECTED)
-    assert page.eval("[...document.querySelectorAll('td.cov')].map(td => td.dataset.online).join()") == "1,1,0,0"
-    assert page.eval("[...document.querySelectorAll('td.cov.uncovered')].map(td => td.dataset.block).join()") == "2,3"
+    assert page.eval("[...document.querySelectorAll('td.cov')]"
+                     ".map(td => td.dataset.online).join()") == "1,1,0,0"
+    assert page.eval("[...document.querySelectorAll('td.cov.uncovered')]"
+                     ".map(td => td.dataset.block).join()") == "2,3"
     assert "2:4" in page.eval("document.querySelector('.uncovered-summary').textContent")
     assert page.eval("document.querySelector('tr[data-peer=QmA]').dataset.ours") == "a10-1"
     assert "Snapshot age:" in page.eval("document.getElementById('status').textContent")
@@ -162,10 +169,12 @@ def test_page_escapes_announced_strings_and_redraws(static_exporter, browser, ar
     extra = ServerRecord("QmD", "ONLINE", 2, 3, 1.0, public_name="new-one")
     blocks = [*snap.blocks[:2], BlockHealth(2, "m-petals.2", {**snap.blocks[2].servers, "QmD": "ONLINE"}),
               snap.blocks[3]]
-    holder.state = replace(holder.state, snapshots=(replace(snap, servers=[*snap.servers, extra], blocks=blocks),),
+    holder.state = replace(holder.state,
+                           snapshots=(replace(snap, servers=[*snap.servers, extra], blocks=blocks),),
                            refreshes=2)
     page.wait_for("document.querySelectorAll('#models tr.srv').length === 4", 20, "the new server's row")
-    assert page.eval("[...document.querySelectorAll('td.cov.uncovered')].map(td => td.dataset.block).join()") == "3"
+    assert page.eval("[...document.querySelectorAll('td.cov.uncovered')]"
+                     ".map(td => td.dataset.block).join()") == "3"
     assert page.eval("window.__mark") == mark
     shots.append(page.screenshot(artefacts_dir / "synthetic-2-redrawn.png"))
     print("screenshots:", *shots)
@@ -181,7 +190,8 @@ def map_swarm(swarm_factory, tmp_path_factory):
     swarm = swarm_factory()
     identity = Path(swarm.run_dir) / "hostile.id"
     cmd = [*ls.server_command(swarm.model, swarm.initial_peers, (0, 2), identity), "--public_name", HOSTILE]
-    ls._launch(swarm, "hostile", "server", cmd, blocks="0:2")  # recorded in the swarm's state: teardown stops it
+    # recorded in the swarm's state: teardown stops it
+    ls._launch(swarm, "hostile", "server", cmd, blocks="0:2")
     ls.wait_until_served(swarm, 3, timeout=180)
     exporter = ExporterProcess(["--swarm-dir", swarm.run_dir, "--refresh", "1s"],
                                tmp_path_factory.mktemp("map-exporter") / "exporter.log")
@@ -218,8 +228,9 @@ def test_live_page_on_a_real_swarm(map_swarm, browser, artefacts_dir):
     lo, hi = map(int, victim.blocks.split(":"))
     assert procs.stop_group(victim.pgid)  # SIGTERM: it announces itself OFFLINE as it leaves
     uncovered = ",".join(str(b) for b in range(lo, hi))
-    page.wait_for(f"[...document.querySelectorAll(\"{section} td.cov.uncovered\")].map(td => td.dataset.block)"
-                  f".join() === '{uncovered}'", 60, f"blocks {lo}:{hi} uncovered on the page")
+    page.wait_for(f"[...document.querySelectorAll(\"{section} td.cov.uncovered\")]"
+                  f".map(td => td.dataset.block).join() === '{uncovered}'", 60,
+                  f"blocks {lo}:{hi} uncovered on the page")
     assert f"{lo}:{hi}" in page.eval(f"document.querySelector(\"{section} .uncovered-summary\").textContent")
     assert page.eval("window.__mark") == mark  # the same document: redrawn in place, not reloaded
     assert page.eval(NOT_INJECTED)

@@ -33,7 +33,8 @@ DATASOURCE_UID = "petals-prometheus"
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PROMTOOL, *args], check=False, capture_output=True, text=True, timeout=120, cwd=MONITORING)
+    return subprocess.run([PROMTOOL, *args], check=False, capture_output=True, text=True, timeout=120,
+                          cwd=MONITORING)
 
 
 def dashboard_exprs(gpu: bool | None = False) -> list[str]:
@@ -60,7 +61,8 @@ def test_promtool_config_and_rules():
 def test_promtool_rule_unit_tests_cover_every_alert():
     result = promtool("test", "rules", "rules/petals_alerts_test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    tested = set(re.findall(r"alertname:\s*(\w+)", (MONITORING / "rules" / "petals_alerts_test.yml").read_text()))
+    tested = set(re.findall(r"alertname:\s*(\w+)",
+                            (MONITORING / "rules" / "petals_alerts_test.yml").read_text()))
     assert set(rule_exprs()) <= tested, f"alerts without a unit test: {set(rule_exprs()) - tested}"
 
 
@@ -68,7 +70,8 @@ def test_grafana_provisioning_and_compose():
     ds = yaml.safe_load((MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text())
     (source,) = ds["datasources"]
     assert source["uid"] == DATASOURCE_UID and source["type"] == "prometheus"
-    provider = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/petals.yml").read_text())["providers"][0]
+    provider = yaml.safe_load(
+        (MONITORING / "grafana/provisioning/dashboards/petals.yml").read_text())["providers"][0]
     compose = yaml.safe_load((MONITORING / "docker-compose.yml").read_text())
     mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["services"]["grafana"]["volumes"]}
     assert (MONITORING / mounts[provider["options"]["path"]] / DASHBOARD.name).is_file()
@@ -89,7 +92,8 @@ def test_grafana_provisioning_and_compose():
     assert len(ids) == len(set(ids))
     for p in dash["panels"]:
         if p["type"] != "row":
-            assert p["datasource"]["uid"] == DATASOURCE_UID and p["targets"] and p.get("description"), p["title"]
+            assert (p["datasource"]["uid"] == DATASOURCE_UID and p["targets"]
+                    and p.get("description")), p["title"]
             assert all(t["datasource"]["uid"] == DATASOURCE_UID for t in p["targets"])
     for var in dash["templating"]["list"]:
         assert var["datasource"]["uid"] == DATASOURCE_UID
@@ -110,7 +114,8 @@ def test_healthy_swarm_in_prometheus(local_swarm, prometheus, exporter_process, 
     per_block = prometheus.query(f'petals_block_online_servers{{model="{prefix}"}}')
     assert sorted(int(r["metric"]["block"]) for r in per_block) == list(range(local_swarm.num_blocks))
     assert all(float(r["value"][1]) >= 1 for r in per_block)
-    assert prometheus.value(f'petals_model_servers{{model="{prefix}",state="ONLINE"}}') == len(local_swarm.servers)
+    assert (prometheus.value(f'petals_model_servers{{model="{prefix}",state="ONLINE"}}')
+            == len(local_swarm.servers))
     own = prometheus.query("petals_own_server_online")
     assert sorted(r["metric"]["host"] for r in own) == sorted(f"local/{p.name}" for p in local_swarm.servers)
     assert all(r["value"][1] == "1" for r in own)
@@ -119,7 +124,8 @@ def test_healthy_swarm_in_prometheus(local_swarm, prometheus, exporter_process, 
 
     # promtool lints a live scrape.
     scrape = exporter.metrics()
-    result = subprocess.run([PROMTOOL, "check", "metrics"], check=False, input=scrape, capture_output=True, text=True)
+    result = subprocess.run([PROMTOOL, "check", "metrics"], check=False, input=scrape, capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
     # Every dashboard query runs and returns data; the model variable lists the swarm's model.
@@ -166,7 +172,8 @@ def test_stopped_server_raises_uncovered_blocks(damaged, prometheus):
     victim = swarm.servers[1]
     assert procs.stop_group(victim.pgid)  # SIGTERM: the server announces itself OFFLINE as it leaves
     lo, hi = map(int, victim.blocks.split(":"))
-    prometheus.wait_for(f"petals_model_uncovered_blocks{sel}", lambda r: r and float(r[0]["value"][1]) == hi - lo, 60)
+    prometheus.wait_for(f"petals_model_uncovered_blocks{sel}",
+                        lambda r: r and float(r[0]["value"][1]) == hi - lo, 60)
     assert prometheus.value(f"petals_model_fully_served{sel}") == 0
     for b in range(lo, hi):
         assert prometheus.value(f'petals_block_online_servers{{model="{swarm.dht_prefix}",block="{b}"}}') == 0
@@ -183,7 +190,8 @@ def _restart_dht(swarm) -> None:
     dht = swarm.process("dht")
     log = Path(dht.log)
     before = len(tail_lines(log, 10_000))
-    cmd = [sys.executable, "-m", "petals_ops.serve", "dht", "--host_maddrs", f"/ip4/127.0.0.1/tcp/{swarm.dht_port}",
+    cmd = [sys.executable, "-m", "petals_ops.serve", "dht",
+           "--host_maddrs", f"/ip4/127.0.0.1/tcp/{swarm.dht_port}",
            "--identity_path", str(Path(swarm.run_dir) / "dht.id")]
     popen = procs.spawn(cmd, log_path=log, cwd=swarm.run_dir)
     dht.pid = dht.pgid = popen.pid
@@ -209,8 +217,9 @@ def test_dht_outage_and_recovery(damaged, prometheus):
 
     # The exporter keeps serving: up 0, errors counted, snapshot aging; Prometheus still scrapes it.
     exporter.wait_for(lambda e: e.sample("petals_exporter_up") == 0, 60, "up 0 after the DHT stopped")
-    exporter.wait_for(lambda e: e.sample("petals_exporter_refresh_errors_total", source="swarm") >= errors_before + 2,
-                      60, "errors counted")
+    exporter.wait_for(
+        lambda e: e.sample("petals_exporter_refresh_errors_total", source="swarm") >= errors_before + 2,
+        60, "errors counted")
     prometheus.wait_for(f"petals_exporter_up{sel}", lambda r: r and r[0]["value"][1] == "0", 30)
     prometheus.wait_for('up{job="petals-exporter"}', lambda r: r and r[0]["value"][1] == "1", 30)
     prometheus.wait_for('increase(petals_exporter_refresh_errors_total{source="swarm"}[1m])',
@@ -240,14 +249,16 @@ def test_inventory_containers_exported(local_swarm, exporter_process, tmp_path):
         "server: {model: bigscience/bloom, new_swarm: true}\n"
         f"hosts:\n  dead-1: {{address: 127.0.0.1, port: {closed}, user: root, gpus: 1}}\n"
     )
-    exporter = exporter_process(["--swarm-dir", local_swarm.run_dir, "--refresh", "1s", "--inventory", inventory])
+    exporter = exporter_process(["--swarm-dir", local_swarm.run_dir, "--refresh", "1s",
+                                 "--inventory", inventory])
     exporter.wait_up()
     exporter.wait_for(lambda e: e.sample("petals_container_inspect_success", host="dead-1") == 0, 60,
                       "the unreachable host reported")
     assert exporter.sample("petals_fleet_up") == 1  # the status call worked; the host did not
     assert exporter.sample("petals_container_running", host="dead-1") is None
     assert exporter.sample("petals_model_fully_served") == 1
-    result = subprocess.run([PROMTOOL, "check", "metrics"], check=False, input=exporter.metrics(), capture_output=True, text=True)
+    result = subprocess.run([PROMTOOL, "check", "metrics"], check=False, input=exporter.metrics(),
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert exporter.stop() == 0
 
@@ -255,8 +266,8 @@ def test_inventory_containers_exported(local_swarm, exporter_process, tmp_path):
 def test_inventory_errors_are_one_line(local_swarm, run_cli, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("hosts: {a10-1: {adress: 1.2.3.4}}\n")
-    result = run_cli("exporter", "--swarm-dir", local_swarm.run_dir, "--listen", "127.0.0.1:0", "--inventory", bad,
-                     timeout=60)
+    result = run_cli("exporter", "--swarm-dir", local_swarm.run_dir, "--listen", "127.0.0.1:0",
+                     "--inventory", bad, timeout=60)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 

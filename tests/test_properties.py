@@ -23,7 +23,8 @@ TEXT = st.one_of(NUMBERISH, st.text(max_size=200),
                  st.builds(lambda a, n, b: f"{a} The answer is {n}. {b}", st.text(max_size=40), NUMBERISH,
                            st.text(max_size=40)))
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
+                    lambda kids: (st.lists(kids, max_size=4)
+                                  | st.dictionaries(st.text(max_size=10), kids, max_size=4)),
                     max_leaves=20)
 
 
@@ -78,7 +79,8 @@ GSM_LINE = st.builds(lambda q, a: json.dumps({"question": q, "answer": a}), st.t
 
 
 @FAST
-@given(st.lists(st.one_of(GSM_LINE, st.text(max_size=40), JSON.map(json.dumps)), max_size=5), st.binary(max_size=20))
+@given(st.lists(st.one_of(GSM_LINE, st.text(max_size=40), JSON.map(json.dumps)), max_size=5),
+       st.binary(max_size=20))
 def test_data_loader_gives_problems_or_input_error(lines, tail):
     from petals_ops.bench.data import load_jsonl
 
@@ -105,12 +107,13 @@ def test_prompt_loader_gives_prompts_or_input_error(blocks, tail):
 
 
 # --- the inventory loader ------------------------------------------------------------------------------
-YAMLISH = st.lists(st.sampled_from(list("abhost:-[]{},&*!|>'\"#\n 0123456789") + ["  ", "server", "hosts", "gpus",
-                                                                                "<<", "&a", "*a"]),
+YAMLISH = st.lists(st.sampled_from(list("abhost:-[]{},&*!|>'\"#\n 0123456789")
+                                   + ["  ", "server", "hosts", "gpus", "<<", "&a", "*a"]),
                    max_size=60).map("".join)
 INVENTORY = st.fixed_dictionaries({}, optional={
     "server": st.dictionaries(st.sampled_from(["port", "device", "block_indices", "environment", "extra_args",
-                                               "public_name", "hf_token", "num_blocks", "unknown"]), JSON, max_size=3),
+                                               "public_name", "hf_token", "num_blocks", "unknown"]),
+                              JSON, max_size=3),
     "hosts": st.dictionaries(st.text(max_size=8), st.one_of(JSON, st.fixed_dictionaries(
         {}, optional={"gpus": JSON, "port": JSON, "server": JSON})), max_size=3),
     "ssh_config": JSON})
@@ -147,7 +150,8 @@ def test_record_readers_skip_what_they_cannot_read(lines):
 
 @FAST
 @given(st.one_of(JSON, st.dictionaries(st.sampled_from(["run_dir", "method", "n", "scored", "config", "paths",
-                                                        "accuracy", "accuracy_wilson95", "maj_at_k", "categories"]),
+                                                        "accuracy", "accuracy_wilson95", "maj_at_k",
+                                                        "categories"]),
                                        JSON, max_size=10)))
 def test_summary_loader_gives_a_summary_or_input_error(data):
     from petals_ops.bench.report import load_summary

@@ -35,11 +35,13 @@ from petals_ops.tiny_model import ARITH_MODEL_DIR  # noqa: E402
 def bench(work: Path, swarm, name: str, method: str, paths: int, questions: int, **exec_kw) -> dict:
     params = BenchParams(data="arith:test", limit=questions, run_dir=str(work / name), backend="petals",
                          swarm_dir=swarm.run_dir,
-                         method=MethodConfig(method=method, paths=paths, temperature=ARITH_SC_TEMPERATURE, max_new_tokens=48),
+                         method=MethodConfig(method=method, paths=paths, temperature=ARITH_SC_TEMPERATURE,
+                                             max_new_tokens=48),
                          exec=ExecOptions(**exec_kw))
     s = run_bench(params).summary
     out = {"run": name, "accuracy": s["accuracy"], "questions_per_minute": s["questions_per_minute"],
-           "tokens_per_second": s["tokens_per_second"], "bench_wall_s": s["wall_seconds"], "errors": s["errors"]}
+           "tokens_per_second": s["tokens_per_second"], "bench_wall_s": s["wall_seconds"],
+           "errors": s["errors"]}
     print(json.dumps(out), flush=True)
     return out
 
@@ -49,8 +51,8 @@ BUCKETS = (
     ("ours (decoding loop, tokenizer, sampling)", ("petals_ops/", "tokenizers", "transformers/tokenization")),
     ("petals client", ("petals/",)),
     ("transport (hivemind, p2p, asyncio, waiting on the client's event loop)",
-     ("hivemind/", "asyncio", "threading.py", "concurrent/futures", "grpc", "google/protobuf", "method 'acquire'", "method 'poll'",
-      "method 'select'", "method 'control'")),
+     ("hivemind/", "asyncio", "threading.py", "concurrent/futures", "grpc", "google/protobuf",
+      "method 'acquire'", "method 'poll'", "method 'select'", "method 'control'")),
     ("torch (embeddings, LM head, tensor glue on the client)", ("torch/",)),
 )
 
@@ -60,7 +62,8 @@ def profile_tokens(swarm, tokens: int) -> dict:
     from petals_ops.bench.decoding import DecodeSpec, Sampling, decode_batch
 
     spec = DecodeSpec(Sampling(), max_new_tokens=tokens, stops=())
-    prompt = "Q: Mia has 23 apples. Mia buys 5 more and then gives 4 to a friend. How many apples does Mia have now?\nA:"
+    prompt = ("Q: Mia has 23 apples. Mia buys 5 more and then gives 4 to a friend. "
+              "How many apples does Mia have now?\nA:")
     times = {}
     for kind in ("petals", "local"):
         with open_backend(kind, swarm.model, swarm.initial_peers) as backend:
@@ -85,7 +88,8 @@ def profile_tokens(swarm, tokens: int) -> dict:
         split[name] += row[2]
     per_token_ms = times["petals"] * 1000
     shares = {name: round(per_token_ms * t / total, 2) for name, t in split.items()}
-    return {"swarm_ms_per_token": round(per_token_ms, 2), "in_process_ms_per_token": round(times["local"] * 1000, 2),
+    return {"swarm_ms_per_token": round(per_token_ms, 2),
+            "in_process_ms_per_token": round(times["local"] * 1000, 2),
             "ratio": round(times["petals"] / times["local"], 1), "client_split_ms": shares}
 
 
@@ -108,8 +112,9 @@ def main() -> None:
             prof = profile_tokens(swarm, args.profile_tokens)
         finally:
             local_swarm.down(work / "swarm")
-    print(f"one greedy token: {prof['swarm_ms_per_token']} ms through the swarm vs {prof['in_process_ms_per_token']} ms "
-          f"in-process ({prof['ratio']}x); client-side split (ms/token): {json.dumps(prof['client_split_ms'])}")
+    print(f"one greedy token: {prof['swarm_ms_per_token']} ms through the swarm "
+          f"vs {prof['in_process_ms_per_token']} ms in-process ({prof['ratio']}x); "
+          f"client-side split (ms/token): {json.dumps(prof['client_split_ms'])}")
     if args.profile_only:
         return
     c = pair.comparison

@@ -31,16 +31,17 @@ PATHS = {"cot": 1, "sc": 10}
 
 
 def run(work: Path, swarm, name: str, method: str, questions: int, calculator: bool) -> dict:
-    cfg = MethodConfig(method=method, paths=PATHS[method], temperature=ARITH_SC_TEMPERATURE, max_new_tokens=48,
-                       calculator=calculator)
+    cfg = MethodConfig(method=method, paths=PATHS[method], temperature=ARITH_SC_TEMPERATURE,
+                       max_new_tokens=48, calculator=calculator)
     params = BenchParams(data="arith:test", limit=questions, run_dir=str(work / name), backend="petals",
                          swarm_dir=swarm.run_dir, method=cfg, exec=ExecOptions())
     s = run_bench(params).summary
     calc = s.get("calculator") or {}
-    out = {"run": name, "method": method, "calculator": calculator, "correct": s["correct"], "scored": s["scored"],
-           "tokens": s["tokens"], "tokens_per_second": s["tokens_per_second"],
+    out = {"run": name, "method": method, "calculator": calculator, "correct": s["correct"],
+           "scored": s["scored"], "tokens": s["tokens"], "tokens_per_second": s["tokens_per_second"],
            "questions_per_minute": s["questions_per_minute"], "bench_wall_s": s["wall_seconds"],
-           "interventions": calc.get("interventions"), "model_wrong": calc.get("model_wrong"), "errors": s["errors"]}
+           "interventions": calc.get("interventions"), "model_wrong": calc.get("model_wrong"),
+           "errors": s["errors"]}
     print(json.dumps(out), flush=True)
     return out
 
@@ -65,7 +66,8 @@ def main() -> None:
                         results.append(run(work, swarm, name, method, args.questions, calc))
         finally:
             local_swarm.down(work / "swarm")
-    print(f"\n{args.questions} held-out questions through a local swarm (2 CPU servers), mean of {args.repeats}:")
+    print(f"\n{args.questions} held-out questions through a local swarm (2 CPU servers), "
+          f"mean of {args.repeats}:")
     print("| run | accuracy | tokens | tokens/s | questions/min | interventions | model's own number wrong |")
     print("|---|---|---|---|---|---|---|")
     for method in methods:

@@ -36,7 +36,8 @@ NUM_BLOCKS = 70
 def start_dht(work: Path):
     log = work / "dht.log"
     port = check_port_free(0)
-    proc = procs.spawn([sys.executable, "-m", "petals_ops.serve", "dht", "--host_maddrs", f"/ip4/127.0.0.1/tcp/{port}",
+    proc = procs.spawn([sys.executable, "-m", "petals_ops.serve", "dht",
+                        "--host_maddrs", f"/ip4/127.0.0.1/tcp/{port}",
                         "--identity_path", str(work / "dht.id")], log_path=log, cwd=work)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -66,8 +67,8 @@ def measure(exporter, url: str, servers: int, requests: int) -> dict:
         lat.append((time.perf_counter() - t) * 1000)
         time.sleep(0.01)
     return {
-        "servers": servers, "scrapes": requests, "p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2),
-        "max_ms": round(max(lat), 2), "bytes": size,
+        "servers": servers, "scrapes": requests, "p50_ms": round(pct(lat, 50), 2),
+        "p99_ms": round(pct(lat, 99), 2), "max_ms": round(max(lat), 2), "bytes": size,
         "refreshes_during": exporter.refresher.state.refreshes - refreshes_before,
         "seconds": round(time.monotonic() - started, 1),
     }
@@ -101,7 +102,8 @@ def bench(server_counts: list[int], scrapes: int, refreshes: int) -> dict:
                         "servers": n, "records_seen": len(snap.servers),
                         "block_entries": sum(len(b.servers) for b in snap.blocks),
                         "declare_s": round(declare_s, 2), "first_refresh_s": round(first_s, 3),
-                        "refresh_p50_s": round(statistics.median(walks), 3), "refresh_max_s": round(max(walks), 3),
+                        "refresh_p50_s": round(statistics.median(walks), 3),
+                        "refresh_max_s": round(max(walks), 3),
                     }
                 finally:
                     refresher.stop()
@@ -110,7 +112,8 @@ def bench(server_counts: list[int], scrapes: int, refreshes: int) -> dict:
 
             # Latency of both endpoints while the refresher walks the largest swarm every second.
             n = server_counts[-1]
-            model = ModelRef(name=f"bench/bloom-{n}", dht_prefix=f"bench-bloom-{n}-petals", num_blocks=NUM_BLOCKS)
+            model = ModelRef(name=f"bench/bloom-{n}", dht_prefix=f"bench-bloom-{n}-petals",
+                             num_blocks=NUM_BLOCKS)
             exporter = start_exporter(Refresher(peers, [model], interval=1.0), "127.0.0.1:0")
             base = "http://{}:{}".format(*exporter.address)
             try:
@@ -137,8 +140,8 @@ def main() -> None:
     results = bench(counts, args.scrapes, args.refreshes)
     print("servers  records  block entries  first refresh  refresh p50  refresh max")
     for r in results["refresh"]:
-        print(f"{r['servers']:>7}  {r['records_seen']:>7}  {r['block_entries']:>13}  {r['first_refresh_s']:>12.3f}s"
-              f"  {r['refresh_p50_s']:>10.3f}s  {r['refresh_max_s']:>10.3f}s")
+        print(f"{r['servers']:>7}  {r['records_seen']:>7}  {r['block_entries']:>13}  "
+              f"{r['first_refresh_s']:>12.3f}s  {r['refresh_p50_s']:>10.3f}s  {r['refresh_max_s']:>10.3f}s")
     for key, path in (("scrape", "/metrics"), ("map_json", "/map.json")):
         s = results[key]
         print(f"GET {path} ({s['servers']} servers, {s['bytes']} bytes, {s['scrapes']} requests, "

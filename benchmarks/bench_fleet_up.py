@@ -54,7 +54,8 @@ def main() -> None:
             print(f"parallel {par[-1]:.1f} s, one after another {seq[-1]:.1f} s", flush=True)
         down(inv, opts=opts)
         p, s = min(par), min(seq)
-        print(f"up on 2 hosts: parallel {p:.1f} s, sequential {s:.1f} s, ratio sequential/parallel = {s / p:.2f}x "
+        print(f"up on 2 hosts: parallel {p:.1f} s, sequential {s:.1f} s, "
+              f"ratio sequential/parallel = {s / p:.2f}x "
               f"(best of {args.repeats}; {len(__import__('os').sched_getaffinity(0))} cores)")
     finally:
         lab.stop()

@@ -28,7 +28,8 @@ def wall(cmd, reps):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=64)
     args = parser.parse_args()
@@ -57,11 +58,13 @@ def main():
             ):
                 with load() as loaded:
                     generation.generate(loaded, prompt, max_new_tokens=4)  # warm-up
-                    runs = [generation.generate(loaded, prompt, max_new_tokens=args.new_tokens) for _ in range(args.reps)]
+                    runs = [generation.generate(loaded, prompt, max_new_tokens=args.new_tokens)
+                            for _ in range(args.reps)]
                 rates[name] = statistics.median(r.new_tokens / r.seconds for r in runs)
-                print(f"greedy {args.new_tokens} new tokens, {name}: {rates[name]:.1f} tokens/s (median of {args.reps})")
-            print(f"swarm overhead: in-process is {rates['in-process'] / rates['swarm']:.1f}x faster than the swarm "
-                  f"(tiny model: the cost is all network/RPC per token)")
+                print(f"greedy {args.new_tokens} new tokens, {name}: {rates[name]:.1f} tokens/s "
+                      f"(median of {args.reps})")
+            print(f"swarm overhead: in-process is {rates['in-process'] / rates['swarm']:.1f}x faster "
+                  f"than the swarm (tiny model: the cost is all network/RPC per token)")
         finally:
             local_swarm.down(Path(tmp) / "swarm")
 

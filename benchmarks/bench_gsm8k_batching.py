@@ -28,7 +28,8 @@ from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
 
 def run(work: Path, swarm, name: str, args, **exec_kw) -> dict:
     params = BenchParams(
-        data="demo", limit=args.questions, run_dir=str(work / name), backend="petals", swarm_dir=swarm.run_dir,
+        data="demo", limit=args.questions, run_dir=str(work / name), backend="petals",
+        swarm_dir=swarm.run_dir,
         method=MethodConfig(method="sc", paths=args.paths, max_new_tokens=args.max_new_tokens,
                             stops=() if args.no_stop else MethodConfig().stops),
         exec=ExecOptions(**exec_kw),
@@ -37,8 +38,9 @@ def run(work: Path, swarm, name: str, args, **exec_kw) -> dict:
     result = run_bench(params)
     wall = time.monotonic() - started
     s = result.summary
-    out = {"variant": name, "wall_s": round(wall, 2), "bench_wall_s": s["wall_seconds"], "tokens": s["tokens"],
-           "tokens_per_s": s["tokens_per_second"], "errors": s["errors"], "batch_size": s["run"]["batch_size"]}
+    out = {"variant": name, "wall_s": round(wall, 2), "bench_wall_s": s["wall_seconds"],
+           "tokens": s["tokens"], "tokens_per_s": s["tokens_per_second"], "errors": s["errors"],
+           "batch_size": s["run"]["batch_size"]}
     print(json.dumps(out), flush=True)
     return out
 
@@ -48,7 +50,8 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=4)
     ap.add_argument("--paths", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=24)
-    ap.add_argument("--no-stop", action="store_true", help="Generate all max-new-tokens (no stop strings): equal work.")
+    ap.add_argument("--no-stop", action="store_true",
+                    help="Generate all max-new-tokens (no stop strings): equal work.")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-gsm8k-") as tmp:
         work = Path(tmp)
@@ -69,8 +72,8 @@ def main() -> None:
     print(f"SC K={args.paths} on {args.questions} questions, {args.max_new_tokens} new tokens max:")
     print(f"  batched {batched['bench_wall_s']:.1f} s vs sequential {sequential['bench_wall_s']:.1f} s: "
           f"batched is {ratio:.2f}x faster (goal >= 4x)")
-    print(f"  concurrency 4: {conc4['tokens_per_s']:.1f} tokens/s ({conc4['bench_wall_s']:.1f} s) vs concurrency 1: "
-          f"{conc1['tokens_per_s']:.1f} tokens/s ({conc1['bench_wall_s']:.1f} s): "
+    print(f"  concurrency 4: {conc4['tokens_per_s']:.1f} tokens/s ({conc4['bench_wall_s']:.1f} s) "
+          f"vs concurrency 1: {conc1['tokens_per_s']:.1f} tokens/s ({conc1['bench_wall_s']:.1f} s): "
           f"{conc4['tokens_per_s'] / conc1['tokens_per_s']:.2f}x")
 
 

@@ -94,7 +94,8 @@ def main() -> int:
     seconds = int(sys.argv[1]) if len(sys.argv) > 1 else 60
     failed = []
     for name in TARGETS:
-        with tempfile.TemporaryDirectory(prefix="petals-ops-fuzz-") as scratch:  # crash inputs are printed below
+        # crash inputs are printed below
+        with tempfile.TemporaryDirectory(prefix="petals-ops-fuzz-") as scratch:
             result = subprocess.run([sys.executable, __file__, "--one", f"{name}:{seconds}", scratch],
                                     capture_output=True, text=True)
         tail = (result.stderr.strip().splitlines() or [""])[-1]

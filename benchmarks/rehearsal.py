@@ -29,9 +29,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=5, help="Loopback hosts, 1 to 5 [default: 5].")
     parser.add_argument("--quant", default="nf4", choices=["none", "int8", "nf4"],
-                        help="What the real servers would use; sizes the ranges (with A10s, only nf4 covers 70 blocks on 5 hosts).")
-    parser.add_argument("--gpu-memory-bytes", type=int, default=None, help="GPU memory per host [default: an A10's].")
-    parser.add_argument("--outage-host", default=None, help="Host whose container is stopped [default: the middle one].")
+                        help="What the real servers would use; sizes the ranges (five A10s cover 70 blocks "
+                             "only in nf4).")
+    parser.add_argument("--gpu-memory-bytes", type=int, default=None,
+                        help="GPU memory per host [default: an A10's].")
+    parser.add_argument("--outage-host", default=None,
+                        help="Host whose server container is stopped [default: the middle one].")
     parser.add_argument("--questions", type=int, default=10, help="Bench questions (arith:test).")
     parser.add_argument("--max-new-tokens", type=int, default=12)
     parser.add_argument("--alert-for", default="5s", help="The rules' for: in the rehearsal's Prometheus.")
@@ -44,7 +47,8 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="petals-ops-rehearsal-", dir="/tmp"))
     rh = Rehearsal(root, hosts=args.hosts, gpu_memory_bytes=args.gpu_memory_bytes, quant=args.quant,
                    outage_host=args.outage_host, questions=args.questions, max_new_tokens=args.max_new_tokens,
-                   alert_for=args.alert_for, measure_hops=not args.no_hops, log=lambda line: print(line, flush=True))
+                   alert_for=args.alert_for, measure_hops=not args.no_hops,
+                   log=lambda line: print(line, flush=True))
     failure = None
     try:
         rh.run()
@@ -57,19 +61,24 @@ def main() -> int:
     print("\n=== rehearsal figures ===")
     rows = [
         ("hosts", args.hosts),
-        ("plan (as if BLOOM-176B, " + args.quant + ")", " ".join(f"{h}={r[0]}" for h, r in f.get("plan_assignment", {}).items())),
+        (f"plan (as if BLOOM-176B, {args.quant})",
+         " ".join(f"{h}={r[0]}" for h, r in f.get("plan_assignment", {}).items())),
         ("up: start -> every server ONLINE", _s(f.get("up_seconds"))),
         ("up: start -> swarm status 70/70 covered", _s(f.get("full_coverage_seconds"))),
         ("up: start -> Prometheus fully_served = 1", _s(f.get("prometheus_fully_served_seconds"))),
         ("server processes / their PSS", f"{f.get('server_processes')} / {f.get('servers_pss_mib')} MiB"),
         ("outage", f"{f.get('outage_host')} (blocks {f.get('outage_blocks')})"),
-        ("outage -> swarm status shows the range uncovered", _s(f.get("outage_to_uncovered_seconds"))),
-        (f"outage -> PetalsModelNotFullyServed firing (for: {args.alert_for})", _s(f.get("outage_to_alert_seconds"))),
+        ("outage -> swarm status shows it uncovered", _s(f.get("outage_to_uncovered_seconds"))),
+        (f"outage -> PetalsModelNotFullyServed firing (for: {args.alert_for})",
+         _s(f.get("outage_to_alert_seconds"))),
         ("repair (restart) -> 70/70 covered", _s(f.get("repair_to_full_coverage_seconds"))),
         ("repair -> alert resolved", _s(f.get("repair_to_alert_resolved_seconds"))),
-        ("bench: error records / retried attempts during the outage", f"{f.get('bench_error_records')} / {f.get('bench_retried_attempts')}"),
-        ("bench: runs to finish, each question exactly once", f"{f.get('bench_runs')}, {f.get('bench_each_question_once')}"),
-        ("greedy ms/token by hops (servers on the route)", " ".join(f"{k}:{v}" for k, v in f.get("per_token_ms_by_hops", {}).items())),
+        ("bench: error records / retried attempts",
+         f"{f.get('bench_error_records')} / {f.get('bench_retried_attempts')}"),
+        ("bench: runs to finish, each question exactly once",
+         f"{f.get('bench_runs')}, {f.get('bench_each_question_once')}"),
+        ("greedy ms/token by hops (servers on the route)",
+         " ".join(f"{k}:{v}" for k, v in f.get("per_token_ms_by_hops", {}).items())),
         ("peak PSS of the rehearsal's processes", f"{f.get('peak_pss_mib')} MiB"),
         ("left running after teardown", f.get("left_running") or "nothing"),
         ("total", _s(f.get("total_seconds"))),
@@ -80,7 +89,8 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"figures": f, "timeline": rh.timeline}, indent=1))
     if failure:
-        print(f"\nREHEARSAL FAILED: {failure}\nlogs (bench, exporter, Prometheus, swarm status): {root}", file=sys.stderr)
+        print(f"\nREHEARSAL FAILED: {failure}\nlogs (bench, exporter, Prometheus, swarm status): {root}",
+              file=sys.stderr)
         return 1
     shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -111,7 +111,8 @@ class FleetLab:
     def start(self) -> "FleetLab":
         for name, address in self.host_map.items():
             if not _port_free(address, self.ssh_port):
-                raise RuntimeError(f"{address}:{self.ssh_port} is busy: another fleet lab (or sshd) runs; stop it first")
+                raise RuntimeError(f"{address}:{self.ssh_port} is busy: another fleet lab (or sshd) runs; "
+                                   "stop it first")
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
         self.root.mkdir(parents=True, exist_ok=True)
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "petals-ops-test", "-f", str(self.client_key)])
@@ -150,8 +151,9 @@ class FleetLab:
         host = self.hosts[name]
         _run([SSHD, "-f", str(host.sshd_config)])  # daemonizes; the pid lands in its PidFile
         pid_file = host.dir / "sshd.pid"
-        _wait(lambda: pid_file.is_file() and pid_file.read_text().strip() and not _port_free(host.address, self.ssh_port),
-              10, f"sshd of {name}")  # the pid file exists a moment before sshd writes the pid into it
+        # the pid file exists a moment before sshd writes the pid into it
+        _wait(lambda: pid_file.is_file() and pid_file.read_text().strip()
+              and not _port_free(host.address, self.ssh_port), 10, f"sshd of {name}")
         host.sshd_pid = int(pid_file.read_text())
 
     def stop_sshd(self, name: str) -> None:

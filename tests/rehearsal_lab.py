@@ -1,4 +1,4 @@
-"""The dress rehearsal at BLOOM-176B's shape (issue 13): 70 blocks over N loopback hosts, an outage, its repair.
+"""The dress rehearsal at BLOOM-176B's shape (issue 13): 70 blocks over N loopback hosts, an outage, a repair.
 
 Plain code shared by ``benchmarks/rehearsal.py`` (five hosts, the pre-flight check) and
 ``tests/test_rehearsal.py`` (three hosts, in CI). Every step is a real ``petals-ops`` command in a
@@ -151,7 +151,8 @@ class Watcher(threading.Thread):
             if t is not None:
                 return t
             time.sleep(0.2)
-        raise RuntimeError(f"Prometheus: {what} did not become {value} within {timeout:.0f} s (now {self.state.get(what)})")
+        raise RuntimeError(f"Prometheus: {what} did not become {value} within {timeout:.0f} s "
+                           f"(now {self.state.get(what)})")
 
     def stop(self) -> None:
         self._halt.set()
@@ -172,7 +173,7 @@ class Rehearsal:
     max_new_tokens: int = 12
     alert_for: str = "5s"
     refresh: str = "2s"
-    hop_tokens: int = 16
+    hop_tokens: int = 24
     measure_hops: bool = True
     log: object = print
     figures: dict = field(default_factory=dict)
@@ -196,7 +197,8 @@ class Rehearsal:
         return cli(*args, "-i", self.inventory_path, **kw)
 
     def target(self, model: Path | None = None) -> list[str]:
-        return ["--initial-peers", self.lab.initial_peers[0], "--model", str(model or self.model), "--dht-prefix", DHT_PREFIX]
+        return ["--initial-peers", self.lab.initial_peers[0], "--model", str(model or self.model),
+                "--dht-prefix", DHT_PREFIX]
 
     def swarm_status(self) -> dict:
         result = cli("swarm", "status", *self.target(), "-o", "json", check=False, timeout=120)
@@ -211,7 +213,8 @@ class Rehearsal:
             if snap["coverage"]["uncovered_blocks"] == uncovered:
                 return snap
             if time.monotonic() > deadline:
-                raise RuntimeError(f"swarm status: uncovered blocks {snap['coverage']['uncovered_blocks']}, expected {uncovered}")
+                raise RuntimeError(f"swarm status: uncovered blocks {snap['coverage']['uncovered_blocks']}, "
+                                   f"expected {uncovered}")
             time.sleep(1)
 
     # -- steps -----------------------------------------------------------------------------------
@@ -223,7 +226,8 @@ class Rehearsal:
         self.model = self.lab.root / "tiny-bloom-70"
         cli("model", "tiny", self.model, "--layers", 70, "--dht-prefix", DHT_PREFIX)
         self.mark("model tiny --layers 70 written")
-        data = self.lab.inventory(self.model, port=self.lab.server_port(SERVER_PORTS), blocks=["0:70"] * self.hosts, token_env=None)
+        port = self.lab.server_port(SERVER_PORTS)
+        data = self.lab.inventory(self.model, port=port, blocks=["0:70"] * self.hosts, token_env=None)
         for h in data["hosts"].values():  # unpinned: plan assigns the ranges
             h["server"].pop("block_indices")
             if self.gpu_memory_bytes:
@@ -236,7 +240,9 @@ class Rehearsal:
         missing = [h for h in self.inventory["hosts"] if f'"{h}"' not in checked.stdout]
         assert not missing, f"hosts check did not report {missing}: {checked.stdout[-2000:]}"
         self.mark("hosts check: all ok")
-        plan = json.loads(self.fleet("plan", "--as-model", AS_MODEL, "--quant", self.quant, "-o", "json").stdout)
+        plan = json.loads(
+            self.fleet("plan", "--as-model", AS_MODEL, "--quant", self.quant, "-o", "json").stdout
+        )
         self.plan = plan
         self.figures["plan_assignment"] = plan["assignment"]
         self.figures["plan_covers_model"] = plan["covers_model"]
@@ -254,14 +260,16 @@ class Rehearsal:
         config = make_test_config(base, base / "targets.json")
         config["rule_files"] = [str(rehearsal_rules(base / "rules.yml", self.alert_for))]
         self.prometheus = start_prometheus(base, config)
-        self.exporter = ExporterProcess([*self.target(), "--refresh", self.refresh, "--inventory", str(self.inventory_path)],
-                                        self.root / "exporter.log")
+        self.exporter = ExporterProcess(
+            [*self.target(), "--refresh", self.refresh, "--inventory", str(self.inventory_path)],
+            self.root / "exporter.log")
         self.prometheus.set_targets([self.exporter.address])
         self.watcher = Watcher(self.prometheus, str(self.lab.root))
         self.watcher.start()
         rules = self.prometheus.api("rules")["data"]["groups"]
         assert any(r["name"] == ALERT for g in rules for r in g["rules"]), rules
-        self.mark(f"Prometheus with the rules (for: {self.alert_for}) scraping the exporter (refresh {self.refresh})")
+        self.mark(f"Prometheus with the rules (for: {self.alert_for}) scraping the exporter "
+                  f"(refresh {self.refresh})")
 
     def up(self) -> None:
         started = self.mark("up: all hosts")
@@ -282,9 +290,9 @@ class Rehearsal:
     def hop_latency(self) -> None:
         ends = [int(r[0].split(":")[1]) for r in self.plan["assignment"].values() if r and r[0]]
         out = self.root / "hops.json"
-        result = subprocess.run([sys.executable, "-m", "tests.rehearsal_lab", "hops", self.lab.initial_peers[0],
-                                 str(self.root / "hops"), str(out), str(self.hop_tokens), *map(str, ends)],
-                                check=False, capture_output=True, text=True, timeout=600, cwd=REPO)
+        cmd = [sys.executable, "-m", "tests.rehearsal_lab", "hops", self.lab.initial_peers[0],
+               str(self.root / "hops"), str(out), str(self.hop_tokens), *map(str, ends)]
+        result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=REPO)
         (self.root / "hops.log").write_text(result.stdout + result.stderr)
         if result.returncode != 0:
             raise RuntimeError(f"hop latency exited {result.returncode}: {result.stderr[-1500:]}")
@@ -294,17 +302,20 @@ class Rehearsal:
     def start_bench(self) -> None:
         self.bench_dir = self.root / "bench"
         self.bench_args = ["bench", "gsm8k", "--data", "arith:test", "--limit", self.questions,
-                           "--max-new-tokens", self.max_new_tokens, *self.target(), "--run-dir", self.bench_dir,
+                           "--max-new-tokens", self.max_new_tokens, *self.target(),
+                           "--run-dir", self.bench_dir,
                            "--retries", 2, "--backoff", 1, "--client-retries", 1, "--request-timeout", 10,
                            "--timeout", 60]
         self.bench_log = open(self.root / "bench-1.log", "w")  # noqa: SIM115 (the bench outlives this method)
-        self.bench_proc = subprocess.Popen([sys.executable, "-m", "petals_ops.cli.main", *map(str, self.bench_args)],
-                                           stdout=self.bench_log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        self.bench_proc = subprocess.Popen(
+            [sys.executable, "-m", "petals_ops.cli.main", *map(str, self.bench_args)],
+            stdout=self.bench_log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
         records = self.bench_dir / "records.jsonl"
         deadline = time.monotonic() + 300
         while not (records.is_file() and records.read_text().strip()):
             if self.bench_proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"bench wrote no record: {(self.root / 'bench-1.log').read_text()[-2000:]}")
+                log = (self.root / "bench-1.log").read_text()
+                raise RuntimeError(f"bench wrote no record: {log[-2000:]}")
             time.sleep(0.2)
         self.mark("bench gsm8k in flight: first question recorded")
 
@@ -324,7 +335,8 @@ class Rehearsal:
         t_unc = self.mark(f"swarm status shows {rng} uncovered")
         t_alert = self.watcher.wait("alert_firing", True, t_out, 180)
         self.mark(f"Prometheus: {ALERT} firing", t_alert)
-        self.figures.update(outage_host=host, outage_blocks=rng, outage_to_uncovered_seconds=round(t_unc - t_out, 1),
+        self.figures.update(outage_host=host, outage_blocks=rng,
+                            outage_to_uncovered_seconds=round(t_unc - t_out, 1),
                             outage_to_alert_seconds=round(t_alert - t_out, 1))
         self.outage_at, self.outage_host_name = t_out, host
         # The bench must have recorded the failure (an error record, or a retried attempt), not hung.
@@ -337,11 +349,14 @@ class Rehearsal:
 
     def _records(self) -> list[dict]:
         path = self.bench_dir / "records.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def _bench_saw_failure(self) -> bool:
         log = (self.root / "bench-1.log").read_text()
-        return any(r.get("error") or r.get("attempts", 1) > 1 for r in self._records()) or "retry" in log.lower()
+        failed = any(r.get("error") or r.get("attempts", 1) > 1 for r in self._records())
+        return failed or "retry" in log.lower()
 
     def repair(self) -> None:
         t_rep = self.mark(f"REPAIR: petals-ops restart --hosts {self.outage_host_name}")
@@ -358,9 +373,11 @@ class Rehearsal:
         try:
             rc = self.bench_proc.wait(600)
         except subprocess.TimeoutExpired:
-            raise RuntimeError("the bench in flight did not finish within 600 s of the repair (hung)") from None
+            raise RuntimeError("the bench in flight did not finish within 600 s of the repair (hung)") \
+                from None
         self.bench_log.close()
-        self.mark(f"bench run 1 exited {rc} ({sum(1 for r in self._records() if r.get('error'))} error records)")
+        errors = sum(1 for r in self._records() if r.get("error"))
+        self.mark(f"bench run 1 exited {rc} ({errors} error records)")
         self.figures["bench_first_exit"] = rc
         runs = 1
         while rc != 0 and runs < 3:
@@ -380,7 +397,8 @@ class Rehearsal:
             bench_each_question_once=len(ok) == self.questions and set(ok.values()) == {1},
         )
         if rc != 0 or not self.figures["bench_each_question_once"]:
-            raise RuntimeError(f"bench did not finish each question exactly once (exit {rc}, successes per id {ok})")
+            raise RuntimeError(f"bench did not finish each question exactly once (exit {rc}, "
+                               f"successes per id {ok})")
 
     def teardown(self) -> None:
         """Everything down in reverse order, whatever failed; then check that nothing is left running."""
@@ -396,8 +414,9 @@ class Rehearsal:
         if self.prometheus is not None:
             steps.append(("prometheus", self.prometheus.stop))
         if self.lab is not None:
-            self.daemons = [(f"sshd of {h.name}", h.sshd_pid) for h in self.lab.hosts.values() if h.sshd_pid]
-            self.daemons += [(f"dockerd of {h.name}", h.dockerd_pgid) for h in self.lab.hosts.values() if h.dockerd_pgid]
+            hosts = self.lab.hosts.values()
+            self.daemons = [(f"sshd of {h.name}", h.sshd_pid) for h in hosts if h.sshd_pid]
+            self.daemons += [(f"dockerd of {h.name}", h.dockerd_pgid) for h in hosts if h.dockerd_pgid]
             self.daemons += [("bootstrap DHT", self.lab.dht_pgid)] if self.lab.dht_pgid else []
             steps.append(("lab", self.lab.stop))
         errors = []
@@ -407,8 +426,9 @@ class Rehearsal:
             except Exception as e:  # noqa: BLE001 (keep tearing down)
                 errors.append(f"{name}: {e}")
         self.figures["left_running"] = leftovers(self)
-        self.mark("torn down" + (f" (errors: {errors})" if errors else "") +
-                  (f"; LEFT RUNNING: {self.figures['left_running']}" if self.figures["left_running"] else ": nothing left running"))
+        left = self.figures["left_running"]
+        self.mark("torn down" + (f" (errors: {errors})" if errors else "")
+                  + (f"; LEFT RUNNING: {left}" if left else ": nothing left running"))
 
     def run(self) -> dict:
         try:
@@ -431,7 +451,7 @@ class Rehearsal:
 
 
 def leftovers(rh: Rehearsal) -> list[str]:
-    """What of the rehearsal still runs: lab daemons, server processes, the exporter, Prometheus, the bench."""
+    """What of the rehearsal still runs: lab daemons, servers, the exporter, Prometheus, the bench."""
     from petals_ops.procs import pid_alive
 
     left = [what for what, pid in rh.daemons if pid_alive(pid)]
@@ -442,16 +462,35 @@ def leftovers(rh: Rehearsal) -> list[str]:
     count, _ = servers_pss(str(rh.root))
     if count:
         left.append(f"{count} server process(es)")
-    for name, proc in (("exporter", getattr(rh.exporter, "proc", None)), ("prometheus", getattr(rh.prometheus, "proc", None)),
-                       ("bench", rh.bench_proc)):
+    for name, proc in (("exporter", getattr(rh.exporter, "proc", None)),
+                       ("prometheus", getattr(rh.prometheus, "proc", None)), ("bench", rh.bench_proc)):
         if proc is not None and proc.poll() is None:
             left.append(name)
     return left
 
 
-def measure_hops(initial_peer: str, work: Path, out: Path, tokens: int, ends: list[int]) -> None:
+class _TokenClock:
+    """A transformers streamer that notes when each new token arrives (the first call carries the prompt)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.monotonic())
+
+    def end(self) -> None:
+        pass
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.times[1:], self.times[2:])]  # token to token, the prefill left out
+
+
+def measure_hops(initial_peer: str, work: Path, out: Path, tokens: int, ends: list[int],
+                 reps: int = 2) -> None:
     """Greedy per-token latency through 1..len(ends) servers: a client model whose config has ``ends[k-1]``
-    blocks (same DHT prefix) routes through the first k servers. Median of 3 of (t(tokens) - t(1)) / (tokens - 1)."""
+    blocks (same DHT prefix) routes through the first k servers. The median gap between consecutive new
+    tokens over ``reps`` generations of ``tokens`` tokens (the prompt's prefill left out; robust to the odd
+    slow step on a shared machine)."""
     import gc
 
     from petals_ops import generation
@@ -465,20 +504,22 @@ def measure_hops(initial_peer: str, work: Path, out: Path, tokens: int, ends: li
         model = make_tiny_bloom(work / f"hops-{hops}", TinyModelSpec(layers=end, dht_prefix=DHT_PREFIX))
         with generation.load_swarm_model(resolve_model(str(model)), [initial_peer]) as loaded:
             generation.generate(loaded, prompt, max_new_tokens=2)  # warm-up: routes, connections
-            per = []
-            for _ in range(3):
-                one = generation.generate(loaded, prompt, max_new_tokens=1).seconds
-                many = generation.generate(loaded, prompt, max_new_tokens=tokens)
-                per.append((many.seconds - one) / max(1, many.new_tokens - 1))
+            gaps = []
+            for _ in range(reps):
+                clock = _TokenClock()
+                generation.generate(loaded, prompt, max_new_tokens=tokens, streamer=clock)
+                gaps += clock.gaps()
                 gc.collect()
-        result[str(hops)] = round(1000 * statistics.median(per), 1)
-        print(f"{hops} hop(s) (blocks 0:{end}): {result[str(hops)]} ms/token", flush=True)
+        result[str(hops)] = round(1000 * statistics.median(gaps), 1)
+        print(f"{hops} hop(s) (blocks 0:{end}): {result[str(hops)]} ms/token (median of {len(gaps)} steps)",
+              flush=True)
     out.write_text(json.dumps(result))
 
 
 if __name__ == "__main__":  # python -m tests.rehearsal_lab hops PEER WORKDIR OUT TOKENS END1 END2 ...
     if sys.argv[1:2] == ["hops"]:
-        measure_hops(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]), [int(a) for a in sys.argv[6:]])
+        measure_hops(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]),
+                     [int(a) for a in sys.argv[6:]])
         sys.stdout.flush()
         os._exit(0)  # interpreter teardown with the petals client loaded can hang
     sys.exit("usage: python -m tests.rehearsal_lab hops PEER WORKDIR OUT TOKENS END...")

@@ -29,8 +29,8 @@ def model70(tmp_path_factory) -> Path:
 
 def inventory(tmp_path, model, hosts: dict, name="inv.yaml", **server) -> Path:
     path = tmp_path / name
-    path.write_text(yaml.safe_dump({"server": {"initial_peers": [PEER], "model": str(model), "device": "cpu", **server},
-                                    "hosts": hosts}))
+    server = {"initial_peers": [PEER], "model": str(model), "device": "cpu", **server}
+    path.write_text(yaml.safe_dump({"server": server, "hosts": hosts}))
     return path
 
 
@@ -79,7 +79,8 @@ def test_as_if_plan_bad_input_is_one_line(tmp_path, run_cli, tiny_model_dir, mod
     assert_one_line_error(run_cli("plan", "-i", four, "--as-model", "bigscience/bloom"),
                           "has 4 blocks", "bigscience/bloom has 70", "--layers 70", code=2)
     ok = inventory(tmp_path, model70, {"a10-1": {"gpus": 0}})
-    assert_one_line_error(run_cli("plan", "-i", ok, "--as-model", "nobody/nothing"), "no config for model nobody/nothing", code=2)
+    assert_one_line_error(run_cli("plan", "-i", ok, "--as-model", "nobody/nothing"),
+                          "no config for model nobody/nothing", code=2)
     result = run_cli("plan", "-i", ok, "--as-model", "bigscience/bloom", "--quant", "fp3")
     assert result.returncode == 2 and "fp3" in result.stderr and "Traceback" not in result.stderr
 
@@ -90,7 +91,8 @@ def test_rehearsal_rules_shorten_only_for(tmp_path):
 
     shipped = yaml.safe_load((MONITORING / "rules" / "petals_alerts.yml").read_text())
     short = yaml.safe_load(rehearsal_rules(tmp_path / "r.yml", "5s").read_text())
-    pairs = [(a, b) for ga, gb in zip(shipped["groups"], short["groups"]) for a, b in zip(ga["rules"], gb["rules"])]
+    pairs = [(a, b) for ga, gb in zip(shipped["groups"], short["groups"])
+             for a, b in zip(ga["rules"], gb["rules"])]
     assert sum("for" in a for a, _ in pairs) >= 3
     for a, b in pairs:
         assert b.get("for") == ("5s" if "for" in a else None)

@@ -129,7 +129,8 @@ def plan_cmd(inventory, hosts, accept_new_host_keys, output, as_model, quant):
     render_table(["host", "container", "device", "quant", "cache tokens", "fit", "blocks"],
                  [[s.host, s.container, s.device, s.chosen_quant, s.chosen_cache_tokens, s.blocks_fit, s.blocks]
                   for s in plan.servers],
-                 title=f"plan for {plan.model} ({plan.num_blocks} blocks)" + (f", as if serving {plan.as_model}" if plan.as_model else ""))
+                 title=f"plan for {plan.model} ({plan.num_blocks} blocks)"
+                       + (f", as if serving {plan.as_model}" if plan.as_model else ""))
     cover = {True: "yes", False: "NO", "likely": "likely (enough blocks; Petals picks the spans)"}[plan.covers_model]
     click.echo(f"covers the whole model: {cover}; uncovered pinned blocks: {format_block_ranges(plan.uncovered) or 'none'}; "
                f"blocks assigned: {plan.total_blocks_assigned}")

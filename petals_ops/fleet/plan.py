@@ -77,7 +77,7 @@ def _memory_source(model_name: str):
 
 
 def _memory_fn(source):
-    """Memoised Petals block accounting of ``source``: (torch_dtype, quant, cache tokens) -> block_memory()."""
+    """Memoised Petals block accounting of ``source``: (dtype, quant, cache tokens) -> block_memory()."""
     from petals_ops import petals_door as door
 
     memo: dict = {}
@@ -85,7 +85,8 @@ def _memory_fn(source):
     def memory(dtype, quant, tokens):
         key = (dtype, quant, tokens)
         if key not in memo:
-            memo[key] = door.block_memory(source, torch_dtype=dtype or "auto", quant_type=quant, attn_cache_tokens=tokens)
+            memo[key] = door.block_memory(source, torch_dtype=dtype or "auto", quant_type=quant,
+                                          attn_cache_tokens=tokens)
         return memo[key]
 
     return memory
@@ -100,11 +101,13 @@ def _blocks_that_fit(m: dict, gpu_memory_bytes: int, num_blocks: int) -> int:
 def _one_model(inventory: Inventory, names: Sequence[str]) -> str:
     models = {inventory.server_for(h).model for h in names}
     if len(models) != 1:
-        raise InputError("the selected hosts serve different models", fix="plan one model at a time with --hosts")
+        raise InputError("the selected hosts serve different models",
+                         fix="plan one model at a time with --hosts")
     return models.pop()
 
 
-def make_plan(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts: SSHOptions | None = None) -> FleetPlan:
+def make_plan(inventory: Inventory, hosts: Sequence[str] | None = None, *,
+              opts: SSHOptions | None = None) -> FleetPlan:
     opts = opts or SSHOptions.from_inventory(inventory)
     names = select_hosts(inventory, hosts, opts)
     ref, source = _memory_source(_one_model(inventory, names))
@@ -127,7 +130,8 @@ def make_plan(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts:
                 for q in QUANTS:
                     fits[q] = {}
                     for t in sorted({*CACHE_SIZES, tokens}):
-                        fits[q][t] = _blocks_that_fit(memory(spec.torch_dtype, q, t), hspec.gpu_memory_bytes, num_blocks)
+                        fits[q][t] = _blocks_that_fit(memory(spec.torch_dtype, q, t), hspec.gpu_memory_bytes,
+                                                      num_blocks)
                 blocks_fit = fits[quant][tokens]
             if slot.blocks:
                 start, end = slot.blocks
@@ -194,9 +198,10 @@ def plan_as_if(inventory: Inventory, hosts: Sequence[str] | None = None, *, as_m
     m = memory(None, quant, attn_cache_tokens)
     num_blocks = ref.num_blocks or m["num_blocks"]
     if served.num_blocks != num_blocks:
-        raise InputError(f"the inventory's model {served.name} has {served.num_blocks or 'an unknown number of'} blocks, "
-                         f"{ref.name} has {num_blocks}",
-                         fix=f"serve a model of {num_blocks} blocks (e.g. 'petals-ops model tiny DIR --layers {num_blocks}')")
+        has = served.num_blocks or "an unknown number of"
+        raise InputError(f"the inventory's model {served.name} has {has} blocks, {ref.name} has {num_blocks}",
+                         fix=f"serve a model of {num_blocks} blocks "
+                             f"(e.g. 'petals-ops model tiny DIR --layers {num_blocks}')")
     plan = FleetPlan(model=served.name, num_blocks=num_blocks, as_model=ref.name, swarm=swarm_note(inventory, names))
     held = [0] * num_blocks
     cursor = 0
@@ -204,7 +209,8 @@ def plan_as_if(inventory: Inventory, hosts: Sequence[str] | None = None, *, as_m
         hspec, spec = inventory.host(h), inventory.server_for(h)
         ranges = []
         for slot in C.server_slots(h, hspec, spec):
-            fits = {q: {m["attn_cache_tokens"]: _blocks_that_fit(memory(None, q, attn_cache_tokens), hspec.gpu_memory_bytes, num_blocks)}
+            fits = {q: {m["attn_cache_tokens"]: _blocks_that_fit(memory(None, q, attn_cache_tokens),
+                                                                 hspec.gpu_memory_bytes, num_blocks)}
                     for q in QUANTS}
             n = fits[quant][m["attn_cache_tokens"]]
             end = min(cursor + n, num_blocks)
@@ -214,13 +220,15 @@ def plan_as_if(inventory: Inventory, hosts: Sequence[str] | None = None, *, as_m
             for b in range(cursor, end):
                 held[b] += 1
             if slot.block_indices and slot.block_indices != blocks:
-                plan.warnings.append(f"{h}/{slot.container}: the inventory pins {slot.block_indices}; this plan assigns {blocks}")
+                plan.warnings.append(f"{h}/{slot.container}: the inventory pins {slot.block_indices}; "
+                                     f"this plan assigns {blocks}")
             ranges.append(blocks)
             plan.total_blocks_assigned += end - cursor
             plan.servers.append(ServerPlan(
                 host=h, container=slot.container, device=spec.device if slot.gpu is None else f"cuda:{slot.gpu}",
                 gpu_memory_gib=round(hspec.gpu_memory_bytes / 1024**3, 2), fits=fits, chosen_quant=quant,
-                chosen_cache_tokens=m["attn_cache_tokens"], blocks_fit=n, blocks=blocks or "none", num_blocks=end - cursor,
+                chosen_cache_tokens=m["attn_cache_tokens"], blocks_fit=n, blocks=blocks or "none",
+                num_blocks=end - cursor,
                 command=C.server_args(spec, dataclasses.replace(slot, block_indices=blocks, num_blocks=None)),
             ))
             cursor = 0 if end == num_blocks else end

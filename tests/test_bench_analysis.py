@@ -348,8 +348,8 @@ def test_newcombe_negative_correlation_and_small_positive():
     # 0 <= ad - bc <= n/2 -> phi = 0: plain square-and-add of the two Wilson intervals
     # a=5, b=5, c=5, d=6: ad - bc = 5 <= 10.5
     p_b = p_a = 10 / 21
-    l, u = _wilson(10, 21)
-    expected = (-math.hypot(p_b - l, u - p_a), math.hypot(u - p_b, p_a - l))
+    lo, hi = _wilson(10, 21)
+    expected = (-math.hypot(p_b - lo, hi - p_a), math.hypot(hi - p_b, p_a - lo))
     assert newcombe_paired_interval(5, 5, 5, 6) == pytest.approx(expected, abs=1e-12)
 
 

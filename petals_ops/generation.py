@@ -29,7 +29,7 @@ class LoadedModel:
     backend: str  # "petals" or "local"
     ref: ModelRef
     initial_peers: list[str] = field(default_factory=list)
-    pre_seq_len: int = 0  # trained prompts the model prepends itself (petals_ops.tune); sessions need room for them
+    pre_seq_len: int = 0  # tuned prompts the model prepends itself (petals_ops.tune): sessions make room
     prompts_id: str | None = None  # the id of the tuned prompts loaded (petals_ops.tune.prompts), if any
 
     def close(self) -> None:
@@ -112,7 +112,7 @@ def load_swarm_model(
 ) -> LoadedModel:
     """Connect to the swarm and load the client side (embeddings, LM head) of ``ref``.
 
-    ``model_kwargs``: more for petals' ``from_pretrained`` (``tuning_mode``, ``pre_seq_len``: petals_ops.tune)."""
+    ``model_kwargs``: more for petals' ``from_pretrained`` (``tuning_mode``, ``pre_seq_len``: tune)."""
     from petals_ops import petals_door as door
     from transformers import AutoTokenizer
 
@@ -237,7 +237,7 @@ def generate(
 def _generate_with_calculator(loaded: LoadedModel, input_ids, *, max_new_tokens: int, sample: bool,
                               temperature: float, top_k: int | None, seed: int | None, num_return_sequences: int,
                               on_text: Callable[[str], None] | None, calculator: bool = True) -> Generation:
-    """``generate`` through the bench's loop, with the calculator or tuned prompts (no stop strings; EOS stops)."""
+    """``generate`` through the bench's loop, with the calculator or tuned prompts (no stop strings)."""
     import secrets
 
     from petals_ops.backends import Backend

@@ -87,8 +87,9 @@ def test_swarm_step_gives_in_process_gradients(tune_swarm, mode):
             params = prompt_parameters(loaded.model, mode)
             if mode == "deep_ptune":  # a non-zero start, so the deep prompts change the forward pass
                 with __import__("torch").no_grad():
-                    params["transformer.intermediate_prompt_embeddings.weight"].normal_(0, 0.05, generator=__import__(
-                        "torch").Generator().manual_seed(1))
+                    params["transformer.intermediate_prompt_embeddings.weight"].normal_(
+                        0, 0.05, generator=__import__("torch").Generator().manual_seed(1)
+                    )
             for p in params.values():
                 p.requires_grad_(True)
             ids, labels, _ = collate(loaded.tokenizer, pairs.batch(1, 4, 0), 128)
@@ -102,12 +103,23 @@ def test_swarm_step_gives_in_process_gradients(tune_swarm, mode):
     assert swarm_grads.keys() == local_grads.keys()
     for key in swarm_grads:
         assert float(local_grads[key].abs().max()) > 1e-6, key  # a real gradient, not zeros on both sides
-        assert (swarm_grads[key] - local_grads[key]).abs().max() <= 1e-4 * local_grads[key].abs().max() + 1e-7, key
+        assert (swarm_grads[key] - local_grads[key]).abs().max() <= 1e-4 * local_grads[
+            key
+        ].abs().max() + 1e-7, key
 
 
 def tune_cmd(swarm, run_dir, *extra) -> list[str]:
-    return [sys.executable, "-m", "petals_ops.cli.main", "tune", "gsm8k", *swarm_args(swarm), "--run-dir", str(run_dir),
-            *map(str, extra)]
+    return [
+        sys.executable,
+        "-m",
+        "petals_ops.cli.main",
+        "tune",
+        "gsm8k",
+        *swarm_args(swarm),
+        "--run-dir",
+        str(run_dir),
+        *map(str, extra),
+    ]
 
 
 def read_tune(run_dir) -> dict:
@@ -127,10 +139,37 @@ def tuned_run(tune_swarm, gains_task, tmp_path_factory):
     """ptune, N=8, 40 steps of 16 pairs through the swarm on the new-verbs domain (fixed seed)."""
     run_dir = tmp_path_factory.mktemp("tuned") / "run"
     train, _ = gains_task
-    result = subprocess.run(tune_cmd(tune_swarm, run_dir, "--data", train, "--mode", "ptune", "--pre-seq-len", 8,
-                                     "--steps", 40, "--batch-size", 16, "--lr", 0.03, "--eval-every", 20,
-                                     "--eval-size", 32, "--checkpoint-every", 20, "--max-length", 96),
-                            check=False, capture_output=True, text=True, timeout=600, env=cli_env())
+    result = subprocess.run(
+        tune_cmd(
+            tune_swarm,
+            run_dir,
+            "--data",
+            train,
+            "--mode",
+            "ptune",
+            "--pre-seq-len",
+            8,
+            "--steps",
+            40,
+            "--batch-size",
+            16,
+            "--lr",
+            0.03,
+            "--eval-every",
+            20,
+            "--eval-size",
+            32,
+            "--checkpoint-every",
+            20,
+            "--max-length",
+            96,
+        ),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=cli_env(),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir, result
 
@@ -143,24 +182,45 @@ def test_tuning_through_the_swarm_lowers_the_loss(tuned_run, tune_swarm):
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:5]) / 5, losses  # measured: 1.6 -> 0.2
     assert summary["evals"][-1]["loss"] < summary["evals"][0]["loss"] * 1.2
     assert summary["best"]["step"] in (20, 40) and summary["best"]["id"]
-    assert set(summary["servers"]) and summary["timing"]["forward_s"] > 0 and summary["timing"]["backward_s"] > 0
-    assert summary["mode"] == "ptune" and summary["pre_seq_len"] == 8 and summary["dht_prefix"] == "tiny-bloom-arith"
+    assert (
+        set(summary["servers"]) and summary["timing"]["forward_s"] > 0 and summary["timing"]["backward_s"] > 0
+    )
+    assert (
+        summary["mode"] == "ptune"
+        and summary["pre_seq_len"] == 8
+        and summary["dht_prefix"] == "tiny-bloom-arith"
+    )
     for name in ("best.safetensors", "prompts.safetensors", "loss.png", "config.json", "checkpoint.pt"):
         assert (run_dir / name).is_file(), name
     assert "[40/40] loss" in result.stderr  # the progress lines (not a terminal)
 
 
-def test_tuned_prompts_beat_zero_shot_on_held_out_problems(tuned_run, tune_swarm, gains_task, run_cli, tmp_path):
+def test_tuned_prompts_beat_zero_shot_on_held_out_problems(
+    tuned_run, tune_swarm, gains_task, run_cli, tmp_path
+):
     """bench gsm8k --zero-shot on 40 held-out problems of the new domain, without the tuned prompts
     (in-process: the backends agree token for token, see generate below) and with them through the swarm.
     Measured: 0 vs 15 of 50 (through the swarm); the test wants a gain of 8 or more of 40."""
     run_dir, _ = tuned_run
     _, test = gains_task
-    common = ["bench", "gsm8k", *swarm_args(tune_swarm), "--data", test, "--zero-shot", "--limit", 40,
-              "--max-new-tokens", 48, "--output", "json"]
+    common = [
+        "bench",
+        "gsm8k",
+        *swarm_args(tune_swarm),
+        "--data",
+        test,
+        "--zero-shot",
+        "--limit",
+        40,
+        "--max-new-tokens",
+        48,
+        "--output",
+        "json",
+    ]
     plain = run_cli(*common, "--run-dir", tmp_path / "plain", "--backend", "local", timeout=600)
-    tuned = run_cli(*common, "--run-dir", tmp_path / "tuned", "--tuned-prompts", run_dir, "--concurrency", 4,
-                    timeout=600)
+    tuned = run_cli(
+        *common, "--run-dir", tmp_path / "tuned", "--tuned-prompts", run_dir, "--concurrency", 4, timeout=600
+    )
     assert plain.returncode == 0, plain.stderr[-2000:]
     assert tuned.returncode == 0, tuned.stderr[-2000:]
     base, with_prompts = json.loads(plain.stdout)["correct"], json.loads(tuned.stdout)["correct"]
@@ -177,8 +237,18 @@ def test_tuned_prompts_beat_zero_shot_on_held_out_problems(tuned_run, tune_swarm
     question = "Q: Mia has 12 coins. Mia collects 3 and then earns 2. How many coins does Mia have now?\nA:"
     texts = []
     for backend in ("petals", "local"):
-        out = run_cli("generate", *swarm_args(tune_swarm), question, "--max-new-tokens", 24, "--backend", backend,
-                      "--tuned-prompts", run_dir, timeout=300)
+        out = run_cli(
+            "generate",
+            *swarm_args(tune_swarm),
+            question,
+            "--max-new-tokens",
+            24,
+            "--backend",
+            backend,
+            "--tuned-prompts",
+            run_dir,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         texts.append(out.stdout.strip())
     assert texts[0] == texts[1] and texts[0].startswith("12 +"), texts  # it adds (0-shot it subtracts)
@@ -191,16 +261,38 @@ def test_bad_input_is_one_line(tuned_run, tune_swarm, tiny_model_dir, run_cli, t
     base = ["tune", "gsm8k", *swarm_args(tune_swarm), "--run-dir", tmp_path / "bad", "--data", "arith:train"]
     assert "--pre-seq-len 0 must be at least 1" in one_error_line(run_cli(*base, "--pre-seq-len", 0))
     assert "--mode prefix is unknown" in one_error_line(run_cli(*base, "--mode", "prefix"))
-    line = one_error_line(run_cli(*base, "--batch-size", 16, "--pre-seq-len", 8, "--max-length", 64,
-                                  "--servers-max-batch-size", 512))
+    line = one_error_line(
+        run_cli(
+            *base, "--batch-size", 16, "--pre-seq-len", 8, "--max-length", 64, "--servers-max-batch-size", 512
+        )
+    )
     assert "max_batch_size of 512 tokens" in line and "14 rows x 72 tokens" in line, line
     assert not (tmp_path / "bad").exists()  # refused before any work
     # prompts tuned on the arithmetic model, for another model
-    line = one_error_line(run_cli("generate", "Q: 1+1?", "--backend", "local", "--model", tiny_model_dir,
-                                  "--tuned-prompts", run_dir))
+    line = one_error_line(
+        run_cli(
+            "generate", "Q: 1+1?", "--backend", "local", "--model", tiny_model_dir, "--tuned-prompts", run_dir
+        )
+    )
     assert "were tuned for model tiny-bloom-arith" in line, line
-    line = one_error_line(run_cli("bench", "gsm8k", "--backend", "local", "--model", tiny_model_dir, "--data",
-                                  "arith:test", "--limit", 1, "--run-dir", tmp_path / "b", "--tuned-prompts", run_dir))
+    line = one_error_line(
+        run_cli(
+            "bench",
+            "gsm8k",
+            "--backend",
+            "local",
+            "--model",
+            tiny_model_dir,
+            "--data",
+            "arith:test",
+            "--limit",
+            1,
+            "--run-dir",
+            tmp_path / "b",
+            "--tuned-prompts",
+            run_dir,
+        )
+    )
     assert "were tuned for model tiny-bloom-arith" in line and not (tmp_path / "b").exists(), line
     # a prompt file whose tensors are not what it says (another N, another mode)
     tensors = load_file(run_dir / "best.safetensors")
@@ -208,17 +300,61 @@ def test_bad_input_is_one_line(tuned_run, tune_swarm, tiny_model_dir, run_cli, t
 
     with safe_open(str(run_dir / "best.safetensors"), framework="pt") as f:
         meta = f.metadata()
-    for change, expected in (({"pre_seq_len": "4"}, "does not hold ptune prompts of length 4"),
-                             ({"mode": "deep_ptune"}, "does not hold deep_ptune prompts")):
+    for change, expected in (
+        ({"pre_seq_len": "4"}, "does not hold ptune prompts of length 4"),
+        ({"mode": "deep_ptune"}, "does not hold deep_ptune prompts"),
+    ):
         doctored = tmp_path / "doctored.safetensors"
         save_file(tensors, doctored, metadata={**meta, **change})
-        line = one_error_line(run_cli("generate", *swarm_args(tune_swarm), "Q: 1+1?", "--backend", "local",
-                                      "--tuned-prompts", doctored))
+        line = one_error_line(
+            run_cli(
+                "generate",
+                *swarm_args(tune_swarm),
+                "Q: 1+1?",
+                "--backend",
+                "local",
+                "--tuned-prompts",
+                doctored,
+            )
+        )
         assert expected in line, line
     # resuming a run dir with other hyper-parameters
-    line = one_error_line(run_cli("tune", "gsm8k", *swarm_args(tune_swarm), "--run-dir", run_dir, "--data",
-                                  "arith:train", "--steps", 40))
+    line = one_error_line(
+        run_cli(
+            "tune",
+            "gsm8k",
+            *swarm_args(tune_swarm),
+            "--run-dir",
+            run_dir,
+            "--data",
+            "arith:train",
+            "--steps",
+            40,
+        )
+    )
     assert "different config" in line, line
+
+
+def small_run(swarm, run_dir, *, steps: int, checkpoint_every: int) -> list[str]:
+    """A short arith:train run (4 pairs a step, held-out loss twice) for the fault tests."""
+    return tune_cmd(
+        swarm,
+        run_dir,
+        "--data",
+        "arith:train",
+        "--steps",
+        steps,
+        "--batch-size",
+        4,
+        "--checkpoint-every",
+        checkpoint_every,
+        "--eval-every",
+        steps // 2,
+        "--eval-size",
+        8,
+        "--max-length",
+        96,
+    )
 
 
 def _wait_for_step(proc, run_dir, step: int, timeout: float = 240) -> dict:
@@ -234,8 +370,7 @@ def _wait_for_step(proc, run_dir, step: int, timeout: float = 240) -> dict:
 
 def test_kill_9_then_the_same_command_resumes(tune_swarm, tmp_path):
     run_dir = tmp_path / "run"
-    cmd = tune_cmd(tune_swarm, run_dir, "--data", "arith:train", "--steps", 12, "--batch-size", 4,
-                   "--checkpoint-every", 3, "--eval-every", 6, "--eval-size", 8, "--max-length", 96)
+    cmd = small_run(tune_swarm, run_dir, steps=12, checkpoint_every=3)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     try:
         killed_at = _wait_for_step(proc, run_dir, 3)["step"]
@@ -259,13 +394,14 @@ def test_killed_server_mid_run_training_completes(tune_swarm, tmp_path):
     from petals_ops import petals_door
 
     run_dir = tmp_path / "run"
-    cmd = tune_cmd(tune_swarm, run_dir, "--data", "arith:train", "--steps", 16, "--batch-size", 4,
-                   "--checkpoint-every", 2, "--eval-every", 8, "--eval-size", 8, "--max-length", 96)
+    cmd = small_run(tune_swarm, run_dir, steps=16, checkpoint_every=2)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     try:
         progress = _wait_for_step(proc, run_dir, 2)
-        by_peer = {petals_door.peer_id_of_identity((Path(tune_swarm.run_dir) / f"{p.name}.id").read_bytes()): p
-                   for p in tune_swarm.servers}
+        by_peer = {
+            petals_door.peer_id_of_identity((Path(tune_swarm.run_dir) / f"{p.name}.id").read_bytes()): p
+            for p in tune_swarm.servers
+        }
         victims = {}
         for peer in progress["servers"]:  # one server that has served, per block range
             victims.setdefault(by_peer[peer].blocks, by_peer[peer])

@@ -310,7 +310,8 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
     problems = select(dataset.problems, **selection)
     if params.zero_shot and params.prompt_file:
         raise InputError("--zero-shot and --prompt-file were both given", fix="pass one of them")
-    prompt = ZERO_SHOT if params.zero_shot else load_prompt_file(params.prompt_file or default_prompt_for(params.data))
+    prompt = ZERO_SHOT if params.zero_shot else \
+        load_prompt_file(params.prompt_file or default_prompt_for(params.data))
     tuned = None
     if params.tuned_prompts:
         from petals_ops.tune.prompts import load_prompts

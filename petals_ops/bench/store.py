@@ -114,7 +114,8 @@ class RunStore:
                 )
         else:
             if started.exists():
-                raise InputError(f"--run-dir {self.run_dir} has {started.name} but no {CONFIG_FILE}", fix="use a new --run-dir")
+                raise InputError(f"--run-dir {self.run_dir} has {started.name} but no {CONFIG_FILE}",
+                                 fix="use a new --run-dir")
             write_json_atomic(config_path, config)
 
     def _acquire(self) -> None:

@@ -26,7 +26,8 @@ def bench():
 @click.option("--prompt-file", default=None, type=click.Path(dir_okay=False),
               help="Few-shot prompt set ('Q: ...\\nA: ... The answer is N.' blocks) [default: experiments/prompts/"
                    "gsm8k_cot_8shot_petals_ops.txt].")
-@click.option("--zero-shot", is_flag=True, help="No exemplars: 'Q: question\\nA:' alone (e.g. with --tuned-prompts).")
+@click.option("--zero-shot", is_flag=True,
+              help="No exemplars: 'Q: question\\nA:' alone (e.g. with --tuned-prompts).")
 @click.option("--tuned-prompts", default=None, type=click.Path(),
               help="A 'petals-ops tune' run dir (or prompt file): the model prepends those prompts; their id "
                    "is part of the run's config and records.")
@@ -56,7 +57,8 @@ def bench():
 @click.option("--request-timeout", default=60.0, show_default=True, type=POSITIVE, help="Petals client per-request timeout.")
 @OUTPUT_OPTION
 def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset, limit, sample, sample_seed,
-          prompt_file, zero_shot, tuned_prompts, method, paths, temperature, top_k, max_new_tokens, seed, calculator, run_dir, backend, concurrency,
+          prompt_file, zero_shot, tuned_prompts, method, paths, temperature, top_k, max_new_tokens, seed,
+          calculator, run_dir, backend, concurrency,
           batch_size, retries, timeout, backoff, client_retries, request_timeout, output):
     """Run GSM8K with 8-shot CoT (greedy) or Self-Consistency; records go to RUN_DIR as they finish.
 
@@ -71,7 +73,8 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset,
     default_run_dir = f"bench-runs/gsm8k-{method}" + ("-calculator" if calculator else "")
     params = BenchParams(
         data=data, offset=offset, limit=limit, sample=sample, sample_seed=sample_seed, prompt_file=prompt_file,
-        zero_shot=zero_shot, tuned_prompts=tuned_prompts, method=cfg, run_dir=run_dir or default_run_dir, backend=backend, initial_peers=initial_peers,
+        zero_shot=zero_shot, tuned_prompts=tuned_prompts, method=cfg, run_dir=run_dir or default_run_dir,
+        backend=backend, initial_peers=initial_peers,
         model=model, dht_prefix=dht_prefix, num_blocks=num_blocks, swarm_dir=swarm_dir, client_retries=client_retries,
         request_timeout=request_timeout,
         exec=ExecOptions(concurrency=concurrency, retries=retries, timeout=timeout, backoff=backoff, batch_size=batch_size),

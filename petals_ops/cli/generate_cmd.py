@@ -57,6 +57,7 @@ def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, ma
             open_with_prompts("local", target.model, [], tuned)
     else:
         prompt_tokens = len(generation.load_tokenizer(target.model)(prompt)["input_ids"])
+        prompt_tokens += tuned.pre_seq_len if tuned is not None else 0  # the session holds them too
         generation.require_length_fits(prompt_tokens, max_new_tokens, target.max_length)
         take_snapshot(target.initial_peers, target.model).require_full_coverage()
         loaded = generation.load_swarm_model(target.model, target.initial_peers, max_retries=max_retries) \

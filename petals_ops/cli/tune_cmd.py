@@ -15,34 +15,104 @@ def tune():
 
 @tune.command("gsm8k")
 @swarm_target_options
-@click.option("--data", default="gsm8k:train", show_default=True,
-              help="Question+rationale pairs: gsm8k:train, arith:train (the arithmetic model's task) or a GSM8K JSONL path.")
-@click.option("--mode", default="ptune", show_default=True,
-              help="ptune: N prompt vectors before the input; deep_ptune: also N vectors added before every block.")
-@click.option("--pre-seq-len", default=16, show_default=True, type=int, help="N, the number of trained prompt vectors.")
+@click.option(
+    "--data",
+    default="gsm8k:train",
+    show_default=True,
+    help="Question+rationale pairs: gsm8k:train, arith:train (the arithmetic model's task) "
+    "or a GSM8K JSONL path.",
+)
+@click.option(
+    "--mode",
+    default="ptune",
+    show_default=True,
+    help="ptune: N prompt vectors before the input; deep_ptune: also N vectors added before every block.",
+)
+@click.option(
+    "--pre-seq-len", default=16, show_default=True, type=int, help="N, the number of trained prompt vectors."
+)
 @click.option("--steps", default=200, show_default=True, type=int)
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Pairs per step.")
 @click.option("--lr", default=1e-2, show_default=True, type=float, help="AdamW learning rate.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Prompt init and batch order.")
-@click.option("--max-length", default=256, show_default=True, type=int, help="Tokens per pair (longer ones are cut).")
-@click.option("--eval-every", default=20, show_default=True, type=int, help="Held-out loss every M steps (best kept).")
-@click.option("--eval-size", default=32, show_default=True, type=int, help="Held-out pairs (the last ones of --data).")
+@click.option(
+    "--max-length", default=256, show_default=True, type=int, help="Tokens per pair (longer ones are cut)."
+)
+@click.option(
+    "--eval-every", default=20, show_default=True, type=int, help="Held-out loss every M steps (best kept)."
+)
+@click.option(
+    "--eval-size", default=32, show_default=True, type=int, help="Held-out pairs (the last ones of --data)."
+)
 @click.option("--checkpoint-every", default=10, show_default=True, type=int, help="Checkpoint every K steps.")
-@click.option("--run-dir", default="tune-runs/gsm8k", show_default=True, type=click.Path(file_okay=False),
-              help="Prompts, tune.json, loss.png and the checkpoint; the same command resumes.")
-@click.option("--backend", type=click.Choice(["petals", "local"]), default="petals", show_default=True,
-              help="petals: through the swarm; local: the same checkpoint in this process.")
-@click.option("--client-retries", default=3, show_default=True, type=click.IntRange(min=1),
-              help="Petals client retries per failed request (it re-routes; petals' default is forever).")
-@click.option("--step-retries", default=3, show_default=True, type=int,
-              help="Retries of a failed step on another route (failed peers banned) before giving up.")
-@click.option("--request-timeout", default=60.0, show_default=True, type=POSITIVE, help="Petals client per-request timeout.")
-@click.option("--servers-max-batch-size", default=2048, show_default=True, type=click.IntRange(min=1),
-              help="The servers' --max_batch_size (tokens per request; they do not announce it).")
+@click.option(
+    "--run-dir",
+    default="tune-runs/gsm8k",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Prompts, tune.json, loss.png and the checkpoint; the same command resumes.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["petals", "local"]),
+    default="petals",
+    show_default=True,
+    help="petals: through the swarm; local: the same checkpoint in this process.",
+)
+@click.option(
+    "--client-retries",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Petals client retries per failed request (it re-routes; petals' default is forever).",
+)
+@click.option(
+    "--step-retries",
+    default=3,
+    show_default=True,
+    type=int,
+    help="Retries of a failed step on another route (failed peers banned) before giving up.",
+)
+@click.option(
+    "--request-timeout",
+    default=60.0,
+    show_default=True,
+    type=POSITIVE,
+    help="Petals client per-request timeout.",
+)
+@click.option(
+    "--servers-max-batch-size",
+    default=2048,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="The servers' --max_batch_size (tokens per request; they do not announce it).",
+)
 @OUTPUT_OPTION
-def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, mode, pre_seq_len, steps, batch_size, lr,
-          seed, max_length, eval_every, eval_size, checkpoint_every, run_dir, backend, client_retries, step_retries,
-          request_timeout, servers_max_batch_size, output):
+def gsm8k(
+    initial_peers,
+    model,
+    dht_prefix,
+    num_blocks,
+    swarm_dir,
+    data,
+    mode,
+    pre_seq_len,
+    steps,
+    batch_size,
+    lr,
+    seed,
+    max_length,
+    eval_every,
+    eval_size,
+    checkpoint_every,
+    run_dir,
+    backend,
+    client_retries,
+    step_retries,
+    request_timeout,
+    servers_max_batch_size,
+    output,
+):
     """Tune soft prompts on question+rationale pairs (loss on the answer tokens only).
 
     Writes RUN_DIR/prompts.safetensors (last), best.safetensors (lowest held-out loss), tune.json and
@@ -52,13 +122,33 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, mode, p
     from petals_ops.tune.spec import TuneSpec
     from petals_ops.tune.trainer import TuneParams, run_tune
 
-    spec = TuneSpec(data=data, mode=mode, pre_seq_len=pre_seq_len, steps=steps, batch_size=batch_size, lr=lr,
-                    seed=seed, max_length=max_length, eval_every=eval_every, eval_size=eval_size,
-                    checkpoint_every=checkpoint_every)
-    params = TuneParams(spec=spec, run_dir=run_dir, backend=backend, initial_peers=initial_peers, model=model,
-                        dht_prefix=dht_prefix, num_blocks=num_blocks, swarm_dir=swarm_dir,
-                        client_retries=client_retries, request_timeout=request_timeout, step_retries=step_retries,
-                        servers_max_batch_size=servers_max_batch_size)
+    spec = TuneSpec(
+        data=data,
+        mode=mode,
+        pre_seq_len=pre_seq_len,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        max_length=max_length,
+        eval_every=eval_every,
+        eval_size=eval_size,
+        checkpoint_every=checkpoint_every,
+    )
+    params = TuneParams(
+        spec=spec,
+        run_dir=run_dir,
+        backend=backend,
+        initial_peers=initial_peers,
+        model=model,
+        dht_prefix=dht_prefix,
+        num_blocks=num_blocks,
+        swarm_dir=swarm_dir,
+        client_retries=client_retries,
+        request_timeout=request_timeout,
+        step_retries=step_retries,
+        servers_max_batch_size=servers_max_batch_size,
+    )
     with _TuneProgress() as progress:
         result = run_tune(params, on_start=progress.start, on_step=progress.step)
     s = result.summary
@@ -67,15 +157,17 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, mode, p
         return
     best = s["best"]
     t = s["timing"]
-    click.echo(f"{s['mode']} N={s['pre_seq_len']}: {s['step']}/{s['steps']} steps, loss {s['losses'][0]:.3f} -> "
-               f"{s['losses'][-1]:.3f}" + (f", best held-out loss {best['eval_loss']:.3f} at step {best['step']}"
-                                            if best else "")
-               + (f", {t['tokens_per_second']} tokens/s" if t["tokens_per_second"] else ""))
+    click.echo(
+        f"{s['mode']} N={s['pre_seq_len']}: {s['step']}/{s['steps']} steps, loss {s['losses'][0]:.3f} -> "
+        f"{s['losses'][-1]:.3f}"
+        + (f", best held-out loss {best['eval_loss']:.3f} at step {best['step']}" if best else "")
+        + (f", {t['tokens_per_second']} tokens/s" if t["tokens_per_second"] else "")
+    )
     click.echo(f"prompts: {result.run_dir}/best.safetensors (id {best.get('id', s['prompts_id'])})")
 
 
 class _TuneProgress:
-    """step/total, loss, held-out loss, tokens/s and ETA on stderr (a rich bar on a terminal, lines otherwise)."""
+    """step/total, loss, held-out loss, tokens/s and ETA on stderr (a rich bar on a terminal, else lines)."""
 
     def __enter__(self):
         from rich.console import Console
@@ -85,16 +177,28 @@ class _TuneProgress:
         return self
 
     def start(self, info_):
-        info(("resuming at" if info_["resumed"] else "starting at") + f" step {info_['step']} of {info_['steps']}; "
-             f"{info_['train_pairs']} training pairs, {info_['held_out_pairs']} held out")
+        info(
+            ("resuming at" if info_["resumed"] else "starting at")
+            + f" step {info_['step']} of {info_['steps']}; "
+            f"{info_['train_pairs']} training pairs, {info_['held_out_pairs']} held out"
+        )
         if self.console.is_terminal and info_["step"] < info_["steps"]:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("tune"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]}  held-out {task.fields[ev]}  {task.fields[tps]} tok/s  ETA"),
-                                TimeRemainingColumn(), console=self.console)
+            self.bar = Progress(
+                TextColumn("tune"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(
+                    "loss {task.fields[loss]}  held-out {task.fields[ev]}  {task.fields[tps]} tok/s  ETA"
+                ),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
             self.bar.start()
-            self.task = self.bar.add_task("tune", total=info_["steps"], completed=info_["step"], loss="-", ev="-", tps="-")
+            self.task = self.bar.add_task(
+                "tune", total=info_["steps"], completed=info_["step"], loss="-", ev="-", tps="-"
+            )
 
     def step(self, r):
         if self.bar is not None:
@@ -103,9 +207,15 @@ class _TuneProgress:
                 fields["ev"] = f"{r.eval_loss:.3f}"
             self.bar.update(self.task, completed=r.step, **fields)
             return
-        extra = (f", held-out {r.eval_loss:.4f}" if r.eval_loss is not None else "") + \
-            (", checkpoint" if r.checkpoint else "") + (f", {r.retries} retries" if r.retries else "")
-        info(f"[{r.step}/{r.steps}] loss {r.loss:.4f}{extra}; {r.tokens_per_second:.0f} tokens/s, ETA {r.eta:.0f} s")
+        extra = (
+            (f", held-out {r.eval_loss:.4f}" if r.eval_loss is not None else "")
+            + (", checkpoint" if r.checkpoint else "")
+            + (f", {r.retries} retries" if r.retries else "")
+        )
+        info(
+            f"[{r.step}/{r.steps}] loss {r.loss:.4f}{extra}; {r.tokens_per_second:.0f} tokens/s, "
+            f"ETA {r.eta:.0f} s"
+        )
 
     def __exit__(self, *exc):
         if self.bar is not None:

@@ -86,14 +86,22 @@ def load_pairs(spec: str, eval_size: int) -> Pairs:
         source = ARITH_TRAIN
     else:
         if spec.startswith(data.HF_PREFIX) or spec == "demo":
-            raise InputError(f"--data {spec} cannot be tuned on", fix="pass gsm8k:train, arith:train or a JSONL path")
+            raise InputError(
+                f"--data {spec} cannot be tuned on", fix="pass gsm8k:train, arith:train or a JSONL path"
+            )
         dataset = data.load_dataset(spec)  # checks the file (sha of packaged sets, every line) once
-        rows = [json.loads(line) for line in _data_file(spec).read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [
+            json.loads(line)
+            for line in _data_file(spec).read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
         pairs = [pair_of(r["question"], r["answer"]) for r in rows]
         source, sha = dataset.source, dataset.sha256
     if len(pairs) <= eval_size:
-        raise InputError(f"--data {spec} has {len(pairs)} pairs, not more than --eval-size {eval_size}",
-                         fix="use a smaller --eval-size or more data")
+        raise InputError(
+            f"--data {spec} has {len(pairs)} pairs, not more than --eval-size {eval_size}",
+            fix="use a smaller --eval-size or more data",
+        )
     return Pairs(source, sha, pairs[:-eval_size], pairs[-eval_size:])
 
 
@@ -114,6 +122,6 @@ def collate(tokenizer, pairs: list[tuple[str, str]], max_length: int):
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     lab = torch.full((len(rows), width), -100, dtype=torch.long)
     for i, (r, la) in enumerate(zip(rows, labels)):
-        ids[i, :len(r)] = torch.tensor(r)
-        lab[i, :len(la)] = torch.tensor(la)
+        ids[i, : len(r)] = torch.tensor(r)
+        lab[i, : len(la)] = torch.tensor(la)
     return ids, lab, sum(len(r) for r in rows)

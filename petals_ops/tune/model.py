@@ -23,8 +23,16 @@ def keys_for(mode: str) -> tuple[str, ...]:
     return PROMPT_KEYS if mode == "deep_ptune" else PROMPT_KEYS[:1]
 
 
-def open_tunable(kind: str, ref: ModelRef, initial_peers: Sequence[str], mode: str, pre_seq_len: int, *,
-                 max_retries: int = 3, request_timeout: float = 60.0) -> LoadedModel:
+def open_tunable(
+    kind: str,
+    ref: ModelRef,
+    initial_peers: Sequence[str],
+    mode: str,
+    pre_seq_len: int,
+    *,
+    max_retries: int = 3,
+    request_timeout: float = 60.0,
+) -> LoadedModel:
     """``ref`` with ``pre_seq_len`` trainable prompts (``mode``): everything else frozen."""
     if kind == "local":
         loaded = load_local_model(ref)
@@ -33,8 +41,14 @@ def open_tunable(kind: str, ref: ModelRef, initial_peers: Sequence[str], mode: s
         from petals_ops.backends import die_with_parent_in_forks
 
         die_with_parent_in_forks()
-        loaded = load_swarm_model(ref, initial_peers, max_retries=max_retries, request_timeout=request_timeout,
-                                  tuning_mode=mode, pre_seq_len=pre_seq_len)
+        loaded = load_swarm_model(
+            ref,
+            initial_peers,
+            max_retries=max_retries,
+            request_timeout=request_timeout,
+            tuning_mode=mode,
+            pre_seq_len=pre_seq_len,
+        )
     loaded.pre_seq_len = pre_seq_len
     return loaded
 
@@ -47,7 +61,7 @@ def prompt_parameters(model, mode: str) -> dict:
 
 def init_prompts(model, mode: str, seed: int) -> None:
     """Start from the embeddings of ``N`` random vocabulary tokens (deep prompts at zero, so step 0 is the
-    model with ordinary-looking prefix tokens), not petals' N(0, 1), which is far off the embeddings' scale."""
+    model with ordinary-looking prefix tokens), not petals' N(0, 1), far off the embeddings' scale."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -90,7 +104,8 @@ def _module_class():
             self.prompt_embeddings = torch.nn.Embedding(pre_seq_len, config.hidden_size, dtype=torch.float32)
             if mode == "deep_ptune":
                 self.intermediate_prompt_embeddings = torch.nn.Embedding(
-                    pre_seq_len, config.num_hidden_layers * config.hidden_size, dtype=torch.float32)
+                    pre_seq_len, config.num_hidden_layers * config.hidden_size, dtype=torch.float32
+                )
             self._deep = None
             for i, block in enumerate(inner.h):
                 block.register_forward_pre_hook(self._hook(i), with_kwargs=True)
@@ -103,6 +118,7 @@ def _module_class():
                 n = self.pre_seq_len
                 hidden = torch.cat([hidden[:, :n] + self._deep[index].to(hidden.dtype), hidden[:, n:]], dim=1)
                 return (hidden, *args[1:]), kwargs
+
             return add_deep_prompt
 
         def forward(self, input_ids, past_key_values=None, use_cache=False, **kwargs):

@@ -36,8 +36,14 @@ class TunedPrompts:
     tensors: dict
 
     def describe(self) -> dict:
-        return {"id": self.prompts_id, "mode": self.mode, "pre_seq_len": self.pre_seq_len, "step": self.step,
-                "dht_prefix": self.dht_prefix, "path": self.path}
+        return {
+            "id": self.prompts_id,
+            "mode": self.mode,
+            "pre_seq_len": self.pre_seq_len,
+            "step": self.step,
+            "dht_prefix": self.dht_prefix,
+            "path": self.path,
+        }
 
 
 def prompts_id(tensors: dict, mode: str, pre_seq_len: int, dht_prefix: str) -> str:
@@ -48,7 +54,9 @@ def prompts_id(tensors: dict, mode: str, pre_seq_len: int, dht_prefix: str) -> s
     return digest.hexdigest()[:16]
 
 
-def save_prompts(path: str | Path, tensors: dict, *, mode: str, ref: ModelRef, hidden_size: int, step: int) -> str:
+def save_prompts(
+    path: str | Path, tensors: dict, *, mode: str, ref: ModelRef, hidden_size: int, step: int
+) -> str:
     """Write a prompt file atomically (temp file, fsync, rename); returns its id."""
     import os
     import tempfile
@@ -57,8 +65,17 @@ def save_prompts(path: str | Path, tensors: dict, *, mode: str, ref: ModelRef, h
 
     n = int(tensors[keys_for(mode)[0]].shape[0])
     pid = prompts_id(tensors, mode, n, ref.dht_prefix)
-    meta = {"format": FORMAT, "mode": mode, "pre_seq_len": str(n), "dht_prefix": ref.dht_prefix, "model": ref.name,
-            "hidden_size": str(hidden_size), "num_blocks": str(ref.num_blocks), "step": str(step), "id": pid}
+    meta = {
+        "format": FORMAT,
+        "mode": mode,
+        "pre_seq_len": str(n),
+        "dht_prefix": ref.dht_prefix,
+        "model": ref.name,
+        "hidden_size": str(hidden_size),
+        "num_blocks": str(ref.num_blocks),
+        "step": str(step),
+        "id": pid,
+    }
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -80,10 +97,14 @@ def prompt_file_of(where: str | Path) -> Path:
         for name in (BEST_FILE, LAST_FILE):
             if (path / name).is_file():
                 return path / name
-        raise InputError(f"--tuned-prompts {where} holds no {BEST_FILE} or {LAST_FILE}",
-                         fix="pass the --run-dir of a 'petals-ops tune' run that wrote a checkpoint")
+        raise InputError(
+            f"--tuned-prompts {where} holds no {BEST_FILE} or {LAST_FILE}",
+            fix="pass the --run-dir of a 'petals-ops tune' run that wrote a checkpoint",
+        )
     if not path.is_file():
-        raise InputError(f"--tuned-prompts {where} does not exist", fix="pass the --run-dir of a 'petals-ops tune' run")
+        raise InputError(
+            f"--tuned-prompts {where} does not exist", fix="pass the --run-dir of a 'petals-ops tune' run"
+        )
     return path
 
 
@@ -98,11 +119,16 @@ def load_prompts(where: str | Path) -> TunedPrompts:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except Exception as e:
-        raise InputError(f"{bad} is not a readable prompt file ({type(e).__name__}: {e})",
-                         fix="pass the run dir of a 'petals-ops tune' run") from e
+        raise InputError(
+            f"{bad} is not a readable prompt file ({type(e).__name__}: {e})",
+            fix="pass the run dir of a 'petals-ops tune' run",
+        ) from e
     if meta.get("format") != FORMAT or meta.get("mode") not in MODES:
-        raise InputError(f"{bad} is not a petals-ops prompt file (format {meta.get('format')!r}, mode "
-                         f"{meta.get('mode')!r})", fix="pass the run dir of a 'petals-ops tune' run")
+        raise InputError(
+            f"{bad} is not a petals-ops prompt file (format {meta.get('format')!r}, mode "
+            f"{meta.get('mode')!r})",
+            fix="pass the run dir of a 'petals-ops tune' run",
+        )
     try:
         n, hidden, blocks, step = (int(meta[k]) for k in ("pre_seq_len", "hidden_size", "num_blocks", "step"))
     except (KeyError, ValueError) as e:
@@ -113,30 +139,44 @@ def load_prompts(where: str | Path) -> TunedPrompts:
         expected[keys_for(mode)[1]] = (n, blocks * hidden)
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     if shapes != expected:
-        raise InputError(f"{bad} does not hold {mode} prompts of length {n}: tensors {shapes}, expected {expected}",
-                         fix="re-create it with 'petals-ops tune'")
+        raise InputError(
+            f"{bad} does not hold {mode} prompts of length {n}: tensors {shapes}, expected {expected}",
+            fix="re-create it with 'petals-ops tune'",
+        )
     pid = prompts_id(tensors, mode, n, meta.get("dht_prefix", ""))
     if pid != meta.get("id"):
-        raise InputError(f"{bad}: its tensors do not match its id {meta.get('id')!r} (modified?)",
-                         fix="re-create it with 'petals-ops tune'")
-    return TunedPrompts(str(path.resolve()), mode, n, meta.get("dht_prefix", ""), hidden, blocks, step, pid, tensors)
+        raise InputError(
+            f"{bad}: its tensors do not match its id {meta.get('id')!r} (modified?)",
+            fix="re-create it with 'petals-ops tune'",
+        )
+    return TunedPrompts(
+        str(path.resolve()), mode, n, meta.get("dht_prefix", ""), hidden, blocks, step, pid, tensors
+    )
 
 
-def require_compatible(prompts: TunedPrompts, ref: ModelRef, *, mode: str | None = None,
-                       pre_seq_len: int | None = None) -> None:
+def require_compatible(
+    prompts: TunedPrompts, ref: ModelRef, *, mode: str | None = None, pre_seq_len: int | None = None
+) -> None:
     """Prompts tuned for another model, mode or length are refused in one line."""
     what = f"--tuned-prompts {prompts.path}"
-    if prompts.dht_prefix != ref.dht_prefix or (ref.num_blocks is not None and prompts.num_blocks != ref.num_blocks) or (
-            ref.hidden_size is not None and prompts.hidden_size != ref.hidden_size):
+    if (
+        prompts.dht_prefix != ref.dht_prefix
+        or (ref.num_blocks is not None and prompts.num_blocks != ref.num_blocks)
+        or (ref.hidden_size is not None and prompts.hidden_size != ref.hidden_size)
+    ):
         raise InputError(
             f"{what} were tuned for model {prompts.dht_prefix} ({prompts.num_blocks} blocks, hidden "
-            f"{prompts.hidden_size}), not {ref.dht_prefix} ({ref.num_blocks} blocks, hidden {ref.hidden_size})",
-            fix="use prompts tuned on this model, or run 'petals-ops tune' against it")
+            f"{prompts.hidden_size}), not {ref.dht_prefix} ({ref.num_blocks} blocks, "
+            f"hidden {ref.hidden_size})",
+            fix="use prompts tuned on this model, or run 'petals-ops tune' against it",
+        )
     if mode is not None and mode != prompts.mode:
         raise InputError(f"{what} are {prompts.mode} prompts, not {mode}", fix=f"use --mode {prompts.mode}")
     if pre_seq_len is not None and pre_seq_len != prompts.pre_seq_len:
-        raise InputError(f"{what} hold {prompts.pre_seq_len} prompt vectors, not {pre_seq_len}",
-                         fix=f"use --pre-seq-len {prompts.pre_seq_len}")
+        raise InputError(
+            f"{what} hold {prompts.pre_seq_len} prompt vectors, not {pre_seq_len}",
+            fix=f"use --pre-seq-len {prompts.pre_seq_len}",
+        )
 
 
 def load_into(model, prompts: TunedPrompts) -> None:
@@ -146,17 +186,33 @@ def load_into(model, prompts: TunedPrompts) -> None:
     with torch.no_grad():
         _, unexpected = model.load_state_dict(prompts.tensors, strict=False)
     if unexpected:
-        raise InputError(f"--tuned-prompts {prompts.path}: the model has no {unexpected}", fix="check the mode")
+        raise InputError(
+            f"--tuned-prompts {prompts.path}: the model has no {unexpected}", fix="check the mode"
+        )
 
 
-def open_with_prompts(kind: str, ref: ModelRef, initial_peers, prompts: TunedPrompts, *, max_retries: int = 3,
-                      request_timeout: float = 60.0):
+def open_with_prompts(
+    kind: str,
+    ref: ModelRef,
+    initial_peers,
+    prompts: TunedPrompts,
+    *,
+    max_retries: int = 3,
+    request_timeout: float = 60.0,
+):
     """A :class:`petals_ops.generation.LoadedModel` of ``ref`` with ``prompts`` in it (checked first)."""
     from petals_ops.tune.model import open_tunable
 
     require_compatible(prompts, ref)
-    loaded = open_tunable(kind, ref, initial_peers, prompts.mode, prompts.pre_seq_len, max_retries=max_retries,
-                          request_timeout=request_timeout)
+    loaded = open_tunable(
+        kind,
+        ref,
+        initial_peers,
+        prompts.mode,
+        prompts.pre_seq_len,
+        max_retries=max_retries,
+        request_timeout=request_timeout,
+    )
     try:
         load_into(loaded.model, prompts)
     except BaseException:

@@ -9,7 +9,8 @@ from petals_ops.errors import InputError
 
 MODES = ("ptune", "deep_ptune")
 # A Petals server refuses a forward/backward request of more than --max_batch_size tokens (rows x length,
-# prompts included; petals/server/task_pool.py). Servers do not announce it; 2048 is petals' default for BLOOM.
+# prompts included; petals/server/task_pool.py). Servers do not announce it; 2048 is petals' default
+# for BLOOM.
 DEFAULT_SERVERS_MAX_BATCH_SIZE = 2048
 # The petals client sends at most this many tokens per request, but never less than one row
 # (petals/client/sequential_autograd.py, MAX_TOKENS_IN_BATCH).
@@ -36,16 +37,25 @@ class TuneSpec:
         if self.mode not in MODES:
             raise InputError(f"--mode {self.mode} is unknown", fix=f"use one of: {', '.join(MODES)}")
         if self.pre_seq_len < 1:
-            raise InputError(f"--pre-seq-len {self.pre_seq_len} must be at least 1 (the number of trained prompt "
-                             "vectors)", fix="use --pre-seq-len 16")
-        for name, value in (("--steps", self.steps), ("--batch-size", self.batch_size), ("--eval-every", self.eval_every),
-                            ("--eval-size", self.eval_size), ("--checkpoint-every", self.checkpoint_every)):
+            raise InputError(
+                f"--pre-seq-len {self.pre_seq_len} must be at least 1 (the number of trained prompt vectors)",
+                fix="use --pre-seq-len 16",
+            )
+        for name, value in (
+            ("--steps", self.steps),
+            ("--batch-size", self.batch_size),
+            ("--eval-every", self.eval_every),
+            ("--eval-size", self.eval_size),
+            ("--checkpoint-every", self.checkpoint_every),
+        ):
             if value < 1:
                 raise InputError(f"{name} {value} must be at least 1", fix=f"pass {name} 1 or more")
         if not (math.isfinite(self.lr) and 0 < self.lr < 10):
             raise InputError(f"--lr {self.lr} must be a number in (0, 10)", fix="use --lr 1e-2")
         if self.max_length < 8:
-            raise InputError(f"--max-length {self.max_length} must be at least 8 tokens", fix="use --max-length 256")
+            raise InputError(
+                f"--max-length {self.max_length} must be at least 8 tokens", fix="use --max-length 256"
+            )
         return self
 
     def to_dict(self) -> dict:
@@ -64,7 +74,10 @@ def check_request_size(spec: TuneSpec, servers_max_batch_size: int) -> None:
     if rows * row > servers_max_batch_size:
         raise InputError(
             f"a training step sends requests of {rows} rows x {row} tokens (--batch-size {spec.batch_size}, "
-            f"--pre-seq-len {spec.pre_seq_len} + --max-length {spec.max_length}) = {rows * row} tokens, above the "
+            f"--pre-seq-len {spec.pre_seq_len} + --max-length {spec.max_length}) = {rows * row} tokens, "
+            "above the "
             f"servers' max_batch_size of {servers_max_batch_size} tokens",
-            fix="lower --batch-size, --max-length or --pre-seq-len, or pass --servers-max-batch-size if the servers "
-                "run with a larger --max_batch_size")
+            fix="lower --batch-size, --max-length or --pre-seq-len, or pass --servers-max-batch-size "
+            "if the servers "
+            "run with a larger --max_batch_size",
+        )

@@ -49,11 +49,15 @@ class TuneStore(RunStore):
         try:
             state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise InputError(f"--run-dir {self.run_dir}: {CHECKPOINT_FILE} is unreadable ({type(e).__name__})",
-                             fix=f"remove {self.checkpoint_path} to start over, or use a new --run-dir") from e
+            raise InputError(
+                f"--run-dir {self.run_dir}: {CHECKPOINT_FILE} is unreadable ({type(e).__name__})",
+                fix=f"remove {self.checkpoint_path} to start over, or use a new --run-dir",
+            ) from e
         if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-            raise InputError(f"--run-dir {self.run_dir}: {CHECKPOINT_FILE} is not a tune checkpoint",
-                             fix="use a new --run-dir")
+            raise InputError(
+                f"--run-dir {self.run_dir}: {CHECKPOINT_FILE} is not a tune checkpoint",
+                fix="use a new --run-dir",
+            )
         return state
 
     def write_checkpoint(self, state: dict[str, Any]) -> None:

@@ -67,8 +67,13 @@ def _resolve_model(params: TuneParams):
     if params.backend == "petals" or params.initial_peers:
         from petals_ops.target import resolve_target
 
-        target = resolve_target(params.initial_peers, params.model, dht_prefix=params.dht_prefix,
-                                num_blocks=params.num_blocks, run_dir=params.swarm_dir)
+        target = resolve_target(
+            params.initial_peers,
+            params.model,
+            dht_prefix=params.dht_prefix,
+            num_blocks=params.num_blocks,
+            run_dir=params.swarm_dir,
+        )
         return target.model, list(target.initial_peers)
     if params.model:
         return resolve_model(params.model, dht_prefix=params.dht_prefix, num_blocks=params.num_blocks), []
@@ -79,12 +84,20 @@ def _resolve_model(params: TuneParams):
 
 def make_config(ref, spec: TuneSpec, pairs) -> dict:
     """The identity of a run: what must match for a run dir to be resumed."""
-    return {"version": CONFIG_VERSION, "model": {"name": ref.name, "dht_prefix": ref.dht_prefix},
-            "spec": spec.to_dict(), "data": {"source": pairs.source, "sha256": pairs.sha256}}
+    return {
+        "version": CONFIG_VERSION,
+        "model": {"name": ref.name, "dht_prefix": ref.dht_prefix},
+        "spec": spec.to_dict(),
+        "data": {"source": pairs.source, "sha256": pairs.sha256},
+    }
 
 
-def run_tune(params: TuneParams, *, on_start: Callable[[dict], None] | None = None,
-             on_step: Callable[[StepReport], None] | None = None) -> TuneResult:
+def run_tune(
+    params: TuneParams,
+    *,
+    on_start: Callable[[dict], None] | None = None,
+    on_step: Callable[[StepReport], None] | None = None,
+) -> TuneResult:
     """Everything ``petals-ops tune gsm8k`` does: validate, connect, resume, train, evaluate, checkpoint."""
     from petals_ops.tune.examples import load_pairs
     from petals_ops.tune.store import TuneStore
@@ -107,8 +120,15 @@ def run_tune(params: TuneParams, *, on_start: Callable[[dict], None] | None = No
             take_snapshot(peers, ref).require_full_coverage()
         loop = _Loop(params, spec, ref, peers, pairs, store, checkpoint)
         if on_start:
-            on_start({"step": loop.step, "steps": spec.steps, "resumed": checkpoint is not None,
-                      "train_pairs": len(pairs.train), "held_out_pairs": len(pairs.held_out)})
+            on_start(
+                {
+                    "step": loop.step,
+                    "steps": spec.steps,
+                    "resumed": checkpoint is not None,
+                    "train_pairs": len(pairs.train),
+                    "held_out_pairs": len(pairs.held_out),
+                }
+            )
         loop.run(on_step)
         return TuneResult(store.run_dir, loop.summary())
     finally:
@@ -117,12 +137,30 @@ def run_tune(params: TuneParams, *, on_start: Callable[[dict], None] | None = No
 
 class _Loop:
     def __init__(self, params: TuneParams, spec: TuneSpec, ref, peers, pairs, store, checkpoint):
-        self.params, self.spec, self.ref, self.peers, self.pairs, self.store = params, spec, ref, peers, pairs, store
+        self.params, self.spec, self.ref, self.peers, self.pairs, self.store = (
+            params,
+            spec,
+            ref,
+            peers,
+            pairs,
+            store,
+        )
         state = checkpoint or {}
         self.step = int(state.get("step", 0))
         self.history: dict[str, Any] = state.get("history") or {
-            "losses": [], "evals": [], "forward_s": 0.0, "backward_s": 0.0, "optimizer_s": 0.0, "tokens": 0,
-            "padded_tokens": 0, "train_s": 0.0, "retries": 0, "failures": [], "resumed_at": [], "servers": []}
+            "losses": [],
+            "evals": [],
+            "forward_s": 0.0,
+            "backward_s": 0.0,
+            "optimizer_s": 0.0,
+            "tokens": 0,
+            "padded_tokens": 0,
+            "train_s": 0.0,
+            "retries": 0,
+            "failures": [],
+            "resumed_at": [],
+            "servers": [],
+        }
         self.best: dict[str, Any] = state.get("best") or {}
         if checkpoint is not None:
             self.history["resumed_at"].append(self.step)
@@ -138,8 +176,15 @@ class _Loop:
 
         from petals_ops.tune.model import init_prompts, open_tunable, prompt_parameters
 
-        loaded = open_tunable(self.params.backend, self.ref, self.peers, self.spec.mode, self.spec.pre_seq_len,
-                              max_retries=self.params.client_retries, request_timeout=self.params.request_timeout)
+        loaded = open_tunable(
+            self.params.backend,
+            self.ref,
+            self.peers,
+            self.spec.mode,
+            self.spec.pre_seq_len,
+            max_retries=self.params.client_retries,
+            request_timeout=self.params.request_timeout,
+        )
         model = loaded.model
         self.hidden_size = int(model.config.hidden_size)
         self.params_by_name = prompt_parameters(model, self.spec.mode)
@@ -151,7 +196,9 @@ class _Loop:
                     self.params_by_name[key].copy_(value)
         for p in self.params_by_name.values():
             p.requires_grad_(True)
-        self.optimizer = torch.optim.AdamW(list(self.params_by_name.values()), lr=self.spec.lr, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(
+            list(self.params_by_name.values()), lr=self.spec.lr, weight_decay=0.0
+        )
         if self._optimizer_state is not None:
             self.optimizer.load_state_dict(self._optimizer_state)
         if loaded.backend == "petals":
@@ -159,7 +206,7 @@ class _Loop:
         return loaded
 
     def _record_servers(self, model) -> None:
-        """Note every peer that answered a request (petals routes inside the client; this is where it says)."""
+        """Note every peer that answered a request (petals routes inside the client; it says so here)."""
         manager = model.transformer.h.sequence_manager
         original = manager.on_request_success
 
@@ -182,8 +229,11 @@ class _Loop:
             with backend.quiet_gc():
                 while self.step < self.spec.steps:
                     step = self.step + 1
-                    ids, labels, real = collate(loaded.tokenizer, self.pairs.batch(step, self.spec.batch_size,
-                                                                                   self.spec.seed), self.spec.max_length)
+                    ids, labels, real = collate(
+                        loaded.tokenizer,
+                        self.pairs.batch(step, self.spec.batch_size, self.spec.seed),
+                        self.spec.max_length,
+                    )
                     loss, retries = self._train_step(backend, step, ids, labels)
                     backend.collect()
                     self.step = step
@@ -237,9 +287,10 @@ class _Loop:
         text = " ".join(str(error).split())
         too_big = MAX_BATCH_RE.search(text)
         if too_big:
-            raise InputError(f"the servers refused a training request: max_batch_size {too_big[1]} tokens",
-                             fix="lower --batch-size or --max-length (and pass --servers-max-batch-size "
-                                 f"{too_big[1]})") from error
+            raise InputError(
+                f"the servers refused a training request: max_batch_size {too_big[1]} tokens",
+                fix=f"lower --batch-size or --max-length (and pass --servers-max-batch-size {too_big[1]})",
+            ) from error
         if backend.name != "petals":
             raise error
         failures.append(f"{type(error).__name__}: {text[:200]}")
@@ -247,13 +298,17 @@ class _Loop:
             banned = backend.after_failure(error)
         except Exception:  # noqa: BLE001 (best effort; the retry still happens)
             banned = []
-        self.history["failures"].append({"step": step, "attempt": attempt, "error": failures[-1], "banned": banned})
+        self.history["failures"].append(
+            {"step": step, "attempt": attempt, "error": failures[-1], "banned": banned}
+        )
         if attempt > self.params.step_retries:
             from petals_ops.swarm_health import take_snapshot
 
             take_snapshot(self.peers, self.ref).require_full_coverage()  # names the missing blocks, if any
-            raise OpsError(f"training step {step} failed {attempt} times through the swarm (last: {failures[-1]})",
-                           fix="check 'petals-ops swarm status'; the same command resumes from the last checkpoint")
+            raise OpsError(
+                f"training step {step} failed {attempt} times through the swarm (last: {failures[-1]})",
+                fix="check 'petals-ops swarm status'; the same command resumes from the last checkpoint",
+            )
         time.sleep(min(30.0, self.params.backoff * 2 ** (attempt - 1)))
 
     def _evaluate(self, backend: Backend) -> float:
@@ -266,7 +321,9 @@ class _Loop:
         total, count = 0.0, 0
         held = self.pairs.held_out
         for start in range(0, len(held), self.spec.batch_size):
-            ids, labels, _ = collate(backend.tokenizer, held[start:start + self.spec.batch_size], self.spec.max_length)
+            ids, labels, _ = collate(
+                backend.tokenizer, held[start : start + self.spec.batch_size], self.spec.max_length
+            )
             n = int((labels[:, 1:] != -100).sum())
             for attempt in range(1, self.params.step_retries + 2):
                 try:
@@ -280,41 +337,79 @@ class _Loop:
         value = round(total / max(count, 1), 5)
         self.history["evals"].append({"step": self.step, "loss": value})
         if not self.best or value < self.best["eval_loss"]:
-            from petals_ops.tune.prompts import BEST_FILE, save_prompts
+            from petals_ops.tune.prompts import BEST_FILE
 
-            pid = save_prompts(self.store.run_dir / BEST_FILE, self.params_by_name, mode=self.spec.mode, ref=self.ref,
-                               hidden_size=self.hidden_size, step=self.step)
-            self.best = {"step": self.step, "eval_loss": value, "id": pid}
+            self.best = {"step": self.step, "eval_loss": value, "id": self._save(BEST_FILE)}
         return value
 
+    def _save(self, name: str) -> str:
+        """The current prompts as the prompt file ``name`` of the run dir; returns their id."""
+        from petals_ops.tune.prompts import save_prompts
+
+        return save_prompts(
+            self.store.run_dir / name,
+            self.params_by_name,
+            mode=self.spec.mode,
+            ref=self.ref,
+            hidden_size=self.hidden_size,
+            step=self.step,
+        )
+
     def _checkpoint(self) -> None:
-        from petals_ops.tune.prompts import LAST_FILE, save_prompts
+        from petals_ops.tune.prompts import LAST_FILE
 
         self.history["servers"] = sorted(self.servers)
-        self.last_id = save_prompts(self.store.run_dir / LAST_FILE, self.params_by_name, mode=self.spec.mode,
-                                    ref=self.ref, hidden_size=self.hidden_size, step=self.step)
-        self.store.write_checkpoint({
-            "step": self.step, "history": self.history, "best": self.best, "last_id": self.last_id,
-            "prompts": {k: v.detach().clone() for k, v in self.params_by_name.items()},
-            "optimizer": self.optimizer.state_dict()})
+        self.last_id = self._save(LAST_FILE)
+        self.store.write_checkpoint(
+            {
+                "step": self.step,
+                "history": self.history,
+                "best": self.best,
+                "last_id": self.last_id,
+                "prompts": {k: v.detach().clone() for k, v in self.params_by_name.items()},
+                "optimizer": self.optimizer.state_dict(),
+            }
+        )
         self.store.write_summary(self.summary())
-        self.store.write_plot(self.history["losses"], self.history["evals"],
-                              f"{self.spec.mode} N={self.spec.pre_seq_len} on {self.pairs.source}")
+        self.store.write_plot(
+            self.history["losses"],
+            self.history["evals"],
+            f"{self.spec.mode} N={self.spec.pre_seq_len} on {self.pairs.source}",
+        )
 
     def summary(self) -> dict[str, Any]:
         h = self.history
         train_s = h["train_s"]
         return {
-            "model": self.ref.name, "dht_prefix": self.ref.dht_prefix, "backend": self.params.backend,
-            "mode": self.spec.mode, "pre_seq_len": self.spec.pre_seq_len,
-            "data": {"source": self.pairs.source, "sha256": self.pairs.sha256, "train_pairs": len(self.pairs.train),
-                     "held_out_pairs": len(self.pairs.held_out)},
-            "hyperparameters": self.spec.to_dict(), "step": self.step, "steps": self.spec.steps,
-            "losses": h["losses"], "evals": h["evals"], "best": self.best, "prompts_id": self.last_id,
-            "servers": sorted(self.servers), "resumed_at": h["resumed_at"], "retries": h["retries"],
+            "model": self.ref.name,
+            "dht_prefix": self.ref.dht_prefix,
+            "backend": self.params.backend,
+            "mode": self.spec.mode,
+            "pre_seq_len": self.spec.pre_seq_len,
+            "data": {
+                "source": self.pairs.source,
+                "sha256": self.pairs.sha256,
+                "train_pairs": len(self.pairs.train),
+                "held_out_pairs": len(self.pairs.held_out),
+            },
+            "hyperparameters": self.spec.to_dict(),
+            "step": self.step,
+            "steps": self.spec.steps,
+            "losses": h["losses"],
+            "evals": h["evals"],
+            "best": self.best,
+            "prompts_id": self.last_id,
+            "servers": sorted(self.servers),
+            "resumed_at": h["resumed_at"],
+            "retries": h["retries"],
             "failures": h["failures"][-20:],
-            "timing": {"forward_s": round(h["forward_s"], 3), "backward_s": round(h["backward_s"], 3),
-                       "optimizer_s": round(h["optimizer_s"], 3), "train_s": round(train_s, 3),
-                       "tokens": h["tokens"], "padded_tokens": h["padded_tokens"],
-                       "tokens_per_second": round(h["tokens"] / train_s, 1) if train_s else None},
+            "timing": {
+                "forward_s": round(h["forward_s"], 3),
+                "backward_s": round(h["backward_s"], 3),
+                "optimizer_s": round(h["optimizer_s"], 3),
+                "train_s": round(train_s, 3),
+                "tokens": h["tokens"],
+                "padded_tokens": h["padded_tokens"],
+                "tokens_per_second": round(h["tokens"] / train_s, 1) if train_s else None,
+            },
         }

@@ -69,6 +69,8 @@ def latest_by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 class RunStore:
+    job = "bench"  # what the lock messages call the process holding the run dir
+
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir).expanduser().resolve()
         self._lock = None
@@ -130,7 +132,7 @@ class RunStore:
                 except (OSError, ValueError):
                     pid = 0
                 if pid and procs.pid_alive(pid):
-                    raise OpsError(f"another bench (pid {pid}) is running in --run-dir {self.run_dir}",
+                    raise OpsError(f"another {self.job} (pid {pid}) is running in --run-dir {self.run_dir}",
                                    fix="wait for it, or use another run dir") from None
                 self._clear_stale_lock(path, pid)
                 continue
@@ -138,7 +140,7 @@ class RunStore:
             os.close(fd)
             self._lock = path
             return
-        raise OpsError(f"cannot take the lock {path}", fix="remove it if no bench runs there")
+        raise OpsError(f"cannot take the lock {path}", fix=f"remove it if no {self.job} runs there")
 
     def _clear_stale_lock(self, path: Path, stale_pid: int) -> None:
         """Move a dead bench's lock away. Renaming (not unlinking) and checking what was moved means two
@@ -156,7 +158,7 @@ class RunStore:
             with contextlib.suppress(FileExistsError):  # we moved a live bench's fresh lock: put it back
                 os.link(moved, path)
             moved.unlink()
-            raise OpsError(f"another bench (pid {moved_pid}) is running in --run-dir {self.run_dir}",
+            raise OpsError(f"another {self.job} (pid {moved_pid}) is running in --run-dir {self.run_dir}",
                            fix="wait for it, or use another run dir")
         moved.unlink()
 

@@ -24,6 +24,8 @@ PLOT_FILE = "loss.png"
 
 
 class TuneStore(RunStore):
+    job = "tune run"
+
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / CHECKPOINT_FILE

@@ -268,6 +268,28 @@ def test_bad_input_is_one_line(tuned_run, tune_swarm, tiny_model_dir, run_cli, t
     )
     assert "max_batch_size of 512 tokens" in line and "14 rows x 72 tokens" in line, line
     assert not (tmp_path / "bad").exists()  # refused before any work
+    # told a larger limit, the run reaches a real server, which refuses (petals/server/task_pool.py): one
+    # error line naming the servers' limit (petals' own retry warnings come before it)
+    refused = run_cli(
+        *base,
+        "--pre-seq-len",
+        2100,
+        "--max-length",
+        16,
+        "--batch-size",
+        1,
+        "--steps",
+        1,
+        "--eval-size",
+        2,
+        "--servers-max-batch-size",
+        100000,
+        "--step-retries",
+        0,
+    )
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the servers refused a training request: max_batch_size 2048 tokens"), last
     # prompts tuned on the arithmetic model, for another model
     line = one_error_line(
         run_cli(

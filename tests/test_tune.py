@@ -357,7 +357,7 @@ def test_bad_input_is_one_line(tuned_run, tune_swarm, tiny_model_dir, run_cli, t
     assert "different config" in line, line
 
 
-def small_run(swarm, run_dir, *, steps: int, checkpoint_every: int) -> list[str]:
+def small_run(swarm, run_dir, *, steps: int, checkpoint_every: int, extra: tuple = ()) -> list[str]:
     """A short arith:train run (4 pairs a step, held-out loss twice) for the fault tests."""
     return tune_cmd(
         swarm,
@@ -376,6 +376,7 @@ def small_run(swarm, run_dir, *, steps: int, checkpoint_every: int) -> list[str]
         8,
         "--max-length",
         96,
+        *extra,
     )
 
 
@@ -416,7 +417,9 @@ def test_killed_server_mid_run_training_completes(tune_swarm, tmp_path):
     from petals_ops import petals_door
 
     run_dir = tmp_path / "run"
-    cmd = small_run(tune_swarm, run_dir, steps=16, checkpoint_every=2)
+    # --client-retries 1: the petals client gives up on the first failed request, so the trainer's own
+    # retry (ban the dead peers, redo the step on another route) is what carries the run
+    cmd = small_run(tune_swarm, run_dir, steps=16, checkpoint_every=2, extra=("--client-retries", 1))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     try:
         progress = _wait_for_step(proc, run_dir, 2)
@@ -439,3 +442,7 @@ def test_killed_server_mid_run_training_completes(tune_swarm, tmp_path):
     assert killed_at < 16 and not any(v.alive() for v in victims.values())
     summary = read_tune(run_dir)
     assert summary["step"] == 16 and len(summary["losses"]) == 16
+    # the dead servers were hit (their DHT records outlive them) and the step was retried around them
+    killed = {peer for peer, proc_ in by_peer.items() if proc_ in victims.values()}
+    assert summary["retries"] >= 1, summary["failures"]
+    assert all(set(f["banned"]) <= killed and f["banned"] for f in summary["failures"]), summary["failures"]

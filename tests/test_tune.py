@@ -73,7 +73,12 @@ def write_shifted_task(directory: Path, train: int = 1500, test: int = 100) -> t
 
 @pytest.mark.parametrize("mode", ["ptune", "deep_ptune"])
 def test_swarm_step_gives_in_process_gradients(tune_swarm, mode):
-    """One training step through the swarm == the same step in-process: loss and prompt gradients."""
+    """One training step through the swarm == the same step in-process: loss and prompt gradients; and
+    greedy decoding with those prompts (the bench's loop, an inference session) gives the same tokens."""
+    import torch
+
+    from petals_ops.backends import Backend
+    from petals_ops.bench.decoding import DecodeSpec, Sampling, decode_batch
     from petals_ops.tune.examples import collate, load_pairs
     from petals_ops.tune.model import init_prompts, open_tunable, prompt_parameters, step_loss
 
@@ -86,19 +91,25 @@ def test_swarm_step_gives_in_process_gradients(tune_swarm, mode):
             init_prompts(loaded.model, mode, seed=3)
             params = prompt_parameters(loaded.model, mode)
             if mode == "deep_ptune":  # a non-zero start, so the deep prompts change the forward pass
-                with __import__("torch").no_grad():
+                with torch.no_grad():
                     params["transformer.intermediate_prompt_embeddings.weight"].normal_(
-                        0, 0.05, generator=__import__("torch").Generator().manual_seed(1)
+                        0, 0.05, generator=torch.Generator().manual_seed(1)
                     )
             for p in params.values():
                 p.requires_grad_(True)
             ids, labels, _ = collate(loaded.tokenizer, pairs.batch(1, 4, 0), 128)
             loss = step_loss(loaded.model, ids, labels)
             loss.backward()
+            question = loaded.tokenizer(pairs.held_out[0][0], return_tensors="pt")["input_ids"]
+            decoded = decode_batch(
+                Backend(loaded), question, [0], DecodeSpec(Sampling(), max_new_tokens=16), "q"
+            )
             results[kind] = (float(loss.detach()), {k: p.grad.clone() for k, p in params.items()})
+            results[kind + "-ids"] = decoded.paths[0].ids
         finally:
             loaded.close()
     (swarm_loss, swarm_grads), (local_loss, local_grads) = results["petals"], results["local"]
+    assert results["petals-ids"] == results["local-ids"] and len(results["local-ids"]) > 1
     assert swarm_loss == pytest.approx(local_loss, rel=1e-5)
     assert swarm_grads.keys() == local_grads.keys()
     for key in swarm_grads:

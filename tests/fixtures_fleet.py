@@ -10,7 +10,9 @@
   machine's Python and the repo's .venv through read-only bind mounts, with host networking.
 - GPUs are the only thing absent: the inventory says ``gpus: 0`` and ``device: cpu``.
 
-``FleetLab`` is plain code (the benchmark uses it too); the pytest fixtures wrap it, session-scoped.
+``FleetLab`` is plain code (the benchmark uses it too); the pytest fixtures wrap it, session-scoped. The
+rehearsal (``tests/rehearsal_lab.py``) starts a second one with up to five hosts (``lab_hosts(n)``, a10-N on
+127.0.0.1N) on its own SSH port and server ports.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ on CPU, and ``plan --as-model`` sizes their ranges by the GPU memory the invento
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -104,9 +105,14 @@ def test_reduced_rehearsal_three_hosts():
     an outage shown by swarm status and firing PetalsModelNotFullyServed in Prometheus, a bench in flight
     that records errors/retries, the repair (``restart``), the alert resolved, the bench finished with each
     question exactly once, and nothing left running."""
+    from tests.fixtures_fleet import DOCKERD, SSHD
+    from tests.fixtures_prometheus import PROMETHEUS
     from tests.rehearsal_lab import A100_40GB_BYTES, Rehearsal
 
-    root = Path(tempfile.mkdtemp(prefix="rehearsal-", dir="/tmp"))
+    for tool in (SSHD, DOCKERD, PROMETHEUS):
+        if not Path(tool).exists():
+            pytest.fail(f"{tool} is missing: run ./install.sh --system (sshd, docker.io, prometheus)")
+    root = Path(tempfile.mkdtemp(prefix="rehearsal-", dir="/tmp"))  # short: unix socket paths live under it
     rh = Rehearsal(root, hosts=3, gpu_memory_bytes=A100_40GB_BYTES, questions=6, max_new_tokens=8,
                    measure_hops=False, log=lambda line: print(line, flush=True))
     started = time.monotonic()
@@ -121,4 +127,5 @@ def test_reduced_rehearsal_three_hosts():
     assert f["bench_error_records"] + f["bench_retried_attempts"] > 0
     assert f["bench_each_question_once"] and f["bench_final_exit"] == 0
     assert f["left_running"] == []
+    shutil.rmtree(root)  # its logs stay behind only when it fails
 

@@ -82,6 +82,8 @@ def test_as_if_plan_bad_input_is_one_line(tmp_path, run_cli, tiny_model_dir, mod
     ok = inventory(tmp_path, model70, {"a10-1": {"gpus": 0}})
     assert_one_line_error(run_cli("plan", "-i", ok, "--as-model", "nobody/nothing"),
                           "no config for model nobody/nothing", code=2)
+    assert_one_line_error(run_cli("plan", "-i", ok, "--quant", "int8"),
+                          "--quant applies only with --as-model", code=2)
     result = run_cli("plan", "-i", ok, "--as-model", "bigscience/bloom", "--quant", "fp3")
     assert result.returncode == 2 and "fp3" in result.stderr and "Traceback" not in result.stderr
 

@@ -101,8 +101,8 @@ def provision_cmd(inventory, hosts, accept_new_host_keys, dry_run, output):
               help="Assign contiguous block ranges as if each server held MODEL's real blocks on its host's GPU "
                    "(e.g. bigscience/bloom: five A10s in nf4 get 0:14 ... 56:70); the inventory's model must have "
                    "as many blocks (a rehearsal's tiny BLOOM with --layers 70).")
-@click.option("--quant", type=click.Choice(["none", "int8", "nf4"]), default="nf4", show_default=True,
-              help="With --as-model: the quantisation the real servers would use.")
+@click.option("--quant", type=click.Choice(["none", "int8", "nf4"]), default=None,
+              help="With --as-model: the quantisation the real servers would use [default: nf4].")
 def plan_cmd(inventory, hosts, accept_new_host_keys, output, as_model, quant):
     """Blocks per GPU (Petals' memory accounting) per quantisation and cache size, coverage, exact commands.
 
@@ -112,9 +112,14 @@ def plan_cmd(inventory, hosts, accept_new_host_keys, output, as_model, quant):
     from petals_ops.fleet.plan import make_plan, plan_as_if
     from petals_ops.swarm_health import format_block_ranges
 
+    if quant and not as_model:
+        from petals_ops.errors import InputError
+
+        raise InputError("--quant applies only with --as-model",
+                         fix="add --as-model bigscience/bloom, or set server.quant_type in the inventory")
     inv, opts = _load(inventory, accept_new_host_keys)
     if as_model:
-        plan = plan_as_if(inv, hosts, as_model=as_model, quant=quant, opts=opts)
+        plan = plan_as_if(inv, hosts, as_model=as_model, quant=quant or "nf4", opts=opts)
     else:
         plan = make_plan(inv, hosts, opts=opts)
     if output == "json":

@@ -143,6 +143,7 @@ BAD_INPUT_PER_COMMAND = {
     "bench gsm8k": (["bench", "gsm8k", "--data", "nosuch.jsonl"], "--data nosuch.jsonl"),
     "bench report": (["bench", "report", "nosuchdir"], "nosuchdir has no summary.json"),
     "bench errors": (["bench", "errors", "nosuchdir"], "nosuchdir has no summary.json"),
+    "tune gsm8k": (["tune", "gsm8k", "--pre-seq-len", "0"], "--pre-seq-len 0"),
     "hosts check": (["hosts", "check", "-i", "missing.yaml"], "inventory missing.yaml"),
     "provision": (["provision", "-i", "inv.yaml", "--hosts", "zz"], "zz is neither in the inventory"),
     "plan": (["plan", "-i", "inv.yaml", "--as-model", "nonsense"], "--as-model nonsense"),

@@ -174,7 +174,8 @@ def _ban_failed_peers(model, error: BaseException) -> list[str]:
         manager = model.transformer.h.sequence_manager
         for peer in peers:
             manager.on_request_failure(door.PeerID.from_base58(peer))
-        # on_request_failure leaves the peer in the precomputed spans: rebuild the routing (it skips banned peers)
+        # on_request_failure leaves the peer in the precomputed spans:
+        # rebuild the routing (it skips banned peers)
         manager.update(wait=False)
         manager.ready.wait(timeout=15)
     return peers
@@ -183,9 +184,10 @@ def _ban_failed_peers(model, error: BaseException) -> list[str]:
 def _defuse(server_sessions: Sequence[Any]) -> None:
     """Close what a session left open, and make sure no ``__del__`` will try again.
 
-    petals' ``_ServerInferenceSession.__del__`` closes its stream through ``RemoteExpertWorker.run_coroutine``;
-    when the garbage collector runs that on the worker's own event-loop thread, the loop waits on itself and
-    every session of the process hangs (seen here: the bench froze mid-run).
+    petals' ``_ServerInferenceSession.__del__`` closes its stream through
+    ``RemoteExpertWorker.run_coroutine``; when the garbage collector runs that on the worker's own
+    event-loop thread, the loop waits on itself and every session of the process hangs (seen here:
+    the bench froze mid-run).
     """
     for server_session in server_sessions:
         if getattr(server_session, "_outputs_stream", None) is not None:

@@ -53,7 +53,8 @@ class Generation:
     new_token_ids: list[list[int]]  # one list per returned sequence
     texts: list[str]
     seconds: float
-    interventions: list[Any] = field(default_factory=list)  # with calculator: decoding.Intervention of sequence 0
+    # with calculator: decoding.Intervention of sequence 0
+    interventions: list[Any] = field(default_factory=list)
 
     @property
     def new_tokens(self) -> int:
@@ -95,7 +96,8 @@ def length_error_from(error: BaseException) -> InputError | None:
         match = SERVER_LENGTH_LIMIT_RE.search(str(seen))
         if match:
             return InputError(
-                f"the servers refused a session of {match[1]} tokens: their inference_max_length is {match[2]}",
+                f"the servers refused a session of {match[1]} tokens: "
+                f"their inference_max_length is {match[2]}",
                 fix=LENGTH_FIX,
             )
         seen, depth = seen.__cause__ or seen.__context__, depth + 1
@@ -134,7 +136,8 @@ def load_swarm_model(
     except Exception as e:
         if "bootstrap" in str(e) or "multiaddr" in str(e) or "Daemon failed" in str(e):
             raise OpsError(
-                f"cannot reach the swarm at initial peers {' '.join(initial_peers)} ({' '.join(str(e).split())[-160:]})",
+                f"cannot reach the swarm at initial peers {' '.join(initial_peers)} "
+                f"({' '.join(str(e).split())[-160:]})",
                 fix="check --initial-peers and that the DHT is up",
             ) from e
         raise
@@ -200,9 +203,11 @@ def generate(
     import torch
 
     if max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens {max_new_tokens} must be at least 1", fix="use --max-new-tokens 32")
+        raise InputError(f"--max-new-tokens {max_new_tokens} must be at least 1",
+                         fix="use --max-new-tokens 32")
     if sample and temperature <= 0:
-        raise InputError(f"--temperature {temperature} must be > 0 when sampling", fix="use --temperature 0.7")
+        raise InputError(f"--temperature {temperature} must be > 0 when sampling",
+                         fix="use --temperature 0.7")
     tok = loaded.tokenizer
     input_ids = tok(prompt, return_tensors="pt")["input_ids"]
     if input_ids.shape[1] == 0:
@@ -212,7 +217,8 @@ def generate(
                                          temperature=temperature, top_k=top_k, seed=seed,
                                          num_return_sequences=num_return_sequences, on_text=on_text,
                                          calculator=calculator)
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=tok.pad_token_id, **generate_kwargs)
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=tok.pad_token_id,
+                  **generate_kwargs)
     if sample:
         kwargs.update(temperature=temperature, top_k=top_k or 0, num_return_sequences=num_return_sequences)
     elif num_return_sequences > 1:
@@ -235,8 +241,9 @@ def generate(
 
 
 def _generate_with_calculator(loaded: LoadedModel, input_ids, *, max_new_tokens: int, sample: bool,
-                              temperature: float, top_k: int | None, seed: int | None, num_return_sequences: int,
-                              on_text: Callable[[str], None] | None, calculator: bool = True) -> Generation:
+                              temperature: float, top_k: int | None, seed: int | None,
+                              num_return_sequences: int, on_text: Callable[[str], None] | None,
+                              calculator: bool = True) -> Generation:
     """``generate`` through the bench's loop, with the calculator or tuned prompts (no stop strings)."""
     import secrets
 
@@ -251,5 +258,6 @@ def _generate_with_calculator(loaded: LoadedModel, input_ids, *, max_new_tokens:
     out = decode_batch(Backend(loaded), input_ids, list(range(num_return_sequences)), spec, "generate")
     if on_text is not None:
         on_text(out.paths[0].raw)
-    return Generation(prompt_tokens=int(input_ids.shape[1]), new_token_ids=[p.ids for p in out.paths], texts=[p.raw for p in out.paths],
-                      seconds=out.seconds, interventions=list(out.paths[0].interventions))
+    return Generation(prompt_tokens=int(input_ids.shape[1]), new_token_ids=[p.ids for p in out.paths],
+                      texts=[p.raw for p in out.paths], seconds=out.seconds,
+                      interventions=list(out.paths[0].interventions))

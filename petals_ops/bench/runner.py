@@ -50,7 +50,8 @@ class ExecOptions:
 
     def validate(self) -> ExecOptions:
         if self.concurrency < 1:
-            raise InputError(f"--concurrency {self.concurrency} must be at least 1", fix="use --concurrency 1")
+            raise InputError(f"--concurrency {self.concurrency} must be at least 1",
+                             fix="use --concurrency 1")
         if not 0 <= self.backoff < float("inf"):
             raise InputError(f"--backoff {self.backoff} must be a number >= 0 seconds", fix="use --backoff 1")
         if self.retries < 0:
@@ -58,7 +59,8 @@ class ExecOptions:
         if not 0 < self.timeout < float("inf"):  # also refuses nan
             raise InputError(f"--timeout {self.timeout} must be > 0 seconds", fix="use --timeout 600")
         if self.batch_size is not None and self.batch_size < 1:
-            raise InputError(f"--batch-size {self.batch_size} must be at least 1", fix="omit it for automatic batching")
+            raise InputError(f"--batch-size {self.batch_size} must be at least 1",
+                             fix="omit it for automatic batching")
         return self
 
 
@@ -85,7 +87,8 @@ class Progress:
         return self.correct / self.scored if self.scored else None
 
 
-def make_config(model, prompt: PromptSet, cfg: MethodConfig, dataset: Dataset, selection: dict, problems: list[Problem]) -> dict:
+def make_config(model, prompt: PromptSet, cfg: MethodConfig, dataset: Dataset, selection: dict,
+                problems: list[Problem]) -> dict:
     """The identity of a run: what must match for a run dir to be resumed."""
     return {
         "version": CONFIG_VERSION,
@@ -130,7 +133,8 @@ def _run_attempt(fn, timeout: float, cancel: threading.Event):
             raise Cancelled()
         if time.monotonic() > give_up:
             stop.set()
-            raise QuestionTimeout(f"an attempt was stuck in the swarm client for over {timeout:.0f} s; abandoned")
+            raise QuestionTimeout(
+                f"an attempt was stuck in the swarm client for over {timeout:.0f} s; abandoned")
     if "error" in box:
         raise box["error"]
     return box["result"]
@@ -152,7 +156,8 @@ def solve(backend: Backend, prompt: PromptSet, problem: Problem, cfg: MethodConf
         def attempt_fn(stop: threading.Event, deadline: float = deadline):
             paths, servers, batches = [], set(), []
             for indices in plan_batches(cfg.paths, batch_size):
-                out = decode_batch(backend, prompt_ids, indices, spec, problem.id, deadline=deadline, cancel=stop)
+                out = decode_batch(backend, prompt_ids, indices, spec, problem.id,
+                                   deadline=deadline, cancel=stop)
                 paths += out.paths
                 servers.update(out.servers)
                 batches.append(len(indices))
@@ -181,14 +186,14 @@ def solve(backend: Backend, prompt: PromptSet, problem: Problem, cfg: MethodConf
         except Exception as e:  # noqa: BLE001 (one unscorable completion is that question's error, never the run's)
             failures.append(f"scoring: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
             return QuestionRecord(
-                **base, paths=[], vote=None, correct=False, tokens=0, seconds=round(time.monotonic() - started, 3),
-                attempts=attempt, failures=failures, servers=sorted(servers), batches=batches, error=failures[-1],
-                finished_at=time.time())
+                **base, paths=[], vote=None, correct=False, tokens=0,
+                seconds=round(time.monotonic() - started, 3), attempts=attempt, failures=failures,
+                servers=sorted(servers), batches=batches, error=failures[-1], finished_at=time.time())
         return QuestionRecord(
             **base, paths=scored, vote=vote, correct=answers_equal(vote, problem.gold),
-            tokens=sum(p.tokens for p in paths), seconds=round(time.monotonic() - started, 3), attempts=attempt,
-            failures=failures, servers=sorted(servers), batches=batches, error=None, finished_at=time.time(),
-            extras=method.record_extras(scored, vote))
+            tokens=sum(p.tokens for p in paths), seconds=round(time.monotonic() - started, 3),
+            attempts=attempt, failures=failures, servers=sorted(servers), batches=batches, error=None,
+            finished_at=time.time(), extras=method.record_extras(scored, vote))
     return QuestionRecord(
         **base, paths=[], vote=None, correct=False, tokens=0, seconds=round(time.monotonic() - started, 3),
         attempts=opts.retries + 1, failures=failures, servers=[], batches=[],
@@ -217,7 +222,8 @@ def execute(backend: Backend, prompt: PromptSet, problems: list[Problem], cfg: M
             while pending or in_flight:
                 while pending and len(in_flight) < opts.concurrency:
                     problem = pending.pop(0)
-                    in_flight[pool.submit(solve, backend, prompt, problem, cfg, batch_size, opts, cancel)] = problem
+                    in_flight[pool.submit(
+                        solve, backend, prompt, problem, cfg, batch_size, opts, cancel)] = problem
                 finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
                 for future in finished:
                     in_flight.pop(future)
@@ -239,8 +245,8 @@ def execute(backend: Backend, prompt: PromptSet, problems: list[Problem], cfg: M
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def choose_batch_size(backend: Backend, prompt: PromptSet, todo: list[Problem], cfg: MethodConfig, opts: ExecOptions,
-                      snapshot) -> tuple[int, str]:
+def choose_batch_size(backend: Backend, prompt: PromptSet, todo: list[Problem], cfg: MethodConfig,
+                      opts: ExecOptions, snapshot) -> tuple[int, str]:
     """Paths per batch: --batch-size if given; else all K, unless the servers' free cache holds fewer."""
     if opts.batch_size is not None:
         return min(cfg.paths, opts.batch_size), "--batch-size"
@@ -306,7 +312,8 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
     if params.backend not in BACKENDS:
         raise InputError(f"--backend {params.backend} is unknown", fix="use petals or local")
     dataset = load_dataset(params.data)
-    selection = {"offset": params.offset, "limit": params.limit, "sample": params.sample, "sample_seed": params.sample_seed}
+    selection = {"offset": params.offset, "limit": params.limit, "sample": params.sample,
+                 "sample_seed": params.sample_seed}
     problems = select(dataset.problems, **selection)
     if params.zero_shot and params.prompt_file:
         raise InputError("--zero-shot and --prompt-file were both given", fix="pass one of them")
@@ -343,7 +350,8 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
     existing = store.open(config)
     try:
         # an error record, or a line the reports cannot read (see load_records), is run again
-        todo = [p for p in problems if p.id not in existing or existing[p.id].get("error") or not is_record(existing[p.id])]
+        todo = [p for p in problems
+                if p.id not in existing or existing[p.id].get("error") or not is_record(existing[p.id])]
         if params.backend == "petals":
             from petals_ops.swarm_health import take_snapshot
 

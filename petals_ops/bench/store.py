@@ -121,7 +121,9 @@ class RunStore:
             write_json_atomic(config_path, config)
 
     def _acquire(self) -> None:
-        """A pid lock file (not flock: processes the petals client forks inherit flocks and outlive a kill -9)."""
+        """A pid lock file (not flock: processes the petals client forks inherit flocks
+        and outlive a kill -9).
+        """
         path = self.run_dir / LOCK_FILE
         for _ in range(3):
             try:

@@ -17,15 +17,17 @@ def bench():
 @bench.command("gsm8k")
 @swarm_target_options
 @click.option("--data", default="demo", show_default=True,
-              help="'demo' (the shipped demo set), gsm8k:test or gsm8k (the packaged GSM8K test split, 1319), "
-                   "gsm8k:train (7473), a GSM8K JSONL file (or the official checkout dir), or hf:openai/gsm8k[:split].")
+              help="'demo' (the shipped demo set), gsm8k:test or gsm8k (the packaged GSM8K test split, "
+                   "1319), gsm8k:train (7473), a GSM8K JSONL file (or the official checkout dir), or "
+                   "hf:openai/gsm8k[:split].")
 @click.option("--offset", default=0, show_default=True, type=int, help="Skip the first N problems.")
 @click.option("--limit", default=None, type=int, help="Run at most N problems (after --offset/--sample).")
-@click.option("--sample", default=None, type=int, help="A random subset of N problems (seeded by --sample-seed).")
+@click.option("--sample", default=None, type=int,
+              help="A random subset of N problems (seeded by --sample-seed).")
 @click.option("--sample-seed", default=0, show_default=True, type=int)
 @click.option("--prompt-file", default=None, type=click.Path(dir_okay=False),
-              help="Few-shot prompt set ('Q: ...\\nA: ... The answer is N.' blocks) [default: experiments/prompts/"
-                   "gsm8k_cot_8shot_petals_ops.txt].")
+              help="Few-shot prompt set ('Q: ...\\nA: ... The answer is N.' blocks) [default: "
+                   "experiments/prompts/gsm8k_cot_8shot_petals_ops.txt].")
 @click.option("--zero-shot", is_flag=True,
               help="No exemplars: 'Q: question\\nA:' alone (e.g. with --tuned-prompts).")
 @click.option("--tuned-prompts", default=None, type=click.Path(),
@@ -33,10 +35,12 @@ def bench():
                    "is part of the run's config and records.")
 @click.option("--method", type=click.Choice(list(METHODS)), default="cot", show_default=True,
               help="; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + ".")
-@click.option("--paths", default=None, type=int, help="Sampled paths per question [default: the method's; sc: 10, cot: 1].")
+@click.option("--paths", default=None, type=int,
+              help="Sampled paths per question [default: the method's; sc: 10, cot: 1].")
 @click.option("--temperature", default=0.7, show_default=True, type=float, help="SC sampling temperature.")
 @click.option("--top-k", default=40, show_default=True, type=int, help="SC top-k (0: no top-k).")
-@click.option("--max-new-tokens", default=256, show_default=True, type=int, help="Per path; stops earlier at the next 'Q:'.")
+@click.option("--max-new-tokens", default=256, show_default=True, type=int,
+              help="Per path; stops earlier at the next 'Q:'.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampled paths.")
 @click.option("--calculator", is_flag=True,
               help="When a path writes an arithmetic expression and '=', force the exact result as its next "
@@ -51,10 +55,12 @@ def bench():
               help="Paths per inference session [default: all K, fewer if the servers' free cache is short].")
 @click.option("--retries", default=2, show_default=True, type=int, help="Fresh-session retries per question.")
 @click.option("--timeout", default=600.0, show_default=True, type=float, help="Seconds per question attempt.")
-@click.option("--backoff", default=1.0, show_default=True, type=float, help="First retry delay (doubles each time).")
+@click.option("--backoff", default=1.0, show_default=True, type=float,
+              help="First retry delay (doubles each time).")
 @click.option("--client-retries", default=3, show_default=True, type=click.IntRange(min=0),
               help="Petals client retries per failed step (petals' default is forever).")
-@click.option("--request-timeout", default=60.0, show_default=True, type=POSITIVE, help="Petals client per-request timeout.")
+@click.option("--request-timeout", default=60.0, show_default=True, type=POSITIVE,
+              help="Petals client per-request timeout.")
 @OUTPUT_OPTION
 def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset, limit, sample, sample_seed,
           prompt_file, zero_shot, tuned_prompts, method, paths, temperature, top_k, max_new_tokens, seed,
@@ -72,12 +78,13 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset,
                        calculator=calculator)
     default_run_dir = f"bench-runs/gsm8k-{method}" + ("-calculator" if calculator else "")
     params = BenchParams(
-        data=data, offset=offset, limit=limit, sample=sample, sample_seed=sample_seed, prompt_file=prompt_file,
-        zero_shot=zero_shot, tuned_prompts=tuned_prompts, method=cfg, run_dir=run_dir or default_run_dir,
-        backend=backend, initial_peers=initial_peers,
-        model=model, dht_prefix=dht_prefix, num_blocks=num_blocks, swarm_dir=swarm_dir, client_retries=client_retries,
-        request_timeout=request_timeout,
-        exec=ExecOptions(concurrency=concurrency, retries=retries, timeout=timeout, backoff=backoff, batch_size=batch_size),
+        data=data, offset=offset, limit=limit, sample=sample, sample_seed=sample_seed,
+        prompt_file=prompt_file, zero_shot=zero_shot, tuned_prompts=tuned_prompts, method=cfg,
+        run_dir=run_dir or default_run_dir, backend=backend, initial_peers=initial_peers,
+        model=model, dht_prefix=dht_prefix, num_blocks=num_blocks, swarm_dir=swarm_dir,
+        client_retries=client_retries, request_timeout=request_timeout,
+        exec=ExecOptions(concurrency=concurrency, retries=retries, timeout=timeout, backoff=backoff,
+                         batch_size=batch_size),
     )
     with _BenchProgress() as progress:
         result = run_bench(params, on_start=progress.start, on_record=progress.record)
@@ -88,7 +95,8 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset,
         acc = "n/a" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
         low, high = s["accuracy_wilson95"]
         line = (f"{s['method']}: {s['correct']}/{s['scored']} correct ({acc}, Wilson 95% [{100 * low:.1f}%, "
-                f"{100 * high:.1f}%]), {s['errors']} errors, {s['tokens']} tokens, {s['tokens_per_second']:.1f} tokens/s")
+                f"{100 * high:.1f}%]), {s['errors']} errors, {s['tokens']} tokens, "
+                f"{s['tokens_per_second']:.1f} tokens/s")
         if s.get("maj_at_k"):
             line += f", maj@{len(s['maj_at_k'])} {100 * list(s['maj_at_k'].values())[-1]:.1f}%"
         calc = s.get("calculator")
@@ -100,7 +108,8 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset,
     if s["errors"]:
         from petals_ops.errors import PartialFailure
 
-        raise PartialFailure(f"{s['errors']} of {s['n']} questions ended in an error record (see {result.run_dir}/records.jsonl)",
+        raise PartialFailure(f"{s['errors']} of {s['n']} questions ended in an error record "
+                             f"(see {result.run_dir}/records.jsonl)",
                              fix="run the same command again to retry them")
 
 
@@ -109,8 +118,8 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset,
 @click.option("--out", default="bench-report", show_default=True, type=click.Path(file_okay=False),
               help="Where the comparison report.md and plot go.")
 @click.option("--pairs/--no-pairs", default=True, show_default=True,
-              help="Compare each pair of runs question by question (paired 95% interval, exact McNemar test); "
-                   "needs runs of the same model on the same questions.")
+              help="Compare each pair of runs question by question (paired 95% interval, exact McNemar "
+                   "test); needs runs of the same model on the same questions.")
 @OUTPUT_OPTION
 def report_cmd(run_dirs, out, pairs, output):
     """Compare bench runs: side by side, and each pair A B on the same questions.
@@ -122,9 +131,13 @@ def report_cmd(run_dirs, out, pairs, output):
 
     path, summaries, paired = report.compare(run_dirs, out, pairs=pairs)
     if output == "json":
-        emit_json({"report": str(path), "runs": [{k: s.get(k) for k in ("run_dir", "method", "paths", "n", "scored",
-                   "errors", "accuracy", "accuracy_wilson95", "maj_at_k", "tokens", "tokens_per_second")} for s in summaries],
-                   "pairs": [{"a": p.a["run_dir"], "b": p.b["run_dir"], "excluded": p.excluded, **p.comparison.to_dict()}
+        emit_json({"report": str(path),
+                   "runs": [{k: s.get(k) for k in ("run_dir", "method", "paths", "n", "scored", "errors",
+                                                   "accuracy", "accuracy_wilson95", "maj_at_k", "tokens",
+                                                   "tokens_per_second")}
+                            for s in summaries],
+                   "pairs": [{"a": p.a["run_dir"], "b": p.b["run_dir"], "excluded": p.excluded,
+                              **p.comparison.to_dict()}
                              for p in paired]})
         return
     render_table(report.HEADERS, report.table_rows(summaries), title="GSM8K bench runs")
@@ -135,9 +148,11 @@ def report_cmd(run_dirs, out, pairs, output):
 
 @bench.command("errors")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--category", default=None, help="Only this category (correct, repetition, out_of_tokens, no_answer, "
-                                                "arithmetic_slip, wrong_answer).")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Rows to show in the table.")
+@click.option("--category", default=None,
+              help="Only this category (correct, repetition, out_of_tokens, no_answer, "
+                   "arithmetic_slip, wrong_answer).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Rows to show in the table.")
 @OUTPUT_OPTION
 def errors_cmd(run_dir, category, limit, output):
     """Every scored path of a run with its failure category: why the wrong ones were wrong.
@@ -159,7 +174,8 @@ def errors_cmd(run_dir, category, limit, output):
                  [[r["id"], r["path"], r["category"], r["answer"], r["gold"],
                    f"{r['slip']} (is {r['slip_true_value']})" if r["slip"] else "",
                    " ".join(r["text"].split())[:90]] for r in shown],
-                 title=f"{len(shown)} of {len(rows)} paths ({', '.join(f'{k} {v}' for k, v in counts.most_common())})")
+                 title=f"{len(shown)} of {len(rows)} paths "
+                       f"({', '.join(f'{k} {v}' for k, v in counts.most_common())})")
 
 
 class _BenchProgress:
@@ -174,7 +190,8 @@ class _BenchProgress:
 
     def start(self, progress, run_info):
         info(f"{run_info['done_before']} of {run_info['n']} questions already done; {run_info['todo']} to run"
-             + (f"; {run_info['batch_size']} paths per batch ({run_info['batch_note']})" if run_info["todo"] else ""))
+             + (f"; {run_info['batch_size']} paths per batch ({run_info['batch_note']})"
+                if run_info["todo"] else ""))
         if self.console.is_terminal and run_info["todo"]:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -193,7 +210,8 @@ class _BenchProgress:
         left = progress.total - progress.done
         eta = progress.elapsed / progress.done * left if progress.done else 0.0
         state = f"error: {record.error[:80]}" if record.error else ("correct" if record.correct else "wrong")
-        info(f"[{progress.done}/{progress.total}] {record.id} {state}; acc {acc}, {tps} tokens/s, ETA {eta:.0f} s")
+        info(f"[{progress.done}/{progress.total}] {record.id} {state}; acc {acc}, {tps} tokens/s, "
+             f"ETA {eta:.0f} s")
 
     def __exit__(self, *exc):
         if self.bar is not None:

@@ -14,15 +14,16 @@ from petals_ops.output import info
 @click.option("--max-new-tokens", default=32, show_default=True, type=AT_LEAST_ONE)
 @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
 @click.option("--temperature", default=1.0, show_default=True, type=POSITIVE, help="With --sample.")
-@click.option("--top-k", default=None, type=click.IntRange(min=0), help="With --sample: keep the k most likely tokens.")
+@click.option("--top-k", default=None, type=click.IntRange(min=0),
+              help="With --sample: keep the k most likely tokens.")
 @click.option("--seed", default=None, type=int, help="Seed for --sample.")
 @click.option("--max-retries", default=3, show_default=True, type=click.IntRange(min=0),
               help="Client retries per failed step before giving up (petals' default is forever).")
 @click.option("--backend", type=click.Choice(["petals", "local"]), default="petals", show_default=True,
               help="petals: through the swarm; local: the same checkpoint in this process.")
 @click.option("--calculator", is_flag=True,
-              help="Force the exact result after an arithmetic expression and '=' (the bench's decoding loop; "
-                   "the text is printed at the end, the interventions on stderr).")
+              help="Force the exact result after an arithmetic expression and '=' (the bench's decoding "
+                   "loop; the text is printed at the end, the interventions on stderr).")
 @click.option("--tuned-prompts", default=None, type=click.Path(),
               help="A 'petals-ops tune' run dir (or prompt file): the model prepends those prompts "
                    "(the text is printed at the end).")
@@ -40,7 +41,8 @@ def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, ma
 
         target = SwarmTarget([], resolve_model(model, dht_prefix=dht_prefix, num_blocks=num_blocks))
     else:
-        target = resolve_target(initial_peers, model, dht_prefix=dht_prefix, num_blocks=num_blocks, run_dir=swarm_dir)
+        target = resolve_target(initial_peers, model, dht_prefix=dht_prefix, num_blocks=num_blocks,
+                                run_dir=swarm_dir)
 
     def write(text):
         sys.stdout.write(text)
@@ -74,12 +76,14 @@ def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, ma
         too_long = generation.length_error_from(e)
         if too_long is not None:
             raise too_long from e
-        take_snapshot(target.initial_peers, target.model).require_full_coverage()  # name the blocks if they are gone
+        # name the blocks if they are gone
+        take_snapshot(target.initial_peers, target.model).require_full_coverage()
         raise OpsError(f"generation through the swarm failed: {' '.join(str(e).split())[:200]}",
                        fix="check 'petals-ops swarm status' and retry") from e
     write("\n")
     for i in result.interventions:
-        own = "" if i.model_wrong is None else f" (the model wrote{'' if i.model_wrong else ' it too'}: {i.model.strip()!r})"
+        own = "" if i.model_wrong is None else \
+            f" (the model wrote{'' if i.model_wrong else ' it too'}: {i.model.strip()!r})"
         info(f"calculator at token {i.position}: {i.expression} = {i.result}{own}")
     tps = result.new_tokens / result.seconds if result.seconds else 0.0
     info(f"{result.new_tokens} tokens in {result.seconds:.2f} s ({tps:.1f} tokens/s, {backend})")

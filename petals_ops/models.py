@@ -47,17 +47,19 @@ def dht_prefix_for(name: str) -> str:
     return (name + "-petals").replace(".", "-")
 
 
-def resolve_model(model: str, *, dht_prefix: str | None = None, num_blocks: int | None = None) -> ModelRef:
-    """Turn ``--model`` (a hub name or a local checkpoint directory) into a :class:`ModelRef`."""
+def resolve_model(model: str, *, dht_prefix: str | None = None, num_blocks: int | None = None,
+                  option: str = "--model") -> ModelRef:
+    """Turn ``--model`` (a hub name or a local checkpoint directory) into a :class:`ModelRef`; errors name
+    ``option``, the flag the user typed."""
     model = str(model).strip()
     if not model:
-        raise InputError("--model is empty",
+        raise InputError(f"{option} is empty",
                          fix="pass a hub name such as bigscience/bloom or a model directory")
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir() or not is_model_dir(path):
             raise InputError(
-                f"--model {model} is not a model directory (no config.json with weights)",
+                f"{option} {model} is not a model directory (no config.json with weights)",
                 fix="pass a directory made by 'petals-ops model tiny DIR' or a hub name",
             )
         meta_file = path / MODEL_META
@@ -65,7 +67,7 @@ def resolve_model(model: str, *, dht_prefix: str | None = None, num_blocks: int 
             config = json.loads((path / "config.json").read_text())
             meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
         except (ValueError, OSError) as e:
-            raise InputError(f"--model {model}: cannot read its config.json or {MODEL_META} ({e})",
+            raise InputError(f"{option} {model}: cannot read its config.json or {MODEL_META} ({e})",
                              fix="re-create the model directory") from e
         prefix = dht_prefix or meta.get("dht_prefix")
         if not prefix:
@@ -79,8 +81,8 @@ def resolve_model(model: str, *, dht_prefix: str | None = None, num_blocks: int 
         )
     if "/" not in model and not dht_prefix:
         raise InputError(
-            f"--model {model} is neither a directory nor a hub name (owner/name)",
-            fix="check the path, or pass e.g. --model bigscience/bloom",
+            f"{option} {model} is neither a directory nor a hub name (owner/name)",
+            fix=f"check the path, or pass e.g. {option} bigscience/bloom",
         )
     name = LEGACY_NAMES.get(model, model)
     known = KNOWN_MODELS.get(name, {})

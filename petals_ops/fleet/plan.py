@@ -65,7 +65,7 @@ class FleetPlan:
 
 
 def _memory_source(model_name: str):
-    ref = resolve_model(model_name)
+    ref = resolve_model(model_name, option="--as-model")
     if ref.path:
         return ref, ref.path
     known = KNOWN_MODELS.get(ref.name)

@@ -117,7 +117,8 @@ class FleetLab:
                                    "stop it first")
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
         self.root.mkdir(parents=True, exist_ok=True)
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "petals-ops-test", "-f", str(self.client_key)])
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "petals-ops-test",
+              "-f", str(self.client_key)])
         shutil.copy(f"{self.client_key}.pub", self.root / "authorized_keys")
         lines, known = [], []
         for name, address in self.host_map.items():
@@ -181,7 +182,8 @@ class FleetLab:
                                      capture_output=True).returncode == 0, 60, f"dockerd of {name}")
 
     def docker(self, name: str):
-        """A local Docker SDK client of host ``name``'s engine (for assertions; the code under test uses SSH)."""
+        """A local Docker SDK client of host ``name``'s engine (for assertions; the code under test uses
+        SSH)."""
         import docker
 
         return docker.DockerClient(base_url=f"unix://{self.hosts[name].docker_sock}", version="1.41")
@@ -205,8 +207,10 @@ class FleetLab:
         from petals_ops.local_swarm import PEERS_RE
 
         log = self.root / "dht.log"
-        popen = procs.spawn([sys.executable, "-m", "petals_ops.serve", "dht", "--host_maddrs", "/ip4/127.0.0.1/tcp/0",
-                             "--identity_path", str(self.root / "dht.id")], log_path=log, cwd=self.root)
+        popen = procs.spawn([sys.executable, "-m", "petals_ops.serve", "dht",
+                             "--host_maddrs", "/ip4/127.0.0.1/tcp/0",
+                             "--identity_path", str(self.root / "dht.id")],
+                            log_path=log, cwd=self.root)
         self.dht_pgid = popen.pid
         (self.root / "dht.pid").write_text(str(popen.pid))
         found: list[str] = []
@@ -237,7 +241,7 @@ class FleetLab:
 
     def inventory(self, model_dir: Path, *, port: int, blocks=("0:2", "2:4"), extra: dict | None = None,
                   host_extra: dict | None = None, token_env: str | None = "PETALS_OPS_TEST_HF_TOKEN") -> dict:
-        """An inventory dict for the two lab hosts serving the tiny model on CPU (GPUs: the only thing absent)."""
+        """An inventory dict for the lab hosts serving the tiny model on CPU (GPUs: the only thing absent)."""
         venv, base = Path(sys.prefix), Path(sys.base_prefix)
         volumes = ["/usr:/usr:ro", f"{base}:{base}:ro", f"{REPO}:{REPO}:ro", f"{model_dir}:{model_dir}:ro"]
         if not str(venv).startswith(str(REPO)):
@@ -263,7 +267,8 @@ class FleetLab:
         for (name, address), rng in zip(self.host_map.items(), blocks):
             hosts[name] = {"gpus": 0, "server": {"listen_address": address, "block_indices": [rng]}}
             hosts[name]["server"].update((host_extra or {}).get(name, {}))
-        return {"ssh_config": str(self.ssh_config), "known_hosts": str(self.known_hosts), "server": server, "hosts": hosts}
+        return {"ssh_config": str(self.ssh_config), "known_hosts": str(self.known_hosts), "server": server,
+                "hosts": hosts}
 
     def write_inventory(self, path: Path, data: dict) -> Path:
         import yaml
@@ -316,7 +321,8 @@ def lab_hosts(count: int) -> dict[str, str]:
 
 
 def start_lab(root: Path | str | None = None, hosts: dict[str, str] | None = None) -> FleetLab:
-    return FleetLab(Path(root or tempfile.mkdtemp(prefix="petals-ops-fleet-")), host_map=dict(hosts or HOSTS)).start()
+    root = Path(root or tempfile.mkdtemp(prefix="petals-ops-fleet-"))
+    return FleetLab(root, host_map=dict(hosts or HOSTS)).start()
 
 
 def stop_lab_dir(root: Path | str) -> None:
@@ -348,13 +354,15 @@ if __name__ == "__main__":  # python -m tests.fixtures_fleet start|stop DIR [MOD
 
         lab = start_lab(sys.argv[2])
         model = make_tiny_bloom(lab.root / "tiny-bloom")
-        inv = lab.write_inventory(lab.root / "petals-ops.yaml", lab.inventory(model, port=lab.server_port(), token_env=None))
+        inv = lab.write_inventory(lab.root / "petals-ops.yaml",
+                                  lab.inventory(model, port=lab.server_port(), token_env=None))
         print(f"inventory: {inv}\nmodel: {model}\ninitial peers: {lab.initial_peers[0]}")
 
 
 @pytest.fixture(scope="session")
 def fleet_lab(tmp_path_factory):
-    """Two SSH hosts with their own Docker engines, the test image, and a bootstrap DHT (all stopped at the end)."""
+    """Two SSH hosts with their own Docker engines, the test image, and a bootstrap DHT (all stopped at the
+    end)."""
     for tool in (SSHD, DOCKERD):
         if not Path(tool).exists():
             pytest.fail(f"{tool} is missing: run ./install.sh --system (openssh-server, docker.io)")

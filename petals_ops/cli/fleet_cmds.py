@@ -98,9 +98,9 @@ def provision_cmd(inventory, hosts, accept_new_host_keys, dry_run, output):
 @_common(dry_run=False)
 @OUTPUT_OPTION
 @click.option("--as-model", default=None, metavar="MODEL",
-              help="Assign contiguous block ranges as if each server held MODEL's real blocks on its host's GPU "
-                   "(e.g. bigscience/bloom: five A10s in nf4 get 0:14 ... 56:70); the inventory's model must have "
-                   "as many blocks (a rehearsal's tiny BLOOM with --layers 70).")
+              help="Assign contiguous block ranges as if each server held MODEL's real blocks on its "
+                   "host's GPU (e.g. bigscience/bloom: five A10s in nf4 get 0:14 ... 56:70); the inventory's "
+                   "model must have as many blocks (a rehearsal's tiny BLOOM with --layers 70).")
 @click.option("--quant", type=click.Choice(["none", "int8", "nf4"]), default=None,
               help="With --as-model: the quantisation the real servers would use [default: nf4].")
 def plan_cmd(inventory, hosts, accept_new_host_keys, output, as_model, quant):
@@ -123,21 +123,25 @@ def plan_cmd(inventory, hosts, accept_new_host_keys, output, as_model, quant):
     else:
         plan = make_plan(inv, hosts, opts=opts)
     if output == "json":
-        emit_json(json.loads(redact(json.dumps(plan.to_dict()))))  # the inventory refuses tokens; belt and braces
+        # the inventory refuses tokens; belt and braces
+        emit_json(json.loads(redact(json.dumps(plan.to_dict()))))
         return
     for s in plan.servers:
         if s.fits:
             caches = sorted(next(iter(s.fits.values())))
             render_table(["quant \\ attn_cache_tokens"] + [str(t) for t in caches],
                          [[q] + [s.fits[q][t] for t in caches] for q in s.fits],
-                         title=f"{s.host}/{s.container} ({s.device}, {s.gpu_memory_gib} GiB): blocks that fit")
+                         title=f"{s.host}/{s.container} ({s.device}, {s.gpu_memory_gib} GiB): "
+                               "blocks that fit")
     render_table(["host", "container", "device", "quant", "cache tokens", "fit", "blocks"],
-                 [[s.host, s.container, s.device, s.chosen_quant, s.chosen_cache_tokens, s.blocks_fit, s.blocks]
-                  for s in plan.servers],
+                 [[s.host, s.container, s.device, s.chosen_quant, s.chosen_cache_tokens, s.blocks_fit,
+                   s.blocks] for s in plan.servers],
                  title=f"plan for {plan.model} ({plan.num_blocks} blocks)"
                        + (f", as if serving {plan.as_model}" if plan.as_model else ""))
-    cover = {True: "yes", False: "NO", "likely": "likely (enough blocks; Petals picks the spans)"}[plan.covers_model]
-    click.echo(f"covers the whole model: {cover}; uncovered pinned blocks: {format_block_ranges(plan.uncovered) or 'none'}; "
+    cover = {True: "yes", False: "NO",
+             "likely": "likely (enough blocks; Petals picks the spans)"}[plan.covers_model]
+    click.echo(f"covers the whole model: {cover}; "
+               f"uncovered pinned blocks: {format_block_ranges(plan.uncovered) or 'none'}; "
                f"blocks assigned: {plan.total_blocks_assigned}")
     click.echo(f"swarm: {plan.swarm}")
     for w in plan.warnings:

@@ -72,7 +72,8 @@ def _memory_source(model_name: str):
     if not known:
         raise InputError(f"plan knows no config for model {ref.name}",
                          fix=f"use one of {', '.join(KNOWN_MODELS)} or a local checkpoint directory")
-    return ref, {"hidden_size": known["hidden_size"], "n_layer": known["num_blocks"], "n_head": known["n_head"],
+    return ref, {"hidden_size": known["hidden_size"], "n_layer": known["num_blocks"],
+                 "n_head": known["n_head"],
                  "vocab_size": known["vocab_size"]}
 
 
@@ -120,7 +121,8 @@ def make_plan(inventory: Inventory, hosts: Sequence[str] | None = None, *,
     for h in names:
         hspec, spec = inventory.host(h), inventory.server_for(h)
         for slot in C.server_slots(h, hspec, spec):
-            quant = spec.quant_type or ("nf4" if spec.device == "cuda" else "none")  # Petals' default since 2.2.0
+            # Petals' default since 2.2.0
+            quant = spec.quant_type or ("nf4" if spec.device == "cuda" else "none")
             tokens = spec.attn_cache_tokens or memory(spec.torch_dtype, quant, None)["attn_cache_tokens"]
             fits: dict[str, dict[int, int]] = {}
             blocks_fit = None
@@ -136,30 +138,36 @@ def make_plan(inventory: Inventory, hosts: Sequence[str] | None = None, *,
             if slot.blocks:
                 start, end = slot.blocks
                 if end > num_blocks:
-                    raise InputError(f"hosts.{h}.server.block_indices {slot.block_indices} ends past the model's {num_blocks} blocks",
+                    raise InputError(f"hosts.{h}.server.block_indices {slot.block_indices} ends past the "
+                                     f"model's {num_blocks} blocks",
                                      fix=f"use ranges within 0:{num_blocks}")
                 for b in range(start, end):
                     held[b] += 1
                 n = end - start
                 blocks = slot.block_indices
                 if blocks_fit is not None and n > blocks_fit:
-                    plan.warnings.append(f"{h}/{slot.container}: {n} blocks do not fit ({blocks_fit} fit with {quant}, cache {tokens})")
+                    plan.warnings.append(f"{h}/{slot.container}: {n} blocks do not fit "
+                                         f"({blocks_fit} fit with {quant}, cache {tokens})")
             elif slot.num_blocks:
                 n = slot.num_blocks
                 blocks = f"{n} (Petals picks the span)"
                 soft_total += n
                 if blocks_fit is not None and n > blocks_fit:
-                    plan.warnings.append(f"{h}/{slot.container}: num_blocks {n} does not fit ({blocks_fit} fit)")
+                    plan.warnings.append(
+                        f"{h}/{slot.container}: num_blocks {n} does not fit ({blocks_fit} fit)")
             else:
                 n = blocks_fit
                 blocks = f"auto (~{blocks_fit}, Petals picks the span)" if blocks_fit is not None else "auto"
                 soft_total += n or 0
                 if spec.device == "cpu":
-                    plan.warnings.append(f"{h}/{slot.container}: a CPU server needs num_blocks or block_indices")
+                    plan.warnings.append(
+                        f"{h}/{slot.container}: a CPU server needs num_blocks or block_indices")
             plan.total_blocks_assigned += n or 0
             plan.servers.append(ServerPlan(
-                host=h, container=slot.container, device=spec.device if slot.gpu is None else f"cuda:{slot.gpu}",
-                gpu_memory_gib=gib, fits=fits, chosen_quant=quant, chosen_cache_tokens=tokens, blocks_fit=blocks_fit,
+                host=h, container=slot.container,
+                device=spec.device if slot.gpu is None else f"cuda:{slot.gpu}",
+                gpu_memory_gib=gib, fits=fits, chosen_quant=quant, chosen_cache_tokens=tokens,
+                blocks_fit=blocks_fit,
                 blocks=blocks, num_blocks=n, command=C.server_args(spec, slot),
             ))
     _set_coverage(plan, held, soft_total)
@@ -202,7 +210,8 @@ def plan_as_if(inventory: Inventory, hosts: Sequence[str] | None = None, *, as_m
         raise InputError(f"the inventory's model {served.name} has {has} blocks, {ref.name} has {num_blocks}",
                          fix=f"serve a model of {num_blocks} blocks "
                              f"(e.g. 'petals-ops model tiny DIR --layers {num_blocks}')")
-    plan = FleetPlan(model=served.name, num_blocks=num_blocks, as_model=ref.name, swarm=swarm_note(inventory, names))
+    plan = FleetPlan(model=served.name, num_blocks=num_blocks, as_model=ref.name,
+                     swarm=swarm_note(inventory, names))
     held = [0] * num_blocks
     cursor = 0
     for h in names:
@@ -225,7 +234,8 @@ def plan_as_if(inventory: Inventory, hosts: Sequence[str] | None = None, *, as_m
             ranges.append(blocks)
             plan.total_blocks_assigned += end - cursor
             plan.servers.append(ServerPlan(
-                host=h, container=slot.container, device=spec.device if slot.gpu is None else f"cuda:{slot.gpu}",
+                host=h, container=slot.container,
+                device=spec.device if slot.gpu is None else f"cuda:{slot.gpu}",
                 gpu_memory_gib=round(hspec.gpu_memory_bytes / 1024**3, 2), fits=fits, chosen_quant=quant,
                 chosen_cache_tokens=m["attn_cache_tokens"], blocks_fit=n, blocks=blocks or "none",
                 num_blocks=end - cursor,

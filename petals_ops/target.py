@@ -57,3 +57,25 @@ def resolve_target(
     ref = resolve_model(model or swarm.model_dir, dht_prefix=dht_prefix, num_blocks=num_blocks)
     return SwarmTarget(swarm.initial_peers, ref, swarm.run_dir,
                        max_length=SERVER_DEFAULTS["inference_max_length"])
+
+
+def resolve_for_backend(
+    backend: str,
+    initial_peers: Sequence[str] = (),
+    model: str | None = None,
+    *,
+    dht_prefix: str | None = None,
+    num_blocks: int | None = None,
+    run_dir: str | Path | None = None,
+) -> SwarmTarget:
+    """The target of a command with ``--backend``: the swarm's (as :func:`resolve_target`) for ``petals``
+    or explicit peers; for ``local``, ``--model`` or else the local swarm's checkpoint, without peers
+    (a checkpoint in-process needs no swarm)."""
+    if backend == "petals" or initial_peers:
+        return resolve_target(initial_peers, model, dht_prefix=dht_prefix, num_blocks=num_blocks,
+                              run_dir=run_dir)
+    if model:
+        return SwarmTarget([], resolve_model(model, dht_prefix=dht_prefix, num_blocks=num_blocks))
+    from petals_ops.local_swarm import load_running
+
+    return SwarmTarget([], resolve_model(load_running(run_dir).model_dir))

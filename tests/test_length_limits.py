@@ -34,3 +34,25 @@ def test_the_servers_refusal_through_explicit_peers_is_one_line_naming_their_lim
     result = run_cli("generate", "--initial-peers", local_swarm.initial_peers[0],
                      "--model", local_swarm.model_dir, "--max-retries", 1, LONG, timeout=180)
     assert_one_line_error(result, f"inference_max_length is {LIMIT}", "shorten the prompt", code=2)
+
+
+def test_tuned_prompt_positions_count_against_the_limit(tiny_model_dir):
+    """The bench's check adds the positions tuned prompts take in the session (the model prepends them)."""
+    import pytest
+
+    from petals_ops.bench.data import Problem
+    from petals_ops.bench.methods.base import MethodConfig
+    from petals_ops.bench.prompts import ZERO_SHOT
+    from petals_ops.bench.runner import require_prompts_fit
+    from petals_ops.errors import InputError
+    from petals_ops.generation import load_tokenizer
+    from petals_ops.models import resolve_model
+
+    ref = resolve_model(str(tiny_model_dir))
+    problem = Problem("p:1", 1, "x " * 50, "1")
+    tokens = len(load_tokenizer(ref)(ZERO_SHOT.render(problem.question))["input_ids"])
+    cfg = MethodConfig(max_new_tokens=8)
+    limit = tokens + 8
+    require_prompts_fit(ref, ZERO_SHOT, [problem], cfg, limit)  # fits exactly
+    with pytest.raises(InputError, match="with 4 tuned prompt positions"):
+        require_prompts_fit(ref, ZERO_SHOT, [problem], cfg, limit, reserved=4)

@@ -260,15 +260,18 @@ def choose_batch_size(backend: Backend, prompt: PromptSet, todo: list[Problem], 
 
 
 def require_prompts_fit(model_ref, prompt: PromptSet, todo: list[Problem], cfg: MethodConfig,
-                        limit: int | None) -> None:
-    """The longest rendered prompt must fit the servers' known length limit: checked before connecting."""
+                        limit: int | None, *, reserved: int = 0) -> None:
+    """The longest rendered prompt must fit the servers' known length limit: checked before connecting.
+    ``reserved``: positions the session holds besides the prompt (tuned prompts the model prepends)."""
     if limit is None or not todo:
         return
     from petals_ops.generation import load_tokenizer, require_length_fits
 
     tokenizer = load_tokenizer(model_ref)
     longest, problem = max((len(tokenizer(prompt.render(p.question))["input_ids"]), p.id) for p in todo)
-    require_length_fits(longest, cfg.max_new_tokens, limit, what=f"the prompt of question {problem}")
+    what = f"the prompt of question {problem}"
+    what += f" with {reserved} tuned prompt positions" if reserved else ""
+    require_length_fits(longest + reserved, cfg.max_new_tokens, limit, what=what)
 
 
 @dataclass
@@ -305,7 +308,6 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
               on_record: Callable[[dict, Progress], None] | None = None) -> BenchResult:
     """Everything ``petals-ops bench gsm8k`` does: validate, connect, resume, run, summarise, report."""
     from petals_ops.bench import report
-    from petals_ops.models import resolve_model
 
     cfg = params.method.validate()
     opts = params.exec.validate()
@@ -326,19 +328,13 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         tuned = load_prompts(params.tuned_prompts)
         prompt = dataclasses.replace(prompt, tuned=tuned.prompts_id)
 
+    from petals_ops.target import resolve_for_backend
+
     snapshot = None
-    if params.backend == "petals" or params.initial_peers:
-        from petals_ops.target import resolve_target
-
-        target = resolve_target(params.initial_peers, params.model, dht_prefix=params.dht_prefix,
-                                num_blocks=params.num_blocks, run_dir=params.swarm_dir)
-        model_ref = target.model
-    elif params.model:
-        model_ref = resolve_model(params.model, dht_prefix=params.dht_prefix, num_blocks=params.num_blocks)
-    else:
-        from petals_ops.local_swarm import load_running
-
-        model_ref = resolve_model(load_running(params.swarm_dir).model_dir)
+    target = resolve_for_backend(params.backend, params.initial_peers, params.model,
+                                 dht_prefix=params.dht_prefix, num_blocks=params.num_blocks,
+                                 run_dir=params.swarm_dir)
+    model_ref = target.model
 
     config = make_config(model_ref, prompt, cfg, dataset, selection, problems)
     if tuned is not None:
@@ -355,7 +351,8 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         if params.backend == "petals":
             from petals_ops.swarm_health import take_snapshot
 
-            require_prompts_fit(model_ref, prompt, todo, cfg, target.max_length)
+            require_prompts_fit(model_ref, prompt, todo, cfg, target.max_length,
+                                reserved=tuned.pre_seq_len if tuned is not None else 0)
             snapshot = take_snapshot(target.initial_peers, target.model)
             snapshot.require_full_coverage()
         progress = Progress(total=len(todo))

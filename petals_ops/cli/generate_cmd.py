@@ -33,16 +33,10 @@ def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, ma
     from petals_ops import generation
     from petals_ops.errors import OpsError
     from petals_ops.swarm_health import take_snapshot
-    from petals_ops.target import resolve_target
+    from petals_ops.target import resolve_for_backend
 
-    if backend == "local" and model and not initial_peers:  # no swarm needed to run a checkpoint in-process
-        from petals_ops.models import resolve_model
-        from petals_ops.target import SwarmTarget
-
-        target = SwarmTarget([], resolve_model(model, dht_prefix=dht_prefix, num_blocks=num_blocks))
-    else:
-        target = resolve_target(initial_peers, model, dht_prefix=dht_prefix, num_blocks=num_blocks,
-                                run_dir=swarm_dir)
+    target = resolve_for_backend(backend, initial_peers, model, dht_prefix=dht_prefix, num_blocks=num_blocks,
+                                 run_dir=swarm_dir)
 
     def write(text):
         sys.stdout.write(text)

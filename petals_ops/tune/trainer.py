@@ -62,24 +62,12 @@ class TuneResult:
 
 def _resolve_model(params: TuneParams):
     """(model ref, initial peers): the swarm's, or a checkpoint in-process (like bench gsm8k)."""
-    from petals_ops.models import resolve_model
+    from petals_ops.target import resolve_for_backend
 
-    if params.backend == "petals" or params.initial_peers:
-        from petals_ops.target import resolve_target
-
-        target = resolve_target(
-            params.initial_peers,
-            params.model,
-            dht_prefix=params.dht_prefix,
-            num_blocks=params.num_blocks,
-            run_dir=params.swarm_dir,
-        )
-        return target.model, list(target.initial_peers)
-    if params.model:
-        return resolve_model(params.model, dht_prefix=params.dht_prefix, num_blocks=params.num_blocks), []
-    from petals_ops.local_swarm import load_running
-
-    return resolve_model(load_running(params.swarm_dir).model_dir), []
+    target = resolve_for_backend(params.backend, params.initial_peers, params.model,
+                                 dht_prefix=params.dht_prefix, num_blocks=params.num_blocks,
+                                 run_dir=params.swarm_dir)
+    return target.model, list(target.initial_peers)
 
 
 def make_config(ref, spec: TuneSpec, pairs) -> dict:

@@ -82,18 +82,23 @@ class RunStore:
 
     def open(self, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Create or reopen the run dir for ``config``; return the records already there (by id)."""
+        self.open_dir(config, started=self.records_path)
+        self._repair()
+        self._fd = os.open(self.records_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return latest_by_id(read_records(self.run_dir))
+
+    def open_dir(self, config: dict[str, Any], *, started: Path) -> None:
+        """Create or reopen the run dir, take its lock and check ``config`` (see :meth:`check_config`);
+        the lock is released if that fails. Shared with the tune run dir (petals_ops.tune.store)."""
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise InputError(f"--run-dir {self.run_dir} is a file", fix="pass a directory")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._acquire()
         try:
-            self.check_config(config, started=self.records_path)
-        except InputError:
+            self.check_config(config, started=started)
+        except BaseException:
             self.close()
             raise
-        self._repair()
-        self._fd = os.open(self.records_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        return latest_by_id(read_records(self.run_dir))
 
     def check_config(self, config: dict[str, Any], *, started: Path) -> None:
         """Write ``config.json``, or refuse when the one there differs (``started``: a file that shows

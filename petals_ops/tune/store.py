@@ -32,12 +32,8 @@ class TuneStore(RunStore):
 
     def open(self, config: dict[str, Any]) -> dict[str, Any] | None:
         """Create or reopen the run dir for ``config``; return the last checkpoint, or None."""
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise InputError(f"--run-dir {self.run_dir} is a file", fix="pass a directory")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._acquire()
+        self.open_dir(config, started=self.checkpoint_path)
         try:
-            self.check_config(config, started=self.checkpoint_path)
             return self._read_checkpoint()
         except BaseException:
             self.close()

@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from petals_ops import local_swarm  # noqa: E402
+from petals_ops.lab import local_swarm  # noqa: E402
 from petals_ops.bench import report  # noqa: E402
 from petals_ops.bench.demo_step import ARITH_SC_TEMPERATURE  # noqa: E402
 from petals_ops.bench.methods import MethodConfig  # noqa: E402
 from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench  # noqa: E402
-from petals_ops.tiny_model import ARITH_MODEL_DIR  # noqa: E402
+from petals_ops.lab.tiny_model import ARITH_MODEL_DIR  # noqa: E402
 
 
 def bench(work: Path, swarm, name: str, method: str, paths: int, questions: int, **exec_kw) -> dict:
@@ -58,8 +58,8 @@ BUCKETS = (
 
 
 def profile_tokens(swarm, tokens: int) -> dict:
-    from petals_ops.backends import open_backend
-    from petals_ops.bench.decoding import DecodeSpec, Sampling, decode_batch
+    from petals_ops.client.backends import open_backend
+    from petals_ops.client.decoding import DecodeSpec, Sampling, decode_batch
 
     spec = DecodeSpec(Sampling(), max_new_tokens=tokens, stops=())
     prompt = ("Q: Mia has 23 apples. Mia buys 5 more and then gives 4 to a friend. "

@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from petals_ops import local_swarm  # noqa: E402
+from petals_ops.lab import local_swarm  # noqa: E402
 from petals_ops.bench.demo_step import ARITH_SC_TEMPERATURE  # noqa: E402
 from petals_ops.bench.methods import MethodConfig  # noqa: E402
 from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench  # noqa: E402
-from petals_ops.tiny_model import ARITH_MODEL_DIR  # noqa: E402
+from petals_ops.lab.tiny_model import ARITH_MODEL_DIR  # noqa: E402
 
 PATHS = {"cot": 1, "sc": 10}
 

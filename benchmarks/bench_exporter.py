@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from petals_ops import procs
-from petals_ops.fsutil import tail_lines
-from petals_ops.local_swarm import PEERS_RE, check_port_free
-from petals_ops.models import ModelRef
+from petals_ops.util import procs
+from petals_ops.util.fsutil import tail_lines
+from petals_ops.lab.local_swarm import PEERS_RE, check_port_free
+from petals_ops.client.models import ModelRef
 from petals_ops.monitoring.refresher import Refresher
 from petals_ops.monitoring.server import start_exporter
 from petals_ops.monitoring.simulate import declare_fake_servers

@@ -24,12 +24,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
 
-    from petals_ops import petals_door  # noqa: F401  (import once, so neither mode pays for it)
+    from petals_ops.client import door as petals_door  # noqa: F401  (import once, so neither mode pays for it)
     from petals_ops.fleet.down import down
     from petals_ops.fleet.inventory import Inventory
     from petals_ops.fleet.ssh import SSHOptions
     from petals_ops.fleet.up import apply
-    from petals_ops.tiny_model import make_tiny_bloom
+    from petals_ops.lab.tiny_model import make_tiny_bloom
     from tests.fixtures_fleet import start_lab
 
     lab = start_lab()

@@ -40,10 +40,11 @@ def main():
     print(f"petals-ops --help: {help_time * 1000:.0f} ms median vs python -c pass {baseline * 1000:.0f} ms "
           f"(ratio {help_time / baseline:.1f}x)")
 
-    from petals_ops import generation, local_swarm
+    from petals_ops.client import generation
+    from petals_ops.lab import local_swarm
 
     with tempfile.TemporaryDirectory() as tmp:
-        from petals_ops.tiny_model import make_tiny_bloom
+        from petals_ops.lab.tiny_model import make_tiny_bloom
 
         model_dir = make_tiny_bloom(Path(tmp) / "model")
         started = time.perf_counter()

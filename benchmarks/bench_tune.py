@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from petals_ops import local_swarm
-from petals_ops.tiny_model import ARITH_MODEL_DIR
+from petals_ops.lab import local_swarm
+from petals_ops.lab.tiny_model import ARITH_MODEL_DIR
 from petals_ops.tune.spec import TuneSpec
 from petals_ops.tune.trainer import TuneParams, run_tune
 

@@ -19,7 +19,7 @@ TARGETS = ("number", "gold", "data", "prompt", "inventory", "records", "summary"
 
 
 def _target(name: str, scratch: Path):
-    from petals_ops.errors import InputError
+    from petals_ops.util.errors import InputError
 
     def in_file(data: bytes, file: str) -> Path:
         path = scratch / file

@@ -11,24 +11,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from petals_ops.output import info
+from petals_ops.util.output import info
 
 
 @dataclass
 class DemoContext:
     work_dir: Path
-    swarm: object = None  # petals_ops.local_swarm.LocalSwarm once up
+    swarm: object = None  # petals_ops.lab.local_swarm.LocalSwarm once up
 
 
 def _status(ctx: DemoContext) -> None:
-    from petals_ops.swarm_health import take_snapshot
+    from petals_ops.swarm.health import take_snapshot
 
     snap = take_snapshot(ctx.swarm.initial_peers, ctx.swarm.model)
     print(json.dumps(snap.coverage(), indent=2))
 
 
 def _generate(ctx: DemoContext) -> None:
-    from petals_ops import generation
+    from petals_ops.client import generation
 
     prompt = ("Q: Tom has 23 apples. Tom buys 5 more and then gives 4 to a friend. "
               "How many apples does Tom have now?\nA:")
@@ -59,8 +59,8 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
 
 
 def run_demo(work_dir: str | Path, *, servers: int = 2) -> None:
-    from petals_ops import local_swarm
-    from petals_ops.tiny_model import ARITH_MODEL_DIR
+    from petals_ops.lab import local_swarm
+    from petals_ops.lab.tiny_model import ARITH_MODEL_DIR
 
     ctx = DemoContext(work_dir=Path(work_dir).resolve())
     ctx.work_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Entry point of the processes petals-ops starts: ``python -m petals_ops.serve {dht|server} ARGS...``.
 
-Each process imports petals through :mod:`petals_ops.petals_door` first (which repairs hivemind), then
+Each process imports petals through :mod:`petals_ops.client.door` first (which repairs hivemind), then
 runs petals' own ``main()``. Calling the imported ``main()`` instead of ``runpy``-ing petals' module as
 ``__main__`` matters: hivemind pickles functions by qualified name across processes and fails on
 ``__main__``. The same command runs inside the server container of the fleet.
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"usage: python -m petals_ops.serve {{{'|'.join(ENTRY_POINTS)}}} [petals options...]")
     import importlib
 
-    from petals_ops import petals_door  # noqa: F401  (repairs hivemind before petals loads)
+    from petals_ops.client import door as petals_door  # noqa: F401  (repairs hivemind before petals loads)
 
     module = importlib.import_module(ENTRY_POINTS[argv[0]])
     sys.argv = [f"petals-ops-{argv[0]}"] + argv[1:]

@@ -43,7 +43,7 @@ def run_cli():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from petals_ops.tiny_model import make_tiny_bloom
+    from petals_ops.lab.tiny_model import make_tiny_bloom
 
     return make_tiny_bloom(tmp_path_factory.mktemp("models") / "tiny-bloom")
 
@@ -51,7 +51,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def swarm_factory(tmp_path_factory, tiny_model_dir):
     """Start extra local swarms (``servers``, ``replicas``); all are stopped at the end of the session."""
-    from petals_ops import local_swarm
+    from petals_ops.lab import local_swarm
 
     started = []
 
@@ -81,7 +81,7 @@ def local_swarm(swarm_factory):
 @pytest.fixture(scope="session")
 def arith_swarm(swarm_factory):
     """A local swarm serving the shipped tiny BLOOM trained on arithmetic (2 servers)."""
-    from petals_ops.tiny_model import ARITH_MODEL_DIR
+    from petals_ops.lab.tiny_model import ARITH_MODEL_DIR
 
     return swarm_factory(model_dir=ARITH_MODEL_DIR)
 

@@ -65,7 +65,7 @@ def _wait(predicate, timeout: float, what: str):
 
 
 def _pid_alive(pid: int) -> bool:
-    from petals_ops.procs import pid_alive
+    from petals_ops.util.procs import pid_alive
 
     return pid_alive(pid)
 
@@ -170,7 +170,7 @@ class FleetLab:
         host.sshd_pid = None
 
     def start_dockerd(self, name: str) -> None:
-        from petals_ops import procs
+        from petals_ops.util import procs
 
         host = self.hosts[name]
         cmd = [DOCKERD, "--storage-driver=vfs", "--iptables=false", "--ip6tables=false", "--bridge=none",
@@ -202,9 +202,9 @@ class FleetLab:
             _run([DOCKER_CLI, "-H", f"unix://{host.docker_sock}", "import", str(tar), TEST_IMAGE])
 
     def _start_dht(self) -> None:
-        from petals_ops import procs
-        from petals_ops.fsutil import tail_lines
-        from petals_ops.local_swarm import PEERS_RE
+        from petals_ops.util import procs
+        from petals_ops.util.fsutil import tail_lines
+        from petals_ops.lab.local_swarm import PEERS_RE
 
         log = self.root / "dht.log"
         popen = procs.spawn([sys.executable, "-m", "petals_ops.serve", "dht",
@@ -290,7 +290,7 @@ class FleetLab:
                 pass
 
     def stop(self) -> None:
-        from petals_ops import procs
+        from petals_ops.util import procs
 
         self.remove_containers()
         for name, host in self.hosts.items():
@@ -350,7 +350,7 @@ if __name__ == "__main__":  # python -m tests.fixtures_fleet start|stop DIR [MOD
     if sys.argv[1] == "stop":
         stop_lab_dir(sys.argv[2])
     else:
-        from petals_ops.tiny_model import make_tiny_bloom
+        from petals_ops.lab.tiny_model import make_tiny_bloom
 
         lab = start_lab(sys.argv[2])
         model = make_tiny_bloom(lab.root / "tiny-bloom")

@@ -452,7 +452,7 @@ class Rehearsal:
 
 def leftovers(rh: Rehearsal) -> list[str]:
     """What of the rehearsal still runs: lab daemons, servers, the exporter, Prometheus, the bench."""
-    from petals_ops.procs import pid_alive
+    from petals_ops.util.procs import pid_alive
 
     left = [what for what, pid in rh.daemons if pid_alive(pid)]
     if rh.lab is not None:
@@ -493,9 +493,9 @@ def measure_hops(initial_peer: str, work: Path, out: Path, tokens: int, ends: li
     slow step on a shared machine)."""
     import gc
 
-    from petals_ops import generation
-    from petals_ops.models import resolve_model
-    from petals_ops.tiny_model import TinyModelSpec, make_tiny_bloom
+    from petals_ops.client import generation
+    from petals_ops.client.models import resolve_model
+    from petals_ops.lab.tiny_model import TinyModelSpec, make_tiny_bloom
 
     gc.disable()  # the petals client's GC hang (a session's __del__ on the event-loop thread)
     prompt = "Q: A baker has 12 trays of 24 muffins. How many muffins?\nA:"

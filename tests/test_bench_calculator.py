@@ -18,8 +18,8 @@ from petals_ops.bench.calculator import calculate, find_calculation, format_resu
 from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
 from petals_ops.bench.store import read_records
-from petals_ops.errors import InputError
-from petals_ops.tiny_model import ARITH_MODEL_DIR
+from petals_ops.util.errors import InputError
+from petals_ops.lab.tiny_model import ARITH_MODEL_DIR
 from tests.helpers import assert_one_line_error
 
 CALCULATOR_TABLE = [
@@ -129,7 +129,7 @@ def _prompt_ids(backend, problem_id):
 @pytest.fixture(scope="module")
 def backends(arith_swarm):
     """The arithmetic model through the real local swarm and in this process: {kind: Backend}."""
-    from petals_ops.backends import open_backend
+    from petals_ops.client.backends import open_backend
 
     opened = {kind: open_backend(kind, arith_swarm.model,
                                  arith_swarm.initial_peers if kind == "petals" else ())
@@ -140,7 +140,7 @@ def backends(arith_swarm):
 
 
 def _decode(backend, problem_id, spec, paths=(0,)):
-    from petals_ops.bench.decoding import decode_batch
+    from petals_ops.client.decoding import decode_batch
 
     ids, problem = _prompt_ids(backend, problem_id)
     return decode_batch(backend, ids, list(paths), spec, problem.id), problem
@@ -158,7 +158,7 @@ def _assert_forced_where_recorded(backend, path):
 
 
 def test_forced_result_reaches_the_servers_and_equals_the_local_backend(backends):
-    from petals_ops.bench.decoding import DecodeSpec, Sampling
+    from petals_ops.client.decoding import DecodeSpec, Sampling
 
     off, _ = _decode(backends["local"], SLIP_QUESTION, DecodeSpec(Sampling(), 48))
     slip = first_slip(off.paths[0].text)
@@ -181,7 +181,7 @@ def test_forced_result_reaches_the_servers_and_equals_the_local_backend(backends
 def test_sampled_rows_forced_at_different_steps_get_their_own_results(backends):
     """K sampled paths of one question in one session: each row is forced at its own steps, and a row the
     calculator never overrode is the very path the loop gives without it (its random stream unshifted)."""
-    from petals_ops.bench.decoding import DecodeSpec, Sampling
+    from petals_ops.client.decoding import DecodeSpec, Sampling
 
     sampling = Sampling(temperature=1.0, top_k=40, seed=0)
     paths = range(6)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from petals_ops import procs
+from petals_ops.util import procs
 from petals_ops.bench.store import read_records
 from tests.conftest import cli_env
 

@@ -19,10 +19,10 @@ from petals_ops.bench.extraction import (
     parse_gold,
     truncate_at_stop,
 )
-from petals_ops.bench.decoding import max_batch_for_cache, plan_batches
+from petals_ops.client.decoding import max_batch_for_cache, plan_batches
 from petals_ops.bench.methods import MethodConfig
-from petals_ops.errors import InputError, OpsError
-from petals_ops.swarm_health import ServerRecord
+from petals_ops.util.errors import InputError, OpsError
+from petals_ops.swarm.health import ServerRecord
 from tests.helpers import assert_one_line_error
 
 

@@ -12,13 +12,14 @@ import random
 
 import pytest
 
-from petals_ops import synthetic_math, tiny_train
+from petals_ops.lab import synthetic_math
+from petals_ops.lab import tiny_train
 from petals_ops.bench import data, report
 from petals_ops.bench.demo_step import ARITH_SC_TEMPERATURE
 from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
 from petals_ops.bench.store import read_records
-from petals_ops.tiny_model import ARITH_MODEL_DIR, TinyModelSpec, make_tiny_bloom
+from petals_ops.lab.tiny_model import ARITH_MODEL_DIR, TinyModelSpec, make_tiny_bloom
 from tests.helpers import assert_one_line_error
 
 HELD_OUT = 400  # the whole of arith:test (about 3 minutes for CoT and SC, local backend, 2 cores)
@@ -136,7 +137,7 @@ def test_training_still_lowers_the_loss(tmp_path):
     assert [s.step for s in steps] == list(range(1, 41)) and len(losses) == 2
     assert meta["training"]["first_loss"] > 2 * losses[-1], losses  # from ~ln(vocab) towards the task's loss
     assert data.load_dataset("arith:test")  # and the model is a bench-loadable checkpoint:
-    from petals_ops.models import resolve_model
+    from petals_ops.client.models import resolve_model
 
     assert resolve_model(str(path)).dht_prefix == "t-arith"
 

@@ -1,4 +1,4 @@
-"""The terminal block map (petals_ops.block_map): golden text on a synthetic BLOOM-176B-sized snapshot
+"""The terminal block map (petals_ops.swarm.block_map): golden text on a synthetic BLOOM-176B-sized snapshot
 (70 blocks, 30 servers, some blocks uncovered) at 100 columns (one band) and 60 (wrapped), the grouping of
 a public-swarm-sized snapshot, and ``swarm status`` on the real local swarm.
 
@@ -18,8 +18,8 @@ import pytest
 from rich.cells import cell_len
 from rich.console import Console
 
-from petals_ops.block_map import ABSENT, UNCOVERED, block_map, map_rows
-from petals_ops.swarm_health import BlockHealth, ServerRecord, SwarmSnapshot
+from petals_ops.swarm.block_map import ABSENT, UNCOVERED, block_map, map_rows
+from petals_ops.swarm.health import BlockHealth, ServerRecord, SwarmSnapshot
 
 GOLDEN = Path(__file__).parent / "golden"
 

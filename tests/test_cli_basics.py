@@ -138,7 +138,8 @@ def test_stale_state_never_signals_a_reused_pid(tmp_path):
     counts as not running, and down must not signal that group."""
     import subprocess
 
-    from petals_ops import local_swarm, procs
+    from petals_ops.lab import local_swarm
+    from petals_ops.util import procs
 
     stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
@@ -159,8 +160,8 @@ def test_stale_state_never_signals_a_reused_pid(tmp_path):
 
 
 def test_interrupted_model_build_is_rebuilt(tmp_path):
-    from petals_ops import local_swarm
-    from petals_ops.models import resolve_model
+    from petals_ops.lab import local_swarm
+    from petals_ops.client.models import resolve_model
 
     half = tmp_path / "model"
     half.mkdir()

@@ -11,11 +11,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from petals_ops.errors import InputError
+from petals_ops.util.errors import InputError
 from petals_ops.monitoring.collector import SwarmCollector
 from petals_ops.monitoring.refresher import ExporterState
 from petals_ops.monitoring.server import parse_duration, parse_listen
-from petals_ops.swarm_health import BlockHealth, ServerRecord, SwarmSnapshot
+from petals_ops.swarm.health import BlockHealth, ServerRecord, SwarmSnapshot
 from tests.fixtures_prometheus import PROMTOOL
 
 HEAVY = ("torch", "transformers", "hivemind", "petals")
@@ -199,7 +199,7 @@ def test_refresher_keeps_the_servers_of_an_unreachable_host():
     """A host that stops answering keeps its peer -> host entries, so its servers' online metric stays
     (at 0)."""
     from petals_ops.fleet.status import ContainerStatus, FleetReading
-    from petals_ops.models import ModelRef
+    from petals_ops.client.models import ModelRef
     from petals_ops.monitoring.refresher import Refresher
 
     def status(host, peer_id=None, error=None):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from petals_ops.errors import EXIT_FAILURE, EXIT_PARTIAL, OpsError, PartialFailure
+from petals_ops.util.errors import EXIT_FAILURE, EXIT_PARTIAL, OpsError, PartialFailure
 from petals_ops.fleet import containers as C
 from petals_ops.fleet import provision as P
 from petals_ops.fleet.inventory import Inventory
@@ -228,7 +228,7 @@ def test_without_initial_peers_the_fleet_joins_the_public_swarm_and_plan_says_so
     """petals' own published initial peers (imported from petals, not copied): the wait, status, plan."""
     import importlib
 
-    from petals_ops import petals_door  # noqa: F401  (first: it makes petals importable)
+    from petals_ops.client import door as petals_door  # noqa: F401  (first: it makes petals importable)
     from petals_ops.fleet.peers import inventory_peers
     from petals_ops.fleet.plan import make_plan
 

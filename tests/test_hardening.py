@@ -85,7 +85,7 @@ def test_token_file_path_error_is_redacted(tmp_path, run_cli):
 
 
 def test_redact_and_click_usage_errors(run_cli):
-    from petals_ops.errors import InputError, redact
+    from petals_ops.util.errors import InputError, redact
 
     assert redact(f"a {TOKEN}, b hf_token hf_transfer") == "a hf_***, b hf_token hf_transfer"
     assert TOKEN not in InputError(f"bad {TOKEN}", fix=f"not {TOKEN}").one_line()
@@ -314,7 +314,7 @@ def test_records_with_garbage_lines_are_read_and_resumed(tmp_path, run_cli, garb
 
 def test_bad_config_json_on_resume_is_one_line(tmp_path):
     from petals_ops.bench import store
-    from petals_ops.errors import InputError
+    from petals_ops.util.errors import InputError
 
     for text in ("[]", "[" * 100_000 + "]" * 100_000):
         run = tmp_path / str(len(text))
@@ -338,7 +338,7 @@ def test_plot_of_runs_without_scored_questions_warns_nothing(tmp_path):
 # --- /tmp leftovers -----------------------------------------------------------------------------------
 def test_failed_p2pd_start_leaves_no_socket_in_tmp(run_cli):
     """A swarm that cannot be reached made hivemind leave /tmp/hivemind-p2pd-*.sock behind each time."""
-    from petals_ops import tmpclean
+    from petals_ops.util import tmpclean
 
     before = tmpclean.hivemind_sockets()
     result = run_cli("swarm", "status", "--initial-peers", PEER_ON_PORT_9, "--model", "bigscience/bloom",
@@ -370,7 +370,7 @@ def test_an_unexpected_scoring_error_is_that_questions_error_record(tmp_path, mo
     from petals_ops.bench import runner
     from petals_ops.bench.methods import MethodConfig
     from petals_ops.bench.store import read_records
-    from petals_ops.tiny_model import ARITH_MODEL_DIR
+    from petals_ops.lab.tiny_model import ARITH_MODEL_DIR
 
     real_score = runner.score_path
     calls = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from petals_ops.local_swarm import SERVER_DEFAULTS
+from petals_ops.lab.local_swarm import SERVER_DEFAULTS
 from tests.helpers import assert_one_line_error
 
 LIMIT = SERVER_DEFAULTS["inference_max_length"]
@@ -44,9 +44,9 @@ def test_tuned_prompt_positions_count_against_the_limit(tiny_model_dir):
     from petals_ops.bench.methods.base import MethodConfig
     from petals_ops.bench.prompts import ZERO_SHOT
     from petals_ops.bench.runner import require_prompts_fit
-    from petals_ops.errors import InputError
-    from petals_ops.generation import load_tokenizer
-    from petals_ops.models import resolve_model
+    from petals_ops.util.errors import InputError
+    from petals_ops.client.generation import load_tokenizer
+    from petals_ops.client.models import resolve_model
 
     ref = resolve_model(str(tiny_model_dir))
     problem = Problem("p:1", 1, "x " * 50, "1")

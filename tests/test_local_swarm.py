@@ -5,7 +5,9 @@ import os
 import signal
 import time
 
-from petals_ops import local_swarm, procs, tmpclean
+from petals_ops.lab import local_swarm
+from petals_ops.util import procs
+from petals_ops.util import tmpclean
 from tests.helpers import assert_one_line_error
 
 
@@ -47,7 +49,7 @@ def test_greedy_through_swarm_equals_in_process_transformers(local_swarm):
     import torch
     from transformers import AutoTokenizer, BloomForCausalLM
 
-    from petals_ops import generation
+    from petals_ops.client import generation
 
     prompt = "Q: A baker has 12 trays of 24 muffins. How many muffins are there?\nA:"
     with generation.load_swarm_model(local_swarm.model, local_swarm.initial_peers) as loaded:

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from petals_ops import local_swarm as ls
-from petals_ops import procs
+from petals_ops.lab import local_swarm as ls
+from petals_ops.util import procs
 from petals_ops.monitoring.map_state import MapBody, map_json, map_state
 from petals_ops.monitoring.refresher import ExporterState
 from petals_ops.monitoring.server import start_exporter
-from petals_ops.swarm_health import BlockHealth, ServerRecord, SwarmSnapshot
+from petals_ops.swarm.health import BlockHealth, ServerRecord, SwarmSnapshot
 from tests.test_exporter import snapshot as exporter_snapshot
 
 HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"><b>bold</b>'
@@ -85,7 +85,7 @@ def test_map_body_encodes_once_per_state_and_equals_map_json():
 
 def test_bodies_are_encoded_before_a_state_is_published():
     """The refresher hands each new state to the HTTP bodies before publishing it: no request encodes."""
-    from petals_ops.models import ModelRef
+    from petals_ops.client.models import ModelRef
     from petals_ops.monitoring.refresher import Refresher
 
     refresher = Refresher(["/ip4/127.0.0.1/tcp/9/p2p/QmXnTFvGexkbhYVWAP95ZsSKJCG5j2xAi4vktJyRsfhnJY"],

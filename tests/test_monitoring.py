@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from petals_ops import local_swarm as ls
-from petals_ops import procs
-from petals_ops.fsutil import tail_lines
+from petals_ops.lab import local_swarm as ls
+from petals_ops.util import procs
+from petals_ops.util.fsutil import tail_lines
 from tests.fixtures_prometheus import MONITORING, PROMTOOL
 
 pytestmark = pytest.mark.swarm

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from petals_ops.errors import InputError
+from petals_ops.util.errors import InputError
 
 FAST = settings(max_examples=60, deadline=5000, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -60,7 +60,7 @@ def test_normalize_number_never_raises(raw):
 @FAST
 @given(TEXT, TEXT)
 def test_scoring_a_path_never_raises(text, gold_text):
-    from petals_ops.bench.decoding import PathOutput
+    from petals_ops.client.decoding import PathOutput
     from petals_ops.bench.extraction import extract_answer, parse_gold
     from petals_ops.bench.runner import score_path
 

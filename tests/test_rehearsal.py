@@ -23,7 +23,7 @@ PEER = "/ip4/10.0.0.1/tcp/31337/p2p/QmS9KwZptnVdB9FFV7uGgaTq4sEKBwcYeKZDfSpyKDUd
 
 @pytest.fixture(scope="module")
 def model70(tmp_path_factory) -> Path:
-    from petals_ops.tiny_model import TinyModelSpec, make_tiny_bloom
+    from petals_ops.lab.tiny_model import TinyModelSpec, make_tiny_bloom
 
     return make_tiny_bloom(tmp_path_factory.mktemp("m") / "tiny70", TinyModelSpec(layers=70))
 

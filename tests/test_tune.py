@@ -46,7 +46,7 @@ def write_shifted_task(directory: Path, train: int = 1500, test: int = 100) -> t
     """A new domain for the arithmetic model: every event is a gain, told with verbs it never saw
     ('collects 3', 'earns 2'). 0-shot it subtracts them (measured: 0-8 of 100 right); one fact about the
     domain (they all add) is what tuned prompts can carry."""
-    from petals_ops import synthetic_math as sm
+    from petals_ops.lab import synthetic_math as sm
 
     rng, seen = random.Random(5), set()
 
@@ -77,10 +77,10 @@ def test_swarm_step_gives_in_process_gradients(tune_swarm, mode):
     greedy decoding with those prompts (the bench's loop, an inference session) gives the same tokens."""
     import torch
 
-    from petals_ops.backends import Backend
-    from petals_ops.bench.decoding import DecodeSpec, Sampling, decode_batch
+    from petals_ops.client.backends import Backend
+    from petals_ops.client.decoding import DecodeSpec, Sampling, decode_batch
     from petals_ops.tune.examples import collate, load_pairs
-    from petals_ops.tune.model import init_prompts, open_tunable, prompt_parameters, step_loss
+    from petals_ops.client.tuned_model import init_prompts, open_tunable, prompt_parameters, step_loss
 
     ref = tune_swarm.model
     pairs = load_pairs("arith:train", 8)
@@ -425,7 +425,7 @@ def test_killed_server_mid_run_training_completes(tune_swarm, tmp_path):
     """kill -9 one server of each block range while the run routes through them (petals spreads requests over
     the replicas: all four have served by step 2): training goes on through the other replica. Last in this
     file: it leaves the swarm with half its servers."""
-    from petals_ops import petals_door
+    from petals_ops.client import door as petals_door
 
     run_dir = tmp_path / "run"
     # --client-retries 1: the petals client gives up on the first failed request, so the trainer's own

@@ -1,7 +1,7 @@
 """The decoding calculator (``--calculator``): exact arithmetic for an expression a path has just written.
 
 When a path's text ends with an arithmetic expression and ``=`` (optionally one space after it), the
-decoding loop (:func:`petals_ops.bench.decoding.decode_batch`) asks :func:`find_calculation` for the true
+decoding loop (:func:`petals_ops.client.decoding.decode_batch`) asks :func:`find_calculation` for the true
 result and forces its tokens as that path's next inputs, in the same inference session, as GSM8K's
 authors did with their calculator during sampling. Pure functions, no torch.
 

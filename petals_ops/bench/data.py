@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from petals_ops.bench.extraction import parse_gold
-from petals_ops.errors import InputError, OpsError
+from petals_ops.util.errors import InputError, OpsError
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"
@@ -73,7 +73,7 @@ register_dataset("gsm8k:test", PACKAGE_DATA / "gsm8k" / "test.jsonl",
                  "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14")
 register_dataset("gsm8k:train", PACKAGE_DATA / "gsm8k" / "train.jsonl",
                  "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465")
-# The synthetic arithmetic task's held-out set (python -m petals_ops.synthetic_math petals_ops/data/arith
+# The synthetic arithmetic task's held-out set (python -m petals_ops.lab.synthetic_math petals_ops/data/arith
 # rewrites these bytes), with its own 2-exemplar prompt; the shipped tiny-bloom-arith model never saw it.
 register_dataset("arith:test", PACKAGE_DATA / "arith" / "test.jsonl",
                  "cfe3f8e002d8b7136200aa5287eb8af7908beda44a8bbc6073cb57c62dfd4e5e",

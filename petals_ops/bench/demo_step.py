@@ -19,7 +19,7 @@ def run(ctx, *, questions: int = DEMO_QUESTIONS) -> None:
     from petals_ops.bench import report
     from petals_ops.bench.methods import MethodConfig
     from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
-    from petals_ops.output import render_table
+    from petals_ops.util.output import render_table
 
     out = Path(ctx.work_dir) / "bench"
     # a demo measures afresh; resuming a finished run would measure nothing

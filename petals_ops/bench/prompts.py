@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from petals_ops.bench.data import EXPERIMENTS_DIR
-from petals_ops.errors import InputError
+from petals_ops.util.errors import InputError
 
 PROMPTS_DIR = EXPERIMENTS_DIR / "prompts"
 DEFAULT_PROMPT = PROMPTS_DIR / "gsm8k_cot_8shot_petals_ops.txt"

@@ -22,8 +22,8 @@ from petals_ops.bench.paired import PairedComparison, compare_paired
 from petals_ops.bench.records import QuestionRecord, RunSummary, parse_record
 from petals_ops.bench.stats import wilson_interval
 from petals_ops.bench.store import SUMMARY_FILE, latest_by_id, read_records
-from petals_ops.errors import InputError
-from petals_ops.fsutil import write_atomic, write_json_atomic
+from petals_ops.util.errors import InputError
+from petals_ops.util.fsutil import write_atomic, write_json_atomic
 
 PLOT_FILE = "maj_at_k.png"
 REPORT_FILE = "report.md"

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from petals_ops.backends import BACKENDS, Backend
+from petals_ops.client.backends import BACKENDS, Backend
 from petals_ops.bench.analysis import categorize
 from petals_ops.bench.data import Dataset, Problem, default_prompt_for, load_dataset, select
-from petals_ops.bench.decoding import (
+from petals_ops.client.decoding import (
     Cancelled,
     QuestionTimeout,
     decode_batch,
@@ -33,7 +33,7 @@ from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.prompts import ZERO_SHOT, PromptSet, load_prompt_file
 from petals_ops.bench.records import QuestionRecord, ScoredPath, is_record
 from petals_ops.bench.store import RunStore
-from petals_ops.errors import InputError
+from petals_ops.util.errors import InputError
 
 CONFIG_VERSION = 2  # 2: typed records with error categories and method extras
 
@@ -265,7 +265,7 @@ def require_prompts_fit(model_ref, prompt: PromptSet, todo: list[Problem], cfg: 
     ``reserved``: positions the session holds besides the prompt (tuned prompts the model prepends)."""
     if limit is None or not todo:
         return
-    from petals_ops.generation import load_tokenizer, require_length_fits
+    from petals_ops.client.generation import load_tokenizer, require_length_fits
 
     tokenizer = load_tokenizer(model_ref)
     longest, problem = max((len(tokenizer(prompt.render(p.question))["input_ids"]), p.id) for p in todo)
@@ -283,7 +283,7 @@ class BenchParams:
     sample_seed: int = 0
     prompt_file: str | None = None
     zero_shot: bool = False  # no exemplars: 'Q: question\nA:' alone (with --tuned-prompts, say)
-    tuned_prompts: str | None = None  # a tune run dir or prompt file (petals_ops.tune.prompts)
+    tuned_prompts: str | None = None  # a tune run dir or prompt file (petals_ops.client.tuned_prompts)
     method: MethodConfig = field(default_factory=MethodConfig)
     run_dir: str = "bench-run"
     backend: str = "petals"
@@ -323,12 +323,12 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         load_prompt_file(params.prompt_file or default_prompt_for(params.data))
     tuned = None
     if params.tuned_prompts:
-        from petals_ops.tune.prompts import load_prompts
+        from petals_ops.client.tuned_prompts import load_prompts
 
         tuned = load_prompts(params.tuned_prompts)
         prompt = dataclasses.replace(prompt, tuned=tuned.prompts_id)
 
-    from petals_ops.target import resolve_for_backend
+    from petals_ops.lab.target import resolve_for_backend
 
     snapshot = None
     target = resolve_for_backend(params.backend, params.initial_peers, params.model,
@@ -338,7 +338,7 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
 
     config = make_config(model_ref, prompt, cfg, dataset, selection, problems)
     if tuned is not None:
-        from petals_ops.tune.prompts import require_compatible
+        from petals_ops.client.tuned_prompts import require_compatible
 
         require_compatible(tuned, model_ref)  # before the run dir is touched
         config["tuned_prompts"] = {k: v for k, v in tuned.describe().items() if k != "path"}
@@ -349,7 +349,7 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         todo = [p for p in problems
                 if p.id not in existing or existing[p.id].get("error") or not is_record(existing[p.id])]
         if params.backend == "petals":
-            from petals_ops.swarm_health import take_snapshot
+            from petals_ops.swarm.health import take_snapshot
 
             require_prompts_fit(model_ref, prompt, todo, cfg, target.max_length,
                                 reserved=tuned.pre_seq_len if tuned is not None else 0)
@@ -359,7 +359,7 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         run_info = {"todo": len(todo), "done_before": len(problems) - len(todo), "n": len(problems),
                     "batch_size": None, "batch_note": "nothing to run"}
         if todo:
-            from petals_ops.backends import open_backend
+            from petals_ops.client.backends import open_backend
 
             peers = target.initial_peers if params.backend == "petals" else ()
             with open_backend(params.backend, model_ref, peers, max_retries=params.client_retries,

@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from petals_ops import procs
-from petals_ops.errors import InputError, OpsError
-from petals_ops.fsutil import write_json_atomic
+from petals_ops.util import procs
+from petals_ops.util.errors import InputError, OpsError
+from petals_ops.util.fsutil import write_json_atomic
 
 CONFIG_FILE = "config.json"
 RECORDS_FILE = "records.jsonl"

@@ -6,7 +6,7 @@ import click
 
 from petals_ops.bench.methods import METHODS, MethodConfig, get_method
 from petals_ops.cli.options import POSITIVE, swarm_target_options
-from petals_ops.output import OUTPUT_OPTION, emit_json, info, render_table
+from petals_ops.util.output import OUTPUT_OPTION, emit_json, info, render_table
 
 
 @click.group()
@@ -106,7 +106,7 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset,
         click.echo(line)
         click.echo(f"report: {result.report_path}")
     if s["errors"]:
-        from petals_ops.errors import PartialFailure
+        from petals_ops.util.errors import PartialFailure
 
         raise PartialFailure(f"{s['errors']} of {s['n']} questions ended in an error record "
                              f"(see {result.run_dir}/records.jsonl)",

@@ -3,7 +3,7 @@
 import click
 
 from petals_ops.cli.options import swarm_target_options
-from petals_ops.output import info
+from petals_ops.util.output import info
 
 
 @click.command()
@@ -28,7 +28,7 @@ def exporter(initial_peers, model, dht_prefix, num_blocks, swarm_dir, listen, re
     """
     from petals_ops.monitoring.refresher import Refresher, load_fleet_api, local_identities
     from petals_ops.monitoring.server import parse_duration, parse_listen, run_until_signalled, start_exporter
-    from petals_ops.target import resolve_target
+    from petals_ops.lab.target import resolve_target
 
     parse_listen(listen)
     interval = parse_duration(refresh)

@@ -13,8 +13,8 @@ import click
 
 from petals_ops.cli.options import POSITIVE
 from petals_ops.cli.progress import block_progress
-from petals_ops.errors import redact
-from petals_ops.output import OUTPUT_OPTION, emit_json, render_table
+from petals_ops.util.errors import redact
+from petals_ops.util.output import OUTPUT_OPTION, emit_json, render_table
 
 
 def _common(dry_run: bool = True):
@@ -110,10 +110,10 @@ def plan_cmd(inventory, hosts, accept_new_host_keys, output, as_model, quant):
     With --as-model the plan assigns the ranges (JSON: "assignment", host -> ranges).
     """
     from petals_ops.fleet.plan import make_plan, plan_as_if
-    from petals_ops.swarm_health import format_block_ranges
+    from petals_ops.swarm.health import format_block_ranges
 
     if quant and not as_model:
-        from petals_ops.errors import InputError
+        from petals_ops.util.errors import InputError
 
         raise InputError("--quant applies only with --as-model",
                          fix="add --as-model bigscience/bloom, or set server.quant_type in the inventory")

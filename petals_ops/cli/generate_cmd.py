@@ -5,7 +5,7 @@ import sys
 import click
 
 from petals_ops.cli.options import AT_LEAST_ONE, POSITIVE, swarm_target_options
-from petals_ops.output import info
+from petals_ops.util.output import info
 
 
 @click.command()
@@ -30,10 +30,10 @@ from petals_ops.output import info
 def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, max_new_tokens, sample,
              temperature, top_k, seed, max_retries, backend, calculator, tuned_prompts):
     """Generate text from PROMPT through the swarm (the local one by default), streamed to stdout."""
-    from petals_ops import generation
-    from petals_ops.errors import OpsError
-    from petals_ops.swarm_health import take_snapshot
-    from petals_ops.target import resolve_for_backend
+    from petals_ops.client import generation
+    from petals_ops.util.errors import OpsError
+    from petals_ops.swarm.health import take_snapshot
+    from petals_ops.lab.target import resolve_for_backend
 
     target = resolve_for_backend(backend, initial_peers, model, dht_prefix=dht_prefix, num_blocks=num_blocks,
                                  run_dir=swarm_dir)
@@ -44,7 +44,7 @@ def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, ma
 
     tuned = None
     if tuned_prompts:
-        from petals_ops.tune.prompts import load_prompts, open_with_prompts, require_compatible
+        from petals_ops.client.tuned_prompts import load_prompts, open_with_prompts, require_compatible
 
         tuned = load_prompts(tuned_prompts)
         require_compatible(tuned, target.model)

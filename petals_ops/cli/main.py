@@ -10,7 +10,7 @@ import sys
 import click
 
 from petals_ops import __version__
-from petals_ops.errors import OpsError, redact
+from petals_ops.util.errors import OpsError, redact
 
 
 class OpsGroup(click.Group):
@@ -57,7 +57,7 @@ def cli(ctx, debug):
 
     Every command takes --help. Exit codes: 0 ok, 1 failure, 2 bad usage or input, 3 partial failure.
     """
-    from petals_ops.output import quiet_library_logging
+    from petals_ops.util.output import quiet_library_logging
 
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -81,7 +81,7 @@ _register()
 
 
 def main() -> None:
-    from petals_ops import tmpclean
+    from petals_ops.util import tmpclean
 
     sockets_before = tmpclean.hivemind_sockets()
     try:

@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from petals_ops.output import info
+from petals_ops.util.output import info
 
 # Per skill: (layers, hidden, heads, vocab, DHT prefix). The arithmetic defaults reproduce the checkpoint
 # the project ships (petals_ops/data/models/tiny-bloom-arith).
@@ -42,7 +42,7 @@ def tiny(directory, skill, layers, hidden, heads, seed, steps, dht_prefix):
     project ships the arithmetic model this command makes with its defaults (--skill arithmetic):
     petals_ops/data/models/tiny-bloom-arith, with its held-out set (--data arith:test in the bench).
     """
-    from petals_ops.tiny_model import TinyModelSpec, make_tiny_bloom
+    from petals_ops.lab.tiny_model import TinyModelSpec, make_tiny_bloom
 
     d_layers, d_hidden, d_heads, vocab, d_prefix = SKILL_DEFAULTS[skill]
     def given(value, default):  # 0 is a value the user gave (and is refused by validate), not "unset"
@@ -53,11 +53,11 @@ def tiny(directory, skill, layers, hidden, heads, seed, steps, dht_prefix):
                          seed=seed, dht_prefix=d_prefix if dht_prefix is None else dht_prefix, skill=skill)
     train_spec = None
     if skill == "arithmetic":
-        from petals_ops.tiny_train import TrainSpec
+        from petals_ops.lab.tiny_train import TrainSpec
 
         train_spec = TrainSpec(seed=seed) if steps is None else TrainSpec(seed=seed, steps=steps)
     elif steps is not None:
-        from petals_ops.errors import InputError
+        from petals_ops.util.errors import InputError
 
         raise InputError("--steps needs --skill arithmetic (a random model is not trained)",
                          fix="drop --steps")

@@ -2,7 +2,7 @@
 
 import click
 
-from petals_ops.local_swarm import default_run_dir
+from petals_ops.lab.local_swarm import default_run_dir
 
 
 def swarm_target_options(func=None, *, multiple_models: bool = False):

@@ -4,8 +4,8 @@ import click
 
 from petals_ops.cli.options import POSITIVE, swarm_target_options
 from petals_ops.cli.progress import block_progress
-from petals_ops.local_swarm import default_run_dir
-from petals_ops.output import OUTPUT_OPTION, emit_json, info, render_table
+from petals_ops.lab.local_swarm import default_run_dir
+from petals_ops.util.output import OUTPUT_OPTION, emit_json, info, render_table
 
 RUN_DIR_OPTION = click.option(
     "--swarm-dir", "--run-dir", "run_dir", type=click.Path(file_okay=False), default=None,
@@ -41,7 +41,7 @@ def local_up(run_dir, servers, replicas, model_dir, dht_port, timeout):
 
     Prints the swarm's initial peers on stdout (give them to other tools as --initial-peers).
     """
-    from petals_ops import local_swarm
+    from petals_ops.lab import local_swarm
 
     with block_progress("blocks served") as update:
         swarm = local_swarm.up(
@@ -57,7 +57,7 @@ def local_up(run_dir, servers, replicas, model_dir, dht_port, timeout):
 @RUN_DIR_OPTION
 def local_down(run_dir):
     """Stop every process of the local swarm (servers, DHT and their p2pd daemons)."""
-    from petals_ops import local_swarm
+    from petals_ops.lab import local_swarm
 
     swarm = local_swarm.down(run_dir)
     if swarm is None:
@@ -71,7 +71,7 @@ def local_down(run_dir):
 @OUTPUT_OPTION
 def local_status(run_dir, output):
     """The local swarm's processes (alive or not), ports and initial peers."""
-    from petals_ops import local_swarm
+    from petals_ops.lab import local_swarm
 
     swarm = local_swarm.load_running(run_dir)
     rows = [
@@ -97,8 +97,8 @@ def status(initial_peers, model, dht_prefix, num_blocks, swarm_dir, output):
     Exit code 1 when some block has no ONLINE server (the model cannot serve a forward pass). The block
     map draws one character per block for each server, with a red ✗ under blocks no ONLINE server holds.
     """
-    from petals_ops.swarm_health import format_block_ranges, take_snapshot
-    from petals_ops.target import resolve_target
+    from petals_ops.swarm.health import format_block_ranges, take_snapshot
+    from petals_ops.lab.target import resolve_target
 
     target = resolve_target(initial_peers, model, dht_prefix=dht_prefix, num_blocks=num_blocks,
                             run_dir=swarm_dir)
@@ -129,19 +129,19 @@ def own_peer_ids(local_run_dir) -> set[str]:
     """Peer ids of the local swarm's servers (from their identity files), marked as ours on the map."""
     if not local_run_dir:
         return set()
-    from petals_ops import petals_door as door
+    from petals_ops.client import door
     from petals_ops.monitoring.refresher import local_identities
 
     return {door.peer_id_of_identity(path.read_bytes()) for path in local_identities(local_run_dir).values()}
 
 
 def print_block_map(snap, own: set[str] = frozenset()) -> None:
-    """The terminal block map (petals_ops.block_map) of ``snap``, fitted to the terminal's width."""
+    """The terminal block map (petals_ops.swarm.block_map) of ``snap``, fitted to the terminal's width."""
     import sys
 
     from rich.console import Console
 
-    from petals_ops.block_map import block_map
+    from petals_ops.swarm.block_map import block_map
 
     console = Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None)  # as render_table
     console.print(f"block map of {snap.dht_prefix}", style="italic")

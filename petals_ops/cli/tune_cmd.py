@@ -5,7 +5,7 @@ import sys
 import click
 
 from petals_ops.cli.options import POSITIVE, swarm_target_options
-from petals_ops.output import OUTPUT_OPTION, emit_json, info
+from petals_ops.util.output import OUTPUT_OPTION, emit_json, info
 
 
 @click.group()

@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from petals_ops.errors import InputError
+from petals_ops.util.errors import InputError
 from petals_ops.fleet.inventory import BLOCK_RANGE_RE, HostSpec, ServerSpec, token_digest
 from petals_ops.fleet.peers import multiaddr
 from petals_ops.fleet.ssh import HostError, HostSession
@@ -179,7 +179,7 @@ def home_relative(session: HostSession, path: str) -> str:
 
 def ensure_identity(session: HostSession, path: str, *, dry_run: bool) -> tuple[str | None, bool]:
     """(peer id, created) of the identity file at ``path`` on the host; creates it (0600) when missing."""
-    from petals_ops import petals_door as door
+    from petals_ops.client import door
 
     data = session.read_file(path)
     if data:

@@ -30,8 +30,8 @@ from pydantic import (
     model_validator,
 )
 
-from petals_ops.errors import InputError, looks_secret
-from petals_ops.target import is_peer_multiaddr
+from petals_ops.util.errors import InputError, looks_secret
+from petals_ops.lab.target import is_peer_multiaddr
 
 DEFAULT_INVENTORY = "petals-ops.yaml"
 # The official image, pinned: ':main' is rebuilt from every push, so a fleet must name a tag or a digest.

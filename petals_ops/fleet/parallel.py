@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from petals_ops.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, OpsError
+from petals_ops.util.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, OpsError
 
 
 @dataclass

@@ -30,7 +30,7 @@ def public_initial_peers() -> list[str]:
     """petals' published bootstrap peers of the public swarm (imports petals, through the door)."""
     import importlib
 
-    from petals_ops import petals_door  # noqa: F401  (first: hivemind's names back before petals loads)
+    from petals_ops.client import door as petals_door  # noqa: F401  (first: hivemind's names back before petals loads)
 
     return list(importlib.import_module("petals.constants").PUBLIC_INITIAL_PEERS)
 

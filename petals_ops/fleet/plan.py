@@ -1,7 +1,7 @@
 """``petals-ops plan``: blocks per GPU from Petals' own memory accounting, coverage, and the exact commands.
 
 Memory per block and the attention-cache budget come from petals itself (``get_block_size`` and the
-arithmetic of ``Server._choose_num_blocks``), through :func:`petals_ops.petals_door.block_memory`.
+arithmetic of ``Server._choose_num_blocks``), through :func:`petals_ops.client.door.block_memory`.
 Works offline: GPU memory comes from the inventory (default: an A10 as NVML reports it).
 """
 
@@ -13,12 +13,12 @@ import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from petals_ops.errors import InputError
+from petals_ops.util.errors import InputError
 from petals_ops.fleet import containers as C
 from petals_ops.fleet.inventory import Inventory
 from petals_ops.fleet.peers import swarm_note
 from petals_ops.fleet.ssh import SSHOptions, select_hosts
-from petals_ops.models import KNOWN_MODELS, resolve_model
+from petals_ops.client.models import KNOWN_MODELS, resolve_model
 
 QUANTS = ("none", "int8", "nf4")
 CACHE_SIZES = (2048, 4096, 8192, 16384)
@@ -79,7 +79,7 @@ def _memory_source(model_name: str):
 
 def _memory_fn(source):
     """Memoised Petals block accounting of ``source``: (dtype, quant, cache tokens) -> block_memory()."""
-    from petals_ops import petals_door as door
+    from petals_ops.client import door
 
     memo: dict = {}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from petals_ops.errors import EXIT_OK, EXIT_PARTIAL, OpsError, PartialFailure, redact
+from petals_ops.util.errors import EXIT_OK, EXIT_PARTIAL, OpsError, PartialFailure, redact
 from petals_ops.fleet.parallel import exit_code
 
 
@@ -45,7 +45,7 @@ def report(results: Sequence[HostResult], what: str, columns: Sequence[str], *, 
     """
     import click
 
-    from petals_ops.output import emit_json, render_table
+    from petals_ops.util.output import emit_json, render_table
 
     code = results_exit_code(results)
     if output == "json":

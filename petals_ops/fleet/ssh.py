@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from petals_ops.errors import InputError, OpsError
+from petals_ops.util.errors import InputError, OpsError
 from petals_ops.fleet.inventory import HostSpec, Inventory
 
 DEFAULT_SSH_CONFIG = "~/.ssh/config"

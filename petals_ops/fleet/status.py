@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from petals_ops.errors import OpsError
+from petals_ops.util.errors import OpsError
 from petals_ops.fleet import containers as C
 from petals_ops.fleet.gpu import GpuHostStatus, expected_gpus, read_gpus
 from petals_ops.fleet.inventory import Inventory, load_inventory
@@ -149,7 +149,7 @@ def fleet_status(inventory: Inventory, hosts: Sequence[str] | None = None, *,
     snap = None
     if any(s.peer_id for s in statuses):
         from petals_ops.fleet.up import _model_ref
-        from petals_ops.swarm_health import take_snapshot
+        from petals_ops.swarm.health import take_snapshot
 
         try:
             peers = inventory_peers(inventory, names)

@@ -1,5 +1,5 @@
 """``petals-ops up`` and ``restart``: apply the server containers on every host in parallel, then wait
-until the swarm's DHT shows each server ONLINE for its blocks (through :mod:`petals_ops.swarm_health`)."""
+until the swarm's DHT shows each server ONLINE for its blocks (through :mod:`petals_ops.swarm.health`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
-from petals_ops.errors import InputError, OpsError
+from petals_ops.util.errors import InputError, OpsError
 from petals_ops.fleet import containers as C
 from petals_ops.fleet.inventory import BLOCK_RANGE_RE, Inventory
 from petals_ops.fleet.parallel import HostOutcome, per_host
@@ -240,7 +240,7 @@ def _initial_peers(inv: Inventory, hosts: Sequence[str], results: list[ServerRes
 
 
 def _model_ref(inv: Inventory, hosts: Sequence[str]):
-    from petals_ops.models import resolve_model
+    from petals_ops.client.models import resolve_model
 
     specs = {(inv.server_for(h).model, inv.server_for(h).dht_prefix) for h in hosts}
     if len(specs) != 1:
@@ -256,7 +256,7 @@ ProgressFn = Callable[[int, int, float], None]
 def wait_online(result: FleetResult, inv: Inventory, sessions: dict[str, HostSession], *, timeout: float,
                 on_progress: ProgressFn | None = None, poll: float = 2.0) -> None:
     """Poll the DHT until every server of a healthy host is ONLINE for its blocks; fail those that exit."""
-    from petals_ops.swarm_health import SwarmProbe
+    from petals_ops.swarm.health import SwarmProbe
 
     pending = [s for s in result.servers
                if s.error is None and s.peer_id and s.host not in result.host_errors]

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from petals_ops import __version__
 from petals_ops.monitoring.gpu_metrics import render_gpus
 from petals_ops.monitoring.refresher import ExporterState
-from petals_ops.swarm_health import STATES
+from petals_ops.swarm.health import STATES
 
 # public_name is chosen by each server of a public swarm (and changes): it is a label of the info metric
 # only, so the other server series stay bounded by peer id. Join it in PromQL through petals_server_info.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import urllib.request
 
-from petals_ops.errors import OpsError
+from petals_ops.util.errors import OpsError
 
 SHOWN = (
     "petals_model_fully_served", "petals_model_uncovered_blocks", "petals_model_min_online_servers",

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from petals_ops.monitoring.refresher import ExporterState
-from petals_ops.swarm_health import SwarmSnapshot
+from petals_ops.swarm.health import SwarmSnapshot
 
 # One character per block in a server's ``cells``: compact for 400 servers x 70 blocks, and readable.
 CELL = {"ONLINE": "O", "JOINING": "J", "OFFLINE": "F"}

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from petals_ops.errors import InputError
-from petals_ops.models import ModelRef
-from petals_ops.swarm_health import SwarmProbe, SwarmSnapshot
+from petals_ops.util.errors import InputError
+from petals_ops.client.models import ModelRef
+from petals_ops.swarm.health import SwarmProbe, SwarmSnapshot
 
 log = logging.getLogger("petals_ops.exporter")
 
@@ -63,7 +63,7 @@ def local_identities(run_dir: str | Path | None) -> dict[str, Path]:
     """Our host name -> identity file of each server of the local swarm in ``run_dir`` ({} if none)."""
     if not run_dir:
         return {}
-    from petals_ops.local_swarm import LocalSwarm
+    from petals_ops.lab.local_swarm import LocalSwarm
 
     swarm = LocalSwarm.load(run_dir)
     if swarm is None:
@@ -116,7 +116,7 @@ class Refresher:
         if self._own_local is None:
             own = {}
             if self.identities:
-                from petals_ops import petals_door as door
+                from petals_ops.client import door
 
                 for host, path in self.identities.items():
                     with contextlib.suppress(Exception):  # a half-written identity file: try next refresh

@@ -19,7 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 
-from petals_ops.errors import InputError
+from petals_ops.util.errors import InputError
 from petals_ops.monitoring.collector import SwarmCollector
 from petals_ops.monitoring.map_page import page_bytes
 from petals_ops.monitoring.map_state import MAP_PATH, MapBody

@@ -19,7 +19,7 @@ async def _store_many(dht, node, keys, subkeys, values, expiration_time):
 
 
 def fake_peer_id() -> str:
-    from petals_ops import petals_door as door
+    from petals_ops.client import door
 
     return door.PeerID(b"\x12\x20" + os.urandom(32)).to_base58()  # a sha2-256 multihash, like real ids
 
@@ -32,7 +32,7 @@ def declare_fake_servers(initial_peers: Sequence[str], dht_prefix: str, num_bloc
     Small batches: a large pickled call (thousands of records) over hivemind's DHT pipe made the DHT process
     fail with EAGAIN and the caller hang.
     """
-    from petals_ops import petals_door as door
+    from petals_ops.client import door
 
     rng = random.Random(seed)
     keys, subkeys, values, peers = [], [], [], []

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from petals_ops.errors import InputError
+from petals_ops.util.errors import InputError
 
 ARITH_TRAIN = "arith:train"
 ARITH_POOL = 4000
@@ -62,8 +62,8 @@ def pair_of(question: str, answer: str) -> tuple[str, str]:
 
 
 def _arith_pool() -> tuple[list[tuple[str, str]], str]:
-    from petals_ops import synthetic_math
-    from petals_ops.tiny_train import held_out_questions
+    from petals_ops.lab import synthetic_math
+    from petals_ops.lab.tiny_train import held_out_questions
 
     stream = synthetic_math.training_examples(ARITH_SEED, exclude=held_out_questions())
     pairs = [next(stream) for _ in range(ARITH_POOL)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from petals_ops.errors import InputError
+from petals_ops.util.errors import InputError
 
 MODES = ("ptune", "deep_ptune")
 # A Petals server refuses a forward/backward request of more than --max_batch_size tokens (rows x length,

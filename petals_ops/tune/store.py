@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from petals_ops.bench.store import RunStore
-from petals_ops.errors import InputError
-from petals_ops.fsutil import write_json_atomic
+from petals_ops.util.errors import InputError
+from petals_ops.util.fsutil import write_json_atomic
 
 CHECKPOINT_FILE = "checkpoint.pt"
 TUNE_FILE = "tune.json"

@@ -5,7 +5,7 @@ only the prompt tensors on the client get gradients), then an AdamW step on the 
 fails after the petals client's own re-routing (``client_retries``) is retried whole: the peers the error
 names are banned first, so the retry takes another route; after ``step_retries`` the run stops with one
 line naming the uncovered blocks (or the error). Automatic GC is off while the loop runs and collected
-from this thread between steps (the petals client's ``__del__`` hang, see petals_ops.backends).
+from this thread between steps (the petals client's ``__del__`` hang, see petals_ops.client.backends).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from petals_ops.backends import BACKENDS, Backend
-from petals_ops.errors import InputError, OpsError
+from petals_ops.client.backends import BACKENDS, Backend
+from petals_ops.util.errors import InputError, OpsError
 from petals_ops.tune.spec import DEFAULT_SERVERS_MAX_BATCH_SIZE, TuneSpec, check_request_size
 
 CONFIG_VERSION = 1
@@ -62,7 +62,7 @@ class TuneResult:
 
 def _resolve_model(params: TuneParams):
     """(model ref, initial peers): the swarm's, or a checkpoint in-process (like bench gsm8k)."""
-    from petals_ops.target import resolve_for_backend
+    from petals_ops.lab.target import resolve_for_backend
 
     target = resolve_for_backend(params.backend, params.initial_peers, params.model,
                                  dht_prefix=params.dht_prefix, num_blocks=params.num_blocks,
@@ -103,7 +103,7 @@ def run_tune(
     checkpoint = store.open(make_config(ref, spec, pairs))
     try:
         if params.backend == "petals":
-            from petals_ops.swarm_health import take_snapshot
+            from petals_ops.swarm.health import take_snapshot
 
             take_snapshot(peers, ref).require_full_coverage()
         loop = _Loop(params, spec, ref, peers, pairs, store, checkpoint)
@@ -162,7 +162,7 @@ class _Loop:
     def _open(self):
         import torch
 
-        from petals_ops.tune.model import init_prompts, open_tunable, prompt_parameters
+        from petals_ops.client.tuned_model import init_prompts, open_tunable, prompt_parameters
 
         loaded = open_tunable(
             self.params.backend,
@@ -246,7 +246,7 @@ class _Loop:
             loaded.close()
 
     def _train_step(self, backend: Backend, step: int, ids, labels) -> tuple[float, int]:
-        from petals_ops.tune.model import step_loss
+        from petals_ops.client.tuned_model import step_loss
 
         failures = []
         for attempt in range(1, self.params.step_retries + 2):
@@ -290,7 +290,7 @@ class _Loop:
             {"step": step, "attempt": attempt, "error": failures[-1], "banned": banned}
         )
         if attempt > self.params.step_retries:
-            from petals_ops.swarm_health import take_snapshot
+            from petals_ops.swarm.health import take_snapshot
 
             take_snapshot(self.peers, self.ref).require_full_coverage()  # names the missing blocks, if any
             raise OpsError(
@@ -304,7 +304,7 @@ class _Loop:
         import torch
 
         from petals_ops.tune.examples import collate
-        from petals_ops.tune.model import step_loss
+        from petals_ops.client.tuned_model import step_loss
 
         total, count = 0.0, 0
         held = self.pairs.held_out
@@ -325,14 +325,14 @@ class _Loop:
         value = round(total / max(count, 1), 5)
         self.history["evals"].append({"step": self.step, "loss": value})
         if not self.best or value < self.best["eval_loss"]:
-            from petals_ops.tune.prompts import BEST_FILE
+            from petals_ops.client.tuned_prompts import BEST_FILE
 
             self.best = {"step": self.step, "eval_loss": value, "id": self._save(BEST_FILE)}
         return value
 
     def _save(self, name: str) -> str:
         """The current prompts as the prompt file ``name`` of the run dir; returns their id."""
-        from petals_ops.tune.prompts import save_prompts
+        from petals_ops.client.tuned_prompts import save_prompts
 
         return save_prompts(
             self.store.run_dir / name,
@@ -344,7 +344,7 @@ class _Loop:
         )
 
     def _checkpoint(self) -> None:
-        from petals_ops.tune.prompts import LAST_FILE
+        from petals_ops.client.tuned_prompts import LAST_FILE
 
         self.history["servers"] = sorted(self.servers)
         self.last_id = self._save(LAST_FILE)

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from petals_ops.bench.decoding import DecodeSpec, Sampling
+from petals_ops.client.decoding import DecodeSpec, Sampling
 from petals_ops.bench.extraction import DEFAULT_STOPS
 from petals_ops.bench.stats import plurality
-from petals_ops.errors import InputError
+from petals_ops.util.errors import InputError
 
 METHODS: dict[str, Method] = {}
 

@@ -1,7 +1,7 @@
 """Chain-of-Thought: one greedy path; its answer is the question's answer."""
 
 from petals_ops.bench.methods.base import Method, register
-from petals_ops.errors import InputError
+from petals_ops.util.errors import InputError
 
 
 class ChainOfThought(Method):

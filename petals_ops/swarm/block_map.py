@@ -18,7 +18,7 @@ from rich.cells import set_cell_size
 from rich.console import Console, ConsoleOptions
 from rich.text import Text
 
-from petals_ops.swarm_health import SwarmSnapshot, format_block_ranges
+from petals_ops.swarm.health import SwarmSnapshot, format_block_ranges
 
 GLYPH = {"ONLINE": "█", "JOINING": "▒", "OFFLINE": "░"}
 ABSENT = "·"

@@ -13,9 +13,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from petals_ops.errors import InputError
-from petals_ops.models import ModelRef
-from petals_ops.tune.model import keys_for
+from petals_ops.util.errors import InputError
+from petals_ops.client.models import ModelRef
+from petals_ops.client.tuned_model import keys_for
 from petals_ops.tune.spec import MODES
 
 FORMAT = "petals-ops-prompts/1"
@@ -200,8 +200,9 @@ def open_with_prompts(
     max_retries: int = 3,
     request_timeout: float = 60.0,
 ):
-    """A :class:`petals_ops.generation.LoadedModel` of ``ref`` with ``prompts`` in it (checked first)."""
-    from petals_ops.tune.model import open_tunable
+    """A :class:`petals_ops.client.generation.LoadedModel` of ``ref`` with ``prompts`` in it (checked
+    first)."""
+    from petals_ops.client.tuned_model import open_tunable
 
     require_compatible(prompts, ref)
     loaded = open_tunable(

@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from petals_ops.errors import InputError
-from petals_ops.tiny_model import MODEL_META, is_model_dir
+from petals_ops.util.errors import InputError
+from petals_ops.lab.tiny_model import MODEL_META, is_model_dir
 
 # Architectures petals-ops knows without downloading a config (layers, hidden size, heads, vocab).
 KNOWN_MODELS = {

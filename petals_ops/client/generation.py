@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from petals_ops.errors import InputError, OpsError
-from petals_ops.models import ModelRef
+from petals_ops.util.errors import InputError, OpsError
+from petals_ops.client.models import ModelRef
 
 DEFAULT_MAX_RETRIES = 3
 # What a petals server answers when a session is longer than its --inference_max_length.
@@ -30,12 +30,12 @@ class LoadedModel:
     ref: ModelRef
     initial_peers: list[str] = field(default_factory=list)
     pre_seq_len: int = 0  # tuned prompts the model prepends itself (petals_ops.tune): sessions make room
-    prompts_id: str | None = None  # the id of the tuned prompts loaded (petals_ops.tune.prompts), if any
+    prompts_id: str | None = None  # id of the tuned prompts loaded (client.tuned_prompts), if any
 
     def close(self) -> None:
         """Release the swarm connection (DHT, p2pd) of a petals backend; a no-op for local."""
         if self.backend == "petals" and self.model is not None:
-            from petals_ops import petals_door
+            from petals_ops.client import door as petals_door
 
             petals_door.close_client(self.model)
             self.model = None
@@ -115,7 +115,7 @@ def load_swarm_model(
     """Connect to the swarm and load the client side (embeddings, LM head) of ``ref``.
 
     ``model_kwargs``: more for petals' ``from_pretrained`` (``tuning_mode``, ``pre_seq_len``: tune)."""
-    from petals_ops import petals_door as door
+    from petals_ops.client import door
     from transformers import AutoTokenizer
 
     path = _require_local_checkpoint(ref)
@@ -146,7 +146,7 @@ def load_swarm_model(
 
 def load_local_model(ref: ModelRef) -> LoadedModel:
     """The same checkpoint in-process with transformers (no swarm), for comparison and swarm-less runs."""
-    from petals_ops import petals_door  # noqa: F401  (one import order for every process)
+    from petals_ops.client import door as petals_door  # noqa: F401  (one import order for every process)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = _require_local_checkpoint(ref)
@@ -197,7 +197,7 @@ def generate(
 ) -> Generation:
     """Generate from ``prompt``; several sequences run as one batch of the same prompt (no padding).
 
-    ``calculator``: decode with the bench's token loop (:func:`petals_ops.bench.decoding.decode_batch`),
+    ``calculator``: decode with the bench's token loop (:func:`petals_ops.client.decoding.decode_batch`),
     which forces the exact result after ``<expression> =``; the text is handed to ``on_text`` at the end.
     """
     import torch
@@ -247,8 +247,8 @@ def _generate_with_calculator(loaded: LoadedModel, input_ids, *, max_new_tokens:
     """``generate`` through the bench's loop, with the calculator or tuned prompts (no stop strings)."""
     import secrets
 
-    from petals_ops.backends import Backend
-    from petals_ops.bench.decoding import DecodeSpec, Sampling, decode_batch
+    from petals_ops.client.backends import Backend
+    from petals_ops.client.decoding import DecodeSpec, Sampling, decode_batch
 
     if sample:
         sampling = Sampling(temperature, top_k or None, secrets.randbits(63) if seed is None else seed)

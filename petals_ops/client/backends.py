@@ -24,8 +24,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from petals_ops.errors import InputError
-from petals_ops.models import ModelRef
+from petals_ops.util.errors import InputError
+from petals_ops.client.models import ModelRef
 
 BACKENDS = ("petals", "local")
 # A Petals server refuses a step of more than --max_batch_size tokens (batch x new tokens; 2048 by default
@@ -143,13 +143,14 @@ class Backend:
 def open_backend(kind: str, ref: ModelRef, initial_peers: Sequence[str] = (), *, max_retries: int = 3,
                  request_timeout: float = 60.0, prompts=None) -> Backend:
     """Load ``ref`` for decoding through the swarm (``petals``) or in this process (``local``);
-    ``prompts``: tuned prompts (:class:`petals_ops.tune.prompts.TunedPrompts`) the model prepends itself."""
-    from petals_ops import generation
+    ``prompts``: tuned prompts (:class:`petals_ops.client.tuned_prompts.TunedPrompts`) the model
+    prepends itself."""
+    from petals_ops.client import generation
 
     if kind not in BACKENDS:
         raise InputError(f"--backend {kind} is unknown", fix="use petals or local")
     if prompts is not None:
-        from petals_ops.tune.prompts import open_with_prompts
+        from petals_ops.client.tuned_prompts import open_with_prompts
 
         return Backend(open_with_prompts(kind, ref, initial_peers, prompts, max_retries=max_retries,
                                          request_timeout=request_timeout))
@@ -169,7 +170,7 @@ def _ban_failed_peers(model, error: BaseException) -> list[str]:
         seen = seen.__cause__ or seen.__context__
     peers = sorted(set(PEER_ID_RE.findall(" ".join(texts))))
     if peers:
-        from petals_ops import petals_door as door
+        from petals_ops.client import door
 
         manager = model.transformer.h.sequence_manager
         for peer in peers:

@@ -1,6 +1,6 @@
 """Train the tiny BLOOM a little arithmetic, in-process, offline and deterministic for a seed.
 
-The model learns the synthetic problems of :mod:`petals_ops.synthetic_math` in the bench's CoT format.
+The model learns the synthetic problems of :mod:`petals_ops.lab.synthetic_math` in the bench's CoT format.
 Rows are packed examples (``Q: ...\\nA: ... The answer is N.`` joined by blank lines, as a few-shot
 prompt reads); the loss counts only the completion side and the separator after it, so the capacity of a
 tiny model goes to the arithmetic rather than to guessing random question numbers. The held-out
@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from petals_ops import synthetic_math
-from petals_ops.errors import InputError
+from petals_ops.lab import synthetic_math
+from petals_ops.util.errors import InputError
 
 TRAIN_THREADS = 2  # fixed, so the float reduction order (and so the weights) does not depend on the machine
 HELD_OUT_SEED = 20261121  # the shipped held-out set (petals_ops/data/arith/test.jsonl)

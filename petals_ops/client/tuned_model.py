@@ -13,8 +13,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-from petals_ops.generation import LoadedModel, load_local_model, load_swarm_model
-from petals_ops.models import ModelRef
+from petals_ops.client.generation import LoadedModel, load_local_model, load_swarm_model
+from petals_ops.client.models import ModelRef
 
 PROMPT_KEYS = ("transformer.prompt_embeddings.weight", "transformer.intermediate_prompt_embeddings.weight")
 
@@ -38,7 +38,7 @@ def open_tunable(
         loaded = load_local_model(ref)
         loaded.model = PromptedCausalLM(loaded.model, mode, pre_seq_len).eval()
     else:
-        from petals_ops.backends import die_with_parent_in_forks
+        from petals_ops.client.backends import die_with_parent_in_forks
 
         die_with_parent_in_forks()
         loaded = load_swarm_model(

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from petals_ops.errors import InputError
-from petals_ops.models import ModelRef, resolve_model
+from petals_ops.util.errors import InputError
+from petals_ops.client.models import ModelRef, resolve_model
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def resolve_target(
         if not model:
             raise InputError("--initial-peers was given without --model", fix="pass --model NAME_OR_DIR too")
         return SwarmTarget(peers, resolve_model(model, dht_prefix=dht_prefix, num_blocks=num_blocks))
-    from petals_ops.local_swarm import SERVER_DEFAULTS, load_running
+    from petals_ops.lab.local_swarm import SERVER_DEFAULTS, load_running
 
     swarm = load_running(run_dir)
     ref = resolve_model(model or swarm.model_dir, dht_prefix=dht_prefix, num_blocks=num_blocks)
@@ -76,6 +76,6 @@ def resolve_for_backend(
                               run_dir=run_dir)
     if model:
         return SwarmTarget([], resolve_model(model, dht_prefix=dht_prefix, num_blocks=num_blocks))
-    from petals_ops.local_swarm import load_running
+    from petals_ops.lab.local_swarm import load_running
 
     return SwarmTarget([], resolve_model(load_running(run_dir).model_dir))

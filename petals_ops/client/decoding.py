@@ -5,7 +5,7 @@ are never batched). Only the last position goes through the LM head (BLOOM's voc
 path stops client-side at its first stop string (``\\nQ:``, ``\\n\\n``) or EOS; the batch stops when every
 path has stopped or at ``max_new_tokens``. A sampled path draws from its own seeded ``torch.Generator``
 (seed, question id, path index), so paths do not depend on how they are split into batches nor on
-concurrency. The loop is backend-agnostic: it sees a :class:`petals_ops.backends.DecodeSession`.
+concurrency. The loop is backend-agnostic: it sees a :class:`petals_ops.client.backends.DecodeSession`.
 
 With the calculator on (``DecodeSpec.calculator``), a row whose newest token completed ``<expression> =``
 gets the tokens of the exact result (:mod:`petals_ops.bench.calculator`) queued as its next inputs: at

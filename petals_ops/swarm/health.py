@@ -12,8 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from petals_ops.errors import OpsError
-from petals_ops.models import ModelRef
+from petals_ops.util.errors import OpsError
+from petals_ops.client.models import ModelRef
 
 STATES = ("OFFLINE", "JOINING", "ONLINE")
 
@@ -208,7 +208,7 @@ class SwarmProbe:
         self._dht = None
 
     def start(self) -> "SwarmProbe":
-        from petals_ops import petals_door as door
+        from petals_ops.client import door
 
         try:
             self._dht = door.DHT(
@@ -253,7 +253,7 @@ class SwarmProbe:
 
         ``require_peers``: raise :class:`OpsError` when the node has no peer left (instead of an empty walk).
         """
-        from petals_ops import petals_door as door
+        from petals_ops.client import door
 
         if self._dht is None:
             self.start()

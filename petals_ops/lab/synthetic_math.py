@@ -118,7 +118,8 @@ def prompt_text(seed: int) -> str:
     for steps in (2, 3):
         q, a = render(make_problem(rng, steps), rng)
         blocks.append(q + a)
-    return "# Two exemplars of the synthetic arithmetic task (petals_ops.synthetic_math, seed %d)\n\n%s\n" % (
+    return ("# Two exemplars of the synthetic arithmetic task (petals_ops.synthetic_math, seed %d)"
+            "\n\n%s\n") % (
         seed, "\n\n".join(blocks))
 
 
@@ -136,10 +137,10 @@ def write_held_out_files(directory, n: int, seed: int, prompt_seed: int) -> dict
     return {name: hashlib.sha256(text.encode()).hexdigest() for name, text in files.items()}
 
 
-if __name__ == "__main__":  # python -m petals_ops.synthetic_math DIR: regenerate the shipped held-out set
+if __name__ == "__main__":  # python -m petals_ops.lab.synthetic_math DIR: regenerate the shipped held-out set
     import sys
 
-    from petals_ops.tiny_train import HELD_OUT_SEED, HELD_OUT_SIZE, PROMPT_SEED
+    from petals_ops.lab.tiny_train import HELD_OUT_SEED, HELD_OUT_SIZE, PROMPT_SEED
 
     for name, digest in write_held_out_files(sys.argv[1], HELD_OUT_SIZE, HELD_OUT_SEED, PROMPT_SEED).items():
         print(f"{name} {digest}")

@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from petals_ops import procs, tmpclean
-from petals_ops.errors import InputError, OpsError
-from petals_ops.fsutil import read_json, tail_lines, write_json_atomic
-from petals_ops.models import ModelRef, resolve_model
-from petals_ops.tiny_model import MODEL_META
+from petals_ops.util import procs
+from petals_ops.util import tmpclean
+from petals_ops.util.errors import InputError, OpsError
+from petals_ops.util.fsutil import read_json, tail_lines, write_json_atomic
+from petals_ops.client.models import ModelRef, resolve_model
+from petals_ops.lab.tiny_model import MODEL_META
 
 STATE_FILE = "state.json"
 PEERS_RE = re.compile(r"--initial_peers (/\S+)")
@@ -233,7 +234,7 @@ def _up_lock(run_dir: Path):
 def _tiny_model_in(run_dir: Path) -> Path:
     """The run dir's own tiny BLOOM, built into a temp dir and renamed so an interrupted build never
     sticks."""
-    from petals_ops.tiny_model import make_tiny_bloom
+    from petals_ops.lab.tiny_model import make_tiny_bloom
 
     model_path = run_dir / "model"
     if not (model_path / MODEL_META).is_file():  # written last: its presence means a complete model
@@ -318,7 +319,7 @@ def wait_until_served(swarm: LocalSwarm, expected_servers: int, *, timeout: floa
                       on_progress: ProgressFn | None = None):
     """Poll the DHT until ``expected_servers`` are ONLINE and every block is covered; fail fast if one
     dies."""
-    from petals_ops.swarm_health import SwarmProbe
+    from petals_ops.swarm.health import SwarmProbe
 
     deadline = time.monotonic() + timeout
     with SwarmProbe(swarm.initial_peers, swarm.model) as probe:

@@ -4,7 +4,7 @@ The layout is what a Petals server loads: the base ``BloomModel`` saved with key
 ``BloomForCausalLM``, whose ``transformer.h.{i}.*`` keys the server cannot find), a byte-level BPE
 tokenizer, and ``petals_ops.json`` recording the DHT prefix the swarm announces the blocks under.
 With ``skill="none"`` the weights are random: the model produces noise and exercises the machinery.
-With ``skill="arithmetic"`` it is trained in-process (:mod:`petals_ops.tiny_train`) on synthetic
+With ``skill="arithmetic"`` it is trained in-process (:mod:`petals_ops.lab.tiny_train`) on synthetic
 GSM-style problems, with a tokenizer that splits digits apart, so the bench measures real effects; the
 project ships one such checkpoint (:data:`ARITH_MODEL_DIR`) made by this very code.
 """
@@ -15,10 +15,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from petals_ops.errors import InputError
+from petals_ops.util.errors import InputError
 
 SKILLS = ("none", "arithmetic")
-ARITH_MODEL_DIR = Path(__file__).resolve().parent / "data" / "models" / "tiny-bloom-arith"
+ARITH_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "models" / "tiny-bloom-arith"
 
 MODEL_META = "petals_ops.json"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # BLOOM's ids 0..3
@@ -118,7 +118,7 @@ def make_tiny_bloom(directory: str | Path, spec: TinyModelSpec = TinyModelSpec()
     """Write a deterministic (for ``spec.seed``) tiny BLOOM to ``directory`` and return its path.
 
     With ``spec.skill == "arithmetic"`` the model is trained first (``train_spec``: a
-    :class:`petals_ops.tiny_train.TrainSpec`, its defaults if None; ``on_step`` sees each step).
+    :class:`petals_ops.lab.tiny_train.TrainSpec`, its defaults if None; ``on_step`` sees each step).
     """
     spec.validate()
     directory = Path(directory)
@@ -131,7 +131,7 @@ def make_tiny_bloom(directory: str | Path, spec: TinyModelSpec = TinyModelSpec()
 
     training = None
     if spec.skill == "arithmetic":
-        from petals_ops import tiny_train
+        from petals_ops.lab import tiny_train
 
         train_spec = (train_spec or tiny_train.TrainSpec(seed=spec.seed)).validate()
         tokenizer = _train_tokenizer(spec.vocab_size, tiny_train.corpus_for_tokenizer(train_spec.seed),

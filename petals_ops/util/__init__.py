@@ -1,0 +1,1 @@
+"""Small utilities with no petals-ops dependencies: typed errors, files, processes, output."""

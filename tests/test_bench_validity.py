@@ -172,3 +172,52 @@ def test_shipped_model_meta_records_the_command_that_made_it():
 def test_a_named_set_brings_its_own_prompt():
     assert data.default_prompt_for("arith:test") == data.PACKAGE_DATA / "arith" / "prompt.txt"
     assert data.default_prompt_for("gsm8k:test") is None and data.default_prompt_for("demo") is None
+
+
+def test_report_and_errors_read_the_run_dirs_given_not_the_paths_summaries_store(run_cli, tmp_path,
+                                                                                  tiny_model_dir):
+    """Issue 23.1: archive a run dir (move, copy) and reuse its name for another model's run: the report
+    pairs the records of the dirs named on the command line, and a summary that does not match the
+    records or config beside it is refused."""
+    import shutil
+
+    runs, archive = tmp_path / "runs", tmp_path / "archive"
+    trained = _run(runs / "x", "cot", limit=6).run_dir
+    archive.mkdir()
+    moved = archive / "x"
+    shutil.move(trained, moved)  # its summary.json still names runs/x
+    _run(runs / "x", "cot", limit=6, model=str(tiny_model_dir))  # the name reused: another model's run
+    copied = tmp_path / "copy" / "x"
+    shutil.copytree(moved, copied)
+
+    line = assert_one_line_error(run_cli("bench", "report", moved, runs / "x", "--out", tmp_path / "r1"),
+                                 code=2)
+    assert "different models" in line  # the model check reads the dirs given
+    result = run_cli("bench", "report", moved, copied, "--out", tmp_path / "r2", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    (pair,) = out["pairs"]
+    assert (pair["a"], pair["b"]) == (str(moved), str(copied))
+    assert [r["run_dir"] for r in out["runs"]] == [str(moved), str(copied)]
+    mine = report.load_summary(moved)
+    assert pair["n"] == 6 and pair["both_right"] == mine["correct"] and pair["a_only"] == pair["b_only"] == 0
+    # bench errors: the paths of the dir given
+    rows = json.loads(run_cli("bench", "errors", moved, "-o", "json").stdout)
+    assert [r["text"] for r in rows] == [p["text"] for r in read_records(moved) for p in r["paths"]]
+    assert rows != json.loads(run_cli("bench", "errors", runs / "x", "-o", "json").stdout)
+
+    # a summary that is not the records' or config's: refused, saying so
+    other_summary = (runs / "x" / "summary.json").read_text()
+    (copied / "summary.json").write_text(other_summary)
+    for command in (["report", copied, moved, "--out", tmp_path / "r3"], ["errors", copied]):
+        line = assert_one_line_error(run_cli("bench", *command), str(copied), code=2)
+        assert "another config" in line
+    shutil.copy(moved / "summary.json", copied / "summary.json")
+    with open(copied / "records.jsonl", "a") as f:  # one more record than the summary counts
+        record = read_records(moved)[0]
+        f.write(json.dumps({**record, "id": "arith:test:999"}) + "\n")
+    line = assert_one_line_error(run_cli("bench", "errors", copied), str(copied), code=2)
+    assert "disagrees with its records.jsonl" in line and "run the same bench command" in line
+    (copied / "records.jsonl").unlink()
+    line = assert_one_line_error(run_cli("bench", "report", moved, copied, "--out", tmp_path / "r4"), code=2)
+    assert "no records.jsonl" in line

@@ -291,7 +291,7 @@ def test_records_with_garbage_lines_are_read_and_resumed(tmp_path, run_cli, garb
     from petals_ops.bench.report import load_records
 
     run = tmp_path / "run"
-    config = {"a": 1}
+    config = _summary()["config"]
     s = store.RunStore(run)
     s.open(config)
     for qid in ("q:1", "q:2"):
@@ -306,7 +306,8 @@ def test_records_with_garbage_lines_are_read_and_resumed(tmp_path, run_cli, garb
         assert sorted(k for k, r in existing.items() if is_record(r)) == ["q:1", "q:2"]
     finally:
         s.close()
-    (run / "summary.json").write_text(json.dumps({**_summary(), "run_dir": str(run)}))
+    (run / "summary.json").write_text(json.dumps({**_summary(), "run_dir": str(run), "n": 2, "scored": 2,
+                                                  "correct": 2}))
     result = run_cli("bench", "errors", run, "-o", "json")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert {row["id"] for row in json.loads(result.stdout)} == {"q:1", "q:2"}

@@ -21,7 +21,7 @@ from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.paired import PairedComparison, compare_paired
 from petals_ops.bench.records import QuestionRecord, RunSummary, parse_record
 from petals_ops.bench.stats import wilson_interval
-from petals_ops.bench.store import SUMMARY_FILE, latest_by_id, read_records
+from petals_ops.bench.store import CONFIG_FILE, RECORDS_FILE, SUMMARY_FILE, latest_by_id, read_records
 from petals_ops.util.errors import InputError
 from petals_ops.util.fsutil import write_atomic, write_json_atomic
 
@@ -262,9 +262,42 @@ def load_summary(run_dir: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise InputError(f"{path} is not valid JSON ({e})", fix="re-run the bench to rewrite it") from e
     try:
-        return RunSummary.from_dict(data).to_dict()  # ValueError for anything but a summary, a non-object too
+        summary = RunSummary.from_dict(data).to_dict()  # ValueError for anything but a summary, a non-object
     except (ValueError, TypeError) as e:
         raise InputError(f"{path} is not a bench summary ({e})", fix="re-run the bench to rewrite it") from e
+    summary["run_dir"] = str(run_dir)  # where the run is now: run dirs are copied and moved
+    return summary
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, list[QuestionRecord]]:
+    """A run dir's summary and records, both read from ``run_dir`` itself (never from the path the summary
+    stores: an archived or moved run dir would otherwise be paired with whatever now lives there). A
+    summary that does not belong to the config and records beside it is refused: it would describe
+    another run."""
+    summary = load_summary(run_dir)
+    run = Path(run_dir)
+    for name in (CONFIG_FILE, RECORDS_FILE):
+        if not (run / name).is_file():
+            raise InputError(f"{run_dir} has {SUMMARY_FILE} but no {name}",
+                             fix="pass the whole run dir (copy every file of it), or re-run the bench there")
+    try:
+        config = json.loads((run / CONFIG_FILE).read_text())
+    except (ValueError, OSError, RecursionError):
+        config = None
+    if config != summary["config"]:
+        raise InputError(f"{run_dir}: {SUMMARY_FILE} was written for another config than its {CONFIG_FILE}",
+                         fix="run the same bench command on that run dir again to rewrite the summary")
+    records = load_records(run)
+    ok = [r for r in records if not r.error]
+    seen = {"scored": len(ok), "correct": sum(bool(r.correct) for r in ok), "errors": len(records) - len(ok)}
+    stated = {k: summary[k] for k in seen}
+    if seen != stated:
+        says = ", ".join(f"{k} {v}" for k, v in stated.items())
+        found = ", ".join(f"{k} {v}" for k, v in seen.items())
+        raise InputError(f"{run_dir}: {SUMMARY_FILE} disagrees with its {RECORDS_FILE} (summary: {says}; "
+                         f"records: {found})",
+                         fix="run the same bench command on that run dir again to rewrite the summary")
+    return summary, records
 
 
 @dataclass(frozen=True)
@@ -283,7 +316,7 @@ def pair_runs(a: dict, b: dict) -> Pair:
         raise InputError(f"cannot pair {la} and {lb}: they ran different models "
                          f"({ma['name']} and {mb['name']})",
                          fix="compare runs of the same model, or report them without pairing (--no-pairs)")
-    ra, rb = load_records(Path(a["run_dir"])), load_records(Path(b["run_dir"]))
+    ra, rb = load_run(a["run_dir"])[1], load_run(b["run_dir"])[1]  # checked against their summaries
     ids_a, ids_b = {r.id for r in ra}, {r.id for r in rb}
     da, db = a["config"]["data"], b["config"]["data"]
     if da["sha256"] != db["sha256"] or ids_a != ids_b:
@@ -321,7 +354,7 @@ def compare(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
             pairs: bool = True) -> tuple[Path, list[dict], list[Pair]]:
     """The side-by-side report of runs; with ``pairs``, each pair (A, B) in the order given is compared
     question by question (all pairs must share the model and the question set)."""
-    summaries = [load_summary(d) for d in run_dirs]
+    summaries = [load_run(d)[0] for d in run_dirs]
     paired = [pair_runs(a, b) for i, a in enumerate(summaries) for b in summaries[i + 1:]] if pairs else []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -335,9 +368,9 @@ def errors_of(run_dir: str | Path, category: str | None = None) -> list[dict]:
     """Every scored path of a run with its category (``bench errors``), optionally only one category."""
     if category is not None and category not in CATEGORIES:
         raise InputError(f"--category {category} is unknown", fix=f"use one of: {', '.join(CATEGORIES)}")
-    load_summary(run_dir)  # a run dir made by the bench, or a one-line error
+    _, records = load_run(run_dir)  # a run dir made by the bench, or a one-line error
     rows = []
-    for r in load_records(Path(run_dir)):
+    for r in records:
         for p in r.paths:
             if category is None or p.category == category:
                 slip = first_slip(p.text) if p.category == "arithmetic_slip" else None

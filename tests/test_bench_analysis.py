@@ -7,16 +7,9 @@ from fractions import Fraction
 
 import pytest
 
-from petals_ops.bench.analysis import (
-    CATEGORIES,
-    PRECEDENCE,
-    categorize,
-    find_equations,
-    first_slip,
-    format_fraction,
-    repeated_unit,
-    summarize_categories,
-)
+from petals_ops.bench.analysis import CATEGORIES, PRECEDENCE, categorize, summarize_categories
+from petals_ops.bench.arithmetic import find_equations, first_slip, format_fraction
+from petals_ops.bench.loops import repeated_unit
 from petals_ops.bench.extraction import answers_equal, extract_answer
 from petals_ops.bench.paired import (
     PairedComparison,

@@ -13,7 +13,7 @@ from fractions import Fraction
 import pytest
 
 from petals_ops.bench import report
-from petals_ops.bench.analysis import find_equations, first_slip
+from petals_ops.bench.arithmetic import find_equations, first_slip
 from petals_ops.bench.calculator import calculate, find_calculation, format_result
 from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench

@@ -5,7 +5,7 @@ decoding loop (:func:`petals_ops.client.decoding.decode_batch`) asks :func:`find
 result and forces its tokens as that path's next inputs, in the same inference session, as GSM8K's
 authors did with their calculator during sampling. Pure functions, no torch.
 
-What is read is exactly what the error analysis checks (:func:`petals_ops.bench.analysis.evaluate_left`,
+What is read is exactly what the error analysis checks (:func:`petals_ops.bench.arithmetic.evaluate_left`,
 one recursive-descent parser over :class:`fractions.Fraction`, never ``eval``): numbers with ``$``,
 thousands commas, decimals and ``%`` (``%`` only as a factor of ``*``: ``50 * 20% =`` is 10); operators
 ``+ - * / x × ÷`` with the usual precedence, left associativity and parentheses; the expression runs back
@@ -26,14 +26,13 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from petals_ops.bench.analysis import evaluate_left, format_fraction
+from petals_ops.bench.arithmetic import EXPRESSION_CHARS, evaluate_left, format_fraction
 
 MAX_CHARS = 80  # characters of the expression (also what the loop's decoded tail window must hold)
 MAX_NUMBER_DIGITS = 15  # digits in any one number of the expression
 MAX_RESULT_CHARS = 24  # characters of the formatted result (forced tokens are decoding steps)
 
 _TRAILING_EQUALS_RE = re.compile(r"=( ?)\Z")
-_EXPRESSION_CHARS = set("0123456789.,$ \t+-−–*/×÷()%xX")
 _DIGIT_RUN_RE = re.compile(r"\d[\d,]*(?:\.\d+)?")
 
 
@@ -97,7 +96,7 @@ def find_calculation(text: str, *, start_is_cut: bool = False) -> Calculation | 
 
 def _may_continue_before(head: str) -> bool:
     """Whether the start of a cut window up to the expression could be part of it (no word, no '=')."""
-    return all(ch in _EXPRESSION_CHARS for ch in head)
+    return all(ch in EXPRESSION_CHARS or ch in "xX" for ch in head)
 
 
 def calculate(text: str) -> str | None:

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from petals_ops.bench.analysis import CATEGORIES, first_slip, format_fraction, summarize_categories
+from petals_ops.bench.analysis import CATEGORIES, summarize_categories
+from petals_ops.bench.arithmetic import first_slip, format_fraction
 from petals_ops.bench.calculator import summarize_interventions
 from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.paired import PairedComparison, compare_paired

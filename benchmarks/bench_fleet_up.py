@@ -26,7 +26,7 @@ def main() -> None:
 
     from petals_ops.client import door as petals_door  # noqa: F401  (import once, so neither mode pays for it)
     from petals_ops.fleet.down import down
-    from petals_ops.fleet.inventory import Inventory
+    from petals_ops.fleet.schema import Inventory
     from petals_ops.fleet.ssh import SSHOptions
     from petals_ops.fleet.up import apply
     from petals_ops.lab.tiny_model import make_tiny_bloom

@@ -11,7 +11,7 @@ import pytest
 from petals_ops.util.errors import EXIT_FAILURE, EXIT_PARTIAL, OpsError, PartialFailure
 from petals_ops.fleet import containers as C
 from petals_ops.fleet import provision as P
-from petals_ops.fleet.inventory import Inventory
+from petals_ops.fleet.schema import Inventory
 from petals_ops.fleet.result import HostResult, report
 from petals_ops.fleet.ssh import HostError
 from petals_ops.fleet.status import ContainerStatus, join

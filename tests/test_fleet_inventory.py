@@ -88,7 +88,7 @@ def test_up_checks_token_and_model_before_touching_hosts(tmp_path, run_cli):
 
 
 def test_block_ranges_are_normalised():
-    from petals_ops.fleet.inventory import ServerSpec
+    from petals_ops.fleet.schema import ServerSpec
 
     assert ServerSpec(block_indices=[" 0 : 14", "014:28"]).block_indices == ["0:14", "14:28"]
 
@@ -141,7 +141,7 @@ def test_server_command_and_config_hash():
     """One server per GPU with its own port and GPU; the token is not in the command; the hash follows
     changes."""
     from petals_ops.fleet import containers as C
-    from petals_ops.fleet.inventory import HostSpec, ServerSpec
+    from petals_ops.fleet.schema import HostSpec, ServerSpec
 
     spec = ServerSpec(
         initial_peers=["/ip4/10.0.0.1/tcp/31337/p2p/QmS9KwZptnVdB9FFV7uGgaTq4sEKBwcYeKZDfSpyKDUd1g"],
@@ -188,7 +188,7 @@ def test_proxyjump_hops_check_host_keys(tmp_path, monkeypatch):
     import fabric
     import paramiko
 
-    from petals_ops.fleet.inventory import HostSpec
+    from petals_ops.fleet.schema import HostSpec
     from petals_ops.fleet.ssh import HostError, HostSession, SSHOptions, _hops
 
     cfg = write(tmp_path, "Host a10-1\n  HostName 127.0.0.1\n  Port 9\n  ProxyJump jump\n"
@@ -208,3 +208,93 @@ def test_proxyjump_hops_check_host_keys(tmp_path, monkeypatch):
     hops = _hops(conn)
     assert len(hops) == 2 and hops[1].original_host == "jump"
     assert all(isinstance(h.client._policy, paramiko.RejectPolicy) for h in hops)
+
+
+# Every string field is checked for its kind; the error is one line naming the field (and the host).
+@pytest.mark.parametrize(
+    "data, needles",
+    [
+        ({"hosts": {"a10-1": {"address": "203.0.113.7; rm -rf /"}}},
+         ["hosts.a10-1.address", "line 3", "not an IP address or a host name"]),
+        ({"hosts": {"a10-1": {"address": "-oProxyCommand=x"}}}, ["hosts.a10-1.address"]),
+        ({"hosts": {"a10-1": {"user": "ubuntu\nroot"}}}, ["hosts.a10-1.user", "not a user name"]),
+        ({"hosts": {"a10-1": {"user": "-l"}}}, ["hosts.a10-1.user", "not a user name"]),
+        ({"hosts": {"a10-1": {"key": ""}}}, ["hosts.a10-1.key", "not a path"]),
+        ({"hosts": {"a10-1": {"key": "~/.ssh/k\x1b[2J"}}}, ["hosts.a10-1.key", "control character"]),
+        ({"ssh_config": "a\nb"}, ["ssh_config", "control character"]),
+        ({"known_hosts": ""}, ["known_hosts", "not a path"]),
+        ({"server": {"image": "Petals:Latest!"}}, ["server.image", "not a Docker image name"]),
+        ({"hosts": {"a10-1": {"server": {"image": "x y"}}}},
+         ["hosts.a10-1.server.image", "not a Docker image name"]),
+        ({"server": {"model": "big science/bloom"}}, ["server.model", "not a model"]),
+        ({"server": {"dht_prefix": "a b"}}, ["server.dht_prefix", "not a DHT prefix"]),
+        ({"hosts": {"a10-1": {"server": {"cache_volume": "../etc"}}}},
+         ["hosts.a10-1.server.cache_volume", "not a Docker volume name"]),
+        ({"server": {"cache_mount": "cache"}}, ["server.cache_mount", "absolute path"]),
+        ({"server": {"identity_dir": ""}}, ["server.identity_dir", "not a path"]),
+        ({"server": {"environment": {"MY VAR": "1"}}},
+         ["server.environment", "not an environment variable name"]),
+        ({"hosts": {"a10-1": {"server": {"environment": {"X": "a\x00b"}}}}},
+         ["hosts.a10-1.server.environment.X", "control character"]),
+        ({"server": {"hf_token": {"env": "HF TOKEN"}}},
+         ["server.hf_token.env", "not an environment variable name"]),
+        ({"server": {"hf_token": {"file": "\n"}}}, ["server.hf_token.file"]),
+        ({"server": {"public_name": "x" * 200}}, ["server.public_name", "1 to 128"]),
+        ({"hosts": {"a10-1": {"server": {"public_name": "lab\x1b]0;pwned\x07"}}}},
+         ["hosts.a10-1.server.public_name", "control character"]),
+        ({"server": {"max_disk_space": "lots"}}, ["server.max_disk_space", "not a size"]),
+        ({"server": {"throughput": "fast"}}, ["server.throughput", "auto, eval, dry_run"]),
+        ({"server": {"extra_args": ["--x\ny"]}}, ["server.extra_args.0", "control character"]),
+        ({"server": {"volumes": ["data dir:/data"]}}, ["server.volumes", "SRC"]),
+        ({"server": {"volumes": ["/data:data"]}}, ["server.volumes", "DST"]),
+        ({"server": {"listen_address": "localhost"}}, ["server.listen_address", "not an IP address"]),
+        ({"hosts": {"a10-1": {"server": {"container_prefix": "a/b"}}}},
+         ["hosts.a10-1.server.container_prefix", "letters, digits"]),
+    ],
+)
+def test_every_string_field_is_checked_for_its_kind(tmp_path, data, needles):
+    from petals_ops.fleet.inventory import load_inventory
+    from petals_ops.util.errors import InputError
+
+    path = write(tmp_path, data)
+    with pytest.raises(InputError) as e:
+        load_inventory(path)
+    line = e.value.one_line()
+    assert "\n" not in line and "\x1b" not in line and "\x00" not in line, line
+    for needle in needles:
+        assert needle in line, (needle, line)
+
+
+def test_good_values_of_each_kind_load(tmp_path):
+    from petals_ops.fleet.inventory import load_inventory
+
+    inv = load_inventory(write(tmp_path, {
+        "ssh_config": "~/.ssh/config", "known_hosts": "/tmp/known hosts",
+        "server": {"image": "registry.example.org:5000/petals/server:2.2.0@sha256:" + "a" * 64,
+                   "model": "./models/tiny-bloom", "dht_prefix": "bigscience/bloom-petals",
+                   "max_disk_space": "120GiB", "throughput": "auto", "public_name": "my fleet (A10s)",
+                   "environment": {"PETALS_CACHE_DIR": "/cache/x"}, "cache_volume": "petals_cache.v2",
+                   "volumes": ["/srv/models:/models:ro", "hf-cache:/root/.cache"],
+                   "hf_token": {"env": "HF_TOKEN"}},
+        "hosts": {"a10-1": {"address": "gpu-1.example.org", "user": "ubuntu", "key": "~/.ssh/id_ed25519"},
+                  "a10-2": {"address": "2001:db8::7", "user": "root",
+                            "server": {"listen_address": "::", "identity_dir": "id dir; $(x)"}}},
+    }))
+    assert inv.server_for("a10-2").identity_dir == "id dir; $(x)"  # any path: quoting keeps it inert
+
+
+def test_a_token_in_a_badly_formed_value_is_not_echoed(tmp_path):
+    from petals_ops.fleet.inventory import load_inventory
+    from petals_ops.util.errors import InputError
+
+    for data in ({"server": {"image": "hf_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef"}},
+                 {"server": {"hf_token": {"env": "hf_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef"}}}):
+        with pytest.raises(InputError) as e:
+            load_inventory(write(tmp_path, data))
+        assert "hf_ABCDEF" not in e.value.one_line()
+
+
+def test_a_bad_field_is_one_line_on_the_cli(tmp_path, run_cli):
+    path = write(tmp_path, {"hosts": {"a10-1": {"user": "ubuntu root"}}})
+    assert_one_line_error(run_cli("hosts", "check", "-i", path), "hosts.a10-1.user", "line 3",
+                          "not a user name", code=2)

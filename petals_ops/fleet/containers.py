@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 
 from petals_ops.util.errors import InputError
-from petals_ops.fleet.inventory import BLOCK_RANGE_RE, HostSpec, ServerSpec, token_digest
+from petals_ops.fleet.schema import BLOCK_RANGE_RE, HostSpec, ServerSpec, token_digest
 from petals_ops.fleet.peers import multiaddr
 from petals_ops.fleet.ssh import HostError, HostSession
 

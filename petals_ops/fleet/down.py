@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from petals_ops.fleet import containers as C
-from petals_ops.fleet.inventory import Inventory
+from petals_ops.fleet.schema import Inventory
 from petals_ops.fleet.parallel import per_host
 from petals_ops.fleet.result import HostResult
 from petals_ops.fleet.ssh import HostSession, SSHOptions, select_hosts

@@ -6,7 +6,7 @@ from typing import Callable
 
 from petals_ops.util.errors import InputError
 from petals_ops.fleet import containers as C
-from petals_ops.fleet.inventory import Inventory
+from petals_ops.fleet.schema import Inventory
 from petals_ops.fleet.ssh import HostSession, SSHOptions, select_hosts
 
 

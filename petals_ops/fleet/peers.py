@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Sequence
 
-from petals_ops.fleet.inventory import Inventory
+from petals_ops.fleet.schema import Inventory
 
 PUBLIC_SWARM_NOTE = ("joins the PUBLIC swarm through petals' published initial peers "
                      "(set server.initial_peers, or new_swarm: true, for a private swarm)")

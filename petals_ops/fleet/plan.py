@@ -15,7 +15,7 @@ from typing import Sequence
 
 from petals_ops.util.errors import InputError
 from petals_ops.fleet import containers as C
-from petals_ops.fleet.inventory import Inventory
+from petals_ops.fleet.schema import Inventory
 from petals_ops.fleet.peers import swarm_note
 from petals_ops.fleet.ssh import SSHOptions, select_hosts
 from petals_ops.client.models import KNOWN_MODELS, resolve_model

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from petals_ops.fleet.inventory import Inventory
+from petals_ops.fleet.schema import Inventory
 from petals_ops.fleet.parallel import per_host
 from petals_ops.fleet.result import HostResult
 from petals_ops.fleet.ssh import HostError, HostSession, SSHOptions, select_hosts

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from petals_ops.util.errors import InputError, OpsError
-from petals_ops.fleet.inventory import HostSpec, Inventory
+from petals_ops.fleet.schema import HostSpec, Inventory
 
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -105,7 +105,7 @@ def select_hosts(inv: Inventory, hosts: Sequence[str] | str | None, opts: SSHOpt
             )
         return list(inv.hosts)
     for name in names:
-        from petals_ops.fleet.inventory import HOST_NAME_RE
+        from petals_ops.fleet.schema import HOST_NAME_RE
 
         if not HOST_NAME_RE.match(name):
             raise InputError(f"{given_as} {name!r} is not a host name",
@@ -302,11 +302,6 @@ class HostSession:
 
         self.conn.put(io.BytesIO(data), remote=path)
         self.conn.sftp().chmod(path, mode)
-
-    def absolute_dir(self, path: str, mode: str = "700") -> str:
-        """Create ``path`` on the host (relative to the login directory) and return it absolute."""
-        result = self.script('mkdir -p -m "$2" -- "$1" && cd -- "$1" && pwd -P', path, mode, check=True)
-        return result.stdout.strip()
 
     # -- docker -----------------------------------------------------------------------------------
     def docker(self, timeout: float | None = 120):

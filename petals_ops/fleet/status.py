@@ -13,7 +13,8 @@ from typing import Sequence
 from petals_ops.util.errors import OpsError
 from petals_ops.fleet import containers as C
 from petals_ops.fleet.gpu import GpuHostStatus, expected_gpus, read_gpus
-from petals_ops.fleet.inventory import Inventory, load_inventory
+from petals_ops.fleet.inventory import load_inventory
+from petals_ops.fleet.schema import Inventory
 from petals_ops.fleet.parallel import per_host
 from petals_ops.fleet.result import HostResult
 from petals_ops.fleet.ssh import HostError, HostSession, SSHOptions, select_hosts

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 from petals_ops.util.errors import InputError, OpsError
 from petals_ops.fleet import containers as C
-from petals_ops.fleet.inventory import BLOCK_RANGE_RE, Inventory
+from petals_ops.fleet.schema import BLOCK_RANGE_RE, Inventory
 from petals_ops.fleet.parallel import HostOutcome, per_host
 from petals_ops.fleet.peers import inventory_peers, multiaddr
 from petals_ops.fleet.result import HostResult

@@ -166,6 +166,10 @@ def test_slips(text, left, stated, value):
     "12 x 1 and 1/4 = 15",  # the mixed number 1 and 1/4 is cut by the word 'and'
     "2x-3 = 17",  # algebra: 'x' is an unknown, the '-' has no left operand
     "14 * 1 1/2 = 21",  # a mixed number on the left does not parse
+    "3.5e3 + 500 = 4000",  # issue 23.4: scientific notation, read only in part, is not a slip
+    "2.5e2 * 4 = 1000",
+    "At 9:45 + 15 = 10",  # a time
+    "1.2.3 + 4 = 5",  # a version
     " + ".join(["1"] * 40) + " = 39",  # over 30 tokens
     " + ".join(["1000000000000000000000000000000"] * 8) + " = 1",  # over 200 characters
 ])

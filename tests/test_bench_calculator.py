@@ -69,6 +69,19 @@ CALCULATOR_TABLE = [
     ("12 eggs / 3 + 1 =", None),  # its first operand is a word
     ("0900 - 0130 =", None),  # times, not quantities
     ("2 + 2 ==", None),
+    # issue 23.4: a left side read only in part is left to the model (times, scientific notation, versions)
+    ("At 9:45 + 15 =", None),
+    ("10:30 + 2 =", None),
+    ("3.5e3 + 500 =", None),
+    ("2.5e2 * 4 =", None),
+    ("1E3 + 1 =", None),
+    ("v1.2.3 + 4 =", None),
+    ("1.2.3 + 4 =", None),
+    ("x3 + 4 =", None),
+    ("2^3 + 1 =", None),
+    ("Total:5 + 3 =", None),
+    ("Total: 5 + 3 =", "8"),
+    ("<<5 + 3 =", "8"),
     # division by zero, non-terminating decimals
     ("5 / 0 =", None),
     ("5 / (3 - 3) =", None),

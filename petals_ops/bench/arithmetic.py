@@ -264,8 +264,9 @@ def find_equations(text: str) -> list[Equation]:
     that many places (``10 / 3 = 3.33``); a whole-number result must be exact (``13 / 6 = 2``, "two full
     boxes", is a slip by this definition). Returned with ``ok`` None (not checked, never a slip): a division
     by zero, an ambiguous percent, a left side that does not parse (garbage, ``2(3 + 4)``, ``14 * 1 1/2``,
-    ``12 eggs / 3 + 1`` where an operand is a word, a hyphen ``week-3``, a time ``0900 - 0130``), or one
-    over MAX_EXPR_CHARS characters or MAX_EXPR_TOKENS tokens.
+    ``12 eggs / 3 + 1`` where an operand is a word, a hyphen ``week-3``, a time ``0900 - 0130`` or
+    ``9:45 + 15``, scientific notation ``3.5e3 + 500``: a first operand glued to the text before it), or
+    one over MAX_EXPR_CHARS characters or MAX_EXPR_TOKENS tokens.
 
     On the gold rationales of GSM8K (29k checked links) this flags 25, all false as written there: mistakes
     ("$32 - $20 = $300"), unit changes ("$1 / 2 = 50 cents") and whole-number rounding ("13 / 6 = 2").
@@ -291,8 +292,9 @@ def evaluate_left(text: str, eq: int) -> tuple[int, Fraction | None] | None:
 
     None when there is no expression there: no number and operator ('x = 5'), or a bare number ('-5 =',
     '(5) ='). Else (where it starts, its exact value), the value None when it cannot be checked: a leading
-    operator whose left operand is a word, a mixed number, over MAX_EXPR_CHARS/MAX_EXPR_TOKENS, a left side
-    that does not parse, a division by zero or an ambiguous percent.
+    operator whose left operand is a word, a mixed number, a first operand glued to the text before it
+    (a time '9:45 + 15', scientific notation '3.5e3 + 500'), over MAX_EXPR_CHARS/MAX_EXPR_TOKENS, a left
+    side that does not parse, a division by zero or an ambiguous percent.
     """
     left = _left_expression(text, eq)
     if left is None:
@@ -305,7 +307,11 @@ def evaluate_left(text: str, eq: int) -> tuple[int, Fraction | None] | None:
         and (first[2] == 0 or text[first[2] - 1] in " \t(=<")
     short = len(tokens) <= MAX_EXPR_TOKENS and eq - start <= MAX_EXPR_CHARS
     mixed = re.search(r"\d[ \t]+and[ \t]*$", text[max(0, start - 40):start])  # '12 x 1 and 1/4 = 15'
-    if not ((first[0] != "op" or sign) and short and not mixed):
+    # An operand glued to what precedes the expression is part of something this parser does not read: a
+    # time ('9:45 + 15'), scientific notation ('3.5e3 + 500'), a version ('1.2.3 + 4'), a code ('x3 + 4').
+    before = text[first[2] - 1] if first[2] > 0 else " "
+    glued = first[0] != "op" and not before.isspace() and before not in "(=<>[{"
+    if not ((first[0] != "op" or sign) and short and not mixed and not glued):
         return start, None
     try:
         node = _Parser(tokens).parse()

@@ -11,7 +11,8 @@ thousands commas, decimals and ``%`` (``%`` only as a factor of ``*``: ``50 * 20
 ``+ - * / x × ÷`` with the usual precedence, left associativity and parentheses; the expression runs back
 from the ``=`` to a word or a previous ``=`` (``16 - 3 - 4 = 9. 9 * 2 =`` computes ``9 * 2``).
 
-Left to the model (None): no expression or a bare number (``= 5 =``, ``-5 =``), an unparseable left side,
+Left to the model (None): no expression or a bare number (``= 5 =``, ``-5 =``), an unparseable left side
+(a time ``At 9:45 + 15 =`` or scientific notation ``3.5e3 + 500 =``: only part of it would be read),
 a division by zero, an ambiguous percent (``50 + 10% =``), a result that is not a terminating decimal
 (``10 / 3 =``: any rounding would be our guess), and anything too long: over :data:`MAX_CHARS` characters,
 :data:`MAX_NUMBER_DIGITS` digits in one number, 30 tokens, or a result over :data:`MAX_RESULT_CHARS`.

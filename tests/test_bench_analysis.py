@@ -422,3 +422,23 @@ def test_compare_paired_refuses_different_ids():
         compare_paired({}, {f"q{i}": True for i in range(1, 6)})
     with pytest.raises(ValueError, match="no questions"):
         compare_paired({}, {})
+
+
+HUGE = "9" * 5000  # past Python's int-conversion limit (4,300 digits)
+
+
+@pytest.mark.parametrize("text", [
+    f"{HUGE} + 1 = 5. The answer is 5.", f"1 + 1 = {HUGE}. The answer is 2.", f"{HUGE}/{HUGE} = 1",
+    f"2 * {HUGE} = 3", f"2000 / {HUGE}/3 = 1", f"The answer is {HUGE}.", f"So 3 + 4 = 7. {HUGE} x 2 = 5",
+])
+def test_numbers_past_pythons_int_limit_are_scored_not_errors(text):
+    """Issue 23.9: such a number made the scorer raise, so the question became a permanent error record."""
+    from petals_ops.bench.runner import score_path
+    from petals_ops.client.decoding import PathOutput
+
+    equations = find_equations(text)
+    assert all(e.ok is not False for e in equations) and first_slip(text) is None
+    scored = score_path(PathOutput(index=0, raw=text, text=text, tokens=9, finish="stop"), gold="5")
+    assert scored.category in CATEGORIES
+    assert answers_equal(HUGE, HUGE + ".00") and not answers_equal(HUGE, HUGE + "1")
+    assert [e.text for e in find_equations("So 3 + 4 = 7. " + text)][:1] == ["3 + 4 = 7"]

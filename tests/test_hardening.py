@@ -313,6 +313,28 @@ def test_records_with_garbage_lines_are_read_and_resumed(tmp_path, run_cli, garb
     assert {row["id"] for row in json.loads(result.stdout)} == {"q:1", "q:2"}
 
 
+def test_bench_errors_lists_a_path_with_a_number_past_the_int_limit(tmp_path, run_cli):
+    """Issue 23.9: 5,000 digits in a path's text (and its answer) made ``bench errors`` raise."""
+    from petals_ops.bench import store
+
+    huge = "9" * 5000
+    run = tmp_path / "run"
+    s = store.RunStore(run)
+    s.open(_summary()["config"])
+    record = _record("q:1")
+    text = f"{huge} + 1 = 5. 2 + 2 = 5. The answer is {huge}."
+    record["paths"][0].update(text=text, raw=text, answer=huge, correct=False, category="arithmetic_slip")
+    s.append({**record, "correct": False, "vote": huge})
+    s.close()
+    (run / "summary.json").write_text(json.dumps({**_summary(), "correct": 0, "accuracy": 0.0}))
+    result = run_cli("bench", "errors", run, "-o", "json")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row["answer"] == huge and row["slip"] == "2 + 2 = 5" and row["slip_true_value"] == "4"
+    table = run_cli("bench", "errors", run)
+    assert table.returncode == 0 and "arithmetic_slip" in table.stdout, table.stderr
+
+
 def test_bad_config_json_on_resume_is_one_line(tmp_path):
     from petals_ops.bench import store
     from petals_ops.util.errors import InputError

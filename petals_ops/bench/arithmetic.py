@@ -78,7 +78,8 @@ def _tokenize(text: str, start: int, end: int) -> list[tuple[str, str | Fraction
             i += 1
             continue
         glued = _GLUED_FRACTION_RE.match(text, i, end)
-        if glued and int(glued.group(2)) and tokens and tokens[-1][:2] == ("op", "/") \
+        short_fraction = glued and glued.end() - i <= MAX_EXPR_CHARS  # no int of 4,301+ digits
+        if short_fraction and int(glued.group(2)) and tokens and tokens[-1][:2] == ("op", "/") \
                 and " " in text[max(0, tokens[-1][2] - 1):tokens[-1][3] + 1]:
             # '2000 / 2/3': a fraction written glued after a spaced '/' is one number, 2000 / (2/3).
             tokens.append(("num", Fraction(int(glued.group(1)), int(glued.group(2))), i, glued.end()))
@@ -86,9 +87,13 @@ def _tokenize(text: str, start: int, end: int) -> list[tuple[str, str | Fraction
             continue
         m = _NUM_TOKEN_RE.match(text, i, end)
         if m:
-            # '0900' is a time or a code, not a quantity: it makes the expression unparseable
-            kind = "odd" if re.match(r"0\d", m.group(1)) else "num"
-            tokens.append((kind, Fraction(m.group(1).replace(",", "")), i, m.end()))
+            # '0900' is a time or a code, not a quantity: it makes the expression unparseable; so does a
+            # number longer than an expression may be (never converted: Python refuses ints of 4,301+ digits)
+            if len(m.group(1)) > MAX_EXPR_CHARS:
+                tokens.append(("odd", m.group(1)[:20], i, m.end()))
+            else:
+                kind = "odd" if re.match(r"0\d", m.group(1)) else "num"
+                tokens.append((kind, Fraction(m.group(1).replace(",", "")), i, m.end()))
             i = m.end()
         elif ch in _OPS:
             tokens.append(("op", _OPS[ch], i, i + 1))
@@ -196,7 +201,7 @@ def _stated_after(text: str, eq: int) -> tuple[Fraction, int] | None:
     a plain number: a percent, a fraction '20/3', an expression '24 + 3' or '30 + M', a unit glued on '5k',
     a time '6:48' or '0730', a mixed number '2 1/2' or '1 and 1/3', digits grouped by spaces '18 000'."""
     m = _STATED_RE.match(text, eq + 1)
-    if not m or re.match(r"0\d", m.group(3)):
+    if not m or re.match(r"0\d", m.group(3)) or len(m.group(3)) > MAX_EXPR_CHARS:  # 4,301+ digits: no int
         return None
     end = m.end()
     rest = text[end:end + 16]

@@ -36,17 +36,24 @@ def local():
               help="Bootstrap DHT port on 127.0.0.1 (0: a free one).")
 @click.option("--timeout", default=300, show_default=True, type=POSITIVE,
               help="Seconds to wait until every block is served.")
-def local_up(run_dir, servers, replicas, model_dir, dht_port, timeout):
+@click.option("--hop-delay", default=None, metavar="DELAY",
+              help="Emulated network round trip to every server, e.g. 50ms (0..10s; see docs/monitoring.md).")
+@click.option("--server-delay", default=None, metavar="INDEX:DELAY,...",
+              help="Emulated round trip per server, e.g. 0:20ms,1:80ms (overrides --hop-delay).")
+def local_up(run_dir, servers, replicas, model_dir, dht_port, timeout, hop_delay, server_delay):
     """Start the local swarm and wait until every block has an ONLINE server.
 
-    Prints the swarm's initial peers on stdout (give them to other tools as --initial-peers).
+    Prints the swarm's initial peers on stdout (give them to other tools as --initial-peers). With
+    --hop-delay or --server-delay, a proxy in front of each server emulates a network's delay, and
+    'swarm local fault' can change it and inject faults at run time.
     """
-    from petals_ops.lab import local_swarm
+    from petals_ops.lab import local_swarm, netem
 
+    delays = netem.plan_delays(servers * replicas, hop_delay, server_delay)
     with block_progress("blocks served") as update:
         swarm = local_swarm.up(
             run_dir, servers=servers, replicas=replicas, model_dir=model_dir, dht_port=dht_port,
-            timeout=timeout, on_progress=update,
+            timeout=timeout, on_progress=update, delays_ms=delays,
         )
     info(f"local swarm up in {swarm.ready_seconds:.1f} s: {len(swarm.servers)} servers, "
          f"{swarm.num_blocks} blocks of {swarm.dht_prefix}; state in {swarm.run_dir}")
@@ -73,9 +80,13 @@ def local_status(run_dir, output):
     """The local swarm's processes (alive or not), ports and initial peers."""
     from petals_ops.lab import local_swarm
 
+    from petals_ops.lab import netem
+
     swarm = local_swarm.load_running(run_dir)
+    links = netem.describe(swarm.run_dir)
     rows = [
-        {"name": p.name, "role": p.role, "pid": p.pid, "alive": p.alive(), "blocks": p.blocks, "log": p.log}
+        {"name": p.name, "role": p.role, "pid": p.pid, "alive": p.alive(), "blocks": p.blocks, "log": p.log,
+         "network": links.get(p.name)}
         for p in swarm.processes
     ]
     if output == "json":
@@ -83,9 +94,41 @@ def local_status(run_dir, output):
                    "model_dir": swarm.model_dir, "dht_prefix": swarm.dht_prefix,
                    "num_blocks": swarm.num_blocks, "processes": rows})
         return
-    render_table(["name", "role", "pid", "alive", "blocks", "log"], [list(r.values()) for r in rows],
+    render_table(["name", "role", "pid", "alive", "blocks", "delay", "fault", "log"],
+                 [[r["name"], r["role"], r["pid"], r["alive"], r["blocks"], *_network_cells(r["network"]),
+                   r["log"]] for r in rows],
                  title=f"local swarm in {swarm.run_dir}")
     click.echo(f"initial peers: {' '.join(swarm.initial_peers)}")
+
+
+def _network_cells(link: dict | None) -> list[str]:
+    if link is None:
+        return ["", ""]
+    delay = "" if link["delay_ms"] is None else f"{link['delay_ms']:g} ms"
+    return [delay, link["fault"] or ("" if link["delay_ms"] is None else "none")]
+
+
+@local.command("fault")
+@RUN_DIR_OPTION
+@click.argument("server")
+@click.argument("action")
+@click.argument("value", required=False)
+def local_fault(run_dir, server, action, value):
+    """Inject a fault into a server of the running local swarm (SERVER: server-1 or 1).
+
+    \b
+      freeze | thaw            SIGSTOP / SIGCONT of the server's process group (a hung server)
+      delay 80ms               its emulated round trip, changed at once (needs --hop-delay/--server-delay)
+      unreachable | reachable  its proxy stops / resumes forwarding; the server keeps running and its
+                               DHT record stays ONLINE (a server behind a broken NAT or firewall)
+    """
+    from petals_ops.lab import local_swarm, netem
+
+    netem.check_fault(action, value)
+    swarm = local_swarm.load_running(run_dir)
+    name, link = netem.apply_fault(swarm, server, action, value)
+    delay = "no emulated delay" if link.upstream_port is None else f"delay {link.delay_ms:g} ms"
+    info(f"{name}: {action} ({delay}, faults: {link.fault() or 'none'})")
 
 
 @swarm.command("status")

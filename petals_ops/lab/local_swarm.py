@@ -25,6 +25,7 @@ from petals_ops.util import tmpclean
 from petals_ops.util.errors import InputError, OpsError
 from petals_ops.util.fsutil import read_json, tail_lines, write_json_atomic
 from petals_ops.client.models import ModelRef, resolve_model
+from petals_ops.lab import netem
 from petals_ops.lab.tiny_model import MODEL_META
 
 STATE_FILE = "state.json"
@@ -159,17 +160,22 @@ def _python_cmd(*args: str) -> list[str]:
 
 
 def server_command(model: ModelRef, initial_peers: list[str], blocks: tuple[int, int],
-                   identity: Path) -> list[str]:
-    """The run_server command line of one CPU server of the local swarm."""
+                   identity: Path, ports: tuple[int, int] | None = None) -> list[str]:
+    """The run_server command line of one CPU server of the local swarm.
+
+    ``ports``: (listen, announce) behind the network emulation proxy (lab.netem); auto relay is off there
+    so that no relayed connection can reach the server around its proxy."""
     cmd = _python_cmd(
         "server", model.path, "--dht_prefix", model.dht_prefix,
         "--initial_peers", *initial_peers,
         "--device", "cpu", "--torch_dtype", "float32",
         "--block_indices", f"{blocks[0]}:{blocks[1]}",
-        "--host_maddrs", f"/ip4/{LOOPBACK}/tcp/0",
+        "--host_maddrs", f"/ip4/{LOOPBACK}/tcp/{ports[0] if ports else 0}",
         "--throughput", "1.0",  # a fixed figure skips petals' slow throughput benchmark
         "--identity_path", str(identity),
     )
+    if ports:
+        cmd += ["--announce_maddrs", f"/ip4/{LOOPBACK}/tcp/{ports[1]}", "--no_auto_relay"]
     for option, value in SERVER_DEFAULTS.items():
         cmd += [f"--{option}", str(value)]
     return cmd
@@ -208,15 +214,19 @@ def up(
     dht_port: int = 0,
     timeout: float = 300.0,
     on_progress: ProgressFn | None = None,
+    delays_ms: list[float] | None = None,
 ) -> LocalSwarm:
     """Start a DHT and ``servers`` x ``replicas`` CPU servers; return once every server is ONLINE.
+
+    ``delays_ms``: emulated round-trip delay of each server (lab.netem's proxy in front of them;
+    see ``netem.plan_delays``); None: no proxy.
 
     On any failure the processes already started are stopped, so a failed ``up`` leaves nothing behind.
     """
     run_dir = Path(run_dir or default_run_dir()).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with _up_lock(run_dir):
-        return _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_progress)
+        return _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_progress, delays_ms)
 
 
 @contextlib.contextmanager
@@ -246,7 +256,8 @@ def _tiny_model_in(run_dir: Path) -> Path:
     return model_path
 
 
-def _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_progress) -> LocalSwarm:
+def _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_progress,
+               delays_ms=None) -> LocalSwarm:
     running = _running_swarm(run_dir)
     if running is not None:
         raise InputError(
@@ -264,8 +275,12 @@ def _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_prog
     model = resolve_model(str(model_path))
     ranges = plan_block_ranges(model.num_blocks, servers, replicas)
     port = check_port_free(dht_port)
+    if delays_ms is not None and len(delays_ms) != len(ranges):
+        raise InputError(f"{len(delays_ms)} emulated delays for {len(ranges)} servers",
+                         fix="give one delay per server (netem.plan_delays)")
 
     (run_dir / STATE_FILE).unlink(missing_ok=True)
+    netem.clear(run_dir)
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
     for old in logs.glob("*.log"):
@@ -275,7 +290,7 @@ def _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_prog
         num_blocks=model.num_blocks, dht_port=port, started_at=time.time(),
     )
     try:
-        _start(swarm, ranges, run_dir, timeout, on_progress)
+        _start(swarm, ranges, run_dir, timeout, on_progress, delays_ms)
     except BaseException:
         stop(swarm)
         raise
@@ -293,7 +308,8 @@ def _launch(swarm: LocalSwarm, name: str, role: str, cmd: list[str],
     return proc
 
 
-def _start(swarm: LocalSwarm, ranges, run_dir: Path, timeout: float, on_progress: ProgressFn | None) -> None:
+def _start(swarm: LocalSwarm, ranges, run_dir: Path, timeout: float, on_progress: ProgressFn | None,
+           delays_ms: list[float] | None = None) -> None:
     started = time.monotonic()
     dht = _launch(
         swarm, "dht", "dht",
@@ -303,10 +319,13 @@ def _start(swarm: LocalSwarm, ranges, run_dir: Path, timeout: float, on_progress
     swarm.initial_peers = _wait_for_peers(dht, timeout=60)
     swarm.save()
     model = swarm.model
+    ports = {} if delays_ms is None else netem.start_proxy(
+        run_dir, delays_ms, lambda cmd: _launch(swarm, netem.PROXY_NAME, netem.PROXY_NAME, cmd))
     for i, blocks in enumerate(ranges):
         _launch(
             swarm, f"server-{i}", "server",
-            server_command(model, swarm.initial_peers, blocks, run_dir / f"server-{i}.id"),
+            server_command(model, swarm.initial_peers, blocks, run_dir / f"server-{i}.id",
+                           ports.get(f"server-{i}")),
             blocks=f"{blocks[0]}:{blocks[1]}",
         )
     wait_until_served(swarm, len(ranges), timeout=timeout - (time.monotonic() - started),
@@ -375,6 +394,7 @@ def down(run_dir: str | Path | None = None) -> LocalSwarm | None:
         return None
     stop(swarm)
     (run_dir / STATE_FILE).unlink(missing_ok=True)
+    netem.clear(run_dir)
     return swarm
 
 

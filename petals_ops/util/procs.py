@@ -86,7 +86,8 @@ def _reap(pid: int) -> None:
 def stop_group(pgid: int, *, grace: float = 15.0, sig: int = signal.SIGTERM) -> bool:
     """Send ``sig`` to the group, wait up to ``grace`` seconds, then SIGKILL what is left.
 
-    Returns True when no member is left. SIGTERM lets a Petals server announce itself OFFLINE.
+    Returns True when no member is left. SIGTERM lets a Petals server announce itself OFFLINE (a frozen
+    group is continued right after the signal, so that it acts on it).
     """
     for s, wait in ((sig, grace), (signal.SIGKILL, 5.0)):
         members = group_members(pgid)
@@ -94,6 +95,7 @@ def stop_group(pgid: int, *, grace: float = 15.0, sig: int = signal.SIGTERM) -> 
             return True
         try:
             os.killpg(pgid, s)
+            os.killpg(pgid, signal.SIGCONT)  # a stopped (frozen) member acts on SIGTERM only once continued
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + wait

@@ -268,6 +268,40 @@ def test_data_loading_selection_and_errors(tmp_path):
     assert data.load_dataset(str(tmp_path)).problems[0].gold == "1000"
 
 
+def test_jsonl_lines_end_at_newline_only(tmp_path):
+    """Issue 23.12: raw U+2028, U+2029 and U+0085 are valid inside a JSON string; str.splitlines split the
+    line there (refusing the file) and shifted every FILE:LINE id after it. Every JSONL reader is checked."""
+    from petals_ops.tune.examples import load_pairs
+
+    odd = "\u2028\u0085\u2029\x1c\x0b\x0c"
+    rows = [{"question": f"Tom has 3{odd} apples. How many?", "answer": f"3 + 0 = 3{odd}\n#### 3"},
+            {"question": "Two?", "answer": "#### 2"}, {"question": "Four?", "answer": "2 + 2 = 4\n#### 4"}]
+    path = tmp_path / "odd.jsonl"
+    text = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n"
+    assert "\u2028" in text and len(text.splitlines()) > 3  # what the old readers did with it
+    path.write_text(text, encoding="utf-8")
+    problems = data.load_jsonl(path).problems
+    assert [(p.id, p.line, p.gold) for p in problems] == [("odd:1", 1, "3"), ("odd:2", 2, "2"),
+                                                          ("odd:3", 3, "4")]
+    assert odd.strip() in problems[0].question
+    pairs = load_pairs(str(path), eval_size=1)
+    assert len(pairs.train) == 2 and odd.strip() in pairs.train[0][0]
+    path.write_text(text + "{broken\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"odd.jsonl:4 is not valid JSON"):
+        data.load_jsonl(path)
+    # the records of a run dir are read the same way
+    run = store.RunStore(tmp_path / "run")
+    run.open({"a": 1})
+    run.append({"id": "odd:1", "error": None, "question": odd})
+    run.append({"id": "odd:2", "error": None})
+    run.close()
+    assert [r["id"] for r in store.read_records(tmp_path / "run")] == ["odd:1", "odd:2"]
+    # a prompt file: a U+2028 inside an exemplar stays text
+    prompt = tmp_path / "p.txt"
+    prompt.write_text(f"# header\nQ: one{odd}two?\nA: 3 + 0 = 3. The answer is 3.\n", encoding="utf-8")
+    assert f"one{odd}two" in prompts.load_prompt_file(prompt).prefix
+
+
 def test_prompt_sets(tmp_path):
     ours = prompts.load_prompt_file()
     assert ours.exemplars == 8 and not ours.prefix.startswith("#")

@@ -147,7 +147,9 @@ def _dataset_from_bytes(raw: bytes, path: Path, id_prefix: str, source: str) -> 
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"--data {path} is not UTF-8 text", fix="pass a GSM8K JSONL file") from e
-    problems = _parse_lines(text.splitlines(), str(path), id_prefix)
+    # JSONL lines end at "\n" only: str.splitlines also splits at U+2028, U+0085..., which are valid raw
+    # inside a JSON string, and would shift every FILE:LINE id after them
+    problems = _parse_lines(text.split("\n"), str(path), id_prefix)
     return Dataset(source=source, sha256=hashlib.sha256(raw).hexdigest(), problems=problems)
 
 

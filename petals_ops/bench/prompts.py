@@ -55,7 +55,7 @@ def parse_prompt_text(text: str, where: str) -> str:
                              fix="close the prompt with the END line")
         text = text[begin.end():end.start()]
     else:
-        lines = text.splitlines()
+        lines = text.split("\n")  # not splitlines: a U+2028 inside an exemplar is text, not a line break
         while lines and (lines[0].startswith("#") or not lines[0].strip()):
             lines.pop(0)
         text = "\n".join(lines)

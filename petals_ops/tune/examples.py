@@ -92,7 +92,7 @@ def load_pairs(spec: str, eval_size: int) -> Pairs:
         dataset = data.load_dataset(spec)  # checks the file (sha of packaged sets, every line) once
         rows = [
             json.loads(line)
-            for line in _data_file(spec).read_text(encoding="utf-8").splitlines()
+            for line in _data_file(spec).read_text(encoding="utf-8").split("\n")  # as data.py: "\n" only
             if line.strip()
         ]
         pairs = [pair_of(r["question"], r["answer"]) for r in rows]

@@ -10,8 +10,10 @@ the diff.
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from rich.console import Console
 
 from petals_ops.swarm.block_map import ABSENT, UNCOVERED, block_map, map_rows
 from petals_ops.swarm.health import BlockHealth, ServerRecord, SwarmSnapshot
+from tests.helpers import assert_one_line_error
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -115,3 +118,78 @@ def test_swarm_status_draws_the_map(run_cli, local_swarm):
     assert out.count("█" * 2) >= 2  # each server's two blocks
     rows = [line for line in out.splitlines() if line.rstrip().endswith(("██··", "··██"))]
     assert len(rows) == 2 and all(row.startswith("*") for row in rows), "both servers are ours: marked *"
+
+
+HOSTILE = ("\x1b[2J\x1b]8;;http://evil.example/\x1b\\click\x1b]8;;\x1b\\ [link=http://evil.example/]x[/link]"
+           " [bold red]y[/] :smile: \u202e\x07\x9b31m")
+
+
+def _assert_inert(text: str) -> None:
+    assert not any(ch in text for ch in "\x1b\x07\x9b\u202e"), repr(text)  # a rich link would be ESC ]8
+
+
+@pytest.mark.swarm
+def test_swarm_status_shows_hostile_announcements_as_plain_text(run_cli, local_swarm):
+    """Issue 23 #2: a server of a public swarm picks its name, version, dtype: ESC sequences and rich
+    markup in them reach neither the table, the map, nor the JSON as anything but inert text."""
+    from petals_ops.monitoring.simulate import fake_peer_id, server_record, store_records
+
+    peer, prefix = fake_peer_id(), "hostile-petals"
+    value = server_record(start_block=0, end_block=2, public_name=HOSTILE, version=HOSTILE,
+                          torch_dtype=HOSTILE, quant_type=HOSTILE, adapters=(HOSTILE,))
+    store_records(local_swarm.initial_peers, [(f"{prefix}.{i}", peer, value) for i in range(2)]
+                  + [("_petals.models", prefix, {"num_blocks": 2, "repository": HOSTILE})])
+    args = ("swarm", "status", "--initial-peers", *local_swarm.initial_peers, "--model", "hostile/x",
+            "--dht-prefix", prefix)
+    result = run_cli(*args, timeout=120)
+    assert result.returncode == 0, result.stderr
+    _assert_inert(result.stdout + result.stderr)
+    assert "[link=http://evil.example/" in result.stdout and "[bold red]y[/]" in result.stdout  # as text
+    assert "?[2J" in result.stdout and ":smile:" in result.stdout  # ESC and emoji codes shown, not run
+    data = json.loads(run_cli(*args, "-o", "json", timeout=120).stdout)
+    assert data["servers"][0]["public_name"].startswith("\x1b[2J")  # JSON keeps the data, escaped
+
+
+@pytest.mark.swarm
+@pytest.mark.parametrize("count", ["70", 2.5, 0, -3, 3_000_000, None, [70], True])
+def test_swarm_status_refuses_a_bad_announced_block_count(run_cli, local_swarm, count):
+    """Issue 23 #6: any peer can write a model's _petals.models record: text, a float, 0 or 3,000,000
+    blocks are refused in one line (never a traceback, nor a 3,000,000-key walk)."""
+    from petals_ops.monitoring.simulate import store_records
+
+    prefix = f"badcount-{abs(hash(repr(count))) % 10**8}-petals"
+    store_records(local_swarm.initial_peers, [("_petals.models", prefix, {"num_blocks": count})])
+    started = time.monotonic()
+    result = run_cli("swarm", "status", "--initial-peers", *local_swarm.initial_peers, "--model", "bad/x",
+                     "--dht-prefix", prefix, timeout=120)
+    assert time.monotonic() - started < 60
+    assert_one_line_error(result, "_petals.models record of " + prefix, "--num-blocks", code=1)
+
+
+def test_snapshot_bounds_what_servers_announce():
+    """Issue 23 #6, the server side of it: announced strings are cut to MAX_ANNOUNCED_CHARS, block ranges
+    that do not fit the model or where the server was found are replaced by where it was found, and
+    negative or NaN figures are dropped."""
+    from types import SimpleNamespace as NS
+
+    from petals_ops.client.models import ModelRef
+    from petals_ops.swarm.health import MAX_ANNOUNCED_CHARS, build_snapshot
+
+    def info(**kw):
+        base = dict(state=NS(name="ONLINE"), start_block=None, end_block=None, throughput=1.0,
+                    cache_tokens_left=None, version=None, torch_dtype=None, quant_type=None,
+                    public_name=None, using_relay=None, inference_rps=None, forward_rps=None,
+                    network_rps=None)
+        return NS(**{**base, **kw})
+
+    huge = info(public_name="n" * 10**6, version=["not", "a", "string"], start_block=0, end_block=3_000_000,
+                throughput=float("nan"), cache_tokens_left=-5)
+    fine = info(start_block=1, end_block=3, public_name="ok")
+    infos = [NS(uid=f"m.{i}", servers={"QmHuge": huge, **({"QmFine": fine} if i in (1, 2) else {})})
+             for i in range(3)]
+    snap = build_snapshot(ModelRef("m", "m", 3), infos, taken_at=0.0, walk_seconds=0.0)
+    big, ok = snap.server("QmHuge"), snap.server("QmFine")
+    assert len(big.public_name) == MAX_ANNOUNCED_CHARS and big.version is None
+    assert (big.start_block, big.end_block) == (0, 3) and big.throughput == 0.0
+    assert big.cache_tokens_left is None
+    assert (ok.start_block, ok.end_block, ok.public_name) == (1, 3, "ok")

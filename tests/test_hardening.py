@@ -414,3 +414,24 @@ def test_an_unexpected_scoring_error_is_that_questions_error_record(tmp_path, mo
     errors = [r for r in records if r["error"]]
     assert len(errors) == 1 and "boom in the scorer" in errors[0]["error"] and errors[0]["attempts"] == 1
     assert all(r["paths"] for r in records if not r["error"])
+
+
+# --- issue 23 #2: untrusted text on terminals ----------------------------------------------------------
+def test_untrusted_text_is_inert_in_tables_errors_and_info(capsys):
+    """One helper (petals_ops.util.safe_text) makes announced or remote text inert wherever it is shown:
+    tables (markup, emoji codes and control characters), one-line errors and info lines."""
+    from petals_ops.util.errors import OpsError
+    from petals_ops.util.output import info, render_table
+    from petals_ops.util.safe_text import inert, printable
+
+    evil = ("\x1b]8;;http://evil.example/\x1b\\x\x1b]8;;\x1b\\ [link=http://evil.example/]y[/link] :smile:"
+            "\u202e\r")
+    render_table(["name", evil], [[evil, "a\nb"]], title=evil)
+    info(f"peer said {evil}")
+    out = capsys.readouterr()
+    for text in (out.out, out.err, OpsError(f"bad {evil}", fix=evil).one_line()):
+        assert not any(ch in text for ch in "\x1b\u202e\r"), repr(text)
+    assert "[link=http://evil.example/]y[/link]" in out.out and ":smile:" in out.out and "😄" not in out.out
+    assert printable("ok é 宽") == "ok é 宽" and printable("a\tb\nc", keep_newlines=True) == "a\tb\nc"
+    assert printable("x" * 50, limit=10) == "x" * 9 + "…" and printable(None) == ""
+    assert inert("[b]x[/b]") == "\\[b]x\\[/b]"

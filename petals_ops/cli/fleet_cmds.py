@@ -15,6 +15,7 @@ from petals_ops.cli.options import POSITIVE
 from petals_ops.cli.progress import block_progress
 from petals_ops.util.errors import redact
 from petals_ops.util.output import OUTPUT_OPTION, emit_json, render_table
+from petals_ops.util.safe_text import printable
 
 
 def _common(dry_run: bool = True):
@@ -287,7 +288,7 @@ def logs_cmd(host, inventory, container, tail, follow, accept_new_host_keys):
     inv, opts = _load(inventory, accept_new_host_keys)
 
     def write(text: str) -> None:
-        sys.stdout.write(text)
+        sys.stdout.write(printable(text, keep_newlines=True))  # a server's log quotes remote peers
         sys.stdout.flush()
 
     stream_logs(inv, host, write, container=container, tail=None if tail < 0 else tail, follow=follow,

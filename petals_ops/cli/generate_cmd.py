@@ -6,6 +6,7 @@ import click
 
 from petals_ops.cli.options import AT_LEAST_ONE, POSITIVE, swarm_target_options
 from petals_ops.util.output import info
+from petals_ops.util.safe_text import printable
 
 
 @click.command()
@@ -39,7 +40,7 @@ def generate(initial_peers, model, dht_prefix, num_blocks, swarm_dir, prompt, ma
                                  run_dir=swarm_dir)
 
     def write(text):
-        sys.stdout.write(text)
+        sys.stdout.write(printable(text, keep_newlines=True))  # tokens are a remote swarm's output
         sys.stdout.flush()
 
     tuned = None

@@ -2,6 +2,7 @@
 
 import click
 
+from petals_ops.client.models import MAX_BLOCKS
 from petals_ops.lab.local_swarm import default_run_dir
 
 
@@ -24,7 +25,7 @@ def swarm_target_options(func=None, *, multiple_models: bool = False):
             + ". Default: the local swarm's model.",
         ),
         click.option("--dht-prefix", help="Override the DHT prefix the blocks are announced under."),
-        click.option("--num-blocks", type=click.IntRange(min=1),
+        click.option("--num-blocks", type=click.IntRange(min=1, max=MAX_BLOCKS),
                      help="Number of blocks, if the swarm does not say."),
         click.option(
             "--swarm-dir", type=click.Path(file_okay=False), default=None, envvar="PETALS_OPS_SWARM_DIR",

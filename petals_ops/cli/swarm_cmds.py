@@ -6,6 +6,7 @@ from petals_ops.cli.options import POSITIVE, swarm_target_options
 from petals_ops.cli.progress import block_progress
 from petals_ops.lab.local_swarm import default_run_dir
 from petals_ops.util.output import OUTPUT_OPTION, emit_json, info, render_table
+from petals_ops.util.safe_text import inert_text, printable
 
 RUN_DIR_OPTION = click.option(
     "--swarm-dir", "--run-dir", "run_dir", type=click.Path(file_okay=False), default=None,
@@ -57,7 +58,7 @@ def local_up(run_dir, servers, replicas, model_dir, dht_port, timeout, hop_delay
         )
     info(f"local swarm up in {swarm.ready_seconds:.1f} s: {len(swarm.servers)} servers, "
          f"{swarm.num_blocks} blocks of {swarm.dht_prefix}; state in {swarm.run_dir}")
-    click.echo(" ".join(swarm.initial_peers))
+    click.echo(printable(" ".join(swarm.initial_peers)))
 
 
 @local.command("down")
@@ -98,7 +99,7 @@ def local_status(run_dir, output):
                  [[r["name"], r["role"], r["pid"], r["alive"], r["blocks"], *_network_cells(r["network"]),
                    r["log"]] for r in rows],
                  title=f"local swarm in {swarm.run_dir}")
-    click.echo(f"initial peers: {' '.join(swarm.initial_peers)}")
+    click.echo(printable(f"initial peers: {' '.join(swarm.initial_peers)}"))
 
 
 def _network_cells(link: dict | None) -> list[str]:
@@ -159,11 +160,11 @@ def status(initial_peers, model, dht_prefix, num_blocks, swarm_dir, output):
         print_block_map(snap, own_peer_ids(target.local_run_dir))
         cov = snap.coverage()
         uncovered = format_block_ranges(cov["uncovered_blocks"]) or "none"
-        click.echo(
+        click.echo(printable(
             f"coverage: {cov['blocks_total']} blocks, uncovered: {uncovered}, ONLINE servers per block "
             f"min {cov['min_online_servers_per_block']} mean {cov['mean_online_servers_per_block']}, "
             f"full forward pass: {'yes' if cov['fully_served'] else 'NO'}"
-        )
+        ))
     if not snap.fully_served:
         raise SystemExit(1)
 
@@ -187,5 +188,5 @@ def print_block_map(snap, own: set[str] = frozenset()) -> None:
     from petals_ops.swarm.block_map import block_map
 
     console = Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None)  # as render_table
-    console.print(f"block map of {snap.dht_prefix}", style="italic")
+    console.print(inert_text(f"block map of {snap.dht_prefix}"), style="italic")
     console.print(block_map(snap, own))

@@ -21,6 +21,10 @@ KNOWN_MODELS = {
     "bigscience/bloom-7b1": {"num_blocks": 30, "hidden_size": 4096, "n_head": 32, "vocab_size": 250880},
     "bigscience/bloom-560m": {"num_blocks": 24, "hidden_size": 1024, "n_head": 16, "vocab_size": 250880},
 }
+# The most blocks petals-ops accepts for a model, from any source (an option, a config.json, a DHT record):
+# the largest open models have ~130 layers; a bigger count is a typo or a hostile record, and each block
+# costs a DHT key in every walk (3,000,000 announced blocks once took 0.8 GB and a minute per walk).
+MAX_BLOCKS = 1024
 LEGACY_NAMES = {"bigscience/bloom-petals": "bigscience/bloom",
                 "bigscience/bloomz-petals": "bigscience/bloomz"}
 
@@ -40,6 +44,14 @@ class ModelRef:
             raise InputError(f"the number of blocks of model {self.name} is unknown",
                              fix="pass --num-blocks N")
         return [f"{self.dht_prefix}.{i}" for i in range(self.num_blocks)]
+
+
+def check_num_blocks(value: object, source: str, fix: str = "pass --num-blocks N") -> int:
+    """``value`` as a block count (a whole number 1..MAX_BLOCKS), else an InputError naming ``source``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BLOCKS:
+        shown = repr(value) if not isinstance(value, str) else repr(value[:40])
+        raise InputError(f"{source} gives {shown} blocks, not a whole number from 1 to {MAX_BLOCKS}", fix=fix)
+    return value
 
 
 def dht_prefix_for(name: str) -> str:
@@ -62,22 +74,27 @@ def resolve_model(model: str, *, dht_prefix: str | None = None, num_blocks: int 
                 f"{option} {model} is not a model directory (no config.json with weights)",
                 fix="pass a directory made by 'petals-ops model tiny DIR' or a hub name",
             )
+        config = _read_json_object(path / "config.json", option, model)
         meta_file = path / MODEL_META
-        try:
-            config = json.loads((path / "config.json").read_text())
-            meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        except (ValueError, OSError) as e:
-            raise InputError(f"{option} {model}: cannot read its config.json or {MODEL_META} ({e})",
-                             fix="re-create the model directory") from e
+        meta = _read_json_object(meta_file, option, model) if meta_file.is_file() else {}
         prefix = dht_prefix or meta.get("dht_prefix")
         if not prefix:
             raise InputError(f"model directory {model} records no DHT prefix", fix="pass --dht-prefix NAME")
+        if not isinstance(prefix, str):
+            raise InputError(f"{meta_file}: dht_prefix {prefix!r:.40} is not a string",
+                             fix="re-create the model directory, or pass --dht-prefix NAME")
+        if not num_blocks:
+            layers = config.get("n_layer", config.get("num_hidden_layers"))
+            num_blocks = check_num_blocks(layers, f"{path / 'config.json'} (n_layer)",
+                                          fix="re-create the model directory, or pass --num-blocks N")
+        hidden = config.get("hidden_size")
         return ModelRef(
             name=str(path.resolve()),
             dht_prefix=prefix,
-            num_blocks=num_blocks or config.get("n_layer") or config.get("num_hidden_layers"),
+            num_blocks=check_num_blocks(num_blocks, "--num-blocks"),
             path=str(path.resolve()),
-            hidden_size=config.get("hidden_size"),
+            hidden_size=hidden if isinstance(hidden, int) and not isinstance(hidden, bool) and hidden > 0
+            else None,
         )
     if "/" not in model and not dht_prefix:
         raise InputError(
@@ -86,9 +103,25 @@ def resolve_model(model: str, *, dht_prefix: str | None = None, num_blocks: int 
         )
     name = LEGACY_NAMES.get(model, model)
     known = KNOWN_MODELS.get(name, {})
+    num_blocks = num_blocks or known.get("num_blocks")
     return ModelRef(
         name=name,
         dht_prefix=dht_prefix or dht_prefix_for(name),
-        num_blocks=num_blocks or known.get("num_blocks"),
+        num_blocks=None if num_blocks is None else check_num_blocks(num_blocks, "--num-blocks"),
         hidden_size=known.get("hidden_size"),
     )
+
+
+def _read_json_object(path: Path, option: str, model: str) -> dict:
+    """A model directory's JSON file as a dict; a one-line InputError for anything else (unreadable,
+    not JSON, nested past Python's recursion limit, or a list where an object belongs)."""
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise InputError(f"{option} {model}: cannot read {path.name} ({reason})",
+                         fix="re-create the model directory") from e
+    if not isinstance(data, dict):
+        raise InputError(f"{option} {model}: {path.name} holds a {type(data).__name__}, not a JSON object",
+                         fix="re-create the model directory")
+    return data

@@ -60,3 +60,27 @@ def declare_fake_servers(initial_peers: Sequence[str], dht_prefix: str, num_bloc
     finally:
         dht.shutdown()
     return peers
+
+
+def store_records(initial_peers: Sequence[str], records: Sequence[tuple[str, str, object]], *,
+                  ttl: float = 600.0) -> None:
+    """Store raw ``(key, subkey, value)`` records in the DHT, as any peer of a public swarm can (a server
+    record with a hostile ``public_name``, a ``_petals.models`` entry with a bad block count): the tests
+    of what petals-ops does with untrusted announcements use it."""
+    from petals_ops.client import door
+
+    dht = door.DHT(initial_peers=list(initial_peers), client_mode=True, start=True)
+    try:
+        expiration = door.hivemind.get_dht_time() + ttl
+        dht.run_coroutine(functools.partial(
+            _store_many, keys=[r[0] for r in records], subkeys=[r[1] for r in records],
+            values=[r[2] for r in records], expiration_time=expiration))
+    finally:
+        dht.shutdown()
+
+
+def server_record(state: str = "ONLINE", **fields) -> tuple:
+    """A server's DHT value (petals' ``ServerInfo`` tuple) with ``fields`` as announced."""
+    from petals_ops.client import door
+
+    return door.ServerInfo(state=door.ServerState[state], throughput=1.0, **fields).to_tuple()

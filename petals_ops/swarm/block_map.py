@@ -19,6 +19,7 @@ from rich.console import Console, ConsoleOptions
 from rich.text import Text
 
 from petals_ops.swarm.health import SwarmSnapshot, format_block_ranges
+from petals_ops.util.safe_text import printable
 
 GLYPH = {"ONLINE": "█", "JOINING": "▒", "OFFLINE": "░"}
 ABSENT = "·"
@@ -38,12 +39,8 @@ class MapRow:
     count: int = 1
 
 
-def _printable(text: str | None) -> str:
-    return "".join(ch if ch.isprintable() else "?" for ch in (text or ""))
-
-
 def _label(mark: str, name: str, tail: str) -> str:
-    return f"{mark}{set_cell_size(_printable(name), NAME_CELLS)} {set_cell_size(tail, 6)}"
+    return f"{mark}{set_cell_size(printable(name), NAME_CELLS)} {set_cell_size(tail, 6)}"
 
 
 def map_rows(snap: SwarmSnapshot, own: frozenset[str] = frozenset(), max_rows: int = 40) -> list[MapRow]:

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
-from petals_ops.util.errors import OpsError
-from petals_ops.client.models import ModelRef
+from petals_ops.util.errors import InputError, OpsError
+from petals_ops.client.models import ModelRef, check_num_blocks
+
+# Announced strings (public_name, version, dtype...) are kept to this many characters: a peer chooses them.
+MAX_ANNOUNCED_CHARS = 200
+
+
+class BadRecordError(OpsError):
+    """The swarm announces something about a model that petals-ops refuses to use (a bad block count)."""
 
 STATES = ("OFFLINE", "JOINING", "ONLINE")
 
@@ -146,34 +153,62 @@ def format_block_ranges(blocks: Sequence[int]) -> str:
     return ", ".join(ranges)
 
 
+def _announced(value: Any) -> str | None:
+    """An announced string, bounded; anything else (petals validates types, a future one may not) None."""
+    if not isinstance(value, str):
+        return None
+    return value if len(value) <= MAX_ANNOUNCED_CHARS else value[:MAX_ANNOUNCED_CHARS - 1] + "…"
+
+
+def _number(value: Any, kind: type) -> Any:
+    """A finite, non-negative number of ``kind`` as announced, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not 0 <= value < float("inf"):  # NaN fails too
+        return None
+    return kind(value)
+
+
 def build_snapshot(model: ModelRef, infos: Sequence[Any], *, taken_at: float,
                    walk_seconds: float) -> SwarmSnapshot:
-    """Turn petals' ``RemoteModuleInfo`` list (one per block) into a snapshot. Pure: no DHT access."""
-    blocks, servers = [], {}
+    """Turn petals' ``RemoteModuleInfo`` list (one per block) into a snapshot. Pure: no DHT access.
+
+    What a server announces is untrusted: strings are bounded (:data:`MAX_ANNOUNCED_CHARS`), and a block
+    range that does not fit the model (or the blocks the server was found under) is replaced by the
+    blocks it was found under."""
+    blocks, servers, seen = [], {}, {}
     for index, info in enumerate(infos):
         states = {}
         for peer, server_info in info.servers.items():
             peer_id = str(peer.to_base58() if hasattr(peer, "to_base58") else peer)
-            state = server_info.state.name
+            state = getattr(server_info.state, "name", None)
+            state = state if state in STATES else "OFFLINE"
             states[peer_id] = state
+            seen.setdefault(peer_id, []).append(index)
             if peer_id not in servers:
                 servers[peer_id] = ServerRecord(
                     peer_id=peer_id,
                     state=state,
-                    start_block=server_info.start_block if server_info.start_block is not None else index,
-                    end_block=server_info.end_block if server_info.end_block is not None else index + 1,
-                    throughput=float(server_info.throughput),
-                    cache_tokens_left=server_info.cache_tokens_left,
-                    version=server_info.version,
-                    torch_dtype=server_info.torch_dtype,
-                    quant_type=server_info.quant_type,
-                    public_name=server_info.public_name,
-                    using_relay=server_info.using_relay,
-                    inference_rps=server_info.inference_rps,
-                    forward_rps=server_info.forward_rps,
-                    network_rps=server_info.network_rps,
+                    start_block=_number(server_info.start_block, int),
+                    end_block=_number(server_info.end_block, int),
+                    throughput=_number(server_info.throughput, float) or 0.0,
+                    cache_tokens_left=_number(server_info.cache_tokens_left, int),
+                    version=_announced(server_info.version),
+                    torch_dtype=_announced(server_info.torch_dtype),
+                    quant_type=_announced(server_info.quant_type),
+                    public_name=_announced(server_info.public_name),
+                    using_relay=(server_info.using_relay if isinstance(server_info.using_relay, bool)
+                                 else None),
+                    inference_rps=_number(server_info.inference_rps, float),
+                    forward_rps=_number(server_info.forward_rps, float),
+                    network_rps=_number(server_info.network_rps, float),
                 )
         blocks.append(BlockHealth(index=index, uid=info.uid, servers=states))
+    for peer_id, record in servers.items():
+        first, last = min(seen[peer_id]), max(seen[peer_id]) + 1
+        start, end = record.start_block, record.end_block
+        if start is None or end is None or not (0 <= start <= first and last <= end <= len(blocks)):
+            servers[peer_id] = replace(record, start_block=first, end_block=last)
     return SwarmSnapshot(
         model=model.name,
         dht_prefix=model.dht_prefix,
@@ -235,12 +270,21 @@ class SwarmProbe:
             self._dht = None
 
     def _num_blocks_from_dht(self, dht_prefix: str | None = None) -> int | None:
+        """The model's block count from its ``_petals.models`` record (any peer can write one): None when
+        there is none, :class:`BadRecordError` when it is not a sane count."""
+        prefix = dht_prefix or self.model.dht_prefix
         entry = self._dht.get("_petals.models", latest=True)
         if entry is None or not isinstance(entry.value, dict):
             return None
-        record = entry.value.get(dht_prefix or self.model.dht_prefix)
+        record = entry.value.get(prefix)
         value = getattr(record, "value", None)
-        return value.get("num_blocks") if isinstance(value, dict) else None
+        if not isinstance(value, dict) or "num_blocks" not in value:
+            return None
+        try:
+            return check_num_blocks(value["num_blocks"], f"the swarm's _petals.models record of {prefix}",
+                                    fix="pass --num-blocks N (the model's real block count)")
+        except InputError as e:
+            raise BadRecordError(e.message, fix=e.fix) from None
 
     def connected_peers(self) -> int:
         """How many peers this probe's DHT node is connected to right now (0: the swarm is unreachable)."""

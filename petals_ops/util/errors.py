@@ -6,6 +6,8 @@ traceback.
 
 import re
 
+from petals_ops.util.safe_text import printable
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -41,7 +43,8 @@ class OpsError(Exception):
 
     def one_line(self) -> str:
         text = self.message if not self.fix else f"{self.message}; {self.fix}"
-        return redact(" ".join(text.split()))
+        # messages quote inputs and remote peers' text: no control character reaches the terminal
+        return redact(printable(" ".join(str(text).split())))
 
 
 class InputError(OpsError):

@@ -7,27 +7,33 @@ from typing import Any, Iterable, Sequence
 
 import click
 
+from petals_ops.util.safe_text import inert_text, printable
+
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
-    """Print a table to stdout with rich (imported here so --help stays fast)."""
+    """Print a table to stdout with rich (imported here so --help stays fast).
+
+    Cells often hold untrusted text (announced server names, remote hosts' output, model text): every
+    cell, header and title is shown as plain text, never as rich markup, with control characters
+    replaced (:mod:`petals_ops.util.safe_text`)."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title, show_lines=False)
+    table = Table(title=inert_text(title) if title is not None else None, show_lines=False)
     for h in headers:
-        table.add_column(str(h))
+        table.add_column(inert_text(h))
     for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
+        table.add_row(*[inert_text(v, keep_newlines=True) for v in row])
     Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(table)
 
 
 def info(message: str) -> None:
     """A progress or status line for people, on stderr so stdout stays machine-readable."""
-    click.echo(message, err=True)
+    click.echo(printable(message, keep_newlines=True), err=True)
 
 
 # Libraries whose failures we report ourselves, in one line. paramiko logs a whole traceback at ERROR

@@ -375,7 +375,7 @@ def test_multiprocessing_tempdir_is_removed(tmp_path):
     import subprocess
     import sys
 
-    code = ("import multiprocessing.util, os; from petals_ops import tmpclean; "
+    code = ("import multiprocessing.util, os; from petals_ops.util import tmpclean; "
             "d = multiprocessing.util.get_temp_dir(); "
             "tmpclean.remove_multiprocessing_tempdir(); print(d, os.path.exists(d)); os._exit(0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -362,6 +362,36 @@ def test_store_refuses_other_config_and_repairs_cut_lines(tmp_path):
     assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1]) and len(lines) == 5
 
 
+def test_a_run_dir_without_records_takes_a_new_config(tmp_path):
+    """Issue 23.5: a command refused (or killed) after opening the run dir, before any record, must not pin
+    its config there; once a record is written the config is the run's identity. Same for tune runs."""
+    from petals_ops.tune.store import TuneStore
+
+    run = tmp_path / "run"
+    for config in ({"max_new_tokens": 9000}, {"max_new_tokens": 8}):
+        s = store.RunStore(run)
+        assert s.open(config) == {}
+        s.close()
+        assert json.loads((run / "config.json").read_text()) == config
+    s = store.RunStore(run)
+    s.open({"max_new_tokens": 8})
+    s.append({"id": "x:1", "error": "boom"})  # an error record is a record: the run has begun
+    s.close()
+    with pytest.raises(InputError, match=r"different config \(max_new_tokens 8 -> 16\)"):
+        store.RunStore(run).open({"max_new_tokens": 16})
+    tune = tmp_path / "tune"
+    for config in ({"steps": 9}, {"steps": 10}):
+        t = TuneStore(tune)
+        assert t.open(config) is None
+        t.close()
+    t = TuneStore(tune)
+    t.open({"steps": 10})
+    t.write_checkpoint({"step": 1})
+    t.close()
+    with pytest.raises(InputError, match="different config"):
+        TuneStore(tune).open({"steps": 11})
+
+
 def test_cli_input_errors(run_cli, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "a\\n#### 3"}\nnot json\n')

@@ -30,6 +30,19 @@ def test_bench_refuses_a_prompt_set_over_the_limit_naming_the_question(run_cli, 
     assert_one_line_error(result, "the prompt of question", f"inference_max_length {LIMIT}", code=2)
 
 
+def test_a_refused_bench_pins_no_config_and_the_corrected_command_runs(run_cli, local_swarm, tmp_path):
+    """Issue 23.5: --max-new-tokens over the servers' limit is refused before the run dir is touched, so
+    the corrected command is not refused as 'a different config'."""
+    base = ["bench", "gsm8k", "--swarm-dir", local_swarm.run_dir, "--data", "arith:test", "--limit", 1,
+            "--run-dir", tmp_path / "run"]
+    result = run_cli(*base, "--max-new-tokens", 9000)
+    assert_one_line_error(result, f"inference_max_length {LIMIT}", "--max-new-tokens 9000", code=2)
+    assert not (tmp_path / "run").exists()
+    result = run_cli(*base, "--max-new-tokens", 4, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "different config" not in result.stderr
+
+
 def test_the_servers_refusal_through_explicit_peers_is_one_line_naming_their_limit(run_cli, local_swarm):
     result = run_cli("generate", "--initial-peers", local_swarm.initial_peers[0],
                      "--model", local_swarm.model_dir, "--max-retries", 1, LONG, timeout=180)

@@ -57,7 +57,7 @@ def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: 
             prev = json.loads(previous.read_text())
         except (ValueError, OSError):
             prev = {}
-        prev = prev if isinstance(prev, dict) else {}
+        prev = prev if isinstance(prev, dict) and prev.get("config") == config else {}  # not another config's
     wall_before = float(prev.get("wall_seconds_total") or 0.0)
     wall = progress.elapsed if progress is not None else 0.0
     generated_now = progress is not None and progress.tokens > 0

@@ -32,7 +32,7 @@ from petals_ops.bench.extraction import answers_equal, extract_answer
 from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.prompts import ZERO_SHOT, PromptSet, load_prompt_file
 from petals_ops.bench.records import QuestionRecord, ScoredPath, is_record
-from petals_ops.bench.store import RunStore
+from petals_ops.bench.store import RunStore, latest_by_id, read_records
 from petals_ops.util.errors import InputError
 
 CONFIG_VERSION = 2  # 2: typed records with error categories and method extras
@@ -274,6 +274,13 @@ def require_prompts_fit(model_ref, prompt: PromptSet, todo: list[Problem], cfg: 
     require_length_fits(longest + reserved, cfg.max_new_tokens, limit, what=what)
 
 
+def _todo(problems: list[Problem], existing: dict[str, dict]) -> list[Problem]:
+    """The problems to run: no record yet, an error record, or a line the reports cannot read (see
+    report.load_records)."""
+    return [p for p in problems
+            if p.id not in existing or existing[p.id].get("error") or not is_record(existing[p.id])]
+
+
 @dataclass
 class BenchParams:
     data: str | None = "demo"
@@ -343,18 +350,18 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         require_compatible(tuned, model_ref)  # before the run dir is touched
         config["tuned_prompts"] = {k: v for k, v in tuned.describe().items() if k != "path"}
     store = RunStore(params.run_dir)
+    # the pre-flight checks come before the run dir is touched: a refused command pins no config there
+    if params.backend == "petals":
+        from petals_ops.swarm.health import take_snapshot
+
+        todo = _todo(problems, latest_by_id(read_records(store.run_dir)))  # read only
+        require_prompts_fit(model_ref, prompt, todo, cfg, target.max_length,
+                            reserved=tuned.pre_seq_len if tuned is not None else 0)
+        snapshot = take_snapshot(target.initial_peers, target.model)
+        snapshot.require_full_coverage()
     existing = store.open(config)
     try:
-        # an error record, or a line the reports cannot read (see load_records), is run again
-        todo = [p for p in problems
-                if p.id not in existing or existing[p.id].get("error") or not is_record(existing[p.id])]
-        if params.backend == "petals":
-            from petals_ops.swarm.health import take_snapshot
-
-            require_prompts_fit(model_ref, prompt, todo, cfg, target.max_length,
-                                reserved=tuned.pre_seq_len if tuned is not None else 0)
-            snapshot = take_snapshot(target.initial_peers, target.model)
-            snapshot.require_full_coverage()
+        todo = _todo(problems, existing)
         progress = Progress(total=len(todo))
         run_info = {"todo": len(todo), "done_before": len(problems) - len(todo), "n": len(problems),
                     "batch_size": None, "batch_note": "nothing to run"}

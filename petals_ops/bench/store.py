@@ -3,8 +3,9 @@ question, appended and fsynced at once), ``summary.json``, ``report.md`` and the
 
 Resume: the same command on the same run dir skips the questions that already have a successful
 record (questions that ended in an error record are tried again; the last record of an id wins). A run
-dir whose config differs is refused. A line cut short by a crash (no trailing newline) is dropped
-before appending, so the file only ever holds whole lines. One bench at a time per run dir (a pid lock file).
+dir whose config differs is refused once it holds a record; before that it takes the new config. A line
+cut short by a crash (no trailing newline) is dropped before appending, so the file only ever holds whole
+lines. One bench at a time per run dir (a pid lock file).
 """
 
 from __future__ import annotations
@@ -102,8 +103,11 @@ class RunStore:
 
     def check_config(self, config: dict[str, Any], *, started: Path) -> None:
         """Write ``config.json``, or refuse when the one there differs (``started``: a file that shows
-        a run began, refused without a config). Shared with the tune run dir (petals_ops.tune.store)."""
+        a run began, refused without a config). A run dir where nothing was done yet (``started`` absent
+        or empty: a command refused after opening it, a run killed before its first record) takes the
+        new config. Shared with the tune run dir (petals_ops.tune.store)."""
         config_path = self.run_dir / CONFIG_FILE
+        begun = started.exists() and (not started.is_file() or started.stat().st_size > 0)
         if config_path.is_file():
             try:
                 old = json.loads(config_path.read_text())
@@ -113,14 +117,16 @@ class RunStore:
                 raise InputError(f"--run-dir {self.run_dir}: {CONFIG_FILE} is unreadable ({e})",
                                  fix="use a new --run-dir") from e
             diffs = config_differences(old, config)
-            if diffs:
+            if diffs and not begun:
+                write_json_atomic(config_path, config)
+            elif diffs:
                 shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
                 raise InputError(
                     f"--run-dir {self.run_dir} holds a run with a different config ({shown})",
                     fix="use a new --run-dir, or the same options as that run to resume it",
                 )
         else:
-            if started.exists():
+            if begun and not config_path.exists():
                 raise InputError(f"--run-dir {self.run_dir} has {started.name} but no {CONFIG_FILE}",
                                  fix="use a new --run-dir")
             write_json_atomic(config_path, config)

@@ -99,13 +99,13 @@ def run_tune(
         check_request_size(spec, params.servers_max_batch_size)
     ref, peers = _resolve_model(params)
     pairs = load_pairs(spec.data, spec.eval_size)
+    if params.backend == "petals":  # before the run dir is touched: a refused command pins no config there
+        from petals_ops.swarm.health import take_snapshot
+
+        take_snapshot(peers, ref).require_full_coverage()
     store = TuneStore(params.run_dir)
     checkpoint = store.open(make_config(ref, spec, pairs))
     try:
-        if params.backend == "petals":
-            from petals_ops.swarm.health import take_snapshot
-
-            take_snapshot(peers, ref).require_full_coverage()
         loop = _Loop(params, spec, ref, peers, pairs, store, checkpoint)
         if on_start:
             on_start(

@@ -10,6 +10,7 @@ import sys
 import click
 
 from petals_ops import __version__
+from petals_ops.cli.terminal import terminal
 from petals_ops.util.errors import OpsError, redact
 
 
@@ -22,8 +23,7 @@ class OpsGroup(click.Group):
         except OpsError as e:
             if os.environ.get("PETALS_OPS_DEBUG") or (ctx.obj or {}).get("debug"):
                 raise
-            click.echo(f"error: {e.one_line()}", err=True)
-            ctx.exit(e.exit_code)
+            ctx.exit(terminal.fail(e))
         except click.UsageError as e:
             # click's own usage error is four lines (usage, hint, blank, "Error: ..."); ours is one, the
             # same as every other bad input, and redacted: it quotes the value given.
@@ -31,7 +31,7 @@ class OpsGroup(click.Group):
                 raise
             what = " ".join(e.format_message().split()).rstrip(".")
             where = e.ctx.command_path if e.ctx is not None else "petals-ops"
-            click.echo(redact(f"error: {what}; see '{where} --help'"), err=True)
+            terminal.info(f"error: {what}; see '{where} --help'")
             ctx.exit(e.exit_code)
         except click.ClickException as e:  # other click errors quote what they were given: redact it
             e.message = redact(e.message)

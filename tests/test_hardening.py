@@ -358,6 +358,42 @@ def test_plot_of_runs_without_scored_questions_warns_nothing(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 0
 
 
+def test_maj_at_k_plot_draws_k_in_order_and_names_the_data(tmp_path):
+    """Issue 23.16: summary.json keeps k as string keys sorted as strings, so the curve went 1, 10, 2, ...
+    and the title said GSM8K whatever the data. What is drawn is read back from the figure."""
+    import matplotlib.pyplot as plt
+
+    from petals_ops.bench import report
+    from petals_ops.util.fsutil import write_json_atomic
+
+    curve = {str(k): round(0.5 + k / 40, 4) for k in range(1, 11)}  # rises with k
+    data = {**_summary(), "method": "sc", "paths": 10, "maj_at_k": curve}
+    data["config"]["data"]["source"] = "arith:test"
+    data["categories"] = {"counts": {"wrong_answer": 1, "correct": 7, "arithmetic_slip": 2}}
+    run = tmp_path / "run"
+    run.mkdir()
+    write_json_atomic(run / "summary.json", data)
+    assert list(json.loads((run / "summary.json").read_text())["maj_at_k"])[:3] == ["1", "10", "2"]
+    summary = report.load_summary(run)
+    fig = report.figure([summary, {**_summary(), "run_dir": "cot"}])
+    try:
+        ax = fig.axes[0]
+        (line,) = ax.lines[:1]
+        assert list(line.get_xdata()) == list(range(1, 11))
+        assert list(line.get_ydata()) == [100 * curve[str(k)] for k in range(1, 11)]
+        assert ax.get_title().startswith("arith:test") and "GSM8K" not in ax.get_title()
+        assert ax.get_xlim() == (0.5, 10.5)
+    finally:
+        plt.close(fig)
+    row = report.table_rows([summary])[0]
+    assert (row[6], row[7]) == ("52.5%", "75.0%")  # maj@1 and maj@K (K = 10, not 9)
+    text = report._markdown([summary], "p.png", "t")
+    assert "maj@1 52.5%, maj@2 55.0%" in text and text.index("maj@9 ") < text.index("maj@10 ")
+    # the error analysis table in the documented category order, not summary.json's alphabetical one
+    assert text.index("| correct |") < text.index("| arithmetic_slip |") < text.index("| wrong_answer |")
+    report.plot([summary], tmp_path / "maj.png")  # looked at by eye when written: a rising line 1..10
+
+
 # --- /tmp leftovers -----------------------------------------------------------------------------------
 def test_failed_p2pd_start_leaves_no_socket_in_tmp(run_cli):
     """A swarm that cannot be reached made hivemind leave /tmp/hivemind-p2pd-*.sock behind each time."""

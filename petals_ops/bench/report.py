@@ -127,45 +127,72 @@ def _label(summary: dict) -> str:
             f"{'' if summary['paths'] == 1 else ' K=' + str(summary['paths'])}{calc})")
 
 
-def plot(summaries: Sequence[dict], path: Path) -> Path:
-    """maj@k curves of the SC runs and horizontal lines for the CoT runs (matplotlib, Agg)."""
+def maj_curve(summary: dict) -> list[tuple[int, float]]:
+    """(k, maj@k) in the order of k. ``summary.json`` keeps k as string keys, sorted as strings (1, 10,
+    2, ...): every reader of the curve goes through here."""
+    curve = summary.get("maj_at_k") or {}
+    return sorted((int(k), v) for k, v in curve.items() if k.isascii() and k.isdigit())
+
+
+def data_name(summaries: Sequence[dict]) -> str:
+    """What the runs were measured on, for titles: ``arith:test``, ``gsm8k:test``, a file's name."""
+    names = []
+    for s in summaries:
+        source = str(s["config"]["data"]["source"])
+        names.append(source if source.startswith("hf:") or "/" not in source else Path(source).name)
+    return " / ".join(dict.fromkeys(names)) or "bench"
+
+
+def figure(summaries: Sequence[dict]):
+    """The plot as a matplotlib figure (Agg): maj@k curves of the SC runs, horizontal lines for CoT runs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    k_max = max([len(s.get("maj_at_k") or {}) for s in summaries] + [1])
+    k_max = max([k for s in summaries for k, _ in maj_curve(s)] + [1])
     for s in summaries:
-        if s.get("maj_at_k"):
-            ks = [int(k) for k in s["maj_at_k"]]
-            ax.plot(ks, [100 * v for v in s["maj_at_k"].values()], marker="o", label=f"SC maj@k: {_label(s)}")
+        curve = maj_curve(s)
+        if curve:
+            ax.plot([k for k, _ in curve], [100 * v for _, v in curve], marker="o",
+                    label=f"SC maj@k: {_label(s)}")
         elif s.get("accuracy") is not None:
             ax.axhline(100 * s["accuracy"], linestyle="--", color="gray", label=f"CoT greedy: {_label(s)}")
     ax.set_xlim(0.5, k_max + 0.5)
     ax.set_xlabel("sampled paths k (majority vote)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("GSM8K accuracy against the number of paths")
+    ax.set_title(f"{data_name(summaries)}: accuracy against the number of paths")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
     else:  # every record is an error: nothing to draw (an empty legend makes matplotlib warn on stderr)
         ax.text(0.5, 0.5, "no scored questions", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
+
+
+def plot(summaries: Sequence[dict], path: Path) -> Path:
+    """Save :func:`figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(summaries)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
     return path
 
 
 def table_rows(summaries: Sequence[dict]) -> list[list[str]]:
     rows = []
     for s in summaries:
-        maj = s.get("maj_at_k") or {}
+        curve = maj_curve(s)
         rows.append([
             _label(s), str(s["n"]), str(s["scored"]), str(s["errors"]), _pct(s["accuracy"]),
             f"[{_pct(s['accuracy_wilson95'][0])}, {_pct(s['accuracy_wilson95'][1])}]",
-            _pct(maj.get("1")) if maj else "", _pct(maj.get(str(len(maj)))) if maj else "",
+            _pct(curve[0][1]) if curve else "", _pct(curve[-1][1]) if curve else "",
             str(s["tokens"]), f"{s['wall_seconds_total']:.1f}", f"{s['tokens_per_second'] or 0:.1f}",
         ])
     return rows
@@ -195,8 +222,8 @@ def _markdown(summaries: Sequence[dict], plot_name: str, title: str, pairs: Sequ
                   f"- method {json.dumps(cfg['method'])}",
                   (f"- invalid paths {_pct(s['invalid_path_rate'])}, finish reasons {s['finish_reasons']}, "
                    f"extraction {s['extraction']}")]
-        if s.get("maj_at_k"):
-            curve = ", ".join(f"maj@{k} {_pct(v)}" for k, v in s["maj_at_k"].items())
+        if maj_curve(s):
+            curve = ", ".join(f"maj@{k} {_pct(v)}" for k, v in maj_curve(s))
             lines += [f"- {curve}", (f"- pass@K {_pct(s.get('pass_at_k'))}, "
                                      f"agreement with the vote {_pct(s.get('agreement'))}")]
         calc = s.get("calculator")
@@ -222,6 +249,12 @@ def _markdown(summaries: Sequence[dict], plot_name: str, title: str, pairs: Sequ
     return "\n".join(lines)
 
 
+def _category_rank(name: str) -> int:
+    """The categories in their documented order (summary.json sorts its keys by name)."""
+    order = list(CATEGORIES)
+    return order.index(name) if name in order else len(order)
+
+
 def _categories_markdown(categories: dict) -> list[str]:
     counts = categories.get("counts") or {}
     total = sum(counts.values())
@@ -230,7 +263,7 @@ def _categories_markdown(categories: dict) -> list[str]:
     lines = [f"### Error analysis ({total} scored paths)", "", "| category | paths | share | meaning |",
              "|---|---|---|---|"]
     lines += [f"| {name} | {n} | {_pct(n / total)} | {CATEGORIES.get(name, '')} |"
-              for name, n in counts.items()]
+              for name, n in sorted(counts.items(), key=lambda item: _category_rank(item[0]))]
     if categories.get("correct_with_slip"):
         lines.append(f"\n{categories['correct_with_slip']} correct paths have an arithmetic slip "
                      "in their rationale.")
@@ -249,7 +282,7 @@ def _categories_markdown(categories: dict) -> list[str]:
 def write_run_report(run_dir: Path, summary: dict) -> Path:
     plot([summary], run_dir / PLOT_FILE)
     path = run_dir / REPORT_FILE
-    write_atomic(path, _markdown([summary], PLOT_FILE, f"GSM8K bench: {_label(summary)}"))
+    write_atomic(path, _markdown([summary], PLOT_FILE, f"{data_name([summary])} bench: {_label(summary)}"))
     return path
 
 
@@ -361,7 +394,8 @@ def compare(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
     out.mkdir(parents=True, exist_ok=True)
     plot(summaries, out / PLOT_FILE)
     path = out / REPORT_FILE
-    write_atomic(path, _markdown(summaries, PLOT_FILE, "GSM8K bench: runs side by side", paired))
+    title = f"{data_name(summaries)} bench: runs side by side"
+    write_atomic(path, _markdown(summaries, PLOT_FILE, title, paired))
     return path, summaries, paired
 
 

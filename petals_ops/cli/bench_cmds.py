@@ -71,6 +71,7 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset,
     Interrupted (Ctrl-C, crash, kill)? Run the same command again: it skips the questions already done.
     With the tiny local-swarm model (random weights) accuracy is near zero by design.
     """
+    from petals_ops.bench import report
     from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
 
     cfg = MethodConfig(method=method, paths=paths if paths is not None else get_method(method).default_paths,
@@ -97,8 +98,9 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset,
         line = (f"{s['method']}: {s['correct']}/{s['scored']} correct ({acc}, Wilson 95% [{100 * low:.1f}%, "
                 f"{100 * high:.1f}%]), {s['errors']} errors, {s['tokens']} tokens, "
                 f"{s['tokens_per_second']:.1f} tokens/s")
-        if s.get("maj_at_k"):
-            line += f", maj@{len(s['maj_at_k'])} {100 * list(s['maj_at_k'].values())[-1]:.1f}%"
+        curve = report.maj_curve(s)
+        if curve:
+            line += f", maj@{curve[-1][0]} {100 * curve[-1][1]:.1f}%"
         calc = s.get("calculator")
         if calc is not None:
             line += (f", calculator: {calc['interventions']} interventions, the model's own number wrong in "
@@ -140,7 +142,8 @@ def report_cmd(run_dirs, out, pairs, output):
                               **p.comparison.to_dict()}
                              for p in paired]})
         return
-    render_table(report.HEADERS, report.table_rows(summaries), title="GSM8K bench runs")
+    render_table(report.HEADERS, report.table_rows(summaries),
+                 title=f"{report.data_name(summaries)} bench runs")
     if paired:
         render_table(report.PAIR_HEADERS, report.pair_rows(paired), title="Paired comparisons (B - A)")
     click.echo(f"report: {path}")

@@ -76,6 +76,8 @@ def test_help_does_not_import_heavy_modules():
     (["--listen", "127.0.0.1:99999"], "is not HOST:PORT"),
     (["--listen", "203.0.113.7:9469"], "cannot listen there"),
     (["--refresh", "soon"], "--refresh 'soon' is not a duration"),
+    (["--refresh", "1" + "0" * 23 + "h"], "is longer than 86400 s"),  # killed the refresher thread
+    (["--refresh", "9" * 5000], "is longer than"),
 ])
 def test_bad_options_give_one_line(run_cli, args, needle):
     result = run_cli("exporter", "--initial-peers", FAKE_PEER, "--model", "bigscience/bloom", *args,
@@ -214,3 +216,62 @@ def test_refresher_keeps_the_servers_of_an_unreachable_host():
     assert refresher.refresh_once().own_hosts == {"QmA": "a10-1", "QmB": "a10-2"}
     assert samples(exposition(refresher.state))[("petals_own_server_online",
                                                  (("host", "a10-2"), ("peer_id", "QmB")))] == 0
+
+
+def _fake_refresher(interval: float = 0.2):
+    """A Refresher with the DHT walk replaced by a fixed snapshot (no swarm in this module)."""
+    from petals_ops.client.models import ModelRef
+    from petals_ops.monitoring.refresher import Refresher
+
+    refresher = Refresher([FAKE_PEER], [ModelRef("m", "m-petals", 4)], interval=interval)
+    refresher._walk_swarm = lambda: [snapshot(time.time())]
+    return refresher
+
+
+def test_idle_connections_are_bounded_and_dropped(monkeypatch):
+    """Issue 23 #7: 200 idle connections once held 205 threads, for ever. Each connection now gets a read
+    timeout and at most MAX_CONNECTIONS threads exist; a scrape is served once the idle ones are dropped."""
+    import threading
+    import urllib.request
+
+    from petals_ops.monitoring import server
+
+    monkeypatch.setattr(server._QuietHandler, "timeout", 1.0)
+    exporter = server.start_exporter(_fake_refresher(), "127.0.0.1:0", process_metrics=False)
+    idle = []
+    try:
+        before = threading.active_count()
+        for _ in range(200):
+            idle.append(socket.create_connection(exporter.address, timeout=5))
+        time.sleep(0.5)
+        assert threading.active_count() <= before + server.MAX_CONNECTIONS
+        time.sleep(1.5)  # past the read timeout: every idle connection is closed by the server
+        assert all(s.recv(1) == b"" for s in idle)
+        assert threading.active_count() <= before + 2
+        body = urllib.request.urlopen(f"http://127.0.0.1:{exporter.address[1]}/metrics", timeout=10).read()
+        assert b"petals_model_blocks" in body
+    finally:
+        for s in idle:
+            s.close()
+        exporter.close()
+
+
+def test_a_dead_refresher_stops_the_exporter():
+    """Issue 23 #7: a refresher thread that dies must not leave the HTTP side serving a frozen state."""
+    from petals_ops.monitoring import server
+    from petals_ops.util.errors import OpsError
+
+    refresher = _fake_refresher()
+    refresher._run = lambda: None  # the thread ends at once, as if an exception had killed it
+    exporter = server.start_exporter(refresher, "127.0.0.1:0", process_metrics=False)
+    started = time.monotonic()
+    with pytest.raises(OpsError, match="refresher thread stopped"):
+        server.run_until_signalled(exporter)
+    assert time.monotonic() - started < 10
+    huge = _fake_refresher(interval=1e30)  # a wait past time_t's range: the thread stays alive
+    huge.start()
+    time.sleep(0.5)
+    assert huge.alive() and huge._thread.is_alive() and huge.state.refreshes == 1
+    huge.stop(5)
+    with pytest.raises(InputError):
+        _fake_refresher(interval=float("nan"))

@@ -237,6 +237,20 @@ def test_dht_outage_and_recovery(damaged, prometheus):
     assert exporter.proc.poll() is None
 
 
+def test_local_swarm_restarted_on_a_new_port(damaged):
+    """Issue 23 #7: the local swarm stopped and started again (a new DHT port, new peers): the exporter
+    monitoring it (no --initial-peers) re-reads its state and recovers, as docs/monitoring.md says."""
+    swarm, exporter = damaged
+    old_peers = ls.LocalSwarm.load(swarm.run_dir).initial_peers
+    ls.down(swarm.run_dir)
+    exporter.wait_for(lambda e: e.sample("petals_exporter_up") == 0, 60, "up 0 after down")
+    again = ls.up(swarm.run_dir, model_dir=swarm.model_dir, timeout=240)
+    assert again.initial_peers != old_peers
+    exporter.wait_for(lambda e: e.sample("petals_exporter_up") == 1
+                      and e.sample("petals_model_uncovered_blocks") == 0, 120, "up 1 on the new swarm")
+    assert exporter.proc.poll() is None
+
+
 def test_inventory_containers_exported(local_swarm, exporter_process, tmp_path):
     """--inventory: the fleet's real status code runs each refresh; an unreachable host shows up as such."""
     pytest.importorskip("petals_ops.fleet.status", reason="the fleet module (issue 4) is not there yet")

@@ -39,9 +39,16 @@ def exporter(initial_peers, model, dht_prefix, num_blocks, swarm_dir, listen, re
     if inventory:
         load_inventory, read_fleet = load_fleet_api()
         inv = load_inventory(inventory)
+    local_dir = targets[0].local_run_dir
+    rediscover = None
+    if local_dir:  # the local swarm may be restarted (a new DHT port): re-read its state when cut off
+        from petals_ops.lab.local_swarm import load_running
+
+        def rediscover():
+            return load_running(local_dir).initial_peers, local_identities(local_dir)
     refresher = Refresher(
         targets[0].initial_peers, [t.model for t in targets], interval=interval, inventory=inv,
-        read_fleet=read_fleet, identities=local_identities(targets[0].local_run_dir),
+        read_fleet=read_fleet, identities=local_identities(local_dir), rediscover=rediscover,
     )
     running = start_exporter(refresher, listen)
     host, port = running.address

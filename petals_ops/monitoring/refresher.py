@@ -3,7 +3,8 @@
 Walking the DHT is expensive (seconds for a large swarm), so scrapes never do it: they read the state this
 thread published last. One :class:`SwarmProbe` (one client-mode DHT node) lives across refreshes and serves
 every monitored model; after any failure it is closed and a fresh one is started on the next refresh, which
-is how the exporter finds the swarm again after the DHT comes back.
+is how the exporter finds the swarm again after the DHT comes back. When it monitors the local swarm, the
+fresh probe re-reads the swarm's state first, so a swarm restarted on a new DHT port is found too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from petals_ops.util.errors import InputError
 from petals_ops.client.models import ModelRef
-from petals_ops.swarm.health import SwarmProbe, SwarmSnapshot
+from petals_ops.swarm.health import BadRecordError, SwarmProbe, SwarmSnapshot
 
 log = logging.getLogger("petals_ops.exporter")
 
@@ -88,15 +89,23 @@ class Refresher:
         read_fleet: Callable | None = None,
         identities: dict[str, Path] | None = None,
         startup_timeout: float | None = None,
+        rediscover: Callable[[], tuple[Sequence[str], dict[str, Path]]] | None = None,
     ):
+        """``rediscover``: returns fresh (initial peers, identities), called before each fresh probe after a
+        failure (the local swarm's state: it may have been restarted elsewhere)."""
         if not models:
             raise InputError("no model to monitor", fix="pass --model NAME_OR_DIR (repeatable)")
         self.initial_peers = list(initial_peers)
         self.models = list(models)
         self.interval = float(interval)
+        if not 0 < self.interval < float("inf"):
+            raise InputError(f"refresh interval {interval} is not a positive number of seconds",
+                             fix="use e.g. --refresh 30s")
         self.inventory = inventory
         self.read_fleet = read_fleet
         self.identities = dict(identities or {})
+        self.rediscover = rediscover
+        self.refused: list[str] = []  # one line per model whose DHT records the latest walk refused
         self.startup_timeout = startup_timeout or min(30.0, max(5.0, self.interval))
         self._probe: SwarmProbe | None = None
         self._own_local: dict[str, str] | None = None
@@ -126,13 +135,36 @@ class Refresher:
             self._own_local = own
         return self._own_local
 
+    def _rediscover(self) -> None:
+        if self.rediscover is None:
+            return
+        try:
+            peers, identities = self.rediscover()
+        except Exception as e:  # noqa: BLE001  no swarm there right now: keep the old peers, fail the walk
+            log.warning("cannot re-read the local swarm: %s", " ".join(str(e).split())[:300])
+            return
+        if list(peers) and list(peers) != self.initial_peers:
+            log.warning("the local swarm's initial peers changed: %s", " ".join(peers))
+            self.initial_peers = list(peers)
+            self.identities, self._own_local = dict(identities), None
+
     def _walk_swarm(self) -> list[SwarmSnapshot]:
+        """A snapshot per model. A model whose records are refused keeps its previous snapshot and its
+        error goes to :attr:`refused` (the others are walked as usual); losing the swarm raises."""
         if self._probe is None:
+            self._rediscover()
             self._probe = SwarmProbe(self.initial_peers, self.models[0],
                                      startup_timeout=self.startup_timeout).start()
-        snaps = []
+        old = {s.dht_prefix: s for s in self.state.snapshots}
+        snaps, self.refused = [], []
         for i, model in enumerate(self.models):
-            snap = self._probe.snapshot(model, require_peers=True)
+            try:
+                snap = self._probe.snapshot(model, require_peers=True)
+            except BadRecordError as e:
+                self.refused.append(e.one_line())
+                if model.dht_prefix in old:
+                    snaps.append(old[model.dht_prefix])
+                continue
             if model.num_blocks is None:  # learnt from the swarm once; keep it
                 self.models[i] = replace(model, num_blocks=snap.num_blocks)
             snaps.append(snap)
@@ -150,8 +182,15 @@ class Refresher:
         started = time.monotonic()
         up, snapshots, last_success, last_error = False, old.snapshots, old.last_success, old.last_error
         try:
+            self.refused = []
             snapshots = tuple(self._walk_swarm())
-            up, last_success = True, time.time()
+            refused = self.refused
+            if refused:  # a bad record of one model: counted and shown, the other models still served
+                errors["swarm"] += 1
+                last_error = "; ".join(refused)[:300]
+                log.warning("swarm refresh refused a record: %s", last_error)
+            else:
+                up, last_success = True, time.time()
         except Exception as e:  # noqa: BLE001  any failure of the walk: count it, keep serving, fresh probe next time
             errors["swarm"] += 1
             last_error = " ".join(str(e).split())[:300] or type(e).__name__
@@ -201,13 +240,20 @@ class Refresher:
                 self.refresh_once()
             except Exception:  # never let the thread die: the exporter would serve a frozen state
                 log.exception("refresh crashed")
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            try:
+                self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            except (OverflowError, ValueError):  # an interval past what a wait takes: never die for it
+                self._stop.wait(24 * 3600.0)
         self._close_probe()
 
     def start(self) -> Refresher:
         self._thread = threading.Thread(target=self._run, name="petals-exporter-refresher", daemon=True)
         self._thread.start()
         return self
+
+    def alive(self) -> bool:
+        """The thread runs (or was never started, or was stopped on purpose)."""
+        return self._thread is None or self._thread.is_alive() or self._stop.is_set()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()

@@ -3,10 +3,14 @@
 
 The server binds before the refresher starts, so a bad or busy ``--listen`` fails at once with one line.
 SIGTERM and SIGINT stop it gracefully: the HTTP server finishes, the refresher's DHT node shuts down.
+A connection gets :data:`REQUEST_TIMEOUT` seconds per read and at most :data:`MAX_CONNECTIONS` are served at
+once (more are closed at once), so idle or slow clients cannot pile up threads. If the refresher thread
+ever dies the exporter exits non-zero rather than serve a frozen state.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 import socket
@@ -19,25 +23,34 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 
-from petals_ops.util.errors import InputError
+from petals_ops.util.errors import InputError, OpsError
 from petals_ops.monitoring.collector import SwarmCollector
 from petals_ops.monitoring.map_page import page_bytes
 from petals_ops.monitoring.map_state import MAP_PATH, MapBody
 from petals_ops.monitoring.refresher import Refresher
 
 DEFAULT_LISTEN = "127.0.0.1:9469"
+MAX_REFRESH = 24 * 3600.0  # a walk a day at least: beyond that the staleness alert (3 x interval) is moot
+REQUEST_TIMEOUT = 10.0  # seconds a connection may stay silent
+MAX_CONNECTIONS = 64  # served at once; Prometheus and a few map pages need a handful
+log = logging.getLogger("petals_ops.exporter")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
-def parse_duration(text: str, *, option: str = "--refresh", minimum: float = 0.1) -> float:
-    """'30s', '2m', '500ms', '1.5' (seconds) -> seconds."""
-    m = _DURATION.match(str(text))
+def parse_duration(text: str, *, option: str = "--refresh", minimum: float = 0.1,
+                   maximum: float = MAX_REFRESH) -> float:
+    """'30s', '2m', '500ms', '1.5' (seconds) -> seconds, from ``minimum`` to ``maximum``."""
+    m = _DURATION.match(str(text)[:100])
     if not m:
-        raise InputError(f"{option} {text!r} is not a duration", fix=f"use e.g. {option} 30s, 2m or 500ms")
+        raise InputError(f"{option} {str(text)[:40]!r} is not a duration",
+                         fix=f"use e.g. {option} 30s, 2m or 500ms")
     seconds = float(m.group(1)) * _UNITS[m.group(2)]
     if seconds < minimum:
         raise InputError(f"{option} {text} is shorter than {minimum:g} s", fix=f"use e.g. {option} 30s")
+    if seconds > maximum:
+        raise InputError(f"{option} {str(text)[:40]} is longer than {maximum:g} s ({maximum / 3600:g} h)",
+                         fix=f"use e.g. {option} 30s")
     return seconds
 
 
@@ -53,8 +66,41 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 class _Server(ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most :data:`MAX_CONNECTIONS` of them (the rest are closed at once)."""
+
     daemon_threads = True
     allow_reuse_address = True
+    block_on_close = False
+    max_connections = MAX_CONNECTIONS
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # a scrape retries; a flood gets no thread
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went silent or away is routine: no traceback on the exporter's stderr."""
+        import sys
+
+        error = sys.exc_info()[1]
+        if isinstance(error, (TimeoutError, ConnectionError)):
+            return
+        log.warning("request from %s failed: %r", client_address[0], error)
 
 
 class _V6Server(_Server):
@@ -62,6 +108,8 @@ class _V6Server(_Server):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = REQUEST_TIMEOUT  # StreamRequestHandler sets it on the connection: an idle client is dropped
+
     def log_message(self, *args) -> None:  # one line per scrape is noise for operators
         pass
 
@@ -186,7 +234,10 @@ def run_until_signalled(exporter: Exporter, on_stop: Callable[[str], None] | Non
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while not stop.wait(1.0):
-            pass
+            if not exporter.refresher.alive():
+                exporter.close()
+                raise OpsError("the exporter's refresher thread stopped: it would serve a frozen state",
+                               fix="restart the exporter (run it with --debug to see why)")
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

@@ -5,6 +5,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from petals_ops.lab import local_swarm
 from petals_ops.util import procs
 from petals_ops.util import tmpclean
@@ -138,3 +140,69 @@ def test_lifecycle_failure_and_clean_down(run_cli, tmp_path, tiny_model_dir):
     assert _live_processes_of(pgids, run_dir) == []
     assert [s for s in sockets if os.path.exists(s)] == [], "down removes the /tmp sockets of what it stopped"
     assert not (run_dir / "state.json").exists()
+
+
+def _state(run_dir, processes, **extra):
+    data = {"run_dir": str(run_dir), "model_dir": str(run_dir / "model"), "dht_prefix": "x-petals",
+            "num_blocks": 4, "dht_port": 9, "initial_peers": [], "processes": processes, **extra}
+    (run_dir / "state.json").write_text(json.dumps(data))
+
+
+def _entry(name, pid, start_time, pgid=None):
+    return {"name": name, "role": "server", "pid": pid, "pgid": pid if pgid is None else pgid,
+            "log": "x.log", "start_time": start_time}
+
+
+def test_down_signals_only_groups_this_swarm_started(run_cli, tmp_path):
+    """Issue 23 #3: down once killed whatever group state.json named: a stranger's group (start time null
+    or its real one with a foreign command line), init's, and its own. Identity is verified first."""
+    import subprocess
+
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        own = os.getpgrp()  # the test's group is also the group of the 'down' it starts
+        _state(tmp_path, [
+            _entry("server-0", stranger.pid, None),
+            _entry("server-1", stranger.pid, procs.start_time(stranger.pid)),
+            _entry("server-2", 1, procs.start_time(1)),
+            _entry("dht", own, procs.start_time(own)),
+        ])
+        swarm = local_swarm.LocalSwarm.load(tmp_path)
+        assert [p.running() for p in swarm.processes] == [False] * 4
+        result = run_cli("swarm", "local", "down", "--run-dir", tmp_path, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert stranger.poll() is None, "a stranger's process group was signalled"
+    finally:
+        stranger.kill()
+        stranger.wait()
+    for bad in (0, -5):
+        _state(tmp_path, [_entry("dht", bad, 1)])
+        result = run_cli("swarm", "local", "down", "--run-dir", tmp_path, timeout=60)
+        assert_one_line_error(result, "state.json is unreadable", f"group {bad}", code=1)
+    for pgid in (0, 1, os.getpgrp(), os.getpid()):
+        assert not procs.may_signal_group(pgid)
+        try:
+            procs.stop_group(pgid)
+        except ValueError:
+            continue
+        raise AssertionError(f"stop_group({pgid}) did not refuse")
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("[]", "not an object"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"num_blocks": -3}', "num_blocks is -3"),
+    ('{"num_blocks": "four"}', "num_blocks is 'four'"),
+    ('{"processes": {"a": 1}}', "processes is"),
+    ('{"processes": [[1, 2]]}', "processes[0] is a list"),
+    ('{"processes": [{"pid": "12"}]}', "processes[0].pid"),
+    ("\xff\xfe{", "unreadable"),
+], ids=["list", "deep", "negative-blocks", "text-blocks", "processes-dict", "process-list", "pid-text",
+        "binary"])
+@pytest.mark.parametrize("command", [["swarm", "local", "down"], ["swarm", "local", "status"],
+                                     ["swarm", "status"]])
+def test_wrong_shape_state_is_one_line(run_cli, tmp_path, content, needle, command):
+    """Issue 23 #10: a damaged or hand-edited state.json is one line, never a traceback."""
+    (tmp_path / "state.json").write_bytes(content.encode("latin-1"))
+    result = run_cli(*command, "--swarm-dir", tmp_path, timeout=60)
+    assert_one_line_error(result, "state.json is unreadable", needle, code=1)

@@ -24,7 +24,7 @@ from petals_ops.util import procs
 from petals_ops.util import tmpclean
 from petals_ops.util.errors import InputError, OpsError
 from petals_ops.util.fsutil import read_json, tail_lines, write_json_atomic
-from petals_ops.client.models import ModelRef, resolve_model
+from petals_ops.client.models import MAX_BLOCKS, ModelRef, resolve_model
 from petals_ops.lab import netem
 from petals_ops.lab.tiny_model import MODEL_META
 
@@ -61,13 +61,27 @@ class SwarmProcess:
     blocks: str | None = None  # "start:end" for servers
     start_time: int | None = None  # of the group leader, to tell our process from a reused pid
 
+    run_dir: str | None = field(default=None, repr=False)  # set by LocalSwarm: our commands name it
+
     def alive(self) -> bool:
         """The process itself (not a later process that got its pid) is alive."""
-        return procs.pid_alive(self.pid) and self.start_time in (None, procs.start_time(self.pid))
+        return self.pid == self.pgid and self.running() and procs.pid_alive(self.pid)
 
     def running(self) -> bool:
-        """Anything of this process group (the leader or its p2pd and workers) is still ours and alive."""
-        return procs.group_is_ours(self.pgid, self.start_time)
+        """Anything of this process group (the leader or its p2pd and workers) is still ours and alive:
+        checked by start time and command line, so ``down`` never signals a stranger's group."""
+        return procs.group_is_ours(self.pgid, self.start_time, self.looks_ours)
+
+    def looks_ours(self, argv: list[str]) -> bool:
+        """A command line of this swarm: our module (``python -m petals_ops...``) naming our run dir, or a
+        child of it (a p2pd daemon, a multiprocessing helper of the same Python)."""
+        if not argv:
+            return False
+        if os.path.basename(argv[0]) == "p2pd":
+            return True
+        if "-m" in argv[:3] and any(a.startswith("petals_ops.") for a in argv[1:4]):
+            return self.run_dir is None or any(self.run_dir in a for a in argv)
+        return "multiprocessing" in " ".join(argv[1:3])  # spawn_main, resource_tracker
 
 
 @dataclass
@@ -101,7 +115,10 @@ class LocalSwarm:
         return any(p.running() for p in self.processes)
 
     def save(self) -> None:
-        write_json_atomic(Path(self.run_dir) / STATE_FILE, asdict(self))
+        data = asdict(self)
+        for p in data["processes"]:
+            del p["run_dir"]
+        write_json_atomic(Path(self.run_dir) / STATE_FILE, data)
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "LocalSwarm | None":
@@ -109,14 +126,49 @@ class LocalSwarm:
         if not path.is_file():
             return None
         try:
-            data = read_json(path)
-            data["processes"] = [SwarmProcess(**p) for p in data.get("processes", [])]
+            data = _checked_state(read_json(path))
+            data["processes"] = [SwarmProcess(**{**p, "run_dir": data["run_dir"]}) for p in data["processes"]]
             return cls(**data)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, RecursionError, OSError) as e:
+            reason = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
             raise OpsError(
-                f"the local swarm state {path} is unreadable ({e})",
+                f"the local swarm state {path} is unreadable ({reason})",
                 fix="stop any petals_ops.serve processes by hand, then delete that file",
             ) from e
+
+
+# state.json's fields and their types (None allowed where the dataclass default is None)
+_STATE_FIELDS = {"run_dir": str, "model_dir": str, "dht_prefix": str, "num_blocks": int, "dht_port": int,
+                 "initial_peers": list, "processes": list, "started_at": (int, float),
+                 "ready_seconds": (int, float, type(None))}
+_PROCESS_FIELDS = {"name": str, "role": str, "pid": int, "pgid": int, "log": str,
+                   "blocks": (str, type(None)), "start_time": (int, type(None))}
+
+
+def _checked_state(data) -> dict:
+    """``data`` if it has the shape :meth:`LocalSwarm.save` writes, else ValueError saying what is wrong
+    (the file may be damaged or hand-edited: its pids and groups are about to be signalled)."""
+    def check(obj, fields, where):
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where} is a {type(obj).__name__}, not an object")
+        for key, kind in fields.items():
+            if key in obj and (not isinstance(obj[key], kind) or isinstance(obj[key], bool)):
+                raise ValueError(f"{where}.{key} is {str(obj[key])[:40]!r}")
+        unknown = set(obj) - set(fields)
+        if unknown:
+            raise ValueError(f"{where} has unknown fields {sorted(unknown)[:5]}")
+
+    check(data, _STATE_FIELDS, "state")
+    data.setdefault("processes", [])
+    for i, p in enumerate(data["processes"]):
+        check(p, _PROCESS_FIELDS, f"processes[{i}]")
+        if p.get("pid", 0) < 1 or p.get("pgid", 0) < 1:
+            raise ValueError(f"processes[{i}] names pid {p.get('pid')} / group {p.get('pgid')}")
+    if not 1 <= data.get("num_blocks", 0) <= MAX_BLOCKS:
+        raise ValueError(f"num_blocks is {data.get('num_blocks')}")
+    if not all(isinstance(peer, str) for peer in data.get("initial_peers", [])):
+        raise ValueError("initial_peers holds a non-string")
+    return data
 
 
 def plan_block_ranges(num_blocks: int, servers: int, replicas: int = 1) -> list[tuple[int, int]]:
@@ -302,7 +354,7 @@ def _launch(swarm: LocalSwarm, name: str, role: str, cmd: list[str],
     log = Path(swarm.run_dir) / "logs" / f"{name}.log"
     popen = procs.spawn(cmd, log_path=log, cwd=swarm.run_dir)  # cwd: petals auto-loads ./config.yml
     proc = SwarmProcess(name=name, role=role, pid=popen.pid, pgid=popen.pid, log=str(log), blocks=blocks,
-                        start_time=procs.start_time(popen.pid))
+                        start_time=procs.start_time(popen.pid), run_dir=swarm.run_dir)
     swarm.processes.append(proc)
     swarm.save()
     return proc

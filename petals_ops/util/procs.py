@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 
 def spawn(cmd: Sequence[str], *, log_path: str | Path, cwd: str | Path,
@@ -65,15 +65,42 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def group_is_ours(pgid: int, leader_start_time: int | None) -> bool:
-    """Is process group ``pgid`` still the one we started (leader started at ``leader_start_time``)?
+def cmdline(pid: int) -> list[str] | None:
+    """The argv of ``pid`` from /proc (None if it is gone or unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode("utf-8", "replace") for a in raw.split(b"\0")[:-1]]
 
-    A live leader must have the recorded start time (else the pid was reused after a reboot or crash);
-    a dead leader with live members is ours, since the kernel never reuses a pgid that is still in use.
+
+def may_signal_group(pgid: object) -> bool:
+    """Never 0 (our own group), 1 (init's), a negative number, our own group or our own pid."""
+    return (isinstance(pgid, int) and not isinstance(pgid, bool) and pgid > 1
+            and pgid not in (os.getpgrp(), os.getpid()))
+
+
+def group_is_ours(pgid: int, leader_start_time: int | None,
+                  looks_ours: Callable[[list[str]], bool] = lambda argv: True) -> bool:
+    """Is process group ``pgid`` still the one we started, its leader started at ``leader_start_time``?
+
+    The identity is verified, never assumed: the live leader must have exactly that start time (else the
+    pid was reused after a reboot or crash) and a command line ``looks_ours`` accepts. A dead leader's
+    group is ours when it still has members (the kernel never reuses a pgid in use) and every member
+    started after the leader and passes ``looks_ours`` (its workers and p2pd daemons). An unknown start
+    time, pgid 0 or 1, and our own group are never ours (see :func:`may_signal_group`).
     """
+    if not may_signal_group(pgid) or not isinstance(leader_start_time, int):
+        return False
     if pid_alive(pgid):
-        return leader_start_time is None or start_time(pgid) == leader_start_time
-    return bool(group_members(pgid))
+        argv = cmdline(pgid)
+        return start_time(pgid) == leader_start_time and argv is not None and looks_ours(argv)
+    members = group_members(pgid)
+    for pid in members:
+        started, argv = start_time(pid), cmdline(pid)
+        if started is None or started < leader_start_time or argv is None or not looks_ours(argv):
+            return False
+    return bool(members)
 
 
 def _reap(pid: int) -> None:
@@ -86,9 +113,12 @@ def _reap(pid: int) -> None:
 def stop_group(pgid: int, *, grace: float = 15.0, sig: int = signal.SIGTERM) -> bool:
     """Send ``sig`` to the group, wait up to ``grace`` seconds, then SIGKILL what is left.
 
+    Callers check :func:`group_is_ours` first; ``pgid`` 0, 1 or our own group raise ValueError here.
     Returns True when no member is left. SIGTERM lets a Petals server announce itself OFFLINE (a frozen
     group is continued right after the signal, so that it acts on it).
     """
+    if not may_signal_group(pgid):
+        raise ValueError(f"refusing to signal process group {pgid!r}")
     for s, wait in ((sig, grace), (signal.SIGKILL, 5.0)):
         members = group_members(pgid)
         if not members:

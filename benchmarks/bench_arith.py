@@ -29,12 +29,13 @@ from petals_ops.bench import report  # noqa: E402
 from petals_ops.bench.demo_step import ARITH_SC_TEMPERATURE  # noqa: E402
 from petals_ops.bench.methods import MethodConfig  # noqa: E402
 from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench  # noqa: E402
+from petals_ops.client.options import ClientOptions  # noqa: E402
 from petals_ops.lab.tiny_model import ARITH_MODEL_DIR  # noqa: E402
 
 
 def bench(work: Path, swarm, name: str, method: str, paths: int, questions: int, **exec_kw) -> dict:
-    params = BenchParams(data="arith:test", limit=questions, run_dir=str(work / name), backend="petals",
-                         swarm_dir=swarm.run_dir,
+    params = BenchParams(data="arith:test", limit=questions, run_dir=str(work / name),
+                         client=ClientOptions(swarm_dir=swarm.run_dir),
                          method=MethodConfig(method=method, paths=paths, temperature=ARITH_SC_TEMPERATURE,
                                              max_new_tokens=48),
                          exec=ExecOptions(**exec_kw))
@@ -61,14 +62,14 @@ def profile_tokens(swarm, tokens: int) -> dict:
     from petals_ops.client.backends import open_backend
     from petals_ops.client.decoding import DecodeSpec, Sampling, decode_batch
 
-    spec = DecodeSpec(Sampling(), max_new_tokens=tokens, stops=())
+    spec = DecodeSpec(Sampling(), max_new_tokens=tokens)
     prompt = ("Q: Mia has 23 apples. Mia buys 5 more and then gives 4 to a friend. "
               "How many apples does Mia have now?\nA:")
     times = {}
     for kind in ("petals", "local"):
         with open_backend(kind, swarm.model, swarm.initial_peers) as backend:
             ids = backend.tokenizer(prompt, return_tensors="pt")["input_ids"]
-            decode_batch(backend, ids, [0], DecodeSpec(Sampling(), 4, ()), "warm")
+            decode_batch(backend, ids, [0], DecodeSpec(Sampling(), 4), "warm")
             profiler = cProfile.Profile() if kind == "petals" else None
             started = time.perf_counter()
             if profiler:

@@ -25,6 +25,7 @@ from petals_ops.lab import local_swarm  # noqa: E402
 from petals_ops.bench.demo_step import ARITH_SC_TEMPERATURE  # noqa: E402
 from petals_ops.bench.methods import MethodConfig  # noqa: E402
 from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench  # noqa: E402
+from petals_ops.client.options import ClientOptions  # noqa: E402
 from petals_ops.lab.tiny_model import ARITH_MODEL_DIR  # noqa: E402
 
 PATHS = {"cot": 1, "sc": 10}
@@ -33,8 +34,8 @@ PATHS = {"cot": 1, "sc": 10}
 def run(work: Path, swarm, name: str, method: str, questions: int, calculator: bool) -> dict:
     cfg = MethodConfig(method=method, paths=PATHS[method], temperature=ARITH_SC_TEMPERATURE,
                        max_new_tokens=48, calculator=calculator)
-    params = BenchParams(data="arith:test", limit=questions, run_dir=str(work / name), backend="petals",
-                         swarm_dir=swarm.run_dir, method=cfg, exec=ExecOptions())
+    params = BenchParams(data="arith:test", limit=questions, run_dir=str(work / name),
+                         client=ClientOptions(swarm_dir=swarm.run_dir), method=cfg, exec=ExecOptions())
     s = run_bench(params).summary
     calc = s.get("calculator") or {}
     out = {"run": name, "method": method, "calculator": calculator, "correct": s["correct"],

@@ -40,7 +40,7 @@ def main():
     print(f"petals-ops --help: {help_time * 1000:.0f} ms median vs python -c pass {baseline * 1000:.0f} ms "
           f"(ratio {help_time / baseline:.1f}x)")
 
-    from petals_ops.client import generation
+    from petals_ops.client import generation, loading
     from petals_ops.lab import local_swarm
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,8 +54,8 @@ def main():
             prompt = "Q: A shirt costs $20 and is on sale for 15% off. What is the sale price?\nA:"
             rates = {}
             for name, load in (
-                ("swarm", lambda: generation.load_swarm_model(swarm.model, swarm.initial_peers)),
-                ("in-process", lambda: generation.load_local_model(swarm.model)),
+                ("swarm", lambda: loading.load_swarm_model(swarm.model, swarm.initial_peers)),
+                ("in-process", lambda: loading.load_local_model(swarm.model)),
             ):
                 with load() as loaded:
                     generation.generate(loaded, prompt, max_new_tokens=4)  # warm-up

@@ -24,12 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from petals_ops.lab import local_swarm
 from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
+from petals_ops.client.options import ClientOptions
 
 
 def run(work: Path, swarm, name: str, args, **exec_kw) -> dict:
     params = BenchParams(
-        data="demo", limit=args.questions, run_dir=str(work / name), backend="petals",
-        swarm_dir=swarm.run_dir,
+        data="demo", limit=args.questions, run_dir=str(work / name),
+        client=ClientOptions(swarm_dir=swarm.run_dir),
         method=MethodConfig(method="sc", paths=args.paths, max_new_tokens=args.max_new_tokens,
                             stops=() if args.no_stop else MethodConfig().stops),
         exec=ExecOptions(**exec_kw),

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from petals_ops.lab import local_swarm
 from petals_ops.lab.tiny_model import ARITH_MODEL_DIR
 from petals_ops.tune.spec import TuneSpec
+from petals_ops.client.options import ClientOptions
 from petals_ops.tune.trainer import TuneParams, run_tune
 
 
@@ -44,7 +45,8 @@ def run(work: Path, swarm, name: str, backend: str, mode: str, steps: int, batch
         max_length=128,
     )
     s = run_tune(
-        TuneParams(spec=spec, run_dir=str(work / name), backend=backend, swarm_dir=swarm.run_dir)
+        TuneParams(spec=spec, run_dir=str(work / name),
+                   client=ClientOptions(backend=backend, swarm_dir=swarm.run_dir))
     ).summary
     t = s["timing"]
     out = {

@@ -28,11 +28,11 @@ def _status(ctx: DemoContext) -> None:
 
 
 def _generate(ctx: DemoContext) -> None:
-    from petals_ops.client import generation
+    from petals_ops.client import generation, loading
 
     prompt = ("Q: Tom has 23 apples. Tom buys 5 more and then gives 4 to a friend. "
               "How many apples does Tom have now?\nA:")
-    with generation.load_swarm_model(ctx.swarm.model, ctx.swarm.initial_peers) as loaded:
+    with loading.load_swarm_model(ctx.swarm.model, ctx.swarm.initial_peers) as loaded:
         result = generation.generate(loaded, prompt, max_new_tokens=32)
     print(f"prompt: {prompt!r}\ncompletion (greedy): {result.texts[0].split(chr(10))[0]!r}")
     print(f"{result.new_tokens} tokens through the swarm in {result.seconds:.2f} s")

@@ -493,7 +493,7 @@ def measure_hops(initial_peer: str, work: Path, out: Path, tokens: int, ends: li
     slow step on a shared machine)."""
     import gc
 
-    from petals_ops.client import generation
+    from petals_ops.client import generation, loading
     from petals_ops.client.models import resolve_model
     from petals_ops.lab.tiny_model import TinyModelSpec, make_tiny_bloom
 
@@ -502,7 +502,7 @@ def measure_hops(initial_peer: str, work: Path, out: Path, tokens: int, ends: li
     result = {}
     for hops, end in enumerate(ends, start=1):
         model = make_tiny_bloom(work / f"hops-{hops}", TinyModelSpec(layers=end, dht_prefix=DHT_PREFIX))
-        with generation.load_swarm_model(resolve_model(str(model)), [initial_peer]) as loaded:
+        with loading.load_swarm_model(resolve_model(str(model)), [initial_peer]) as loaded:
             generation.generate(loaded, prompt, max_new_tokens=2)  # warm-up: routes, connections
             gaps = []
             for _ in range(reps):

@@ -15,8 +15,10 @@ import pytest
 from petals_ops.bench import report
 from petals_ops.bench.arithmetic import find_equations, first_slip
 from petals_ops.bench.calculator import calculate, find_calculation, format_result
+from petals_ops.bench.hooks import decode_hooks
 from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
+from petals_ops.client.options import ClientOptions
 from petals_ops.bench.store import read_records
 from petals_ops.util.errors import InputError
 from petals_ops.lab.tiny_model import ARITH_MODEL_DIR
@@ -173,12 +175,12 @@ def _assert_forced_where_recorded(backend, path):
 def test_forced_result_reaches_the_servers_and_equals_the_local_backend(backends):
     from petals_ops.client.decoding import DecodeSpec, Sampling
 
-    off, _ = _decode(backends["local"], SLIP_QUESTION, DecodeSpec(Sampling(), 48))
+    off, _ = _decode(backends["local"], SLIP_QUESTION, DecodeSpec(Sampling(), 48, decode_hooks()))
     slip = first_slip(off.paths[0].text)
     # the model's own slip
     assert slip is not None and slip.left == "2 + 5" and slip.stated == 6, off.paths[0].text
 
-    spec = DecodeSpec(Sampling(), 48, calculator=True)
+    spec = DecodeSpec(Sampling(), 48, decode_hooks(calculator=True))
     outs = {kind: _decode(backend, SLIP_QUESTION, spec)[0].paths[0] for kind, backend in backends.items()}
     swarm, local = outs["petals"], outs["local"]
     assert (swarm.raw, swarm.ids, swarm.interventions) == (local.raw, local.ids, local.interventions)
@@ -198,11 +200,12 @@ def test_sampled_rows_forced_at_different_steps_get_their_own_results(backends):
 
     sampling = Sampling(temperature=1.0, top_k=40, seed=0)
     paths = range(6)
-    on = {kind: _decode(backend, "arith-test:4", DecodeSpec(sampling, 48, calculator=True), paths)[0]
+    spec = DecodeSpec(sampling, 48, decode_hooks(calculator=True))
+    on = {kind: _decode(backend, "arith-test:4", spec, paths)[0]
           for kind, backend in backends.items()}
     assert ([(p.raw, p.interventions) for p in on["petals"].paths]
             == [(p.raw, p.interventions) for p in on["local"].paths])
-    off, _ = _decode(backends["local"], "arith-test:4", DecodeSpec(sampling, 48), paths)
+    off, _ = _decode(backends["local"], "arith-test:4", DecodeSpec(sampling, 48, decode_hooks()), paths)
     rows = on["petals"].paths
     tok = backends["petals"].tokenizer
     forced_steps = [{i.position + k for i in p.interventions
@@ -224,9 +227,10 @@ def test_sc_through_the_swarm_records_interventions_like_local(arith_swarm, tmp_
     cfg = MethodConfig(method="sc", paths=4, temperature=1.0, max_new_tokens=48, calculator=True)
     runs = {}
     for backend in ("petals", "local"):
-        params = BenchParams(data="arith:test", limit=2, run_dir=str(tmp_path / backend), backend=backend,
-                             method=cfg, model=None if backend == "petals" else str(ARITH_MODEL_DIR),
-                             swarm_dir=arith_swarm.run_dir if backend == "petals" else None)
+        client = ClientOptions(backend=backend, model=None if backend == "petals" else str(ARITH_MODEL_DIR),
+                               swarm_dir=arith_swarm.run_dir if backend == "petals" else None)
+        params = BenchParams(data="arith:test", limit=2, run_dir=str(tmp_path / backend), client=client,
+                             method=cfg)
         runs[backend] = run_bench(params)
     keys = ("i", "raw", "answer", "interventions")
     recs = {b: [[{k: p[k] for k in keys} for p in r["paths"]] for r in read_records(res.run_dir)]
@@ -247,8 +251,9 @@ MAX_NEW_TOKENS = 48
 
 def _cot(run_dir, calculator: bool, limit: int = HELD_OUT):
     cfg = MethodConfig(method="cot", max_new_tokens=MAX_NEW_TOKENS, calculator=calculator)
-    return run_bench(BenchParams(data="arith:test", limit=limit, run_dir=str(run_dir), backend="local",
-                                 method=cfg, model=str(ARITH_MODEL_DIR), exec=ExecOptions(concurrency=1)))
+    return run_bench(BenchParams(data="arith:test", limit=limit, run_dir=str(run_dir),
+                                 client=ClientOptions(backend="local", model=str(ARITH_MODEL_DIR)),
+                                 method=cfg, exec=ExecOptions(concurrency=1)))
 
 
 @pytest.fixture(scope="module")

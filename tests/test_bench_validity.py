@@ -18,6 +18,7 @@ from petals_ops.bench import data, report
 from petals_ops.bench.demo_step import ARITH_SC_TEMPERATURE
 from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
+from petals_ops.client.options import ClientOptions
 from petals_ops.bench.store import read_records
 from petals_ops.lab.tiny_model import ARITH_MODEL_DIR, TinyModelSpec, make_tiny_bloom
 from tests.helpers import assert_one_line_error
@@ -31,9 +32,10 @@ METHODS = {"cot": MethodConfig(method="cot", paths=1, max_new_tokens=MAX_NEW_TOK
 
 
 def _run(run_dir, method: str, *, backend: str = "local", limit: int = HELD_OUT, swarm=None, model=None):
-    params = BenchParams(data="arith:test", limit=limit, run_dir=str(run_dir), backend=backend,
-                         method=METHODS[method], model=model or (None if swarm else str(ARITH_MODEL_DIR)),
-                         swarm_dir=swarm.run_dir if swarm else None, exec=ExecOptions(concurrency=1))
+    client = ClientOptions(backend=backend, model=model or (None if swarm else str(ARITH_MODEL_DIR)),
+                           swarm_dir=swarm.run_dir if swarm else None)
+    params = BenchParams(data="arith:test", limit=limit, run_dir=str(run_dir), client=client,
+                         method=METHODS[method], exec=ExecOptions(concurrency=1))
     return run_bench(params)
 
 
@@ -143,16 +145,16 @@ def test_training_still_lowers_the_loss(tmp_path):
 
 
 def test_shipped_held_out_set_is_reproducible_and_never_trained_on(tmp_path):
-    digests = synthetic_math.write_held_out_files(tmp_path, tiny_train.HELD_OUT_SIZE,
-                                                  tiny_train.HELD_OUT_SEED, tiny_train.PROMPT_SEED)
+    digests = synthetic_math.write_held_out_files(tmp_path, synthetic_math.HELD_OUT_SIZE,
+                                                  synthetic_math.HELD_OUT_SEED, synthetic_math.PROMPT_SEED)
     shipped = data.PACKAGE_DATA / "arith"
     for name in ("test.jsonl", "prompt.txt"):
         assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
     assert digests["test.jsonl"] == data.DATASETS["arith:test"].sha256
-    problems = synthetic_math.held_out(tiny_train.HELD_OUT_SIZE, tiny_train.HELD_OUT_SEED)
+    problems = synthetic_math.held_out(synthetic_math.HELD_OUT_SIZE, synthetic_math.HELD_OUT_SEED)
     assert {len(p.changes) for p in problems} == {2, 3}  # several orders each: something for SC to vote over
-    held = tiny_train.held_out_questions()
-    assert len(held) == tiny_train.HELD_OUT_SIZE
+    held = synthetic_math.held_out_questions()
+    assert len(held) == synthetic_math.HELD_OUT_SIZE
     stream = synthetic_math.training_examples(0, exclude=held)
     assert not any(next(stream)[0][3:-3] in held for _ in range(3000))
     # every problem's changes can be applied in any order without going below zero

@@ -429,6 +429,7 @@ def test_an_unexpected_scoring_error_is_that_questions_error_record(tmp_path, mo
     from petals_ops.bench import runner
     from petals_ops.bench.methods import MethodConfig
     from petals_ops.bench.store import read_records
+    from petals_ops.client.options import ClientOptions
     from petals_ops.lab.tiny_model import ARITH_MODEL_DIR
 
     real_score = runner.score_path
@@ -441,9 +442,10 @@ def test_an_unexpected_scoring_error_is_that_questions_error_record(tmp_path, mo
         return real_score(path, gold)
 
     monkeypatch.setattr(runner, "score_path", flaky_score)
-    params = runner.BenchParams(data="arith:test", limit=3, run_dir=str(tmp_path / "run"), backend="local",
+    params = runner.BenchParams(data="arith:test", limit=3, run_dir=str(tmp_path / "run"),
+                                client=ClientOptions(backend="local", model=str(ARITH_MODEL_DIR)),
                                 method=MethodConfig(method="cot", paths=1, max_new_tokens=24),
-                                model=str(ARITH_MODEL_DIR), exec=runner.ExecOptions(concurrency=1))
+                                exec=runner.ExecOptions(concurrency=1))
     runner.run_bench(params)
     records = read_records(tmp_path / "run")
     assert len(records) == 3

@@ -58,7 +58,7 @@ def test_tuned_prompt_positions_count_against_the_limit(tiny_model_dir):
     from petals_ops.bench.prompts import ZERO_SHOT
     from petals_ops.bench.runner import require_prompts_fit
     from petals_ops.util.errors import InputError
-    from petals_ops.client.generation import load_tokenizer
+    from petals_ops.client.loading import load_tokenizer
     from petals_ops.client.models import resolve_model
 
     ref = resolve_model(str(tiny_model_dir))

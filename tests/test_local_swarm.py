@@ -51,10 +51,10 @@ def test_greedy_through_swarm_equals_in_process_transformers(local_swarm):
     import torch
     from transformers import AutoTokenizer, BloomForCausalLM
 
-    from petals_ops.client import generation
+    from petals_ops.client import generation, loading
 
     prompt = "Q: A baker has 12 trays of 24 muffins. How many muffins are there?\nA:"
-    with generation.load_swarm_model(local_swarm.model, local_swarm.initial_peers) as loaded:
+    with loading.load_swarm_model(local_swarm.model, local_swarm.initial_peers) as loaded:
         swarm = generation.generate(loaded, prompt, max_new_tokens=24)
     tokenizer = AutoTokenizer.from_pretrained(local_swarm.model_dir)
     reference = BloomForCausalLM.from_pretrained(local_swarm.model_dir, torch_dtype=torch.float32).eval()

@@ -78,6 +78,7 @@ def test_swarm_step_gives_in_process_gradients(tune_swarm, mode):
     import torch
 
     from petals_ops.client.backends import Backend
+    from petals_ops.bench.hooks import decode_hooks
     from petals_ops.client.decoding import DecodeSpec, Sampling, decode_batch
     from petals_ops.tune.examples import collate, load_pairs
     from petals_ops.client.tuned_model import init_prompts, open_tunable, prompt_parameters, step_loss
@@ -102,7 +103,7 @@ def test_swarm_step_gives_in_process_gradients(tune_swarm, mode):
             loss.backward()
             question = loaded.tokenizer(pairs.held_out[0][0], return_tensors="pt")["input_ids"]
             decoded = decode_batch(
-                Backend(loaded), question, [0], DecodeSpec(Sampling(), max_new_tokens=16), "q"
+                Backend(loaded), question, [0], DecodeSpec(Sampling(), 16, decode_hooks()), "q"
             )
             results[kind] = (float(loss.detach()), {k: p.grad.clone() for k, p in params.items()})
             results[kind + "-ids"] = decoded.paths[0].ids

@@ -19,6 +19,7 @@ def run(ctx, *, questions: int = DEMO_QUESTIONS) -> None:
     from petals_ops.bench import report
     from petals_ops.bench.methods import MethodConfig
     from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
+    from petals_ops.client.options import ClientOptions
     from petals_ops.util.output import render_table
 
     out = Path(ctx.work_dir) / "bench"
@@ -27,7 +28,7 @@ def run(ctx, *, questions: int = DEMO_QUESTIONS) -> None:
     dirs = []
     for method, paths in (("cot", 1), ("sc", 10)):
         params = BenchParams(data="arith:test", limit=questions, run_dir=str(out / f"arith-{method}"),
-                             swarm_dir=ctx.swarm.run_dir,
+                             client=ClientOptions(swarm_dir=ctx.swarm.run_dir),
                              method=MethodConfig(method=method, paths=paths, temperature=ARITH_SC_TEMPERATURE,
                                                  max_new_tokens=DEMO_MAX_NEW_TOKENS),
                              exec=ExecOptions(concurrency=DEMO_CONCURRENCY))

@@ -73,7 +73,7 @@ class ScoredPath:
     text: str  # cut at the first stop string: what is scored
     raw: str  # everything decoded
     category: str = ""  # error-analysis category (petals_ops.bench.analysis)
-    # --calculator: each forced result (decoding.Intervention.to_dict: position, expression, result, model,
+    # --calculator: each forced result (bench.hooks.Intervention.to_dict: position, expression, result, model,
     # model_wrong); empty without the calculator
     interventions: list[dict[str, Any]] = field(default_factory=list)
 

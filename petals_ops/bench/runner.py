@@ -1,9 +1,9 @@
 """Run a GSM8K bench: questions in flight on worker threads, retries in fresh sessions, records at once.
 
-Reliability rules (issue 3): each attempt of a question runs in fresh inference sessions (mid-session
-recovery in petals is unreliable, petals#587); attempts are bounded (``retries``) with exponential
-backoff; each attempt has a deadline checked between tokens (and the client's ``request_timeout``
-bounds one network call); after the last attempt an error record is written, never a silent drop.
+Reliability: each attempt of a question runs in fresh inference sessions, retried with backoff and
+failed peers banned (the client's one policy, :mod:`petals_ops.client.retry`); each attempt has a
+deadline checked between tokens (and the client's ``request_timeout`` bounds one network call); after the
+last attempt an error record is written, never a silent drop.
 Records are appended by the main thread only, as each question finishes.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from petals_ops.client.backends import BACKENDS, Backend
+from petals_ops.client.backends import Backend
 from petals_ops.bench.analysis import categorize
 from petals_ops.bench.data import Dataset, Problem, default_prompt_for, load_dataset, select
 from petals_ops.client.decoding import (
@@ -33,6 +33,8 @@ from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.prompts import ZERO_SHOT, PromptSet, load_prompt_file
 from petals_ops.bench.records import QuestionRecord, ScoredPath, is_record
 from petals_ops.bench.store import RunStore, latest_by_id, read_records
+from petals_ops.client.options import ClientOptions
+from petals_ops.client.retry import RetriesExhausted, RetryPolicy, run_with_retries
 from petals_ops.util.errors import InputError
 
 CONFIG_VERSION = 2  # 2: typed records with error categories and method extras
@@ -48,14 +50,15 @@ class ExecOptions:
     backoff: float = 1.0
     batch_size: int | None = None  # None: as many paths per batch as the servers' cache allows
 
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(self.retries, self.backoff)
+
     def validate(self) -> ExecOptions:
         if self.concurrency < 1:
             raise InputError(f"--concurrency {self.concurrency} must be at least 1",
                              fix="use --concurrency 1")
-        if not 0 <= self.backoff < float("inf"):
-            raise InputError(f"--backoff {self.backoff} must be a number >= 0 seconds", fix="use --backoff 1")
-        if self.retries < 0:
-            raise InputError(f"--retries {self.retries} must be >= 0", fix="use --retries 2")
+        self.retry.validate()
         if not 0 < self.timeout < float("inf"):  # also refuses nan
             raise InputError(f"--timeout {self.timeout} must be > 0 seconds", fix="use --timeout 600")
         if self.batch_size is not None and self.batch_size < 1:
@@ -97,11 +100,6 @@ def make_config(model, prompt: PromptSet, cfg: MethodConfig, dataset: Dataset, s
         "method": cfg.to_dict(),
         "data": {"source": dataset.source, "sha256": dataset.sha256, **selection, "n": len(problems)},
     }
-
-
-def _backoff_wait(attempt: int, base: float, cancel: threading.Event) -> None:
-    if cancel.wait(min(30.0, base * 2 ** (attempt - 1))):
-        raise Cancelled()
 
 
 ABANDON_GRACE = 10.0  # seconds past the deadline before a stuck attempt is abandoned
@@ -149,55 +147,45 @@ def solve(backend: Backend, prompt: PromptSet, problem: Problem, cfg: MethodConf
             "prompt_id": prompt.prompt_id, "method": cfg.method, "backend": backend.name,
             "prompt_tokens": int(prompt_ids.shape[1])}
     started = time.monotonic()
-    failures: list[str] = []
-    for attempt in range(1, opts.retries + 2):
-        deadline = time.monotonic() + opts.timeout
 
-        def attempt_fn(stop: threading.Event, deadline: float = deadline):
-            paths, servers, batches = [], set(), []
-            for indices in plan_batches(cfg.paths, batch_size):
-                out = decode_batch(backend, prompt_ids, indices, spec, problem.id,
-                                   deadline=deadline, cancel=stop)
-                paths += out.paths
-                servers.update(out.servers)
-                batches.append(len(indices))
-                backend.collect()
-            return paths, servers, batches
-
-        try:
-            paths, servers, batches = _run_attempt(attempt_fn, opts.timeout, cancel)
-        except Cancelled:
-            raise
-        except Exception as e:  # noqa: BLE001 (a swarm failure, a timeout: retry the whole question in a fresh session)
+    def decode_all(stop: threading.Event, deadline: float):
+        paths, servers, batches = [], set(), []
+        for indices in plan_batches(cfg.paths, batch_size):
+            out = decode_batch(backend, prompt_ids, indices, spec, problem.id, deadline=deadline, cancel=stop)
+            paths += out.paths
+            servers.update(out.servers)
+            batches.append(len(indices))
             backend.collect()
-            failures.append(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
-            try:
-                banned = backend.after_failure(e)
-            except Exception as ban_error:  # noqa: BLE001 (best effort; the retry still happens)
-                banned = [f"(could not ban: {ban_error})"]
-            if banned:
-                failures[-1] += f" [avoiding {', '.join(banned)}]"
-            if attempt <= opts.retries:
-                _backoff_wait(attempt, opts.backoff, cancel)
-            continue
-        try:
-            scored = [score_path(p, problem.gold) for p in paths]
-            vote = method.aggregate([p.answer for p in scored])
-        except Exception as e:  # noqa: BLE001 (one unscorable completion is that question's error, never the run's)
-            failures.append(f"scoring: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
-            return QuestionRecord(
-                **base, paths=[], vote=None, correct=False, tokens=0,
-                seconds=round(time.monotonic() - started, 3), attempts=attempt, failures=failures,
-                servers=sorted(servers), batches=batches, error=failures[-1], finished_at=time.time())
+        return paths, servers, batches
+
+    def attempt(_: int):  # a fresh session each time, its own deadline
+        deadline = time.monotonic() + opts.timeout
+        return _run_attempt(lambda stop: decode_all(stop, deadline), opts.timeout, cancel)
+
+    try:
+        (paths, servers, batches), failed = run_with_retries(attempt, opts.retry, backend, cancel=cancel)
+    except RetriesExhausted as e:
+        failures = [f.describe() for f in e.failures]
         return QuestionRecord(
-            **base, paths=scored, vote=vote, correct=answers_equal(vote, problem.gold),
-            tokens=sum(p.tokens for p in paths), seconds=round(time.monotonic() - started, 3),
-            attempts=attempt, failures=failures, servers=sorted(servers), batches=batches, error=None,
-            finished_at=time.time(), extras=method.record_extras(scored, vote))
+            **base, paths=[], vote=None, correct=False, tokens=0,
+            seconds=round(time.monotonic() - started, 3), attempts=opts.retries + 1, failures=failures,
+            servers=[], batches=[], error=failures[-1] if failures else "failed", finished_at=time.time())
+    failures = [f.describe() for f in failed]
+    attempts = len(failed) + 1
+    try:
+        scored = [score_path(p, problem.gold) for p in paths]
+        vote = method.aggregate([p.answer for p in scored])
+    except Exception as e:  # noqa: BLE001 (one unscorable completion is that question's error, never the run's)
+        failures.append(f"scoring: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+        return QuestionRecord(
+            **base, paths=[], vote=None, correct=False, tokens=0,
+            seconds=round(time.monotonic() - started, 3), attempts=attempts, failures=failures,
+            servers=sorted(servers), batches=batches, error=failures[-1], finished_at=time.time())
     return QuestionRecord(
-        **base, paths=[], vote=None, correct=False, tokens=0, seconds=round(time.monotonic() - started, 3),
-        attempts=opts.retries + 1, failures=failures, servers=[], batches=[],
-        error=failures[-1] if failures else "failed", finished_at=time.time())
+        **base, paths=scored, vote=vote, correct=answers_equal(vote, problem.gold),
+        tokens=sum(p.tokens for p in paths), seconds=round(time.monotonic() - started, 3),
+        attempts=attempts, failures=failures, servers=sorted(servers), batches=batches, error=None,
+        finished_at=time.time(), extras=method.record_extras(scored, vote))
 
 
 def score_path(path, gold: str) -> ScoredPath:
@@ -265,7 +253,8 @@ def require_prompts_fit(model_ref, prompt: PromptSet, todo: list[Problem], cfg: 
     ``reserved``: positions the session holds besides the prompt (tuned prompts the model prepends)."""
     if limit is None or not todo:
         return
-    from petals_ops.client.generation import load_tokenizer, require_length_fits
+    from petals_ops.client.backends import require_length_fits
+    from petals_ops.client.loading import load_tokenizer
 
     tokenizer = load_tokenizer(model_ref)
     longest, problem = max((len(tokenizer(prompt.render(p.question))["input_ids"]), p.id) for p in todo)
@@ -293,14 +282,7 @@ class BenchParams:
     tuned_prompts: str | None = None  # a tune run dir or prompt file (petals_ops.client.tuned_prompts)
     method: MethodConfig = field(default_factory=MethodConfig)
     run_dir: str = "bench-run"
-    backend: str = "petals"
-    initial_peers: tuple[str, ...] = ()
-    model: str | None = None
-    dht_prefix: str | None = None
-    num_blocks: int | None = None
-    swarm_dir: str | None = None
-    client_retries: int = 3
-    request_timeout: float = 60.0
+    client: ClientOptions = field(default_factory=ClientOptions)  # which swarm and model; the petals client
     exec: ExecOptions = field(default_factory=ExecOptions)
 
 
@@ -318,8 +300,7 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
 
     cfg = params.method.validate()
     opts = params.exec.validate()
-    if params.backend not in BACKENDS:
-        raise InputError(f"--backend {params.backend} is unknown", fix="use petals or local")
+    client = params.client.validate()
     dataset = load_dataset(params.data)
     selection = {"offset": params.offset, "limit": params.limit, "sample": params.sample,
                  "sample_seed": params.sample_seed}
@@ -338,9 +319,7 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
     from petals_ops.lab.target import resolve_for_backend
 
     snapshot = None
-    target = resolve_for_backend(params.backend, params.initial_peers, params.model,
-                                 dht_prefix=params.dht_prefix, num_blocks=params.num_blocks,
-                                 run_dir=params.swarm_dir)
+    target = resolve_for_backend(client)
     model_ref = target.model
 
     config = make_config(model_ref, prompt, cfg, dataset, selection, problems)
@@ -351,7 +330,7 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         config["tuned_prompts"] = {k: v for k, v in tuned.describe().items() if k != "path"}
     store = RunStore(params.run_dir)
     # the pre-flight checks come before the run dir is touched: a refused command pins no config there
-    if params.backend == "petals":
+    if client.through_swarm:
         from petals_ops.swarm.health import take_snapshot
 
         todo = _todo(problems, latest_by_id(read_records(store.run_dir)))  # read only
@@ -368,9 +347,9 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         if todo:
             from petals_ops.client.backends import open_backend
 
-            peers = target.initial_peers if params.backend == "petals" else ()
-            with open_backend(params.backend, model_ref, peers, max_retries=params.client_retries,
-                              request_timeout=params.request_timeout, prompts=tuned) as backend:
+            peers = target.initial_peers if client.through_swarm else ()
+            with open_backend(client.backend, model_ref, peers, prompts=tuned,
+                              **client.client_kwargs()) as backend:
                 run_info["batch_size"], run_info["batch_note"] = choose_batch_size(
                     backend, prompt, todo, cfg, opts, snapshot)
                 if on_start:
@@ -378,7 +357,7 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
                 execute(backend, prompt, todo, cfg, store, opts, run_info["batch_size"], progress, on_record)
         elif on_start:
             on_start(progress, run_info)
-        summary = report.summarize(store.run_dir, config, problems, progress=progress, backend=params.backend,
+        summary = report.summarize(store.run_dir, config, problems, progress=progress, backend=client.backend,
                                    snapshot=snapshot, run_info=run_info, exec_options=opts)
         report_path = report.write_run_report(store.run_dir, summary)
     finally:

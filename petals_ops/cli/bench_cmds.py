@@ -5,7 +5,7 @@ import sys
 import click
 
 from petals_ops.bench.methods import METHODS, MethodConfig, get_method
-from petals_ops.cli.options import POSITIVE, swarm_target_options
+from petals_ops.cli.options import client_options, retry_options
 from petals_ops.util.output import OUTPUT_OPTION, emit_json, info, render_table
 
 
@@ -15,7 +15,8 @@ def bench():
 
 
 @bench.command("gsm8k")
-@swarm_target_options
+@client_options
+@retry_options(default_retries=2, unit="question")
 @click.option("--data", default="demo", show_default=True,
               help="'demo' (the shipped demo set), gsm8k:test or gsm8k (the packaged GSM8K test split, "
                    "1319), gsm8k:train (7473), a GSM8K JSONL file (or the official checkout dir), or "
@@ -48,24 +49,14 @@ def bench():
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False),
               help="Where records.jsonl, summary.json and report.md go; the same command resumes [default: "
                    "bench-runs/gsm8k-METHOD, gsm8k-METHOD-calculator with --calculator].")
-@click.option("--backend", type=click.Choice(["petals", "local"]), default="petals", show_default=True,
-              help="petals: through the swarm; local: the same checkpoint in this process.")
 @click.option("--concurrency", default=1, show_default=True, type=int, help="Questions in flight at once.")
 @click.option("--batch-size", default=None, type=int,
               help="Paths per inference session [default: all K, fewer if the servers' free cache is short].")
-@click.option("--retries", default=2, show_default=True, type=int, help="Fresh-session retries per question.")
 @click.option("--timeout", default=600.0, show_default=True, type=float, help="Seconds per question attempt.")
-@click.option("--backoff", default=1.0, show_default=True, type=float,
-              help="First retry delay (doubles each time).")
-@click.option("--client-retries", default=3, show_default=True, type=click.IntRange(min=0),
-              help="Petals client retries per failed step (petals' default is forever).")
-@click.option("--request-timeout", default=60.0, show_default=True, type=POSITIVE,
-              help="Petals client per-request timeout.")
 @OUTPUT_OPTION
-def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset, limit, sample, sample_seed,
-          prompt_file, zero_shot, tuned_prompts, method, paths, temperature, top_k, max_new_tokens, seed,
-          calculator, run_dir, backend, concurrency,
-          batch_size, retries, timeout, backoff, client_retries, request_timeout, output):
+def gsm8k(client, retry, data, offset, limit, sample, sample_seed, prompt_file, zero_shot, tuned_prompts,
+          method, paths, temperature, top_k, max_new_tokens, seed, calculator, run_dir, concurrency,
+          batch_size, timeout, output):
     """Run GSM8K with 8-shot CoT (greedy) or Self-Consistency; records go to RUN_DIR as they finish.
 
     Interrupted (Ctrl-C, crash, kill)? Run the same command again: it skips the questions already done.
@@ -81,11 +72,9 @@ def gsm8k(initial_peers, model, dht_prefix, num_blocks, swarm_dir, data, offset,
     params = BenchParams(
         data=data, offset=offset, limit=limit, sample=sample, sample_seed=sample_seed,
         prompt_file=prompt_file, zero_shot=zero_shot, tuned_prompts=tuned_prompts, method=cfg,
-        run_dir=run_dir or default_run_dir, backend=backend, initial_peers=initial_peers,
-        model=model, dht_prefix=dht_prefix, num_blocks=num_blocks, swarm_dir=swarm_dir,
-        client_retries=client_retries, request_timeout=request_timeout,
-        exec=ExecOptions(concurrency=concurrency, retries=retries, timeout=timeout, backoff=backoff,
-                         batch_size=batch_size),
+        run_dir=run_dir or default_run_dir, client=client,
+        exec=ExecOptions(concurrency=concurrency, retries=retry.retries, timeout=timeout,
+                         backoff=retry.backoff, batch_size=batch_size),
     )
     with _BenchProgress() as progress:
         result = run_bench(params, on_start=progress.start, on_record=progress.record)

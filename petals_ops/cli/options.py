@@ -1,8 +1,17 @@
-"""Click options shared by the commands that talk to a swarm."""
+"""Click options shared by the commands that talk to a swarm: each spelled once, here.
+
+``bench gsm8k``, ``tune gsm8k`` and ``generate`` take the same client options (:func:`client_options`,
+handed to the command as one :class:`~petals_ops.client.options.ClientOptions`) and the same retry options
+(:func:`retry_options`). Old spellings stay as hidden aliases, for scripts: ``generate --max-retries``
+(now ``--client-retries``) and ``tune --step-retries`` (now ``--retries``).
+"""
+
+import functools
 
 import click
 
 from petals_ops.client.models import MAX_BLOCKS
+from petals_ops.client.options import BACKENDS, DEFAULT_CLIENT_RETRIES, DEFAULT_REQUEST_TIMEOUT, ClientOptions
 from petals_ops.lab.local_swarm import default_run_dir
 
 
@@ -52,5 +61,91 @@ class PositiveNumber(click.ParamType):
         return number
 
 
+class NonNegativeNumber(PositiveNumber):
+    """A finite number >= 0 (a backoff in seconds)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        number = value if isinstance(value, float) else click.FLOAT.convert(value, param, ctx)
+        if not (math.isfinite(number) and number >= 0):
+            self.fail(f"{value!r} is not a finite number >= 0", param, ctx)
+        return number
+
+
 POSITIVE = PositiveNumber()
+NON_NEGATIVE = NonNegativeNumber()
 AT_LEAST_ONE = click.IntRange(min=1)
+AT_LEAST_ZERO = click.IntRange(min=0)
+
+
+def client_options(func=None, *, default_backend: str = "petals"):
+    """The target options (:func:`swarm_target_options`), ``--backend``, ``--client-retries`` and
+    ``--request-timeout``; the command receives them as ``client`` (a :class:`ClientOptions`)."""
+    if func is None:
+        return functools.partial(client_options, default_backend=default_backend)
+
+    @functools.wraps(func)
+    def command(*args, initial_peers, model, dht_prefix, num_blocks, swarm_dir, backend, client_retries,
+                max_retries, request_timeout, **kwargs):
+        if max_retries is not None:  # the old spelling (generate), hidden
+            if client_retries is not None and client_retries != max_retries:
+                raise click.UsageError(f"--max-retries {max_retries} and --client-retries {client_retries} "
+                                       "disagree: pass only --client-retries")
+            client_retries = max_retries
+        kwargs["client"] = ClientOptions(
+            backend=backend, initial_peers=tuple(initial_peers), model=model, dht_prefix=dht_prefix,
+            num_blocks=num_blocks, swarm_dir=swarm_dir,
+            client_retries=DEFAULT_CLIENT_RETRIES if client_retries is None else client_retries,
+            request_timeout=request_timeout)
+        return func(*args, **kwargs)
+
+    options = [
+        click.option("--backend", type=click.Choice(BACKENDS), default=default_backend, show_default=True,
+                     help="petals: through the swarm; local: the same checkpoint in this process."),
+        click.option("--client-retries", default=None, type=AT_LEAST_ZERO,
+                     help="Petals client retries per failed request before giving up (it re-routes; petals' "
+                          f"default is forever) [default: {DEFAULT_CLIENT_RETRIES}]."),
+        click.option("--max-retries", default=None, type=AT_LEAST_ZERO, hidden=True,
+                     help="Old spelling of --client-retries."),
+        click.option("--request-timeout", default=DEFAULT_REQUEST_TIMEOUT, show_default=True, type=POSITIVE,
+                     help="Petals client per-request timeout (seconds)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return swarm_target_options(command)
+
+
+def retry_options(func=None, *, default_retries: int, unit: str, old_spelling: str | None = None):
+    """``--retries`` (of a failed ``unit`` in a fresh session, failed peers banned) and ``--backoff``;
+    the command receives them as ``retry`` (a :class:`~petals_ops.client.retry.RetryPolicy`).
+    ``old_spelling``: a hidden alias of ``--retries`` kept for scripts."""
+    if func is None:
+        return functools.partial(retry_options, default_retries=default_retries, unit=unit,
+                                 old_spelling=old_spelling)
+
+    @functools.wraps(func)
+    def command(*args, retries, old_retries=None, backoff, **kwargs):
+        from petals_ops.client.retry import RetryPolicy
+
+        if old_retries is not None:
+            if retries is not None and retries != old_retries:
+                raise click.UsageError(f"{old_spelling} {old_retries} and --retries {retries} disagree: "
+                                       "pass only --retries")
+            retries = old_retries
+        kwargs["retry"] = RetryPolicy(default_retries if retries is None else retries, backoff)
+        return func(*args, **kwargs)
+
+    options = [
+        click.option("--retries", default=None, type=AT_LEAST_ZERO,
+                     help=f"Retries of a failed {unit} in a fresh session (the failed peers banned) "
+                          f"[default: {default_retries}]."),
+        click.option("--backoff", default=1.0, show_default=True, type=NON_NEGATIVE,
+                     help="First retry delay in seconds (doubles each time, at most 30)."),
+    ]
+    if old_spelling:
+        options.append(click.option(old_spelling, "old_retries", default=None, type=AT_LEAST_ZERO,
+                                    hidden=True, help="Old spelling of --retries."))
+    for option in reversed(options):
+        command = option(command)
+    return command

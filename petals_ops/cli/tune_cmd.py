@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from petals_ops.cli.options import POSITIVE, swarm_target_options
+from petals_ops.cli.options import client_options, retry_options
 from petals_ops.util.output import OUTPUT_OPTION, emit_json, info
 
 
@@ -14,7 +14,8 @@ def tune():
 
 
 @tune.command("gsm8k")
-@swarm_target_options
+@client_options
+@retry_options(default_retries=3, unit="training step (on another route)", old_spelling="--step-retries")
 @click.option(
     "--data",
     default="gsm8k:train",
@@ -53,34 +54,6 @@ def tune():
     help="Prompts, tune.json, loss.png and the checkpoint; the same command resumes.",
 )
 @click.option(
-    "--backend",
-    type=click.Choice(["petals", "local"]),
-    default="petals",
-    show_default=True,
-    help="petals: through the swarm; local: the same checkpoint in this process.",
-)
-@click.option(
-    "--client-retries",
-    default=3,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Petals client retries per failed request (it re-routes; petals' default is forever).",
-)
-@click.option(
-    "--step-retries",
-    default=3,
-    show_default=True,
-    type=int,
-    help="Retries of a failed step on another route (failed peers banned) before giving up.",
-)
-@click.option(
-    "--request-timeout",
-    default=60.0,
-    show_default=True,
-    type=POSITIVE,
-    help="Petals client per-request timeout.",
-)
-@click.option(
     "--servers-max-batch-size",
     default=2048,
     show_default=True,
@@ -89,11 +62,8 @@ def tune():
 )
 @OUTPUT_OPTION
 def gsm8k(
-    initial_peers,
-    model,
-    dht_prefix,
-    num_blocks,
-    swarm_dir,
+    client,
+    retry,
     data,
     mode,
     pre_seq_len,
@@ -106,10 +76,6 @@ def gsm8k(
     eval_size,
     checkpoint_every,
     run_dir,
-    backend,
-    client_retries,
-    step_retries,
-    request_timeout,
     servers_max_batch_size,
     output,
 ):
@@ -138,15 +104,8 @@ def gsm8k(
     params = TuneParams(
         spec=spec,
         run_dir=run_dir,
-        backend=backend,
-        initial_peers=initial_peers,
-        model=model,
-        dht_prefix=dht_prefix,
-        num_blocks=num_blocks,
-        swarm_dir=swarm_dir,
-        client_retries=client_retries,
-        request_timeout=request_timeout,
-        step_retries=step_retries,
+        client=client,
+        retry=retry,
         servers_max_batch_size=servers_max_batch_size,
     )
     with _TuneProgress() as progress:

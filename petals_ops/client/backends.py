@@ -10,7 +10,8 @@ row; the caller owns the token loop. The petals client's rough edges live here a
 - the garbage-collector deadlock (a leftover session's ``__del__`` run on the client's own event-loop
   thread waits on that loop for ever): automatic GC is off while work runs, and :meth:`Backend.collect`
   collects from the caller's thread instead;
-- processes the client forks (its DHT and p2pd) die with us, even on ``kill -9``.
+- a session longer than the servers' ``inference_max_length``: checked before any network work when the
+  limit is known, and the servers' refusal turned into a usage error when it is not.
 
 Heavy imports (torch, petals) happen inside functions.
 """
@@ -20,17 +21,21 @@ from __future__ import annotations
 import contextlib
 import gc
 import re
-import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from petals_ops.util.errors import InputError
+from petals_ops.client import loading
 from petals_ops.client.models import ModelRef
+from petals_ops.client.options import BACKENDS
+from petals_ops.client.tuned_prompts import open_with_prompts
+from petals_ops.util.errors import InputError
 
-BACKENDS = ("petals", "local")
 # A Petals server refuses a step of more than --max_batch_size tokens (batch x new tokens; 2048 by default
 # for BLOOM): prompts are prefilled in chunks of at most this many tokens across the batch.
 MAX_TASK_TOKENS = 2048
+# What a petals server answers when a session is longer than its --inference_max_length.
+SERVER_LENGTH_LIMIT_RE = re.compile(r"Cannot allocate KV cache for (\d+) tokens, max = (\d+)")
+LENGTH_FIX = "shorten the prompt or lower --max-new-tokens"
 PEER_ID_RE = re.compile(r"\b(Qm[1-9A-HJ-NP-Za-km-z]{44}|12D3KooW[1-9A-HJ-NP-Za-km-z]{44})\b")
 
 
@@ -145,25 +150,19 @@ def open_backend(kind: str, ref: ModelRef, initial_peers: Sequence[str] = (), *,
     """Load ``ref`` for decoding through the swarm (``petals``) or in this process (``local``);
     ``prompts``: tuned prompts (:class:`petals_ops.client.tuned_prompts.TunedPrompts`) the model
     prepends itself."""
-    from petals_ops.client import generation
-
     if kind not in BACKENDS:
         raise InputError(f"--backend {kind} is unknown", fix="use petals or local")
     if prompts is not None:
-        from petals_ops.client.tuned_prompts import open_with_prompts
-
         return Backend(open_with_prompts(kind, ref, initial_peers, prompts, max_retries=max_retries,
                                          request_timeout=request_timeout))
     if kind == "local":
-        return Backend(generation.load_local_model(ref))
-    die_with_parent_in_forks()
-    return Backend(generation.load_swarm_model(ref, initial_peers, max_retries=max_retries,
-                                               request_timeout=request_timeout))
+        return Backend(loading.load_local_model(ref))
+    return Backend(loading.load_swarm_model(ref, initial_peers, max_retries=max_retries,
+                                            request_timeout=request_timeout))
 
 
 def _ban_failed_peers(model, error: BaseException) -> list[str]:
-    """petals bans a peer only when an established server session fails; a server that died is still
-    routed to (its DHT record outlives it until expiry) and every fresh session fails to connect to it."""
+    """The peers an error names (anywhere in its chain), banned (see :func:`door.ban_peers`)."""
     texts, seen = [], error
     while seen is not None and len(texts) < 5:
         texts.append(str(seen))
@@ -172,13 +171,7 @@ def _ban_failed_peers(model, error: BaseException) -> list[str]:
     if peers:
         from petals_ops.client import door
 
-        manager = model.transformer.h.sequence_manager
-        for peer in peers:
-            manager.on_request_failure(door.PeerID.from_base58(peer))
-        # on_request_failure leaves the peer in the precomputed spans:
-        # rebuild the routing (it skips banned peers)
-        manager.update(wait=False)
-        manager.ready.wait(timeout=15)
+        door.ban_peers(model, peers)
     return peers
 
 
@@ -199,30 +192,28 @@ def _defuse(server_sessions: Sequence[Any]) -> None:
             server_session._outputs_stream = server_session._inputs_queue = None
 
 
-def die_with_parent_in_forks() -> None:
-    """Processes this one forks (the petals client's DHT; it starts its p2pd) die with it, even on kill -9.
+def require_length_fits(prompt_tokens: int, max_new_tokens: int, limit: int | None, *,
+                        what: str = "the prompt") -> None:
+    """A session longer than the servers' ``inference_max_length`` is refused by every server, after a
+    storm of retries: when the limit is known, say so before any network work."""
+    if limit is not None and prompt_tokens + max_new_tokens > limit:
+        raise InputError(
+            f"{what} ({prompt_tokens} tokens) + --max-new-tokens {max_new_tokens} exceeds the servers' "
+            f"inference_max_length {limit}",
+            fix=LENGTH_FIX,
+        )
 
-    Without this a killed bench leaves its DHT process and p2pd running forever (Linux prctl
-    PR_SET_PDEATHSIG, set in the child after every os.fork/multiprocessing fork; a no-op elsewhere).
-    """
-    import ctypes
-    import os
-    import signal
 
-    if getattr(die_with_parent_in_forks, "done", False) or not sys.platform.startswith("linux"):
-        return
-    forking = {"pid": os.getpid()}
-
-    def before() -> None:
-        forking["pid"] = os.getpid()
-
-    def in_child() -> None:
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except Exception:  # noqa: BLE001 (no prctl: nothing to set)
-            return
-        if os.getppid() != forking["pid"]:  # the parent died before prctl took effect
-            os._exit(1)
-
-    os.register_at_fork(before=before, after_in_child=in_child)
-    die_with_parent_in_forks.done = True
+def length_error_from(error: BaseException) -> InputError | None:
+    """The servers' refusal of a too-long session (anywhere in the exception chain) as a usage error."""
+    seen, depth = error, 0
+    while seen is not None and depth < 8:
+        match = SERVER_LENGTH_LIMIT_RE.search(str(seen))
+        if match:
+            return InputError(
+                f"the servers refused a session of {match[1]} tokens: "
+                f"their inference_max_length is {match[2]}",
+                fix=LENGTH_FIX,
+            )
+        seen, depth = seen.__cause__ or seen.__context__, depth + 1
+    return None

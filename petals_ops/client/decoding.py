@@ -1,19 +1,19 @@
 """The token loop every method shares: prefill once, then one step per token for each row of a batch.
 
 The rows of a batch are paths of the same prompt (Petals' BLOOM rejects padding, so different questions
-are never batched). Only the last position goes through the LM head (BLOOM's vocabulary is 250k). Each
-path stops client-side at its first stop string (``\\nQ:``, ``\\n\\n``) or EOS; the batch stops when every
-path has stopped or at ``max_new_tokens``. A sampled path draws from its own seeded ``torch.Generator``
-(seed, question id, path index), so paths do not depend on how they are split into batches nor on
-concurrency. The loop is backend-agnostic: it sees a :class:`petals_ops.client.backends.DecodeSession`.
+are never batched). Only the last position goes through the LM head (BLOOM's vocabulary is 250k). A path
+stops at EOS, or when a hook says so; the batch stops when every path has stopped or at
+``max_new_tokens``. A sampled path draws from its own seeded ``torch.Generator`` (seed, question id, path
+index), so paths do not depend on how they are split into batches nor on concurrency. The loop is
+backend-agnostic: it sees a :class:`petals_ops.client.backends.DecodeSession`.
 
-With the calculator on (``DecodeSpec.calculator``), a row whose newest token completed ``<expression> =``
-gets the tokens of the exact result (:mod:`petals_ops.bench.calculator`) queued as its next inputs: at
-each step a row with queued tokens takes its next forced token instead of its own, while the other rows
-decode as usual. Forced tokens go through the same session, one step each, with the rest of the batch
-(no extra round trip). Every row still draws from its generator at every step, forced or not, so turning
-the calculator on never shifts any row's random stream. Each path records its interventions
-(:class:`Intervention`).
+Per-step hooks (:class:`Hook`) carry what the caller knows and the loop does not: the bench's stop strings
+(``\\nQ:``) and its calculator are hooks it passes in, so this module imports nothing above the client. A
+hook sees each row's newest token and may end the row (:data:`STOP`) or queue tokens to force as the row's
+next inputs (a :class:`Forcing`): at each step a row with queued tokens takes its next forced token instead
+of its own, while the other rows decode as usual. Forced tokens go through the same session, one step
+each, with the rest of the batch (no extra round trip). Every row still draws from its generator at every
+step, forced or not, so forcing never shifts any row's random stream.
 """
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ import hashlib
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-
-from petals_ops.bench import calculator
-from petals_ops.bench.extraction import DEFAULT_STOPS, NUMBER_RE, answers_equal, truncate_at_stop
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 
 class QuestionTimeout(Exception):
@@ -49,27 +47,45 @@ class Sampling:
         return self.temperature is None
 
 
+STOP = "stop"  # what a hook's step returns to end a row (its finish reason is "stop")
+
+
+class Forcing(Protocol):
+    """Tokens a hook queued for one row, and what it learns of the model's own choices meanwhile."""
+
+    queue: list[int]  # the tokens still to force, in order
+
+    def take(self, own: int) -> int:
+        """The next forced token; ``own`` is what the model chose itself at this step."""
+
+    def after(self, own: int) -> None:
+        """The model's own token at the first step after the last forced one."""
+
+
+class Hook(Protocol):
+    """A per-step hook: :meth:`start` is called once per batch and returns that batch's state."""
+
+    def start(self, tok, batch: int) -> HookRun: ...
+
+
+class HookRun(Protocol):
+    def step(self, row: int, ids: list[int], token: int, forced: bool) -> str | Forcing | None:
+        """Row ``row`` got ``token`` (its new ids so far are ``ids``; ``forced``: a queued token).
+        Return :data:`STOP`, a :class:`Forcing` to queue tokens, or None. Hooks are asked in order; the
+        first that answers wins, the later ones are not asked at that step."""
+
+    def text(self, row: int, raw: str) -> str:
+        """What the row's text is (what is scored), from what was decoded."""
+
+    def notes(self, row: int) -> list[Any]:
+        """What the hook records for the path (e.g. the calculator's interventions), in order."""
+
+
 @dataclass(frozen=True)
 class DecodeSpec:
     sampling: Sampling
     max_new_tokens: int
-    stops: tuple[str, ...] = DEFAULT_STOPS
-    calculator: bool = False  # force the exact result after '<expression> =' (see the module docstring)
-
-
-@dataclass(frozen=True)
-class Intervention:
-    """One calculator intervention in a path."""
-
-    position: int  # index among the path's new tokens of the first forced token (the '=' is just before)
-    expression: str  # as written, without the '='
-    result: str  # the forced result (the forced text is this, after a space unless the text had one)
-    model: str  # what the model chose itself at the forced steps, up to its first disagreement (included);
-    # when it agreed all along, also its token after the result (so '23' then '4' shows as '234')
-    model_wrong: bool | None  # its own number (as far as it went) differs from the result; None: cut short
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    hooks: tuple[Hook, ...] = ()  # asked in order at every step (see the module docstring)
 
 
 @dataclass
@@ -79,7 +95,7 @@ class PathOutput:
     text: str  # cut at the first stop string: what is scored
     tokens: int  # tokens this path used (up to and including its stop)
     finish: str  # "stop", "eos" or "length"
-    interventions: list[Intervention] = field(default_factory=list)  # the calculator's, in order
+    interventions: list[Any] = field(default_factory=list)  # what the hooks noted (calculator), in order
     ids: list[int] = field(default_factory=list)  # the new token ids (forced ones included)
 
 
@@ -120,10 +136,8 @@ def decode_batch(backend, prompt_ids, path_indices: Sequence[int], spec: DecodeS
                       for i in path_indices]
     new_ids: list[list[int]] = [[] for _ in range(batch)]
     finish: list[str | None] = [None] * batch
-    forcing: list[_Forcing | None] = [None] * batch  # the calculator's tokens queued for a row
-    forcings: list[list[_Forcing]] = [[] for _ in range(batch)]
-    # token id -> its text has an '=' (the calculator's cheap first check)
-    writes_equals: dict[int, bool] = {}
+    forcing: list[Forcing | None] = [None] * batch  # tokens a hook queued for a row
+    hooks = [hook.start(tok, batch) for hook in spec.hooks]
     started = time.monotonic()
     steps = 0
 
@@ -146,20 +160,21 @@ def decode_batch(backend, prompt_ids, path_indices: Sequence[int], spec: DecodeS
                 forced = forcing[r] is not None and bool(forcing[r].queue)
                 if forced:
                     token = forcing[r].take(token)
-                elif forcing[r] is not None:  # the model's own token right after a forced result
+                elif forcing[r] is not None:  # the model's own token right after the forced ones
                     forcing[r].after(token)
                     forcing[r] = None
                 new_ids[r].append(token)
                 if eos is not None and token == eos:
                     finish[r] = "eos"
-                elif spec.stops and _ends_in_stop(tok, new_ids[r], spec.stops):
-                    finish[r] = "stop"
-                elif spec.calculator and not forced:
-                    found = _calculation(tok, new_ids[r], token, writes_equals)
-                    if found is not None:
-                        forcing[r] = _Forcing(len(new_ids[r]), found,
-                                              tok(found.forced_text, add_special_tokens=False)["input_ids"])
-                        forcings[r].append(forcing[r])
+                    continue
+                for hook in hooks:
+                    answer = hook.step(r, new_ids[r], token, forced)
+                    if answer == STOP:
+                        finish[r] = "stop"
+                    elif answer is not None:
+                        forcing[r] = answer
+                    if answer is not None:
+                        break
             if all(f is not None for f in finish) or steps >= spec.max_new_tokens:
                 break
             feed = [filler if finish[r] is not None else new_ids[r][-1] for r in range(batch)]
@@ -168,68 +183,14 @@ def decode_batch(backend, prompt_ids, path_indices: Sequence[int], spec: DecodeS
     outputs = []
     for r, index in enumerate(path_indices):
         raw = tok.decode(new_ids[r], skip_special_tokens=True)
-        text, _ = truncate_at_stop(raw, spec.stops)
+        text = raw
+        for hook in hooks:
+            text = hook.text(r, text)
         outputs.append(PathOutput(index=index, raw=raw, text=text, tokens=len(new_ids[r]),
                                   finish=finish[r] or "length",
-                                  interventions=[f.intervention(tok) for f in forcings[r]], ids=new_ids[r]))
+                                  interventions=[n for hook in hooks for n in hook.notes(r)], ids=new_ids[r]))
     return BatchOutput(paths=outputs, prompt_tokens=prompt_len, steps=steps,
                        seconds=time.monotonic() - started, servers=servers)
-
-
-# a stop string (a few characters) that appears with the newest token lies in this tail
-STOP_WINDOW_TOKENS = 16
-
-
-def _ends_in_stop(tok, ids: list[int], stops: Sequence[str]) -> bool:
-    """Whether the newest token completed a stop string. Only the tail is decoded: decoding the whole path
-    at every step made the loop quadratic in its length (see benchmarks/bench_arith.py)."""
-    window = max(STOP_WINDOW_TOKENS, max(len(s) for s in stops))
-    return truncate_at_stop(tok.decode(ids[-window:], skip_special_tokens=True), stops)[1] is not None
-
-
-CALC_WINDOW_TOKENS = 64  # the decoded tail the calculator reads: an expression cut by it is left to the model
-
-
-def _calculation(tok, ids: list[int], token: int,
-                 writes_equals: dict[int, bool]) -> calculator.Calculation | None:
-    """The calculation the newest token completed (it wrote the '='), read from a tail window of the path."""
-    if token not in writes_equals:
-        writes_equals[token] = "=" in tok.decode([token])
-    if not writes_equals[token]:
-        return None
-    text = tok.decode(ids[-CALC_WINDOW_TOKENS:], skip_special_tokens=True)
-    return calculator.find_calculation(text, start_is_cut=len(ids) > CALC_WINDOW_TOKENS)
-
-
-class _Forcing:
-    """A row's forced result in progress: the tokens still to force and what the model chose instead."""
-
-    def __init__(self, position: int, found: calculator.Calculation, ids: list[int]):
-        self.position, self.found, self.queue = position, found, list(ids)
-        self.own: list[int] = []
-        self.known = False  # the model's own number is known: it disagreed, or the step after the result ran
-
-    def take(self, own: int) -> int:
-        """The next forced token, noting the model's own choice ``own`` (until it first disagrees)."""
-        token = self.queue.pop(0)
-        if not self.known:
-            self.own.append(own)
-            self.known = own != token
-        return token
-
-    def after(self, own: int) -> None:
-        if not self.known:
-            self.own.append(own)
-            self.known = True
-
-    def intervention(self, tok) -> Intervention:
-        model = tok.decode(self.own, skip_special_tokens=True)
-        wrong = None
-        if self.known:
-            m = NUMBER_RE.match(model.strip())
-            wrong = m is None or not answers_equal(m.group(0), self.found.result)
-        return Intervention(position=self.position, expression=self.found.expression,
-                            result=self.found.result, model=model, model_wrong=wrong)
 
 
 def _next_tokens(logits, sampling: Sampling, generators) -> list[int]:

@@ -69,6 +69,32 @@ def close_client(model) -> None:
     manager.dht.shutdown()
 
 
+def ban_peers(model, peers: list[str]) -> None:
+    """Make a distributed model's client avoid ``peers`` (base58) and re-route now.
+
+    petals bans a peer only when an established server session fails; a server that died is still routed
+    to (its DHT record outlives it) and every fresh session fails to connect to it."""
+    manager = model.transformer.h.sequence_manager
+    for peer in peers:
+        manager.on_request_failure(PeerID.from_base58(peer))
+    # on_request_failure leaves the peer in the precomputed spans: rebuild the routing (it skips banned peers)
+    manager.update(wait=False)
+    manager.ready.wait(timeout=15)
+
+
+def on_each_answer(model, on_peer) -> None:
+    """Call ``on_peer(peer_id_base58)`` for every server that answers a request of a distributed model
+    (petals routes inside its client and tells only its sequence manager, through a method we wrap)."""
+    manager = model.transformer.h.sequence_manager
+    original = manager.on_request_success
+
+    def on_success(peer_id):
+        on_peer(peer_id.to_base58() if hasattr(peer_id, "to_base58") else str(peer_id))
+        return original(peer_id)
+
+    manager.on_request_success = on_success
+
+
 def new_identity() -> tuple[bytes, str]:
     """A fresh libp2p private key (the bytes ``--identity_path`` expects) and its base58 PeerID (for the
     fleet)."""

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from petals_ops.util.errors import InputError
-from petals_ops.lab.tiny_model import MODEL_META, is_model_dir
+
+MODEL_META = "petals_ops.json"  # what a model directory records besides the checkpoint (its DHT prefix)
 
 # Architectures petals-ops knows without downloading a config (layers, hidden size, heads, vocab).
 KNOWN_MODELS = {
@@ -52,6 +53,15 @@ def check_num_blocks(value: object, source: str, fix: str = "pass --num-blocks N
         shown = repr(value) if not isinstance(value, str) else repr(value[:40])
         raise InputError(f"{source} gives {shown} blocks, not a whole number from 1 to {MAX_BLOCKS}", fix=fix)
     return value
+
+
+def is_model_dir(directory: str | Path) -> bool:
+    """A checkpoint directory: a config.json and weights."""
+    directory = Path(directory)
+    return (directory / "config.json").is_file() and any(
+        (directory / name).is_file()
+        for name in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+    )
 
 
 def dht_prefix_for(name: str) -> str:

@@ -5,7 +5,7 @@ embeddings, every forward and backward goes through the servers' ``rpc_forward``
 local model reproduces exactly what petals computes (prompts prepended before the embedding layer norm;
 deep_ptune adds its per-block prompts to the prefix positions before each block, as the servers do), so
 the same step gives the same gradients (see tests/test_tune.py) and tuned prompts load into either.
-Both expose ``model.transformer(input_ids=...)`` and ``model.lm_head``, as the bench's decoding loop expects.
+Both expose ``model.transformer(input_ids=...)`` and ``model.lm_head``, as the client's token loop expects.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-from petals_ops.client.generation import LoadedModel, load_local_model, load_swarm_model
+from petals_ops.client.loading import LoadedModel, load_local_model, load_swarm_model
 from petals_ops.client.models import ModelRef
 
+MODES = ("ptune", "deep_ptune")  # petals' tuning modes: prompts before the input; also before each block
 PROMPT_KEYS = ("transformer.prompt_embeddings.weight", "transformer.intermediate_prompt_embeddings.weight")
 
 
@@ -38,9 +39,6 @@ def open_tunable(
         loaded = load_local_model(ref)
         loaded.model = PromptedCausalLM(loaded.model, mode, pre_seq_len).eval()
     else:
-        from petals_ops.client.backends import die_with_parent_in_forks
-
-        die_with_parent_in_forks()
         loaded = load_swarm_model(
             ref,
             initial_peers,

@@ -13,10 +13,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from petals_ops.util.errors import InputError
 from petals_ops.client.models import ModelRef
-from petals_ops.client.tuned_model import keys_for
-from petals_ops.tune.spec import MODES
+from petals_ops.client.tuned_model import MODES, keys_for, open_tunable
+from petals_ops.util.errors import InputError
 
 FORMAT = "petals-ops-prompts/1"
 BEST_FILE = "best.safetensors"
@@ -200,10 +199,8 @@ def open_with_prompts(
     max_retries: int = 3,
     request_timeout: float = 60.0,
 ):
-    """A :class:`petals_ops.client.generation.LoadedModel` of ``ref`` with ``prompts`` in it (checked
+    """A :class:`petals_ops.client.loading.LoadedModel` of ``ref`` with ``prompts`` in it (checked
     first)."""
-    from petals_ops.client.tuned_model import open_tunable
-
     require_compatible(prompts, ref)
     loaded = open_tunable(
         kind,

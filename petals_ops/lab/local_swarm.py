@@ -24,9 +24,8 @@ from petals_ops.util import procs
 from petals_ops.util import tmpclean
 from petals_ops.util.errors import InputError, OpsError
 from petals_ops.util.fsutil import read_json, tail_lines, write_json_atomic
-from petals_ops.client.models import MAX_BLOCKS, ModelRef, resolve_model
+from petals_ops.client.models import MAX_BLOCKS, MODEL_META, ModelRef, resolve_model
 from petals_ops.lab import netem
-from petals_ops.lab.tiny_model import MODEL_META
 
 STATE_FILE = "state.json"
 PEERS_RE = re.compile(r"--initial_peers (/\S+)")

@@ -27,6 +27,9 @@ LOSSES = ("gives {n} to a friend", "loses {n}", "sells {n}", "gives away {n}", "
 # two or three changes: a one-change problem has a single order, nothing for SC to vote over.
 TRAIN_STEP_WEIGHTS = {1: 1, 2: 2, 3: 2}
 HELD_OUT_STEP_WEIGHTS = {2: 1, 3: 1}
+HELD_OUT_SEED = 20261121  # the shipped held-out set (petals_ops/data/arith/test.jsonl)
+HELD_OUT_SIZE = 400
+PROMPT_SEED = 7
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,11 @@ def held_out(n: int, seed: int) -> list[Problem]:
     return problems
 
 
+def held_out_questions() -> set[str]:
+    """The questions of the shipped held-out set: training never sees them."""
+    return {p.question for p in held_out(HELD_OUT_SIZE, HELD_OUT_SEED)}
+
+
 def to_jsonl(problems: list[Problem], rng: random.Random) -> str:
     """GSM8K's layout: a worked rationale then ``#### N``, so the bench's loader reads it unchanged."""
     lines = []
@@ -139,8 +147,6 @@ def write_held_out_files(directory, n: int, seed: int, prompt_seed: int) -> dict
 
 if __name__ == "__main__":  # python -m petals_ops.lab.synthetic_math DIR: regenerate the shipped held-out set
     import sys
-
-    from petals_ops.lab.tiny_train import HELD_OUT_SEED, HELD_OUT_SIZE, PROMPT_SEED
 
     for name, digest in write_held_out_files(sys.argv[1], HELD_OUT_SIZE, HELD_OUT_SEED, PROMPT_SEED).items():
         print(f"{name} {digest}")

@@ -1,4 +1,10 @@
-"""Which swarm a command talks to: explicit ``--initial-peers``/``--model``, else the local swarm."""
+"""Which swarm a command talks to: explicit ``--initial-peers``/``--model``, else the local swarm.
+
+This lives in the lab, not in the client: filling in what the user left out means reading the local
+swarm's state (:mod:`petals_ops.lab.local_swarm`), and the client layer knows no lab. The commands above
+(bench, tune, generate, swarm status, the exporter) resolve their target here and hand the client a
+:class:`SwarmTarget` (peers and a :class:`~petals_ops.client.models.ModelRef`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Sequence
 
 from petals_ops.util.errors import InputError
 from petals_ops.client.models import ModelRef, resolve_model
+from petals_ops.client.options import ClientOptions
 
 
 @dataclass(frozen=True)
@@ -59,23 +66,16 @@ def resolve_target(
                        max_length=SERVER_DEFAULTS["inference_max_length"])
 
 
-def resolve_for_backend(
-    backend: str,
-    initial_peers: Sequence[str] = (),
-    model: str | None = None,
-    *,
-    dht_prefix: str | None = None,
-    num_blocks: int | None = None,
-    run_dir: str | Path | None = None,
-) -> SwarmTarget:
+def resolve_for_backend(client: ClientOptions) -> SwarmTarget:
     """The target of a command with ``--backend``: the swarm's (as :func:`resolve_target`) for ``petals``
     or explicit peers; for ``local``, ``--model`` or else the local swarm's checkpoint, without peers
     (a checkpoint in-process needs no swarm)."""
-    if backend == "petals" or initial_peers:
-        return resolve_target(initial_peers, model, dht_prefix=dht_prefix, num_blocks=num_blocks,
-                              run_dir=run_dir)
-    if model:
-        return SwarmTarget([], resolve_model(model, dht_prefix=dht_prefix, num_blocks=num_blocks))
+    if client.through_swarm or client.initial_peers:
+        return resolve_target(client.initial_peers, client.model, dht_prefix=client.dht_prefix,
+                              num_blocks=client.num_blocks, run_dir=client.swarm_dir)
+    if client.model:
+        return SwarmTarget([], resolve_model(client.model, dht_prefix=client.dht_prefix,
+                                             num_blocks=client.num_blocks))
     from petals_ops.lab.local_swarm import load_running
 
-    return SwarmTarget([], resolve_model(load_running(run_dir).model_dir))
+    return SwarmTarget([], resolve_model(load_running(client.swarm_dir).model_dir))

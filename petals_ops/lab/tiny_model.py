@@ -15,12 +15,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from petals_ops.client.models import MODEL_META, is_model_dir
 from petals_ops.util.errors import InputError
 
 SKILLS = ("none", "arithmetic")
 ARITH_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "models" / "tiny-bloom-arith"
 
-MODEL_META = "petals_ops.json"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # BLOOM's ids 0..3
 
 # Training text for the tokenizer: English words and digits of the kind math word problems use. Any text
@@ -161,11 +161,3 @@ def make_tiny_bloom(directory: str | Path, spec: TinyModelSpec = TinyModelSpec()
         meta["training"] = training.to_dict()
     (directory / MODEL_META).write_text(json.dumps(meta, indent=2) + "\n")
     return directory
-
-
-def is_model_dir(directory: str | Path) -> bool:
-    directory = Path(directory)
-    return (directory / "config.json").is_file() and any(
-        (directory / name).is_file()
-        for name in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
-    )

@@ -19,9 +19,6 @@ from petals_ops.lab import synthetic_math
 from petals_ops.util.errors import InputError
 
 TRAIN_THREADS = 2  # fixed, so the float reduction order (and so the weights) does not depend on the machine
-HELD_OUT_SEED = 20261121  # the shipped held-out set (petals_ops/data/arith/test.jsonl)
-HELD_OUT_SIZE = 400
-PROMPT_SEED = 7
 
 
 @dataclass(frozen=True)
@@ -80,15 +77,11 @@ def corpus_for_tokenizer(seed: int, n: int = 3000) -> list[str]:
     return ["".join(next(stream)) for _ in range(n)]
 
 
-def held_out_questions() -> set[str]:
-    return {p.question for p in synthetic_math.held_out(HELD_OUT_SIZE, HELD_OUT_SEED)}
-
-
 def _batches(tokenizer, spec: TrainSpec):
     """Endless (input_ids, labels) batches of packed examples; labels are -100 on the prompt side."""
     import torch
 
-    stream = synthetic_math.training_examples(spec.seed, exclude=held_out_questions())
+    stream = synthetic_math.training_examples(spec.seed, exclude=synthetic_math.held_out_questions())
     sep = tokenizer("\n\n")["input_ids"]
     while True:
         rows, labels = [], []

@@ -63,9 +63,8 @@ def pair_of(question: str, answer: str) -> tuple[str, str]:
 
 def _arith_pool() -> tuple[list[tuple[str, str]], str]:
     from petals_ops.lab import synthetic_math
-    from petals_ops.lab.tiny_train import held_out_questions
 
-    stream = synthetic_math.training_examples(ARITH_SEED, exclude=held_out_questions())
+    stream = synthetic_math.training_examples(ARITH_SEED, exclude=synthetic_math.held_out_questions())
     pairs = [next(stream) for _ in range(ARITH_POOL)]
     return pairs, hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
 

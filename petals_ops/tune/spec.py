@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from petals_ops.client.tuned_model import MODES
 from petals_ops.util.errors import InputError
 
-MODES = ("ptune", "deep_ptune")
 # A Petals server refuses a forward/backward request of more than --max_batch_size tokens (rows x length,
 # prompts included; petals/server/task_pool.py). Servers do not announce it; 2048 is petals' default
 # for BLOOM.

@@ -2,10 +2,11 @@
 
 Each step is one forward and one backward through every server of the route (the blocks are frozen;
 only the prompt tensors on the client get gradients), then an AdamW step on the client. A step that
-fails after the petals client's own re-routing (``client_retries``) is retried whole: the peers the error
-names are banned first, so the retry takes another route; after ``step_retries`` the run stops with one
-line naming the uncovered blocks (or the error). Automatic GC is off while the loop runs and collected
-from this thread between steps (the petals client's ``__del__`` hang, see petals_ops.client.backends).
+fails after the petals client's own re-routing (``client_retries``) is retried whole by the client's one
+retry policy (:mod:`petals_ops.client.retry`): the peers the error names are banned first, so the retry
+takes another route; after ``retry.retries`` the run stops with one line naming the uncovered blocks (or
+the error). Automatic GC is off while the loop runs and collected from this thread between steps (the
+petals client's ``__del__`` hang, see petals_ops.client.backends).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from petals_ops.client.backends import BACKENDS, Backend
+from petals_ops.client.backends import Backend
+from petals_ops.client.options import ClientOptions
+from petals_ops.client.retry import RetriesExhausted, RetryPolicy, run_with_retries
 from petals_ops.util.errors import InputError, OpsError
 from petals_ops.tune.spec import DEFAULT_SERVERS_MAX_BATCH_SIZE, TuneSpec, check_request_size
 
@@ -29,16 +32,8 @@ MAX_BATCH_RE = re.compile(r"Task size greater than max_batch_size \((\d+)\)")
 class TuneParams:
     spec: TuneSpec = field(default_factory=TuneSpec)
     run_dir: str = "tune-runs/gsm8k"
-    backend: str = "petals"
-    initial_peers: tuple[str, ...] = ()
-    model: str | None = None
-    dht_prefix: str | None = None
-    num_blocks: int | None = None
-    swarm_dir: str | None = None
-    client_retries: int = 3
-    request_timeout: float = 60.0
-    step_retries: int = 3
-    backoff: float = 1.0
+    client: ClientOptions = field(default_factory=ClientOptions)  # which swarm and model; the petals client
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(retries=3))  # of a failed step
     servers_max_batch_size: int = DEFAULT_SERVERS_MAX_BATCH_SIZE
 
 
@@ -64,9 +59,7 @@ def _resolve_model(params: TuneParams):
     """(model ref, initial peers): the swarm's, or a checkpoint in-process (like bench gsm8k)."""
     from petals_ops.lab.target import resolve_for_backend
 
-    target = resolve_for_backend(params.backend, params.initial_peers, params.model,
-                                 dht_prefix=params.dht_prefix, num_blocks=params.num_blocks,
-                                 run_dir=params.swarm_dir)
+    target = resolve_for_backend(params.client)
     return target.model, list(target.initial_peers)
 
 
@@ -91,15 +84,13 @@ def run_tune(
     from petals_ops.tune.store import TuneStore
 
     spec = params.spec.validate()
-    if params.backend not in BACKENDS:
-        raise InputError(f"--backend {params.backend} is unknown", fix="use petals or local")
-    if params.step_retries < 0:
-        raise InputError(f"--step-retries {params.step_retries} must be >= 0", fix="use --step-retries 3")
-    if params.backend == "petals":
+    client = params.client.validate()
+    params.retry.validate()
+    if client.through_swarm:
         check_request_size(spec, params.servers_max_batch_size)
     ref, peers = _resolve_model(params)
     pairs = load_pairs(spec.data, spec.eval_size)
-    if params.backend == "petals":  # before the run dir is touched: a refused command pins no config there
+    if client.through_swarm:  # before the run dir is touched: a refused command pins no config there
         from petals_ops.swarm.health import take_snapshot
 
         take_snapshot(peers, ref).require_full_coverage()
@@ -165,13 +156,12 @@ class _Loop:
         from petals_ops.client.tuned_model import init_prompts, open_tunable, prompt_parameters
 
         loaded = open_tunable(
-            self.params.backend,
+            self.params.client.backend,
             self.ref,
             self.peers,
             self.spec.mode,
             self.spec.pre_seq_len,
-            max_retries=self.params.client_retries,
-            request_timeout=self.params.request_timeout,
+            **self.params.client.client_kwargs(),
         )
         model = loaded.model
         self.hidden_size = int(model.config.hidden_size)
@@ -190,19 +180,10 @@ class _Loop:
         if self._optimizer_state is not None:
             self.optimizer.load_state_dict(self._optimizer_state)
         if loaded.backend == "petals":
-            self._record_servers(model)
+            from petals_ops.client import door
+
+            door.on_each_answer(model, self.servers.add)  # petals routes inside its client
         return loaded
-
-    def _record_servers(self, model) -> None:
-        """Note every peer that answered a request (petals routes inside the client; it says so here)."""
-        manager = model.transformer.h.sequence_manager
-        original = manager.on_request_success
-
-        def on_success(peer_id):
-            self.servers.add(peer_id.to_base58() if hasattr(peer_id, "to_base58") else str(peer_id))
-            return original(peer_id)
-
-        manager.on_request_success = on_success
 
     # --- the loop ----------------------------------------------------------------------------------------
     def run(self, on_step) -> None:
@@ -248,56 +229,59 @@ class _Loop:
     def _train_step(self, backend: Backend, step: int, ids, labels) -> tuple[float, int]:
         from petals_ops.client.tuned_model import step_loss
 
-        failures = []
-        for attempt in range(1, self.params.step_retries + 2):
-            try:
-                self.optimizer.zero_grad(set_to_none=True)
-                t0 = time.monotonic()
-                loss = step_loss(backend.loaded.model, ids, labels)
-                t1 = time.monotonic()
-                loss.backward()
-                t2 = time.monotonic()
-                self.optimizer.step()
-                t3 = time.monotonic()
-            except Exception as e:  # noqa: BLE001 (a server died or refused: ban it, retry on another route)
-                backend.collect()
-                self._fail(backend, step, attempt, e, failures)
-                continue
-            self.history["forward_s"] += t1 - t0
-            self.history["backward_s"] += t2 - t1
-            self.history["optimizer_s"] += t3 - t2
-            self.history["train_s"] += t3 - t0
-            self.history["retries"] += attempt - 1
-            return float(loss.detach()), attempt - 1
-        raise AssertionError("unreachable")
+        def attempt(_: int):
+            self.optimizer.zero_grad(set_to_none=True)
+            t0 = time.monotonic()
+            loss = step_loss(backend.loaded.model, ids, labels)
+            t1 = time.monotonic()
+            loss.backward()
+            t2 = time.monotonic()
+            self.optimizer.step()
+            return loss, (t0, t1, t2, time.monotonic())
 
-    def _fail(self, backend: Backend, step: int, attempt: int, error: Exception, failures: list[str]) -> None:
-        text = " ".join(str(error).split())
-        too_big = MAX_BATCH_RE.search(text)
-        if too_big:
-            raise InputError(
-                f"the servers refused a training request: max_batch_size {too_big[1]} tokens",
-                fix=f"lower --batch-size or --max-length (and pass --servers-max-batch-size {too_big[1]})",
-            ) from error
-        if backend.name != "petals":
-            raise error
-        failures.append(f"{type(error).__name__}: {text[:200]}")
+        (loss, (t0, t1, t2, t3)), failures = self._with_retries(attempt, backend, step)
+        self.history["forward_s"] += t1 - t0
+        self.history["backward_s"] += t2 - t1
+        self.history["optimizer_s"] += t3 - t2
+        self.history["train_s"] += t3 - t0
+        self.history["retries"] += len(failures)
+        return float(loss.detach()), len(failures)
+
+    def _with_retries(self, attempt, backend: Backend, step: int):
+        """``attempt`` under the client's retry policy (ban, back off, another route); every failure goes
+        into the history; after the last one, one line naming the missing blocks or the error."""
+
+        def refuse(error: Exception) -> None:
+            too_big = MAX_BATCH_RE.search(" ".join(str(error).split()))
+            if too_big:
+                raise InputError(
+                    f"the servers refused a training request: max_batch_size {too_big[1]} tokens",
+                    fix=f"lower --batch-size or --max-length "
+                    f"(and pass --servers-max-batch-size {too_big[1]})",
+                ) from error
+            if backend.name != "petals":
+                raise error
+
         try:
-            banned = backend.after_failure(error)
-        except Exception:  # noqa: BLE001 (best effort; the retry still happens)
-            banned = []
-        self.history["failures"].append(
-            {"step": step, "attempt": attempt, "error": failures[-1], "banned": banned}
-        )
-        if attempt > self.params.step_retries:
+            result, failures = run_with_retries(attempt, self.params.retry, backend, refuse=refuse)
+        except RetriesExhausted as e:
+            self._note_failures(step, e.failures)
             from petals_ops.swarm.health import take_snapshot
 
             take_snapshot(self.peers, self.ref).require_full_coverage()  # names the missing blocks, if any
             raise OpsError(
-                f"training step {step} failed {attempt} times through the swarm (last: {failures[-1]})",
+                f"training step {step} failed {len(e.failures)} times through the swarm "
+                f"(last: {e.failures[-1].text})",
                 fix="check 'petals-ops swarm status'; the same command resumes from the last checkpoint",
+            ) from e.failures[-1].error
+        self._note_failures(step, failures)
+        return result, failures
+
+    def _note_failures(self, step: int, failures) -> None:
+        for f in failures:
+            self.history["failures"].append(
+                {"step": step, "attempt": f.attempt, "error": f.text, "banned": f.banned}
             )
-        time.sleep(min(30.0, self.params.backoff * 2 ** (attempt - 1)))
 
     def _evaluate(self, backend: Backend) -> float:
         """Mean loss per answer token on the held-out slice (no gradients)."""
@@ -313,14 +297,12 @@ class _Loop:
                 backend.tokenizer, held[start : start + self.spec.batch_size], self.spec.max_length
             )
             n = int((labels[:, 1:] != -100).sum())
-            for attempt in range(1, self.params.step_retries + 2):
-                try:
-                    with torch.no_grad():
-                        loss = float(step_loss(backend.loaded.model, ids, labels))
-                    break
-                except Exception as e:  # noqa: BLE001
-                    backend.collect()
-                    self._fail(backend, self.step, attempt, e, [])
+
+            def attempt(_: int, ids=ids, labels=labels) -> float:
+                with torch.no_grad():
+                    return float(step_loss(backend.loaded.model, ids, labels))
+
+            loss, _ = self._with_retries(attempt, backend, self.step)
             total, count = total + loss * n, count + n
         value = round(total / max(count, 1), 5)
         self.history["evals"].append({"step": self.step, "loss": value})
@@ -371,7 +353,7 @@ class _Loop:
         return {
             "model": self.ref.name,
             "dht_prefix": self.ref.dht_prefix,
-            "backend": self.params.backend,
+            "backend": self.params.client.backend,
             "mode": self.spec.mode,
             "pre_seq_len": self.spec.pre_seq_len,
             "data": {

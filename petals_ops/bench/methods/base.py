@@ -8,6 +8,7 @@ from typing import Any
 
 from petals_ops.client.decoding import DecodeSpec, Sampling
 from petals_ops.bench.extraction import DEFAULT_STOPS
+from petals_ops.bench.hooks import decode_hooks
 from petals_ops.bench.stats import plurality
 from petals_ops.util.errors import InputError
 
@@ -93,8 +94,8 @@ class MethodConfig:
     def decode_spec(self) -> DecodeSpec:
         sampling = (Sampling(self.temperature, self.top_k, self.seed) if self.sample
                     else Sampling(seed=self.seed))
-        return DecodeSpec(sampling=sampling, max_new_tokens=self.max_new_tokens, stops=self.stops,
-                          calculator=self.calculator)
+        return DecodeSpec(sampling=sampling, max_new_tokens=self.max_new_tokens,
+                          hooks=decode_hooks(self.stops, calculator=self.calculator))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MethodConfig:

@@ -91,7 +91,7 @@ def client_options(func=None, *, default_backend: str = "petals"):
         if max_retries is not None:  # the old spelling (generate), hidden
             if client_retries is not None and client_retries != max_retries:
                 raise click.UsageError(f"--max-retries {max_retries} and --client-retries {client_retries} "
-                                       "disagree: pass only --client-retries")
+                                       "disagree: pass only --client-retries", click.get_current_context())
             client_retries = max_retries
         kwargs["client"] = ClientOptions(
             backend=backend, initial_peers=tuple(initial_peers), model=model, dht_prefix=dht_prefix,
@@ -131,7 +131,7 @@ def retry_options(func=None, *, default_retries: int, unit: str, old_spelling: s
         if old_retries is not None:
             if retries is not None and retries != old_retries:
                 raise click.UsageError(f"{old_spelling} {old_retries} and --retries {retries} disagree: "
-                                       "pass only --retries")
+                                       "pass only --retries", click.get_current_context())
             retries = old_retries
         kwargs["retry"] = RetryPolicy(default_retries if retries is None else retries, backoff)
         return func(*args, **kwargs)

@@ -28,9 +28,9 @@ def main() -> None:
     from petals_ops.fleet.down import down
     from petals_ops.fleet.schema import Inventory
     from petals_ops.fleet.ssh import SSHOptions
-    from petals_ops.fleet.up import apply
+    from petals_ops.fleet.up import up
     from petals_ops.lab.tiny_model import make_tiny_bloom
-    from tests.fixtures_fleet import start_lab
+    from petals_ops.lab.fleet_lab import start_lab
 
     lab = start_lab()
     try:
@@ -42,7 +42,7 @@ def main() -> None:
             down(inv, opts=opts)
             started = time.monotonic()
             for hosts in batches:
-                results = apply(inv, hosts, opts=opts, timeout=args.timeout).host_results()
+                results = up(inv, hosts, opts=opts, timeout=args.timeout)
                 if not all(r.ok for r in results):
                     raise SystemExit(f"up failed: {[r.error for r in results if not r.ok]}")
             return time.monotonic() - started

@@ -42,7 +42,7 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="Also write the figures and timeline here.")
     args = parser.parse_args()
 
-    from tests.rehearsal_lab import Rehearsal
+    from petals_ops.lab.rehearsal import Rehearsal
 
     root = Path(tempfile.mkdtemp(prefix="petals-ops-rehearsal-", dir="/tmp"))
     rh = Rehearsal(root, hosts=args.hosts, gpu_memory_bytes=args.gpu_memory_bytes, quant=args.quant,

@@ -16,7 +16,7 @@ from petals_ops.monitoring.collector import SwarmCollector
 from petals_ops.monitoring.refresher import ExporterState
 from petals_ops.monitoring.server import parse_duration, parse_listen
 from petals_ops.swarm.health import BlockHealth, ServerRecord, SwarmSnapshot
-from tests.fixtures_prometheus import PROMTOOL
+from petals_ops.lab.prometheus_lab import PROMTOOL
 
 HEAVY = ("torch", "transformers", "hivemind", "petals")
 FAKE_PEER = "/ip4/127.0.0.1/tcp/9/p2p/QmXnTFvGexkbhYVWAP95ZsSKJCG5j2xAi4vktJyRsfhnJY"

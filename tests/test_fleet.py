@@ -2,8 +2,9 @@
 per host reached over SSH, a test image running Petals CPU servers, and a bootstrap DHT on 127.0.0.1.
 
 GPUs are the only thing absent: the inventory says ``gpus: 0`` and ``device: cpu``; everything else
-(SSH with host-key checks, the Docker API, containers, the DHT, generation) is real. The tests run in
-file order and share the fleet they bring up; the last one takes it down.
+(SSH with host-key checks, the Docker API, containers, the DHT, generation) is real. The tests share
+the servers the ``online`` fixture brings up (``up``, when no earlier test did), so any one of them runs
+alone too; the module fixture removes every container at the end, whatever happened.
 """
 
 from __future__ import annotations
@@ -47,7 +48,20 @@ def fleet(fleet_lab, tiny_model_dir, tmp_path_factory):
             mutate(data)
             return fleet_lab.write_inventory(tmp / name, data)
 
-    return F
+    try:
+        yield F
+    finally:
+        fleet_lab.remove_containers()  # teardown is the fixture's job, not the last test's
+
+
+@pytest.fixture
+def online(fleet, run_cli):
+    """Both servers up and ONLINE, their peer ids in ``fleet.peers`` (brought up here when needed)."""
+    if not fleet.peers or any("petals-server-0" not in containers(fleet.lab, h) for h in ("a10-1", "a10-2")):
+        result = fleet.cli(run_cli, "up", "--timeout", "300", "-o", "json")
+        assert result.returncode == 0, result.stderr + result.stdout
+        fleet.peers = {h: r["peer_id"] for h, r in rows_by_host(result.stdout).items()}
+    return fleet
 
 
 def containers(lab, host):
@@ -155,6 +169,7 @@ def test_quoting_stops_shell_injection(fleet, run_cli):
 
 # ---------------------------------------------------------------------------------------------------
 def test_up_two_hosts_online_and_generation_works(fleet, run_cli):
+    fleet.lab.remove_containers()  # from no containers, whichever tests ran before
     result = fleet.cli(run_cli, "up", "--hosts", "a10-1,a10-2", "--timeout", "300", "-o", "json")
     assert result.returncode == 0, result.stderr + result.stdout
     rows = rows_by_host(result.stdout)
@@ -181,7 +196,7 @@ def test_up_two_hosts_online_and_generation_works(fleet, run_cli):
     assert swarm.stdout.strip() and swarm.stdout == local.stdout
 
 
-def test_second_up_changes_nothing(fleet, run_cli):
+def test_second_up_changes_nothing(fleet, online, run_cli):
     before = {h: containers(fleet.lab, h)["petals-server-0"].id for h in ("a10-1", "a10-2")}
     result = fleet.cli(run_cli, "up", "-o", "json", "--timeout", "120")
     assert result.returncode == 0, result.stderr
@@ -190,7 +205,7 @@ def test_second_up_changes_nothing(fleet, run_cli):
     assert {h: containers(fleet.lab, h)["petals-server-0"].id for h in ("a10-1", "a10-2")} == before
 
 
-def test_changed_setting_recreates_only_that_container(fleet, run_cli):
+def test_changed_setting_recreates_only_that_container(fleet, online, run_cli):
     before = {h: containers(fleet.lab, h)["petals-server-0"].id for h in ("a10-1", "a10-2")}
     fleet.data["hosts"]["a10-2"]["server"]["public_name"] = "fleet-b"
     fleet.lab.write_inventory(fleet.path, fleet.data)
@@ -212,7 +227,7 @@ def test_changed_setting_recreates_only_that_container(fleet, run_cli):
     assert after["a10-1"] == before["a10-1"] and after["a10-2"] != before["a10-2"]
 
 
-def test_status_and_the_exporter_interface(fleet, run_cli):
+def test_status_and_the_exporter_interface(fleet, online, run_cli):
     from petals_ops.fleet import load_inventory, read_fleet
 
     result = fleet.cli(run_cli, "status", "-o", "json")
@@ -231,7 +246,7 @@ def test_status_and_the_exporter_interface(fleet, run_cli):
         ("a10-2", "petals-server-0", True, fleet.peers["a10-2"], None)]
 
 
-def test_logs(fleet, run_cli):
+def test_logs(fleet, online, run_cli):
     result = fleet.cli(run_cli, "logs", "a10-1", "--tail", "50")
     assert result.returncode == 0, result.stderr
     assert ("Started" in result.stdout or "transformer blocks" in result.stdout
@@ -239,7 +254,7 @@ def test_logs(fleet, run_cli):
     assert TOKEN not in result.stdout
 
 
-def test_restart_keeps_the_peer_id(fleet, run_cli):
+def test_restart_keeps_the_peer_id(fleet, online, run_cli):
     started = containers(fleet.lab, "a10-1")["petals-server-0"].attrs["State"]["StartedAt"]
     result = fleet.cli(run_cli, "restart", "--hosts", "a10-1", "-o", "json", "--timeout", "300")
     assert result.returncode == 0, result.stderr + result.stdout
@@ -249,7 +264,7 @@ def test_restart_keeps_the_peer_id(fleet, run_cli):
     assert containers(fleet.lab, "a10-1")["petals-server-0"].attrs["State"]["StartedAt"] != started
 
 
-def test_one_host_down_partial_failure(fleet, run_cli):
+def test_one_host_down_partial_failure(fleet, online, run_cli):
     """sshd of a10-1 stopped: a10-2 still comes up, the exit code says partial failure, the table names
     a10-1."""
     from petals_ops.fleet import load_inventory, read_fleet
@@ -276,7 +291,7 @@ def test_one_host_down_partial_failure(fleet, run_cli):
         fleet.lab.start_sshd("a10-1")
 
 
-def test_down_leaves_no_container(fleet, run_cli):
+def test_down_leaves_no_container(fleet, online, run_cli):
     dry = fleet.cli(run_cli, "down", "--dry-run")
     assert dry.returncode == 0 and "would-remove" in dry.stdout
     assert containers(fleet.lab, "a10-1")

@@ -8,21 +8,17 @@ import json
 
 import pytest
 
-from petals_ops.util.errors import EXIT_FAILURE, EXIT_PARTIAL, OpsError, PartialFailure
+from petals_ops.cli.fleet_cmds import report
 from petals_ops.fleet import containers as C
 from petals_ops.fleet import provision as P
+from petals_ops.fleet.executor import resolve_targets
+from petals_ops.fleet.result import HostResult
 from petals_ops.fleet.schema import Inventory
-from petals_ops.fleet.result import HostResult, report
 from petals_ops.fleet.ssh import HostError
 from petals_ops.fleet.status import ContainerStatus, join
-from petals_ops.fleet.up import (
-    CurrentContainer,
-    RunningServer,
-    UpHostState,
-    plan_host,
-    plan_restart,
-    plan_results,
-)
+from petals_ops.fleet.up import CurrentContainer, RunningServer, UpHostState, plan_host, plan_restart
+from petals_ops.fleet.up import plan_rows as plan_results
+from petals_ops.util.errors import EXIT_FAILURE, EXIT_PARTIAL, OpsError, PartialFailure
 
 PEER = "QmXnTFvGexkbhYVWAP95ZsSKJCG5j2xAi4vktJyRsfhnJY"
 INV = Inventory.model_validate({
@@ -30,13 +26,14 @@ INV = Inventory.model_validate({
                "initial_peers": [f"/ip4/10.0.0.1/tcp/31337/p2p/{PEER}"]},
     "hosts": {"a10-1": {"gpus": 2, "server": {"block_indices": ["0:10", "10:20"]}}},
 })
+A10_1 = resolve_targets(INV, ["a10-1"])[0]
 NAMES = ["petals-server-0", "petals-server-1"]
 PATHS = {n: f"/root/.petals-ops/identity/a10-1.{n}.key" for n in NAMES}
 
 
 def desired_hash(name: str, image_id: str = "sha256:img", token: str | None = None) -> str:
-    spec = INV.server_for("a10-1")
-    slot = next(s for s in C.server_slots("a10-1", INV.host("a10-1"), spec) if s.container == name)
+    spec = A10_1.server
+    slot = next(s for s in A10_1.slots if s.container == name)
     want = C.desired_container("a10-1", spec, slot, PATHS[name], token)
     want.image_id = image_id
     return want.config_hash()
@@ -59,7 +56,7 @@ def actions(plan) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- up
 def test_fresh_host_creates_everything():
-    plan = plan_host(INV, state(image_id=None, volume=False, peers={n: None for n in NAMES}), token=None)
+    plan = plan_host(A10_1, state(image_id=None, volume=False, peers={n: None for n in NAMES}), token=None)
     assert actions(plan) == ["create", "create"]
     assert plan.pull_image == "learningathome/petals:2.2.0" and plan.create_volume == "petals-cache"
     assert plan.changes == [
@@ -71,7 +68,7 @@ def test_fresh_host_creates_everything():
 
 
 def test_up_to_date_host_changes_nothing():
-    plan = plan_host(INV, state({n: running(n) for n in NAMES}), token=None)
+    plan = plan_host(A10_1, state({n: running(n) for n in NAMES}), token=None)
     assert actions(plan) == ["unchanged", "unchanged"] and plan.changes == []
     assert [r.peer_id for r in plan_results(plan, dry_run=True)] == ["Qm0", "Qm1"]
 
@@ -79,21 +76,21 @@ def test_up_to_date_host_changes_nothing():
 def test_stopped_changed_and_missing_containers():
     current = {"petals-server-0": running("petals-server-0", status="exited"),
                "petals-server-1": running("petals-server-1", config_hash="old")}
-    plan = plan_host(INV, state(current), token=None)
+    plan = plan_host(A10_1, state(current), token=None)
     assert actions(plan) == ["start", "recreate"]
     assert plan.changes == ["petals-server-0: start (was exited)",
                             "petals-server-1: recreate (configuration changed)"]
     # A new token changes the hash (its digest is part of it), so the containers get the new token.
-    plan = plan_host(INV, state({n: running(n) for n in NAMES}), token="hf_NEWtoken123456789")
+    plan = plan_host(A10_1, state({n: running(n) for n in NAMES}), token="hf_NEWtoken123456789")
     assert actions(plan) == ["recreate", "recreate"]
 
 
 def test_a_changed_setting_recreates_only_where_it_applies():
     inv = Inventory.model_validate({**INV.model_dump(exclude={"source"}), "hosts": {
         "a10-1": {"gpus": 2, "server": {"block_indices": ["0:10", "10:20"], "public_name": "lab-a"}}}})
-    plan = plan_host(inv, state({n: running(n) for n in NAMES}), token=None)
+    plan = plan_host(resolve_targets(inv, ["a10-1"])[0], state({n: running(n) for n in NAMES}), token=None)
     assert actions(plan) == ["recreate", "recreate"]  # public_name is on the command line
-    plan = plan_host(INV, state({n: running(n) for n in NAMES}, image_id="sha256:newer"), token=None)
+    plan = plan_host(A10_1, state({n: running(n) for n in NAMES}, image_id="sha256:newer"), token=None)
     assert actions(plan) == ["recreate", "recreate"]  # a new image id under the same tag
 
 
@@ -101,7 +98,7 @@ def test_a_container_that_is_not_ours_is_never_replaced():
     for kw, needle in (({"managed": False}, "not made by petals-ops"),
                        ({"host_label": "a10-9"}, "labelled for host a10-9")):
         with pytest.raises(HostError, match=needle):
-            plan_host(INV, state({"petals-server-0": running("petals-server-0", **kw)}), token=None)
+            plan_host(A10_1, state({"petals-server-0": running("petals-server-0", **kw)}), token=None)
 
 
 def test_restart_plan():
@@ -114,11 +111,19 @@ def test_restart_plan():
 
 
 # ---------------------------------------------------------------------------------------------- provision
+FACT_OF_STEP = {"docker_ready": "docker", "user_reaches_docker": "docker group", "driver": "nvidia driver",
+                "toolkit_repo": "toolkit repository", "toolkit_pkg": "toolkit package",
+                "runtime_configured": "docker nvidia runtime"}
+
+
 def prov_state(**kw) -> P.ProvisionState:
+    """A made-up read: the OS and who we are, and each step's fact (the value its own check returns)."""
     base = dict(os_id="ubuntu", os_version="22.04", os_pretty="Ubuntu 22.04.4 LTS", root_user=False,  # noqa: C408
                 user="ubuntu", docker_ready=True, user_reaches_docker=True, driver="NVIDIA A10, 535.183.01",
                 toolkit_repo=True, toolkit_pkg=True, runtime_configured=True)
-    return P.ProvisionState(**{**base, **kw})
+    base.update(kw)
+    facts = {step: base.pop(key) for key, step in FACT_OF_STEP.items()}
+    return P.ProvisionState(**base, facts=facts)
 
 
 def statuses(steps) -> dict:
@@ -176,20 +181,27 @@ def cs(host, name="petals-server-0", running=True, peer=None, error=None):
     return ContainerStatus(host, name, running, 0, None if running else 137, peer, error)
 
 
+def test_each_provision_step_carries_its_own_check():
+    """The fact that decides a step (read) is the one that verifies it after apply: one check per step."""
+    assert [s.name for s in P.STEPS] == list(FACT_OF_STEP.values())
+    assert all(callable(s.check) for s in P.STEPS)
+    assert all(s.scripts or s.manual for s in P.STEPS)
+
+
 def test_status_join():
     sts = [cs("a", peer="QmA"), cs("b", peer="QmB"), cs("c", running=False, peer="QmC"),
            cs("d", name="", running=False, error="d: cannot connect (connection refused)")]
     snap = FakeSnapshot({"QmA": Rec("ONLINE", 0, 2), "QmB": Rec("JOINING", 2, 4)})
     out = {r.host: r for r in join(["a", "b", "c", "d", "e"], sts, snap)}
     row = out["a"].rows[0]
-    assert out["a"].ok and (row["dht_state"], row["dht_blocks"]) == ("ONLINE", "0:2")
+    assert out["a"].ok and (row.dht_state, row.dht_blocks) == ("ONLINE", "0:2")
     assert not out["b"].ok and "JOINING in the DHT" in out["b"].error
     assert not out["c"].ok and "not running (exit code 137)" in out["c"].error
     assert not out["d"].ok and "connection refused" in out["d"].error
     assert not out["e"].ok and "no petals-ops containers" in out["e"].error
     # Without a snapshot (no DHT reachable) running containers are enough; the DHT state is unknown.
     assert [r.ok for r in join(["a", "c"], sts, None)] == [True, False]
-    assert join(["a"], sts, None)[0].rows[0]["dht_state"] is None
+    assert join(["a"], sts, None)[0].rows[0].dht_state is None
 
 
 # ---------------------------------------------------------------------------------------------- the shape
@@ -235,10 +247,10 @@ def test_without_initial_peers_the_fleet_joins_the_public_swarm_and_plan_says_so
     PUBLIC_INITIAL_PEERS = importlib.import_module("petals.constants").PUBLIC_INITIAL_PEERS
 
     public = Inventory.model_validate({"hosts": {"a10-1": {"gpus": 1}}})
-    assert inventory_peers(public, ["a10-1"]) == list(PUBLIC_INITIAL_PEERS)
-    assert inventory_peers(INV, ["a10-1"]) == INV.server.initial_peers
+    assert inventory_peers(resolve_targets(public, ["a10-1"])) == list(PUBLIC_INITIAL_PEERS)
+    assert inventory_peers([A10_1]) == INV.server.initial_peers
     new = Inventory.model_validate({"server": {"new_swarm": True}, "hosts": {"a10-1": {}}})
-    assert inventory_peers(new, ["a10-1"]) == []
+    assert inventory_peers(resolve_targets(new, ["a10-1"])) == []
     note = make_plan(public, ["a10-1"]).swarm
     assert "a10-1 joins the PUBLIC swarm" in note and PUBLIC_INITIAL_PEERS[0] in note
     private = make_plan(INV, ["a10-1"]).swarm

@@ -18,7 +18,7 @@ from petals_ops.fleet.gpu import MIB, NO_NVIDIA_SMI, GpuHostStatus, parse_query
 from petals_ops.fleet.status import ContainerStatus
 from petals_ops.monitoring.collector import SwarmCollector
 from petals_ops.monitoring.refresher import ExporterState
-from tests.fixtures_prometheus import PROMTOOL
+from petals_ops.lab.prometheus_lab import PROMTOOL
 
 DATA = Path(__file__).parent / "data" / "nvidia-smi"
 

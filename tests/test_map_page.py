@@ -185,7 +185,7 @@ def test_page_escapes_announced_strings_and_redraws(static_exporter, browser, ar
 def map_swarm(swarm_factory, tmp_path_factory):
     """A swarm of our own (0:2, 2:4) plus a third server on 0:2 announcing a hostile public_name, and a real
     ``petals-ops exporter`` process on it (refresh 1 s). The test kills a server of it."""
-    from tests.fixtures_prometheus import ExporterProcess
+    from petals_ops.lab.prometheus_lab import ExporterProcess
 
     swarm = swarm_factory()
     identity = Path(swarm.run_dir) / "hostile.id"

@@ -23,7 +23,7 @@ import yaml
 from petals_ops.lab import local_swarm as ls
 from petals_ops.util import procs
 from petals_ops.util.fsutil import tail_lines
-from tests.fixtures_prometheus import MONITORING, PROMTOOL
+from petals_ops.lab.prometheus_lab import MONITORING, PROMTOOL
 
 pytestmark = pytest.mark.swarm
 
@@ -152,7 +152,7 @@ def test_healthy_swarm_in_prometheus(local_swarm, prometheus, exporter_process, 
 @pytest.fixture(scope="module")
 def damaged(swarm_factory, prometheus, tmp_path_factory):
     """A swarm of our own (2 servers) and an exporter on it, scraped by Prometheus; the tests damage it."""
-    from tests.fixtures_prometheus import ExporterProcess
+    from petals_ops.lab.prometheus_lab import ExporterProcess
 
     swarm = swarm_factory()
     exporter = ExporterProcess(["--swarm-dir", swarm.run_dir, "--refresh", "1s"],

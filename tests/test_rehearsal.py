@@ -65,7 +65,7 @@ def test_as_if_plan_gives_five_a10s_the_real_nf4_ranges(tmp_path, run_cli, model
 def test_as_if_plan_bigger_gpus_wrap_into_a_second_copy(tmp_path, run_cli, model70):
     """Three A100-40GB (26 nf4 blocks): 0:26, 26:52, 52:70; a fourth host starts a second copy at block 0;
     a pinned range that disagrees is named."""
-    from tests.rehearsal_lab import A100_40GB_BYTES
+    from petals_ops.lab.rehearsal import A100_40GB_BYTES
 
     hosts = {f"h{i}": {"gpus": 0, "gpu_memory_bytes": A100_40GB_BYTES} for i in range(1, 5)}
     hosts["h4"]["server"] = {"block_indices": ["0:10"]}
@@ -89,8 +89,8 @@ def test_as_if_plan_bad_input_is_one_line(tmp_path, run_cli, tiny_model_dir, mod
 
 
 def test_rehearsal_rules_shorten_only_for(tmp_path):
-    from tests.fixtures_prometheus import MONITORING
-    from tests.rehearsal_lab import rehearsal_rules
+    from petals_ops.lab.prometheus_lab import MONITORING
+    from petals_ops.lab.rehearsal import rehearsal_rules
 
     shipped = yaml.safe_load((MONITORING / "rules" / "petals_alerts.yml").read_text())
     short = yaml.safe_load(rehearsal_rules(tmp_path / "r.yml", "5s").read_text())
@@ -107,9 +107,9 @@ def test_reduced_rehearsal_three_hosts():
     an outage shown by swarm status and firing PetalsModelNotFullyServed in Prometheus, a bench in flight
     that records errors/retries, the repair (``restart``), the alert resolved, the bench finished with each
     question exactly once, and nothing left running."""
-    from tests.fixtures_fleet import DOCKERD, SSHD
-    from tests.fixtures_prometheus import PROMETHEUS
-    from tests.rehearsal_lab import A100_40GB_BYTES, Rehearsal
+    from petals_ops.lab.fleet_lab import DOCKERD, SSHD
+    from petals_ops.lab.prometheus_lab import PROMETHEUS
+    from petals_ops.lab.rehearsal import A100_40GB_BYTES, Rehearsal
 
     for tool in (SSHD, DOCKERD, PROMETHEUS):
         if not Path(tool).exists():

@@ -1,21 +1,73 @@
 """Fleet commands (top level): hosts check, provision, plan, up, down, status, logs, restart.
 
-Thin: parse, call petals_ops.fleet, print a table or JSON, map failures to exit codes (0 ok, 1 all hosts
-failed, 2 bad input, 3 some hosts failed). fabric, docker and petals load inside the commands.
+Thin: parse, call petals_ops.fleet, print its per-host results (:func:`report`: a table or JSON) and end
+with their exit code (0 ok, 1 all hosts failed, 2 bad input, 3 some hosts failed). fabric, docker and
+petals load inside the commands. A new fleet command is one module in petals_ops/fleet/ (an
+``Operation``) plus its click command here, added to ``COMMANDS`` (docs/fleet.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
+from typing import Any, Sequence
 
 import click
 
 from petals_ops.cli.options import POSITIVE
 from petals_ops.cli.progress import block_progress
-from petals_ops.util.errors import redact
+from petals_ops.util.errors import EXIT_OK, redact
 from petals_ops.util.output import OUTPUT_OPTION, emit_json, render_table
 from petals_ops.util.safe_text import printable
+
+
+def report(results: Sequence, what: str, columns: Sequence[str], *, output: str = "table",
+           dry_run: bool = False, title: str | None = None, extra: dict[str, Any] | None = None,
+           notes: Sequence[str] = ()) -> None:
+    """Print a fleet command's per-host results and raise the error their exit code needs (returns only
+    when every host is ok).
+
+    ``columns``: the row fields shown in the table, after ``host``; the table ends with result and detail
+    (a dry run also shows each row's commands). JSON: ``{command, dry_run, ok, exit_code, hosts, **extra}``.
+    """
+    from petals_ops.fleet.result import exit_code, failure
+
+    code = exit_code(results)
+    if output == "json":
+        emit_json({"command": what, "dry_run": dry_run, "ok": code == EXIT_OK, "exit_code": code,
+                   "hosts": [r.to_dict() for r in results], **(extra or {})})
+    else:
+        table = []
+        for r in results:
+            rows = [row if isinstance(row, dict) else dataclasses.asdict(row) for row in r.rows]
+            if r.error and not any(row.get("error") or row.get("ok") is False for row in rows):
+                rows.append({"error": r.error})  # a failure no row shows gets a row of its own
+            for row in rows:
+                bad = bool(row.get("error")) or row.get("ok") is False
+                detail = row.get("error") or row.get("detail") or ""
+                if dry_run:  # the commands a dry run would run, first line of each
+                    detail += "".join(f"\n  $ {c.splitlines()[0]}" + (" ..." if "\n" in c else "")
+                                      for c in row.get("commands") or ())
+                if row.get("log_tail"):
+                    detail += "\n" + "\n".join(row["log_tail"][-8:])
+                cells = [_cell(row.get(c)) for c in columns]
+                table.append([r.host, *cells, "FAILED" if bad else "ok", detail])
+        suffix = " (dry run: nothing changed)" if dry_run else ""
+        render_table(["host", *columns, "result", "detail"], table, title=(title or what) + suffix)
+        for line in notes:
+            click.echo(redact(line))
+    error = failure(results, what)
+    if error is not None:
+        raise error
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def _common(dry_run: bool = True):
@@ -64,11 +116,9 @@ def hosts_check(inventory, hosts, accept_new_host_keys, output):
     Exit code 1/3 when any host fails a check (3: some hosts are fine).
     """
     from petals_ops.fleet.hostcheck import check_hosts
-    from petals_ops.fleet.result import report
 
     inv, opts = _load(inventory, accept_new_host_keys)
-    results = [r.result() for r in check_hosts(inv, hosts, opts=opts)]
-    report(results, "hosts check", ["check"], output=output)
+    report(check_hosts(inv, hosts, opts=opts), "hosts check", ["check"], output=output)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -82,15 +132,9 @@ def provision_cmd(inventory, hosts, accept_new_host_keys, dry_run, output):
     changed. --dry-run prints what would change and changes nothing.
     """
     from petals_ops.fleet.provision import provision
-    from petals_ops.fleet.result import report
 
     inv, opts = _load(inventory, accept_new_host_keys)
     results = provision(inv, hosts, opts=opts, dry_run=dry_run)
-    if dry_run and output != "json":  # the commands a dry run would run, first line of each
-        for r in results:
-            for row in r.rows:
-                row["detail"] += "".join(f"\n  $ {c.splitlines()[0]}" + (" ..." if "\n" in c else "")
-                                         for c in row["commands"])
     report(results, "provision", ["step", "status"], output=output, dry_run=dry_run)
 
 
@@ -178,16 +222,16 @@ def up_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout, no_
     recreated (same identity file, so the same peer id). On failure the table shows the container's last
     log lines.
     """
-    from petals_ops.fleet.result import report
-    from petals_ops.fleet.up import apply
+    from petals_ops.fleet.up import up
 
     inv, opts = _load(inventory, accept_new_host_keys)
+    started = time.monotonic()
     with block_progress("servers ONLINE") as update:
-        result = apply(inv, hosts, opts=opts, dry_run=dry_run, wait=not no_wait, timeout=timeout,
-                       parallel=parallel, on_progress=update)
-    results = result.host_results()
-    report(results, "up", SERVER_COLUMNS, output=output, dry_run=dry_run, extra={"seconds": result.seconds},
-           title=None if dry_run else f"up in {result.seconds:.1f} s", notes=_changes_notes(results, dry_run))
+        results = up(inv, hosts, opts=opts, dry_run=dry_run, wait=not no_wait, timeout=timeout,
+                     parallel=parallel, on_progress=update)
+    seconds = round(time.monotonic() - started, 2)
+    report(results, "up", SERVER_COLUMNS, output=output, dry_run=dry_run, extra={"seconds": seconds},
+           title=None if dry_run else f"up in {seconds:.1f} s", notes=_changes_notes(results, dry_run))
 
 
 @click.command("restart")
@@ -198,16 +242,15 @@ def up_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout, no_
 @click.option("--no-wait", is_flag=True, help="Do not wait for the servers to be ONLINE.")
 def restart_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout, no_wait):
     """Restart the server containers (same peer ids) and wait until they are ONLINE again."""
-    from petals_ops.fleet.result import report
     from petals_ops.fleet.up import restart
 
     inv, opts = _load(inventory, accept_new_host_keys)
+    started = time.monotonic()
     with block_progress("servers ONLINE") as update:
-        result = restart(inv, hosts, opts=opts, dry_run=dry_run, wait=not no_wait, timeout=timeout,
-                         on_progress=update)
-    results = result.host_results()
+        results = restart(inv, hosts, opts=opts, dry_run=dry_run, wait=not no_wait, timeout=timeout,
+                          on_progress=update)
     report(results, "restart", SERVER_COLUMNS, output=output, dry_run=dry_run,
-           extra={"seconds": result.seconds}, notes=_changes_notes(results, dry_run))
+           extra={"seconds": round(time.monotonic() - started, 2)}, notes=_changes_notes(results, dry_run))
 
 
 @click.command("down")
@@ -217,7 +260,6 @@ def down_cmd(inventory, hosts, accept_new_host_keys, dry_run, output):
     """Stop and remove the server containers (SIGINT first: a clean OFFLINE); the cache volume and the
     identities stay."""
     from petals_ops.fleet.down import down
-    from petals_ops.fleet.result import report
 
     inv, opts = _load(inventory, accept_new_host_keys)
     results = down(inv, hosts, opts=opts, dry_run=dry_run)
@@ -232,7 +274,6 @@ def status_cmd(inventory, hosts, accept_new_host_keys, output):
 
     Exit code 1/3 when a host is unreachable or a server is not running/ONLINE (3: others are fine).
     """
-    from petals_ops.fleet.result import report
     from petals_ops.fleet.status import fleet_status
 
     inv, opts = _load(inventory, accept_new_host_keys)

@@ -3,31 +3,38 @@ stay."""
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from petals_ops.fleet import containers as C
-from petals_ops.fleet.schema import Inventory
-from petals_ops.fleet.parallel import per_host
-from petals_ops.fleet.result import HostResult
-from petals_ops.fleet.ssh import HostSession, SSHOptions, select_hosts
+from petals_ops.fleet.executor import Operation, Target, run_operation
+from petals_ops.fleet.result import HostResult, ServerRow
+from petals_ops.fleet.ssh import HostSession
 
 
-def down(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts: SSHOptions | None = None,
-         dry_run: bool = False, stop_timeout: int = 30) -> list[HostResult]:
-    """One result per host; rows: each container removed (or that would be), or one 'nothing' row."""
-    opts = opts or SSHOptions.from_inventory(inventory)
-    names = select_hosts(inventory, hosts, opts)
+class Down(Operation):
+    """read: our containers (name, status); plan: remove them all; apply: stop (SIGINT) and remove."""
 
-    def one(h: str) -> HostResult:
-        with HostSession(h, inventory.host(h), opts) as session:
-            found = C.managed_containers(session.docker(), h)
-            for c in [] if dry_run else found:
-                if c.status == "running":
-                    c.stop(timeout=stop_timeout)  # SIGINT first: the server announces itself OFFLINE
-                c.remove(force=True)
-            action = "would-remove" if dry_run else "removed"
-            rows = [{"container": c.name, "action": action} for c in found]
-            return HostResult(h, changed=[f"{c.name}: {action}" for c in found],
-                              rows=rows or [{"container": "", "action": "nothing"}])
+    def __init__(self, stop_timeout: int = 30):
+        self.stop_timeout = stop_timeout
 
-    return [o.value if o.ok else HostResult.failed(o.host, o.error) for o in per_host(names, one)]
+    def read(self, target: Target, session: HostSession) -> list[tuple[str, str]]:
+        return [(c.name, c.status) for c in C.managed_containers(session.docker(), target.name)]
+
+    def preview(self, target: Target, plan: list[tuple[str, str]],
+                action: str = "would-remove") -> HostResult:
+        rows = [ServerRow(name, action) for name, _ in plan]
+        return HostResult(target.name, changed=[f"{name}: {action}" for name, _ in plan],
+                          rows=rows or [ServerRow("", "nothing")])
+
+    def apply(self, target: Target, session: HostSession, plan: list[tuple[str, str]]) -> HostResult:
+        client = session.docker()
+        for name, status in plan:
+            c = client.containers.get(name)
+            if status == "running":
+                c.stop(timeout=self.stop_timeout)  # SIGINT first: the server announces itself OFFLINE
+            c.remove(force=True)
+        return self.preview(target, plan, action="removed")
+
+
+def down(inventory, hosts=None, *, opts=None, dry_run: bool = False) -> list[HostResult]:
+    """``down`` on ``hosts`` (default all): one result per host; rows: each container removed (or that
+    would be), or one 'nothing' row."""
+    return run_operation(Down(), inventory, hosts, opts=opts, dry_run=dry_run)

@@ -137,7 +137,3 @@ def read_gpus(session, expected: int = 0) -> GpuHostStatus:
     r = session.script(QUERY_SCRIPT, ",".join(FIELDS), timeout=30)
     return parse_query(session.name, r.stdout or "", r.exited, expected=expected)
 
-
-def expected_gpus(inventory, host: str) -> int:
-    """GPUs the inventory says ``host`` has for its servers (0 for a CPU server)."""
-    return inventory.host(host).gpus if inventory.server_for(host).device == "cuda" else 0

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 from typing import Callable
 
-from petals_ops.util.errors import InputError
 from petals_ops.fleet import containers as C
+from petals_ops.fleet.executor import Fleet, resolve_targets
 from petals_ops.fleet.schema import Inventory
-from petals_ops.fleet.ssh import HostSession, SSHOptions, select_hosts
+from petals_ops.fleet.ssh import SSHOptions
+from petals_ops.util.errors import InputError
 
 
 def stream_logs(inventory: Inventory, host: str, write: Callable[[str], None], *,
                 container: str | None = None,
                 tail: int | None = 100, follow: bool = False, opts: SSHOptions | None = None) -> None:
-    opts = opts or SSHOptions.from_inventory(inventory)
     if "," in host or not host.strip():
         raise InputError(f"logs takes exactly one host, got {host!r}",
                          fix="pass one name, e.g. petals-ops logs a10-1")
-    selected = select_hosts(inventory, [host], opts, given_as="host")
-    [host] = selected
-    with HostSession(host, inventory.host(host), opts) as session:
+    [target] = resolve_targets(inventory, [host], opts=opts, given_as="host")
+    host = target.name
+    with Fleet([target]) as fleet:
+        session = fleet.session(target)
         # A follow stream may stay quiet for long: its client has no read timeout (docker-py #931).
         client = session.docker(timeout=None if follow else 120)
         found = C.managed_containers(client, host)

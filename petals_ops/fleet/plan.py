@@ -17,7 +17,8 @@ from petals_ops.util.errors import InputError
 from petals_ops.fleet import containers as C
 from petals_ops.fleet.schema import Inventory
 from petals_ops.fleet.peers import swarm_note
-from petals_ops.fleet.ssh import SSHOptions, select_hosts
+from petals_ops.fleet.executor import Target, resolve_targets
+from petals_ops.fleet.ssh import SSHOptions
 from petals_ops.client.models import KNOWN_MODELS, resolve_model
 
 QUANTS = ("none", "int8", "nf4")
@@ -99,8 +100,8 @@ def _blocks_that_fit(m: dict, gpu_memory_bytes: int, num_blocks: int) -> int:
     return max(0, min(n, num_blocks))
 
 
-def _one_model(inventory: Inventory, names: Sequence[str]) -> str:
-    models = {inventory.server_for(h).model for h in names}
+def _one_model(targets: Sequence[Target]) -> str:
+    models = {t.server.model for t in targets}
     if len(models) != 1:
         raise InputError("the selected hosts serve different models",
                          fix="plan one model at a time with --hosts")
@@ -109,18 +110,17 @@ def _one_model(inventory: Inventory, names: Sequence[str]) -> str:
 
 def make_plan(inventory: Inventory, hosts: Sequence[str] | None = None, *,
               opts: SSHOptions | None = None) -> FleetPlan:
-    opts = opts or SSHOptions.from_inventory(inventory)
-    names = select_hosts(inventory, hosts, opts)
-    ref, source = _memory_source(_one_model(inventory, names))
+    targets = resolve_targets(inventory, hosts, opts=opts, require_slots=True)
+    ref, source = _memory_source(_one_model(targets))
     memory = _memory_fn(source)
 
     num_blocks = ref.num_blocks or memory(None, "none", None)["num_blocks"]
-    plan = FleetPlan(model=ref.name, num_blocks=num_blocks, swarm=swarm_note(inventory, names))
+    plan = FleetPlan(model=ref.name, num_blocks=num_blocks, swarm=swarm_note(targets))
     held = [0] * num_blocks
     soft_total = 0
-    for h in names:
-        hspec, spec = inventory.host(h), inventory.server_for(h)
-        for slot in C.server_slots(h, hspec, spec):
+    for t in targets:
+        h, hspec, spec = t.name, t.host, t.server
+        for slot in t.slots:
             # Petals' default since 2.2.0
             quant = spec.quant_type or ("nf4" if spec.device == "cuda" else "none")
             tokens = spec.attn_cache_tokens or memory(spec.torch_dtype, quant, None)["attn_cache_tokens"]
@@ -198,9 +198,8 @@ def plan_as_if(inventory: Inventory, hosts: Sequence[str] | None = None, *, as_m
     """
     if quant not in QUANTS:
         raise InputError(f"--quant {quant} is unknown", fix=f"use one of {', '.join(QUANTS)}")
-    opts = opts or SSHOptions.from_inventory(inventory)
-    names = select_hosts(inventory, hosts, opts)
-    served = resolve_model(_one_model(inventory, names))
+    targets = resolve_targets(inventory, hosts, opts=opts, require_slots=True)
+    served = resolve_model(_one_model(targets))
     ref, source = _memory_source(as_model)
     memory = _memory_fn(source)
     m = memory(None, quant, attn_cache_tokens)
@@ -211,13 +210,13 @@ def plan_as_if(inventory: Inventory, hosts: Sequence[str] | None = None, *, as_m
                          fix=f"serve a model of {num_blocks} blocks "
                              f"(e.g. 'petals-ops model tiny DIR --layers {num_blocks}')")
     plan = FleetPlan(model=served.name, num_blocks=num_blocks, as_model=ref.name,
-                     swarm=swarm_note(inventory, names))
+                     swarm=swarm_note(targets))
     held = [0] * num_blocks
     cursor = 0
-    for h in names:
-        hspec, spec = inventory.host(h), inventory.server_for(h)
+    for t in targets:
+        h, hspec, spec = t.name, t.host, t.server
         ranges = []
-        for slot in C.server_slots(h, hspec, spec):
+        for slot in t.slots:
             fits = {q: {m["attn_cache_tokens"]: _blocks_that_fit(memory(None, q, attn_cache_tokens),
                                                                  hspec.gpu_memory_bytes, num_blocks)}
                     for q in QUANTS}

@@ -1,9 +1,10 @@
-"""The one result shape of every fleet command, and the one function that renders it and sets the exit code.
+"""The one result shape of every fleet command: one :class:`HostResult` per host, with typed rows.
 
-Each command returns one :class:`HostResult` per host (in host order): whether the host is ok, what
-changed on it (or would, in a dry run), its error line, and its rows (one per container, check or step).
-:func:`report` prints them (a table for people, JSON for scripts) and raises the failure that maps to
-the exit code: 0 all hosts ok, 3 some failed, 1 all failed. A new command adds no failure summary.
+Each command returns one HostResult per host (in host order): whether the host is ok, what changed on it
+(or would, in a dry run), its error line, and its rows: one per server container (:class:`ServerRow`),
+check (:class:`CheckRow`), provision step (:class:`StepRow`) or container status (:class:`ContainerRow`).
+:func:`exit_code` and :func:`failure` turn them into the exit code (0 all hosts ok, 3 some failed, 1 all
+failed) and the one-line summary. Printing them is the CLI's job (``petals_ops/cli/fleet_cmds.py``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,61 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from petals_ops.util.errors import EXIT_OK, EXIT_PARTIAL, OpsError, PartialFailure, redact
-from petals_ops.fleet.parallel import exit_code
+from petals_ops.util.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, OpsError, PartialFailure
+
+
+@dataclass
+class ServerRow:
+    """A server container (up, restart, down): what was done to it and, after a wait, its DHT state."""
+
+    container: str
+    action: str  # created | recreated | started | unchanged | restarted | removed | would-... | nothing
+    peer_id: str | None = None
+    blocks: str | None = None
+    port: int | None = None
+    dht_state: str | None = None  # ONLINE / JOINING / OFFLINE / absent, after the wait
+    error: str | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckRow:
+    """One check of ``hosts check``, with the fact it read where there is one (os, gpus, free disk)."""
+
+    check: str
+    ok: bool
+    detail: str
+    fact: Any = None
+
+
+@dataclass
+class StepRow:
+    """One provision step: ok | changed | would-change | skipped | failed | manual, and its commands."""
+
+    step: str
+    status: str
+    detail: str
+    commands: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    def __post_init__(self):
+        self.ok = self.status not in ("failed", "manual")
+
+
+@dataclass
+class ContainerRow:
+    """A server container as ``status`` sees it, joined with the DHT's record of its peer id."""
+
+    container: str
+    running: bool
+    restart_count: int
+    exit_code: int | None
+    peer_id: str | None
+    dht_state: str | None = None
+    dht_blocks: str | None = None
+    throughput: float | None = None
+    ok: bool = True
+    error: str | None = None
 
 
 @dataclass
@@ -21,66 +75,34 @@ class HostResult:
     ok: bool = True
     changed: list[str] = field(default_factory=list)  # one line per change (dry run: what would change)
     error: str | None = None  # one line; set when the host failed
-    rows: list[dict] = field(default_factory=list)
+    rows: list = field(default_factory=list)  # ServerRow | CheckRow | StepRow | ContainerRow
 
     @classmethod
-    def failed(cls, host: str, error: str, rows: list[dict] | None = None) -> HostResult:
+    def failed(cls, host: str, error: str, rows: list | None = None) -> HostResult:
         return cls(host, ok=False, error=error, rows=rows or [])
+
+    def fail(self, error: str) -> None:
+        """Mark the host failed (the first error names it)."""
+        self.ok = False
+        self.error = self.error or error
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def results_exit_code(results: Sequence[HostResult]) -> int:
-    return exit_code([r.ok for r in results])
+def exit_code(results: Sequence[HostResult]) -> int:
+    if all(r.ok for r in results):
+        return EXIT_OK
+    return EXIT_PARTIAL if any(r.ok for r in results) else EXIT_FAILURE
 
 
-def report(results: Sequence[HostResult], what: str, columns: Sequence[str], *, output: str = "table",
-           dry_run: bool = False, title: str | None = None, extra: dict[str, Any] | None = None,
-           notes: Sequence[str] = ()) -> None:
-    """Print ``results`` and raise the error their exit code needs (returns only when every host is ok).
-
-    ``columns``: the row keys shown in the table, after ``host``; the table ends with result and detail.
-    JSON: ``{command, dry_run, ok, exit_code, hosts: [HostResult...], **extra}`` on stdout.
-    """
-    import click
-
-    from petals_ops.util.output import emit_json, render_table
-
-    code = results_exit_code(results)
-    if output == "json":
-        emit_json({"command": what, "dry_run": dry_run, "ok": code == EXIT_OK, "exit_code": code,
-                   "hosts": [r.to_dict() for r in results], **(extra or {})})
-    else:
-        table = []
-        for r in results:
-            rows = list(r.rows)
-            if r.error and not any(row.get("error") or row.get("ok") is False for row in rows):
-                rows.append({"error": r.error})  # a failure no row shows gets a row of its own
-            for row in rows:
-                bad = bool(row.get("error")) or row.get("ok") is False
-                detail = row.get("error") or row.get("detail") or ""
-                if row.get("log_tail"):
-                    detail += "\n" + "\n".join(row["log_tail"][-8:])
-                cells = [_cell(row.get(c)) for c in columns]
-                table.append([r.host, *cells, "FAILED" if bad else "ok", detail])
-        suffix = " (dry run: nothing changed)" if dry_run else ""
-        render_table(["host", *columns, "result", "detail"], table, title=(title or what) + suffix)
-        for line in notes:
-            click.echo(redact(line))
-    if code == EXIT_OK:
-        return
+def failure(results: Sequence[HostResult], what: str) -> OpsError | None:
+    """The error a command ends with (None when every host is ok): partial (exit 3) or total (exit 1)."""
     bad = [r for r in results if not r.ok]
+    if not bad:
+        return None
     summary = f"{what} failed on {len(bad)} of {len(results)} host(s): " + "; ".join(
         f"{r.host} ({r.error or 'failed'})" for r in bad)
-    if code == EXIT_PARTIAL:
-        raise PartialFailure(summary, fix="the other hosts are done; fix the failing ones and run it again")
-    raise OpsError(summary, fix="fix the hosts and run it again")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
+    if len(bad) < len(results):
+        return PartialFailure(summary, fix="the other hosts are done; fix the failing ones and run it again")
+    return OpsError(summary, fix="fix the hosts and run it again")

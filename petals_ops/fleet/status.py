@@ -10,14 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from petals_ops.util.errors import OpsError
 from petals_ops.fleet import containers as C
-from petals_ops.fleet.gpu import GpuHostStatus, expected_gpus, read_gpus
+from petals_ops.fleet.executor import Fleet, Outcome, Target, resolve_targets
+from petals_ops.fleet.gpu import GpuHostStatus, read_gpus
 from petals_ops.fleet.inventory import load_inventory
+from petals_ops.fleet.peers import inventory_peers, joins_public_swarm, swarm_model
+from petals_ops.fleet.result import ContainerRow, HostResult
 from petals_ops.fleet.schema import Inventory
-from petals_ops.fleet.parallel import per_host
-from petals_ops.fleet.result import HostResult
-from petals_ops.fleet.ssh import HostError, HostSession, SSHOptions, select_hosts
+from petals_ops.fleet.ssh import HostError, HostSession, SSHOptions
+from petals_ops.util.errors import OpsError
 
 __all__ = ["ContainerStatus", "FleetReading", "FleetStatus", "GpuHostStatus", "fleet_status",
            "load_inventory", "read_fleet"]
@@ -43,26 +44,38 @@ class FleetReading:
     gpus: tuple[GpuHostStatus, ...] = ()
 
 
-def _read_host(host: str, inventory: Inventory, opts: SSHOptions, gpus: bool) -> FleetReading:
-    with HostSession(host, inventory.host(host), opts) as session:
-        out: list = []
-        for c in C.managed_containers(session.docker(), host):
-            state = c.attrs.get("State", {})
-            running = state.get("Status") == "running"
-            out.append(ContainerStatus(
-                host=host, container=c.name, running=running,
-                restart_count=int(c.attrs.get("RestartCount", 0)),
-                exit_code=None if running else state.get("ExitCode"), peer_id=c.labels.get(C.LABEL_PEER),
-                error=None,
-            ))
-        gpu: tuple[GpuHostStatus, ...] = ()
-        if gpus:
-            expected = expected_gpus(inventory, host)
-            try:
-                gpu = (read_gpus(session, expected),)
-            except HostError as e:  # nvidia-smi hung or the connection dropped: the containers still count
-                gpu = (GpuHostStatus(host, "error", expected=expected, detail=e.one_line()),)
-        return FleetReading(tuple(out), gpu)
+def _read_host(target: Target, session: HostSession, gpus: bool) -> FleetReading:
+    host = target.name
+    out: list = []
+    for c in C.managed_containers(session.docker(), host):
+        state = c.attrs.get("State", {})
+        running = state.get("Status") == "running"
+        out.append(ContainerStatus(
+            host=host, container=c.name, running=running,
+            restart_count=int(c.attrs.get("RestartCount", 0)),
+            exit_code=None if running else state.get("ExitCode"), peer_id=c.labels.get(C.LABEL_PEER),
+            error=None,
+        ))
+    gpu: tuple[GpuHostStatus, ...] = ()
+    if gpus:
+        try:
+            gpu = (read_gpus(session, target.expected_gpus),)
+        except HostError as e:  # nvidia-smi hung or the connection dropped: the containers still count
+            gpu = (GpuHostStatus(host, "error", expected=target.expected_gpus, detail=e.one_line()),)
+    return FleetReading(tuple(out), gpu)
+
+
+def _reading(outcomes: list[Outcome[FleetReading]]) -> FleetReading:
+    containers: list[ContainerStatus] = []
+    gpu: list[GpuHostStatus] = []
+    for o in outcomes:
+        if o.ok:
+            containers += o.value.containers
+            gpu += o.value.gpus
+        else:  # the exporter's shape of an unreachable host: one entry with the error
+            containers.append(ContainerStatus(host=o.target.name, container="", running=False,
+                                              restart_count=0, exit_code=None, peer_id=None, error=o.error))
+    return FleetReading(tuple(containers), tuple(gpu))
 
 
 def read_fleet(inventory: Inventory, hosts: Sequence[str] | None = None, *,
@@ -72,18 +85,8 @@ def read_fleet(inventory: Inventory, hosts: Sequence[str] | None = None, *,
     An unreachable host gives one container entry with ``container=""`` and ``error`` set; it never hides
     the others.
     """
-    opts = opts or SSHOptions.from_inventory(inventory)
-    names = select_hosts(inventory, hosts, opts)
-    containers: list[ContainerStatus] = []
-    gpu: list[GpuHostStatus] = []
-    for o in per_host(names, lambda h: _read_host(h, inventory, opts, gpus)):
-        if o.ok:
-            containers += o.value.containers
-            gpu += o.value.gpus
-        else:
-            containers.append(ContainerStatus(host=o.host, container="", running=False, restart_count=0,
-                                              exit_code=None, peer_id=None, error=o.error))
-    return FleetReading(tuple(containers), tuple(gpu))
+    with Fleet(resolve_targets(inventory, hosts, opts=opts)) as fleet:
+        return _reading(fleet.each(lambda t, s: _read_host(t, s, gpus)))
 
 
 @dataclass
@@ -118,16 +121,14 @@ def join(names: Sequence[str], statuses: Sequence[ContainerStatus], snap=None) -
         for s in mine:
             rec = snap.server(s.peer_id) if snap is not None and s.peer_id else None
             dht_state = rec.state if rec else ("absent" if snap is not None else None)
-            row = {"container": s.container, "running": s.running, "restart_count": s.restart_count,
-                   "exit_code": s.exit_code, "peer_id": s.peer_id, "dht_state": dht_state,
-                   "dht_blocks": f"{rec.start_block}:{rec.end_block}" if rec else None,
-                   "throughput": rec.throughput if rec else None}
             problem = None
             if not s.running:
                 problem = f"{s.container} is not running (exit code {s.exit_code})"
             elif snap is not None and dht_state != "ONLINE":
                 problem = f"{s.container} is {dht_state} in the DHT"
-            row["ok"], row["error"] = problem is None, problem
+            row = ContainerRow(s.container, s.running, s.restart_count, s.exit_code, s.peer_id, dht_state,
+                               f"{rec.start_block}:{rec.end_block}" if rec else None,
+                               rec.throughput if rec else None, ok=problem is None, error=problem)
             problems += [problem] if problem else []
             rows.append(row)
         out.append(HostResult(h, ok=not problems, error=f"{h}: {'; '.join(problems)}" if problems else None,
@@ -139,26 +140,22 @@ def fleet_status(inventory: Inventory, hosts: Sequence[str] | None = None, *,
                  opts: SSHOptions | None = None) -> FleetStatus:
     """Containers and GPUs over SSH, the swarm's DHT through the inventory's initial peers (petals'
     public ones when the fleet joins the public swarm), joined by peer id."""
-    from petals_ops.fleet.peers import inventory_peers, joins_public_swarm
+    from petals_ops.swarm.health import take_snapshot
 
-    opts = opts or SSHOptions.from_inventory(inventory)
-    names = select_hosts(inventory, hosts, opts)
-    reading = read_fleet(inventory, names, opts=opts)
+    targets = resolve_targets(inventory, hosts, opts=opts)
+    with Fleet(targets) as fleet:
+        reading = _reading(fleet.each(lambda t, s: _read_host(t, s, True)))
     statuses = reading.containers
-    result = FleetStatus(hosts=[], gpus=list(reading.gpus),
-                         public_swarm=bool(joins_public_swarm(inventory, names)))
+    result = FleetStatus(hosts=[], gpus=list(reading.gpus), public_swarm=bool(joins_public_swarm(targets)))
     snap = None
     if any(s.peer_id for s in statuses):
-        from petals_ops.fleet.up import _model_ref
-        from petals_ops.swarm.health import take_snapshot
-
         try:
-            peers = inventory_peers(inventory, names)
+            peers = inventory_peers(targets)
             if peers:
-                snap = take_snapshot(peers, _model_ref(inventory, names))
+                snap = take_snapshot(peers, swarm_model(targets))
         except OpsError as e:
             result.dht_error = e.one_line()
-    result.hosts = join(names, statuses, snap)
+    result.hosts = join([t.name for t in targets], statuses, snap)
     if snap is not None:
         result.coverage, result.dht_prefix = snap.coverage(), snap.dht_prefix
     return result

@@ -1,55 +1,21 @@
-"""``petals-ops up`` and ``restart``: apply the server containers on every host in parallel, then wait
-until the swarm's DHT shows each server ONLINE for its blocks (through :mod:`petals_ops.swarm.health`)."""
+"""``petals-ops up`` and ``restart``: apply the server containers on every host in parallel (through the
+fleet executor), then wait until the swarm's DHT shows each server ONLINE for its blocks (the swarm's one
+wait helper, :func:`petals_ops.swarm.wait.wait_on_swarm`)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from petals_ops.util.errors import InputError, OpsError
 from petals_ops.fleet import containers as C
+from petals_ops.fleet.executor import Fleet, Operation, Target, resolve_targets
+from petals_ops.fleet.peers import inventory_peers, multiaddr, swarm_model
+from petals_ops.fleet.result import HostResult, ServerRow
 from petals_ops.fleet.schema import BLOCK_RANGE_RE, Inventory
-from petals_ops.fleet.parallel import HostOutcome, per_host
-from petals_ops.fleet.peers import inventory_peers, multiaddr
-from petals_ops.fleet.result import HostResult
-from petals_ops.fleet.ssh import HostError, HostSession, SSHOptions, select_hosts
-
-
-@dataclass
-class ServerResult:
-    host: str
-    container: str
-    action: str  # created | recreated | started | unchanged | restarted | would-...
-    peer_id: str | None = None
-    blocks: str | None = None
-    port: int | None = None
-    dht_state: str | None = None  # ONLINE / JOINING / OFFLINE / absent, after the wait
-    error: str | None = None
-    log_tail: list[str] = field(default_factory=list)
-
-
-@dataclass
-class FleetResult:
-    servers: list[ServerResult]
-    host_errors: dict[str, str]
-    hosts: list[str]
-    seconds: float = 0.0
-    changes: dict[str, list[str]] = field(default_factory=dict)  # host -> what changed (or would)
-
-    def host_ok(self, host: str) -> bool:
-        return host not in self.host_errors and all(s.error is None for s in self.servers if s.host == host)
-
-    def host_results(self) -> list[HostResult]:
-        """The fleet's one result shape: per host, ok, what changed, the error and one row per server."""
-        out = []
-        for h in self.hosts:
-            rows = [{k: v for k, v in asdict(s).items() if k != "host"} for s in self.servers if s.host == h]
-            mine = [s for s in self.servers if s.host == h]
-            error = self.host_errors.get(h) or next((s.error for s in mine if s.error), None)
-            out.append(HostResult(h, ok=self.host_ok(h), changed=self.changes.get(h, []), error=error,
-                                  rows=rows))
-        return out
+from petals_ops.fleet.ssh import HostError, HostSession, SSHOptions
+from petals_ops.swarm.wait import wait_on_swarm
+from petals_ops.util.errors import OpsError
 
 
 # -- read: the host's state, as plain data ------------------------------------------------------------
@@ -74,12 +40,10 @@ class UpHostState:
     containers: dict[str, CurrentContainer]  # the slots' containers that exist
 
 
-def read_host_state(session: HostSession, inv: Inventory) -> UpHostState:
+def read_host_state(session: HostSession, target: Target) -> UpHostState:
     import docker.errors
 
-    host = session.name
-    spec = inv.server_for(host)
-    slots = C.server_slots(host, inv.host(host), spec)
+    host, spec = target.name, target.server
     client = session.docker()
     try:
         image_id = client.images.get(spec.image).id
@@ -92,7 +56,7 @@ def read_host_state(session: HostSession, inv: Inventory) -> UpHostState:
         volume = False
     identity_dir = C.home_relative(session, spec.identity_dir)
     paths, peers, current = {}, {}, {}
-    for slot in slots:
+    for slot in target.slots:
         paths[slot.container] = C.identity_path(spec, identity_dir, host, slot)
         # dry_run: reads the identity file only (None when there is none yet)
         peers[slot.container], _ = C.ensure_identity(session, paths[slot.container], dry_run=True)
@@ -136,13 +100,12 @@ class HostPlan:
         return out
 
 
-def plan_host(inv: Inventory, state: UpHostState, token: str | None) -> HostPlan:
+def plan_host(target: Target, state: UpHostState, token: str | None) -> HostPlan:
     """What ``up`` changes on a host in ``state``: pull, volume, identities, and per server container
     create (missing), recreate (configuration hash differs), start (stopped) or nothing."""
-    host = state.host
-    spec = inv.server_for(host)
+    host, spec = target.name, target.server
     servers = []
-    for slot in C.server_slots(host, inv.host(host), spec):
+    for slot in target.slots:
         want = C.desired_container(host, spec, slot, state.identity_paths[slot.container], token)
         want.image_id = state.image_id
         current = state.containers.get(slot.container)
@@ -170,15 +133,15 @@ DRY = {"create": "would-create", "recreate": "would-recreate", "start": "would-s
 DONE = {"create": "created", "recreate": "recreated", "start": "started", "unchanged": "unchanged"}
 
 
-def plan_results(plan: HostPlan, *, dry_run: bool) -> list[ServerResult]:
+def plan_rows(plan: HostPlan, *, dry_run: bool) -> list[ServerRow]:
     names = DRY if dry_run else DONE
-    return [ServerResult(host=plan.host, container=s.slot.container, action=names[s.action],
-                         peer_id=s.peer_id, blocks=s.slot.block_indices, port=s.slot.port)
+    return [ServerRow(container=s.slot.container, action=names[s.action], peer_id=s.peer_id,
+                      blocks=s.slot.block_indices, port=s.slot.port)
             for s in plan.servers]
 
 
 # -- apply --------------------------------------------------------------------------------------------
-def apply_plan(session: HostSession, plan: HostPlan) -> list[ServerResult]:
+def apply_plan(session: HostSession, plan: HostPlan) -> list[ServerRow]:
     import docker.errors
 
     host = plan.host
@@ -192,7 +155,7 @@ def apply_plan(session: HostSession, plan: HostPlan) -> list[ServerResult]:
                             fix="check the image name/tag and the host's registry access") from None
     if plan.create_volume:
         client.volumes.create(plan.create_volume, labels={C.LABEL_MANAGED: "true"})
-    results = plan_results(plan, dry_run=False)
+    results = plan_rows(plan, dry_run=False)
     for change, result in zip(plan.servers, results):
         if change.new_identity:
             result.peer_id, _ = C.ensure_identity(session, change.desired.identity_path, dry_run=False)
@@ -215,104 +178,145 @@ def apply_plan(session: HostSession, plan: HostPlan) -> list[ServerResult]:
     return results
 
 
-def _up_host(session: HostSession, inv: Inventory, *, dry_run: bool, tokens: dict,
-             changes: dict[str, list[str]]) -> list[ServerResult]:
-    spec = inv.server_for(session.name)
-    token = tokens[spec.hf_token.describe()] if spec.hf_token is not None else None  # read by apply()
-    plan = plan_host(inv, read_host_state(session, inv), token)
-    changes[session.name] = plan.changes
-    return plan_results(plan, dry_run=True) if dry_run else apply_plan(session, plan)
+class Up(Operation):
+    """read the host's image, volume, identities and containers -> plan -> create/recreate/start."""
+
+    def __init__(self, tokens: dict[str, str]):
+        self.tokens = tokens  # hf_token source -> the token, read before any host is touched
+
+    def read(self, target: Target, session: HostSession) -> UpHostState:
+        return read_host_state(session, target)
+
+    def plan(self, target: Target, state: UpHostState) -> HostPlan:
+        source = target.server.hf_token
+        return plan_host(target, state, self.tokens[source.describe()] if source is not None else None)
+
+    def preview(self, target: Target, plan: HostPlan) -> HostResult:
+        return HostResult(target.name, changed=plan.changes, rows=plan_rows(plan, dry_run=True))
+
+    def apply(self, target: Target, session: HostSession, plan: HostPlan) -> HostResult:
+        return HostResult(target.name, changed=plan.changes, rows=apply_plan(session, plan))
 
 
-def _initial_peers(inv: Inventory, hosts: Sequence[str], results: list[ServerResult],
-                   sessions: dict) -> list[str]:
-    peers = inventory_peers(inv, hosts)
-    for h in hosts:
-        spec = inv.server_for(h)
-        if spec.new_swarm:
-            for r in results:
-                if r.host == h and r.peer_id:
-                    listening = spec.listen_address not in ("0.0.0.0", "::")
-                    address = spec.public_ip or (spec.listen_address if listening else None)
-                    address = address or sessions[h].conn.host  # an IP or a DNS name (ssh config HostName)
-                    peers.append(multiaddr(address, r.port, r.peer_id))
-    return peers
+@dataclass(frozen=True)
+class RunningServer:
+    """A managed container as ``restart`` reads it (labels only; no live Docker object)."""
+
+    container: str
+    peer_id: str | None
+    blocks_label: str  # "start:end", or "num:N"/"auto" when the server chooses its span
+    status: str
 
 
-def _model_ref(inv: Inventory, hosts: Sequence[str]):
-    from petals_ops.client.models import resolve_model
-
-    specs = {(inv.server_for(h).model, inv.server_for(h).dht_prefix) for h in hosts}
-    if len(specs) != 1:
-        raise InputError("the selected hosts serve different models or DHT prefixes; petals-ops waits on one",
-                         fix="run up once per model with --hosts")
-    model, prefix = specs.pop()
-    return resolve_model(model, dht_prefix=prefix)
+def read_servers(session: HostSession) -> list[RunningServer]:
+    return [RunningServer(c.name, c.labels.get(C.LABEL_PEER), c.labels.get(C.LABEL_BLOCKS, ""), c.status)
+            for c in C.managed_containers(session.docker(), session.name)]
 
 
+def plan_restart(host: str, servers: Sequence[RunningServer]) -> tuple[list[str], list[ServerRow]]:
+    """Every managed server of the host restarts (same identity file, so the same peer id)."""
+    changes = [f"{s.container}: restart (was {s.status})" for s in servers]
+    rows = [ServerRow(container=s.container, action="restart", peer_id=s.peer_id,
+                      blocks=s.blocks_label if BLOCK_RANGE_RE.match(s.blocks_label) else None)
+            for s in servers]
+    return changes, rows
+
+
+class Restart(Operation):
+    def read(self, target: Target, session: HostSession) -> list[RunningServer]:
+        return read_servers(session)
+
+    def plan(self, target: Target, state: list[RunningServer]):
+        return plan_restart(target.name, state)
+
+    def preview(self, target: Target, plan, action: str = "would-restart") -> HostResult:
+        changes, rows = plan
+        for row in rows:
+            row.action = action
+        return HostResult(target.name, changed=changes, rows=rows)
+
+    def apply(self, target: Target, session: HostSession, plan) -> HostResult:
+        for row in plan[1]:
+            session.docker().containers.get(row.container).restart(timeout=30)
+        return self.preview(target, plan, action="restarted")
+
+
+# -- wait ---------------------------------------------------------------------------------------------
 ProgressFn = Callable[[int, int, float], None]
 
 
-def wait_online(result: FleetResult, inv: Inventory, sessions: dict[str, HostSession], *, timeout: float,
-                on_progress: ProgressFn | None = None, poll: float = 2.0) -> None:
-    """Poll the DHT until every server of a healthy host is ONLINE for its blocks; fail those that exit."""
-    from petals_ops.swarm.health import SwarmProbe
+def _initial_peers(fleet: Fleet, results: Sequence[HostResult]) -> list[str]:
+    """The inventory's initial peers, plus (new_swarm) our own servers' multiaddrs."""
+    targets = {t.name: t for t in fleet.targets}
+    peers = inventory_peers([targets[r.host] for r in results])
+    for r in results:
+        spec = targets[r.host].server
+        if spec.new_swarm:
+            for row in r.rows:
+                if row.peer_id:
+                    listening = spec.listen_address not in ("0.0.0.0", "::")
+                    address = spec.public_ip or (spec.listen_address if listening else None)
+                    # an IP or a DNS name (the ssh config's HostName)
+                    address = address or fleet.session(targets[r.host]).conn.host
+                    peers.append(multiaddr(address, row.port, row.peer_id))
+    return peers
 
-    pending = [s for s in result.servers
-               if s.error is None and s.peer_id and s.host not in result.host_errors]
+
+def wait_online(fleet: Fleet, results: Sequence[HostResult], *, timeout: float,
+                on_progress: ProgressFn | None = None, poll: float = 2.0) -> None:
+    """Poll the DHT until every server of a healthy host is ONLINE for its blocks; a server whose container
+    exits (or restarts) fails its host at once, with its last log lines; the rest fail at the deadline."""
+    pending = [(r, row) for r in results if r.ok for row in r.rows if row.error is None and row.peer_id]
     if not pending:
         return
-    hosts = sorted({s.host for s in pending})
-    peers = _initial_peers(inv, hosts, result.servers, sessions)
+    by_host = {t.name: t for t in fleet.targets}
+    hosts = [r for r in results if any(r is p for p, _ in pending)]
+
+    def fail(result: HostResult, row: ServerRow, error: str, log_tail: list[str] | None = None) -> None:
+        row.error, row.log_tail = error, log_tail or []
+        result.fail(error)
+
+    peers = _initial_peers(fleet, hosts)
     if not peers:
-        for s in pending:
-            s.error = "no initial peers to check the swarm with"
+        for r, row in pending:
+            fail(r, row, "no initial peers to check the swarm with")
         return
-    model = _model_ref(inv, hosts)
-    deadline = time.monotonic() + timeout
     total = len(pending)
+    last_error = None
+
+    def step(snap, error) -> bool:
+        nonlocal pending, last_error
+        still = []
+        for r, row in pending:
+            rec = snap.server(row.peer_id) if snap else None
+            row.dht_state = rec.state if rec else "absent"
+            blocks_ok = rec is not None and (row.blocks is None
+                                             or f"{rec.start_block}:{rec.end_block}" == row.blocks)
+            if not (rec is not None and rec.state == "ONLINE" and blocks_ok):
+                still.append((r, row))
+        pending = still
+        if on_progress:
+            on_progress(total - len(pending), total, time.monotonic())
+        for r, row in list(pending):  # a container that died (or keeps restarting) fails its host now
+            problem = _container_problem(fleet.session(by_host[r.host]), row.container)
+            if problem:
+                fail(r, row, *problem)
+                pending.remove((r, row))
+        last_error = error
+        return not pending
+
     try:
-        probe = SwarmProbe(peers, model).start()
-    except OpsError as e:
-        for s in pending:
-            s.error = e.one_line()
+        done = wait_on_swarm(peers, swarm_model([by_host[r.host] for r in hosts]), step, timeout=timeout,
+                             poll=poll)
+    except OpsError as e:  # the swarm cannot be reached at all
+        for r, row in pending:
+            fail(r, row, e.one_line())
         return
-    try:
-        while pending:
-            try:
-                snap = probe.snapshot()
-            except OpsError as e:
-                snap = None
-                last_error = e.one_line()
-            still = []
-            for s in pending:
-                rec = snap.server(s.peer_id) if snap else None
-                s.dht_state = rec.state if rec else "absent"
-                blocks_ok = rec is not None and (s.blocks is None
-                                                 or f"{rec.start_block}:{rec.end_block}" == s.blocks)
-                if rec is not None and rec.state == "ONLINE" and blocks_ok:
-                    continue
-                still.append(s)
-            pending = still
-            if on_progress:
-                on_progress(total - len(pending), total, time.monotonic())
-            if not pending:
-                break
-            # A container that died (or keeps restarting) fails its host now, with its last log lines.
-            for s in list(pending):
-                problem = _container_problem(sessions[s.host], s.container)
-                if problem:
-                    s.error, s.log_tail = problem
-                    pending.remove(s)
-            if time.monotonic() > deadline:
-                for s in pending:
-                    s.error = (f"not ONLINE in the swarm after {timeout:.0f} s (DHT says {s.dht_state})"
-                               + ("" if snap else f"; {last_error}"))
-                    s.log_tail = _tail(sessions[s.host], s.container)
-                break
-            time.sleep(poll)
-    finally:
-        probe.close()
+    if not done:
+        for r, row in pending:
+            fail(r, row, f"not ONLINE in the swarm after {timeout:.0f} s (DHT says {row.dht_state})"
+                         + (f"; {last_error}" if last_error else ""),
+                 _tail(fleet.session(by_host[r.host]), row.container))
 
 
 def _tail(session: HostSession, name: str) -> list[str]:
@@ -336,97 +340,37 @@ def _container_problem(session: HostSession, name: str) -> tuple[str, list[str]]
     return None
 
 
-def apply(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts: SSHOptions | None = None,
-          dry_run: bool = False, wait: bool = True, timeout: float = 1800.0, parallel: int | None = None,
-          on_progress: ProgressFn | None = None) -> FleetResult:
-    """``up``: create-or-replace the servers of ``hosts`` (in parallel) and wait until they are ONLINE."""
-    opts = opts or SSHOptions.from_inventory(inventory)
-    names = select_hosts(inventory, hosts, opts)
-    tokens: dict[str, str] = {}
-    # inventory problems (and an unset token variable) are the user's, before touching any host
-    for h in names:
-        spec = inventory.server_for(h)
-        C.server_slots(h, inventory.host(h), spec)
-        if spec.hf_token is not None and spec.hf_token.describe() not in tokens:
-            tokens[spec.hf_token.describe()] = spec.hf_token.read()
+# -- the commands ---------------------------------------------------------------------------------------
+def _run_and_wait(op: Operation, targets: list[Target], *, dry_run: bool, wait: bool, timeout: float,
+                  parallel: int | None, on_progress: ProgressFn | None,
+                  settle: float = 0.0) -> list[HostResult]:
     if wait and not dry_run:
-        _model_ref(inventory, names)  # the model/prefix the wait needs, checked before containers change
-    sessions = {h: HostSession(h, inventory.host(h), opts) for h in names}
-    changes: dict[str, list[str]] = {}
-    result = _on_hosts(
-        names, sessions,
-        lambda h: _up_host(sessions[h], inventory, dry_run=dry_run, tokens=tokens, changes=changes),
-        inventory, wait=wait and not dry_run, timeout=timeout, on_progress=on_progress, parallel=parallel,
-    )
-    result.changes = changes
-    return result
-
-
-def _on_hosts(names: list[str], sessions: dict[str, HostSession], apply: Callable[[str], list[ServerResult]],
-              inventory: Inventory, *, wait: bool, timeout: float, on_progress: ProgressFn | None,
-              parallel: int | None = None, settle: float = 0.0) -> FleetResult:
-    """Run ``apply`` per host in parallel, then (``wait``) wait until the servers are ONLINE; close the
-    sessions."""
-    started = time.monotonic()
-    try:
-        outcomes: list[HostOutcome] = per_host(names, apply, parallel=parallel)
-        result = FleetResult(servers=[s for o in outcomes if o.ok for s in o.value],
-                             host_errors={o.host: o.error for o in outcomes if not o.ok}, hosts=names)
-        if wait:
+        swarm_model(targets)  # the model/prefix the wait needs, checked before containers change
+    with Fleet(targets, parallel=parallel) as fleet:
+        results = fleet.run(op, dry_run=dry_run)
+        if wait and not dry_run:
             time.sleep(settle)
-            wait_online(result, inventory, sessions, timeout=timeout, on_progress=on_progress)
-    finally:
-        for s in sessions.values():
-            s.close()
-    result.seconds = round(time.monotonic() - started, 2)
-    return result
+            wait_online(fleet, results, timeout=timeout, on_progress=on_progress)
+    return results
 
 
-@dataclass(frozen=True)
-class RunningServer:
-    """A managed container as ``restart`` reads it (labels only; no live Docker object)."""
-
-    container: str
-    peer_id: str | None
-    blocks_label: str  # "start:end", or "num:N"/"auto" when the server chooses its span
-    status: str
-
-
-def read_servers(session: HostSession) -> list[RunningServer]:
-    return [RunningServer(c.name, c.labels.get(C.LABEL_PEER), c.labels.get(C.LABEL_BLOCKS, ""), c.status)
-            for c in C.managed_containers(session.docker(), session.name)]
-
-
-def plan_restart(host: str, servers: Sequence[RunningServer]) -> tuple[list[str], list[ServerResult]]:
-    """Every managed server of the host restarts (same identity file, so the same peer id)."""
-    changes = [f"{s.container}: restart (was {s.status})" for s in servers]
-    rows = [ServerResult(host=host, container=s.container, action="restart", peer_id=s.peer_id,
-                         blocks=s.blocks_label if BLOCK_RANGE_RE.match(s.blocks_label) else None)
-            for s in servers]
-    return changes, rows
+def up(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts: SSHOptions | None = None,
+       dry_run: bool = False, wait: bool = True, timeout: float = 1800.0, parallel: int | None = None,
+       on_progress: ProgressFn | None = None) -> list[HostResult]:
+    """Create-or-replace the servers of ``hosts`` (in parallel) and wait until they are ONLINE."""
+    # inventory problems (and an unset token variable) are the user's, before touching any host
+    targets = resolve_targets(inventory, hosts, opts=opts, require_slots=True)
+    tokens = {t.server.hf_token.describe(): t.server.hf_token.read()
+              for t in targets if t.server.hf_token is not None}
+    return _run_and_wait(Up(tokens), targets, dry_run=dry_run, wait=wait, timeout=timeout, parallel=parallel,
+                         on_progress=on_progress)
 
 
 def restart(inventory: Inventory, hosts: Sequence[str] | None = None, *, opts: SSHOptions | None = None,
             dry_run: bool = False, wait: bool = True, timeout: float = 1800.0,
-            on_progress: ProgressFn | None = None) -> FleetResult:
+            on_progress: ProgressFn | None = None) -> list[HostResult]:
     """Restart the managed server containers of ``hosts`` (same identity, so the same peer ids)."""
-    opts = opts or SSHOptions.from_inventory(inventory)
-    names = select_hosts(inventory, hosts, opts)
-    if wait and not dry_run:
-        _model_ref(inventory, names)  # model mistakes fail before any container restarts
-    sessions = {h: HostSession(h, inventory.host(h), opts) for h in names}
-    changes: dict[str, list[str]] = {}
-
-    def one(h: str) -> list[ServerResult]:
-        changes[h], rows = plan_restart(h, read_servers(sessions[h]))
-        for row in rows:
-            if not dry_run:
-                sessions[h].docker().containers.get(row.container).restart(timeout=30)
-            row.action = "would-restart" if dry_run else "restarted"
-        return rows
-
+    targets = resolve_targets(inventory, hosts, opts=opts)
     # settle: give the restarted servers a moment to replace their old ONLINE records before polling
-    result = _on_hosts(names, sessions, one, inventory, wait=wait and not dry_run, timeout=timeout,
-                       on_progress=on_progress, settle=1.0)
-    result.changes = changes
-    return result
+    return _run_and_wait(Restart(), targets, dry_run=dry_run, wait=wait, timeout=timeout, parallel=None,
+                         on_progress=on_progress, settle=1.0)

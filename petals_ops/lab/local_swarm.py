@@ -389,33 +389,37 @@ def wait_until_served(swarm: LocalSwarm, expected_servers: int, *, timeout: floa
                       on_progress: ProgressFn | None = None):
     """Poll the DHT until ``expected_servers`` are ONLINE and every block is covered; fail fast if one
     dies."""
-    from petals_ops.swarm.health import SwarmProbe
+    from petals_ops.swarm.wait import wait_on_swarm
 
-    deadline = time.monotonic() + timeout
-    with SwarmProbe(swarm.initial_peers, swarm.model) as probe:
-        while True:
-            snap = probe.snapshot()
-            online = snap.servers_by_state()["ONLINE"]
-            if on_progress:
-                on_progress(swarm.num_blocks - len(snap.uncovered_blocks), swarm.num_blocks, time.monotonic())
-            if snap.fully_served and online >= expected_servers:
-                return snap
-            dead = [p for p in swarm.processes if not p.alive()]
-            if dead:
-                p = dead[0]
-                raise OpsError(
-                    f"{p.name} of the local swarm exited during start-up "
-                    f"({' | '.join(tail_lines(p.log, 3))})",
-                    fix=f"read {p.log}",
-                )
-            if time.monotonic() > deadline:
-                raise OpsError(
-                    f"the local swarm was not fully served after {timeout:.0f} s "
-                    f"(blocks without an ONLINE server: {snap.uncovered_blocks}, "
-                    f"{online}/{expected_servers} servers ONLINE)",
-                    fix=f"read the logs in {swarm.run_dir}/logs or raise --timeout",
-                )
-            time.sleep(1.0)
+    last: list = []
+
+    def step(snap, _error) -> bool:
+        last[:] = [snap]
+        online = snap.servers_by_state()["ONLINE"]
+        if on_progress:
+            on_progress(swarm.num_blocks - len(snap.uncovered_blocks), swarm.num_blocks, time.monotonic())
+        if snap.fully_served and online >= expected_servers:
+            return True
+        dead = [p for p in swarm.processes if not p.alive()]
+        if dead:
+            p = dead[0]
+            raise OpsError(
+                f"{p.name} of the local swarm exited during start-up "
+                f"({' | '.join(tail_lines(p.log, 3))})",
+                fix=f"read {p.log}",
+            )
+        return False
+
+    if wait_on_swarm(swarm.initial_peers, swarm.model, step, timeout=timeout, poll=1.0,
+                     tolerate_errors=False):
+        return last[0]
+    snap = last[0]
+    raise OpsError(
+        f"the local swarm was not fully served after {timeout:.0f} s "
+        f"(blocks without an ONLINE server: {snap.uncovered_blocks}, "
+        f"{snap.servers_by_state()['ONLINE']}/{expected_servers} servers ONLINE)",
+        fix=f"read the logs in {swarm.run_dir}/logs or raise --timeout",
+    )
 
 
 def stop(swarm: LocalSwarm, names: list[str] | None = None) -> list[str]:

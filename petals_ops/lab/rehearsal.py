@@ -1,8 +1,8 @@
 """The dress rehearsal at BLOOM-176B's shape (issue 13): 70 blocks over N loopback hosts, an outage, a repair.
 
-Plain code shared by ``benchmarks/rehearsal.py`` (five hosts, the pre-flight check) and
+Lab code shared by ``benchmarks/rehearsal.py`` (five hosts, the pre-flight check) and
 ``tests/test_rehearsal.py`` (three hosts, in CI). Every step is a real ``petals-ops`` command in a
-subprocess, as an operator runs it, against the fleet lab of :mod:`tests.fixtures_fleet` (a real sshd and
+subprocess, as an operator runs it, against the fleet lab of :mod:`petals_ops.lab.fleet_lab` (a real sshd and
 Docker engine per host, CPU servers of a tiny BLOOM with 70 blocks); the only thing absent is a GPU, so
 ``plan --as-model bigscience/bloom`` sizes the ranges as if each host had one (an A10 unless told).
 
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.fixtures_fleet import DHT_PREFIX, REPO, FleetLab, _port_free, lab_hosts
-from tests.fixtures_prometheus import MONITORING, ExporterProcess, make_test_config, start_prometheus
+from petals_ops.lab.fleet_lab import CODE_ROOT, DHT_PREFIX, FleetLab, lab_hosts, port_free
+from petals_ops.lab.prometheus_lab import MONITORING, ExporterProcess, make_test_config, start_prometheus
 
 ALERT = "PetalsModelNotFullyServed"
 AS_MODEL = "bigscience/bloom"
@@ -42,7 +42,7 @@ def cli(*args, timeout: float = 600, check: bool = True) -> subprocess.Completed
     env = dict(os.environ)
     env.pop("PETALS_OPS_SWARM_DIR", None)
     result = subprocess.run([sys.executable, "-m", "petals_ops.cli.main", *map(str, args)], check=False,
-                            capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+                            capture_output=True, text=True, timeout=timeout, env=env, cwd=CODE_ROOT)
     if check and result.returncode != 0:
         raise RuntimeError(f"petals-ops {' '.join(map(str, args))} exited {result.returncode}:\n"
                            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -290,9 +290,9 @@ class Rehearsal:
     def hop_latency(self) -> None:
         ends = [int(r[0].split(":")[1]) for r in self.plan["assignment"].values() if r and r[0]]
         out = self.root / "hops.json"
-        cmd = [sys.executable, "-m", "tests.rehearsal_lab", "hops", self.lab.initial_peers[0],
+        cmd = [sys.executable, "-m", "petals_ops.lab.rehearsal", "hops", self.lab.initial_peers[0],
                str(self.root / "hops"), str(out), str(self.hop_tokens), *map(str, ends)]
-        result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=REPO)
+        result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=CODE_ROOT)
         (self.root / "hops.log").write_text(result.stdout + result.stderr)
         if result.returncode != 0:
             raise RuntimeError(f"hop latency exited {result.returncode}: {result.stderr[-1500:]}")
@@ -309,7 +309,7 @@ class Rehearsal:
         self.bench_log = open(self.root / "bench-1.log", "w")  # noqa: SIM115 (the bench outlives this method)
         self.bench_proc = subprocess.Popen(
             [sys.executable, "-m", "petals_ops.cli.main", *map(str, self.bench_args)],
-            stdout=self.bench_log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+            stdout=self.bench_log, stderr=subprocess.STDOUT, cwd=CODE_ROOT, start_new_session=True)
         records = self.bench_dir / "records.jsonl"
         deadline = time.monotonic() + 300
         while not (records.is_file() and records.read_text().strip()):
@@ -456,7 +456,7 @@ def leftovers(rh: Rehearsal) -> list[str]:
 
     left = [what for what, pid in rh.daemons if pid_alive(pid)]
     if rh.lab is not None:
-        left += [f"port {a}:{SSH_PORT}" for a in rh.lab.host_map.values() if not _port_free(a, SSH_PORT)]
+        left += [f"port {a}:{SSH_PORT}" for a in rh.lab.host_map.values() if not port_free(a, SSH_PORT)]
         if rh.lab.root.exists():
             left.append(f"lab dir {rh.lab.root}")
     count, _ = servers_pss(str(rh.root))
@@ -516,10 +516,10 @@ def measure_hops(initial_peer: str, work: Path, out: Path, tokens: int, ends: li
     out.write_text(json.dumps(result))
 
 
-if __name__ == "__main__":  # python -m tests.rehearsal_lab hops PEER WORKDIR OUT TOKENS END1 END2 ...
+if __name__ == "__main__":  # python -m petals_ops.lab.rehearsal hops PEER WORKDIR OUT TOKENS END1 END2 ...
     if sys.argv[1:2] == ["hops"]:
         measure_hops(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]),
                      [int(a) for a in sys.argv[6:]])
         sys.stdout.flush()
         os._exit(0)  # interpreter teardown with the petals client loaded can hang
-    sys.exit("usage: python -m tests.rehearsal_lab hops PEER WORKDIR OUT TOKENS END...")
+    sys.exit("usage: python -m petals_ops.lab.rehearsal hops PEER WORKDIR OUT TOKENS END...")

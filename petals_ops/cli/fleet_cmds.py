@@ -17,6 +17,7 @@ import click
 
 from petals_ops.cli.options import POSITIVE
 from petals_ops.cli.progress import block_progress
+from petals_ops.cli.terminal import terminal
 from petals_ops.util.errors import EXIT_OK, redact
 from petals_ops.util.output import OUTPUT_OPTION, emit_json, render_table
 from petals_ops.util.safe_text import printable
@@ -35,7 +36,7 @@ def report(results: Sequence, what: str, columns: Sequence[str], *, output: str 
 
     code = exit_code(results)
     if output == "json":
-        emit_json({"command": what, "dry_run": dry_run, "ok": code == EXIT_OK, "exit_code": code,
+        terminal.json({"command": what, "dry_run": dry_run, "ok": code == EXIT_OK, "exit_code": code,
                    "hosts": [r.to_dict() for r in results], **(extra or {})})
     else:
         table = []
@@ -54,9 +55,9 @@ def report(results: Sequence, what: str, columns: Sequence[str], *, output: str 
                 cells = [_cell(row.get(c)) for c in columns]
                 table.append([r.host, *cells, "FAILED" if bad else "ok", detail])
         suffix = " (dry run: nothing changed)" if dry_run else ""
-        render_table(["host", *columns, "result", "detail"], table, title=(title or what) + suffix)
+        terminal.table(["host", *columns, "result", "detail"], table, title=(title or what) + suffix)
         for line in notes:
-            click.echo(redact(line))
+            terminal.echo(line)
     error = failure(results, what)
     if error is not None:
         raise error

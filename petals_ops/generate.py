@@ -63,7 +63,8 @@ def run_generate(params: GenerateParams, *, on_text: Callable[[str], None] | Non
                                        sample=params.sample, temperature=params.temperature,
                                        top_k=params.top_k, seed=params.seed, on_text=on_text, hooks=hooks)
     except Exception as e:
-        if isinstance(e, OpsError) or opts.backend == "local":
+        # a closed stdout ('generate | head -c1') is the reader's doing, not the swarm's: click ends quietly
+        if isinstance(e, (OpsError, BrokenPipeError)) or opts.backend == "local":
             raise
         too_long = length_error_from(e)
         if too_long is not None:

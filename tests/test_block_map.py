@@ -106,6 +106,19 @@ def test_empty_and_absent():
     assert ABSENT == "·"
 
 
+def test_zero_blocks_is_not_every_block_served():
+    """Issue 23.15: a model with 0 blocks was drawn as "every block has an ONLINE server" and passed the
+    client commands' coverage check."""
+    from petals_ops.util.errors import OpsError
+
+    snap = SwarmSnapshot("m", "m-petals", 0, 0.0, 0.0, [], [])
+    text = render(block_map(snap), 80)
+    assert "every block has an ONLINE server" not in text and "no blocks" in text
+    assert not snap.fully_served
+    with pytest.raises(OpsError, match="knows no blocks of m-petals"):
+        snap.require_full_coverage()
+
+
 @pytest.mark.swarm
 def test_swarm_status_draws_the_map(run_cli, local_swarm):
     result = run_cli("swarm", "status", "--swarm-dir", local_swarm.run_dir, timeout=120)

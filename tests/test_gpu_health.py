@@ -65,6 +65,16 @@ def test_values_of_a_healthy_a10():
     assert (g.ecc_corrected, g.ecc_uncorrected, g.requires_reset) == (0, 0, False)
 
 
+def test_nan_and_inf_readings_are_unknown():
+    """Issue 23.15: 'nan' was shown as 'nan%' and 'inf' in an integer field was a traceback."""
+    line = ("0, GPU-3c1e7a2b-5d4f-8e21-9a6b-0f2d4c8e1a37, NVIDIA A10, 00000000:00:1E.0, nan, inf, 23028, "
+            "-inf, NaN, 150.00, 0, 0")
+    status = parse_query("a10-1", line + "\n", 0, expected=1)
+    (g,) = status.gpus
+    assert g.utilization_ratio is None and g.memory_used_bytes is None
+    assert g.temperature_celsius is None and g.power_watts is None and g.memory_total_bytes == 23028 * MIB
+
+
 def test_na_fields_are_unknown_not_zero():
     geforce, t4 = parse("na_fields.txt").gpus
     assert geforce.ecc_corrected is None and geforce.ecc_uncorrected is None  # no ECC on a GeForce

@@ -394,6 +394,121 @@ def test_maj_at_k_plot_draws_k_in_order_and_names_the_data(tmp_path):
     report.plot([summary], tmp_path / "maj.png")  # looked at by eye when written: a rising line 1..10
 
 
+def _consistent_run(run) -> None:
+    """A run dir as the bench leaves it: config, one record and a summary that agree."""
+    from petals_ops.bench import store
+
+    s = store.RunStore(run)
+    s.open(_summary()["config"])
+    s.append(_record("q:1"))
+    s.close()
+    (run / "summary.json").write_text(json.dumps({**_summary(), "run_dir": str(run)}))
+
+
+def test_report_out_into_a_run_dir_is_refused(tmp_path, run_cli):
+    """Issue 23.15: 'bench report A B --out A' overwrote run A's own report.md and plot."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run in (a, b):
+        _consistent_run(run)
+    (a / "report.md").write_text("run A's own report\n")
+    line = assert_one_line_error(run_cli("bench", "report", a, b, "--out", a), code=2)
+    assert "is a bench run dir" in line and "--out" in line
+    assert (a / "report.md").read_text() == "run A's own report\n" and not (a / "maj_at_k.png").exists()
+    assert run_cli("bench", "report", a, b, "--out", tmp_path / "cmp").returncode == 0
+
+
+@pytest.fixture
+def odd_paths(tmp_path):
+    """Paths that exist but are no regular file, and what the error must call them."""
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(loop)
+    return [(fifo, "is a FIFO"), (loop, "is a symlink loop"), ("/dev/null", "is a character device")]
+
+
+@pytest.mark.parametrize("option", ["--data", "--prompt-file", "--tuned-prompts", "--inventory"])
+def test_a_fifo_a_symlink_loop_or_dev_null_is_named_for_what_it_is(tmp_path, run_cli, odd_paths, option):
+    """Issue 23.15: each was reported as "does not exist"."""
+    for path, what in odd_paths:
+        if option == "--inventory":
+            args = ["status", "--inventory", path]
+        else:
+            args = ["bench", "gsm8k", "--backend", "local", "--model", "nowhere", option, path,
+                    "--run-dir", tmp_path / "run"]
+        line = assert_one_line_error(run_cli(*args, timeout=60), str(path), what, code=2)
+        assert "does not exist" not in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_lock_names_the_job_that_holds_the_run_dir(tmp_path):
+    """Issue 23.15: a bench holding a run dir was called "another tune run" by tune (and the reverse)."""
+    from petals_ops.bench import store
+    from petals_ops.tune.store import TuneStore
+    from petals_ops.util.errors import OpsError
+
+    run = tmp_path / "run"
+    bench = store.RunStore(run)
+    bench.open({"a": 1})
+    try:
+        with pytest.raises(OpsError, match=r"another bench \(pid \d+\) is running"):
+            TuneStore(run).open({"a": 1})
+    finally:
+        bench.close()
+    tune = TuneStore(run)
+    tune.open({"a": 1})
+    try:
+        with pytest.raises(OpsError, match=r"another tune run \(pid \d+\) is running"):
+            store.RunStore(run).open({"a": 1})
+    finally:
+        tune.close()
+    (run / ".lock").write_text("1\n")  # a lock of an older version (pid only) held by a live process
+    with pytest.raises(OpsError, match=r"another process \(pid 1\) is running"):
+        store.RunStore(run).open({"a": 1})
+
+
+def test_nan_in_a_summary_is_shown_as_n_a(tmp_path, run_cli):
+    """Issue 23.15: NaN (JSON allows it) was shown as 'nan%'."""
+    from petals_ops.bench import report
+
+    run = tmp_path / "run"
+    _consistent_run(run)
+    text = (run / "summary.json").read_text().replace('"accuracy": 1.0', '"accuracy": NaN')
+    text = text.replace('"invalid_path_rate": 0.0', '"invalid_path_rate": Infinity')
+    assert "NaN" in text and "Infinity" in text
+    (run / "summary.json").write_text(text)
+    summary = report.load_summary(run)
+    assert report.table_rows([summary])[0][4] == "n/a"
+    result = run_cli("bench", "report", run, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    written = (tmp_path / "out" / "report.md").read_text()
+    assert "nan%" not in result.stdout + written and "inf%" not in written and "n/a" in result.stdout
+
+
+@pytest.mark.swarm
+@pytest.mark.parametrize("backend", ["petals", "local"])
+def test_generate_into_a_closed_pipe_is_not_blamed_on_the_swarm(local_swarm, backend):
+    """Issue 23.15: 'generate | head -c1' said "generation through the swarm failed: Broken pipe"."""
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env
+
+    args = ["generate", "Q: 1 + 1?", "--swarm-dir", local_swarm.run_dir, "--max-new-tokens", "24",
+            "--backend", backend]
+    reader = subprocess.Popen([sys.executable, "-m", "petals_ops.cli.main", *map(str, args)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    reader.stdout.read(1)
+    reader.stdout.close()  # what 'head -c1' does
+    _, err = reader.communicate(timeout=300)
+    err = err.decode()
+    assert "swarm" not in err and "error:" not in err and "Traceback" not in err, err
+    assert reader.returncode == 1, (reader.returncode, err)  # click's quiet exit on EPIPE
+
+
 # --- /tmp leftovers -----------------------------------------------------------------------------------
 def test_failed_p2pd_start_leaves_no_socket_in_tmp(run_cli):
     """A swarm that cannot be reached made hivemind leave /tmp/hivemind-p2pd-*.sock behind each time."""

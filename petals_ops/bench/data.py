@@ -21,6 +21,7 @@ from pathlib import Path
 
 from petals_ops.bench.extraction import parse_gold
 from petals_ops.util.errors import InputError, OpsError
+from petals_ops.util.fsutil import NOT_REGULAR, why_not_a_file
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"
@@ -130,11 +131,15 @@ def _parse_lines(lines: list[str], where: str, id_prefix: str) -> list[Problem]:
 
 def _read_file(path: Path, what: str) -> bytes:
     """The bytes of a regular file, or a one-line InputError saying what ``path`` is instead."""
-    if not path.exists():
+    why = why_not_a_file(path)  # /dev/null, a FIFO, a socket: reading one would give nothing or block
+    if why == "does not exist":
         raise InputError(f"{what} {path} does not exist",
                          fix="pass a GSM8K JSONL file, 'demo', gsm8k:test, gsm8k:train or hf:openai/gsm8k")
-    if not path.is_file():  # /dev/null, a FIFO, a socket: reading one would give nothing or block
-        raise InputError(f"{what} {path} is not a regular file", fix="pass a GSM8K JSONL file")
+    if why is not None and why.endswith(NOT_REGULAR):  # 'is a FIFO (named pipe), not a regular file'
+        raise InputError(f"{what} {path} is not a regular file",
+                         fix=f"it {why.removesuffix(NOT_REGULAR)}: pass a GSM8K JSONL file")
+    if why is not None:
+        raise InputError(f"{what} {path} {why}", fix="pass a GSM8K JSONL file")
     try:
         return path.read_bytes()
     except OSError as e:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from petals_ops.bench.data import EXPERIMENTS_DIR
 from petals_ops.util.errors import InputError
+from petals_ops.util.fsutil import why_not_a_file
 
 PROMPTS_DIR = EXPERIMENTS_DIR / "prompts"
 DEFAULT_PROMPT = PROMPTS_DIR / "gsm8k_cot_8shot_petals_ops.txt"
@@ -64,8 +65,9 @@ def parse_prompt_text(text: str, where: str) -> str:
 
 def load_prompt_file(path: str | Path | None = None) -> PromptSet:
     path = Path(path or DEFAULT_PROMPT).expanduser()
-    if not path.is_file():
-        raise InputError(f"--prompt-file {path} does not exist", fix=f"pass a file like {DEFAULT_PROMPT}")
+    why = why_not_a_file(path)
+    if why is not None:
+        raise InputError(f"--prompt-file {path} {why}", fix=f"pass a file like {DEFAULT_PROMPT}")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

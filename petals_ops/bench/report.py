@@ -8,6 +8,7 @@ drawn as horizontal lines on the same axes.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -116,8 +117,12 @@ def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: 
     return summary
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
+def pct(x: float | None) -> str:
+    """A share as a percentage; "n/a" when there is none (None, or NaN/inf from a hand-edited summary)."""
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
+
+
+_pct = pct
 
 
 def _label(summary: dict) -> str:
@@ -388,9 +393,12 @@ def compare(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
             pairs: bool = True) -> tuple[Path, list[dict], list[Pair]]:
     """The side-by-side report of runs; with ``pairs``, each pair (A, B) in the order given is compared
     question by question (all pairs must share the model and the question set)."""
+    out = Path(out_dir)
+    if any((out / name).exists() for name in (SUMMARY_FILE, RECORDS_FILE, CONFIG_FILE)):
+        raise InputError(f"--out {out_dir} is a bench run dir: the comparison would overwrite its own "
+                         f"{REPORT_FILE} and plot", fix="pass another --out (default: bench-report)")
     summaries = [load_run(d)[0] for d in run_dirs]
     paired = [pair_runs(a, b) for i, a in enumerate(summaries) for b in summaries[i + 1:]] if pairs else []
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot(summaries, out / PLOT_FILE)
     path = out / REPORT_FILE

@@ -69,6 +69,16 @@ def latest_by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return latest
 
 
+def _read_lock(path: Path) -> tuple[int, str]:
+    """(pid, what runs there) of a lock file ``PID JOB``; (0, ...) when unreadable. A lock written by an
+    older version holds the pid alone: its job is not known."""
+    try:
+        pid, _, job = path.read_text().strip().partition(" ")
+        return int(pid or 0), job.strip() or "process"
+    except (OSError, ValueError):
+        return 0, "process"
+
+
 class RunStore:
     job = "bench"  # what the lock messages call the process holding the run dir
 
@@ -140,16 +150,13 @@ class RunStore:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                try:
-                    pid = int(path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
+                pid, holder = _read_lock(path)
                 if pid and procs.pid_alive(pid):
-                    raise OpsError(f"another {self.job} (pid {pid}) is running in --run-dir {self.run_dir}",
+                    raise OpsError(f"another {holder} (pid {pid}) is running in --run-dir {self.run_dir}",
                                    fix="wait for it, or use another run dir") from None
                 self._clear_stale_lock(path, pid)
                 continue
-            os.write(fd, f"{os.getpid()}\n".encode())
+            os.write(fd, f"{os.getpid()} {self.job}\n".encode())  # the job: what a refused run is told
             os.close(fd)
             self._lock = path
             return
@@ -163,15 +170,12 @@ class RunStore:
             os.rename(path, moved)
         except FileNotFoundError:
             return  # another bench took it over first
-        try:
-            moved_pid = int(moved.read_text().strip() or 0)
-        except (OSError, ValueError):
-            moved_pid = 0
+        moved_pid, holder = _read_lock(moved)
         if moved_pid != stale_pid and moved_pid and procs.pid_alive(moved_pid):
             with contextlib.suppress(FileExistsError):  # we moved a live bench's fresh lock: put it back
                 os.link(moved, path)
             moved.unlink()
-            raise OpsError(f"another {self.job} (pid {moved_pid}) is running in --run-dir {self.run_dir}",
+            raise OpsError(f"another {holder} (pid {moved_pid}) is running in --run-dir {self.run_dir}",
                            fix="wait for it, or use another run dir")
         moved.unlink()
 

@@ -82,14 +82,13 @@ def gsm8k(client, retry, data, offset, limit, sample, sample_seed, prompt_file, 
     if output == "json":
         emit_json(s)
     else:
-        acc = "n/a" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f}%"
         low, high = s["accuracy_wilson95"]
-        line = (f"{s['method']}: {s['correct']}/{s['scored']} correct ({acc}, Wilson 95% [{100 * low:.1f}%, "
-                f"{100 * high:.1f}%]), {s['errors']} errors, {s['tokens']} tokens, "
-                f"{s['tokens_per_second']:.1f} tokens/s")
+        line = (f"{s['method']}: {s['correct']}/{s['scored']} correct ({report.pct(s['accuracy'])}, "
+                f"Wilson 95% [{report.pct(low)}, {report.pct(high)}]), {s['errors']} errors, "
+                f"{s['tokens']} tokens, {s['tokens_per_second']:.1f} tokens/s")
         curve = report.maj_curve(s)
         if curve:
-            line += f", maj@{curve[-1][0]} {100 * curve[-1][1]:.1f}%"
+            line += f", maj@{curve[-1][0]} {report.pct(curve[-1][1])}"
         calc = s.get("calculator")
         if calc is not None:
             line += (f", calculator: {calc['interventions']} interventions, the model's own number wrong in "

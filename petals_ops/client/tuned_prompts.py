@@ -16,6 +16,7 @@ from pathlib import Path
 from petals_ops.client.models import ModelRef
 from petals_ops.client.tuned_model import MODES, keys_for, open_tunable
 from petals_ops.util.errors import InputError
+from petals_ops.util.fsutil import why_not_a_file
 
 FORMAT = "petals-ops-prompts/1"
 BEST_FILE = "best.safetensors"
@@ -100,10 +101,10 @@ def prompt_file_of(where: str | Path) -> Path:
             f"--tuned-prompts {where} holds no {BEST_FILE} or {LAST_FILE}",
             fix="pass the --run-dir of a 'petals-ops tune' run that wrote a checkpoint",
         )
-    if not path.is_file():
-        raise InputError(
-            f"--tuned-prompts {where} does not exist", fix="pass the --run-dir of a 'petals-ops tune' run"
-        )
+    why = why_not_a_file(path)
+    if why is not None:
+        raise InputError(f"--tuned-prompts {where} {why}",
+                         fix="pass the --run-dir of a 'petals-ops tune' run")
     return path
 
 

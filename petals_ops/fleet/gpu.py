@@ -10,6 +10,8 @@ Nothing here imports more than the standard library; the parser is pure (tests f
 
 from __future__ import annotations
 
+import math
+
 import re
 from dataclasses import dataclass
 
@@ -74,9 +76,10 @@ def _value(text: str) -> str | None:
 def _number(text: str, scale: float = 1.0) -> float | None:
     v = _value(text)
     try:
-        return None if v is None else float(v) * scale
+        number = None if v is None else float(v) * scale
     except ValueError:
         return None
+    return number if number is not None and math.isfinite(number) else None  # 'nan', 'inf': not a reading
 
 
 def _int(text: str, scale: int = 1) -> int | None:

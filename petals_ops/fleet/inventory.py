@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from petals_ops.fleet.schema import Inventory, first_error
 from petals_ops.util.errors import InputError
+from petals_ops.util.fsutil import why_not_a_file
 
 DEFAULT_INVENTORY = "petals-ops.yaml"
 
@@ -122,9 +123,10 @@ def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
 
     explicit = path is not None
     path = Path(path if explicit else os.environ.get("PETALS_OPS_INVENTORY", DEFAULT_INVENTORY)).expanduser()
-    if not path.is_file():
+    why = why_not_a_file(path)
+    if why is not None:
         if explicit:
-            raise InputError(f"inventory {path} does not exist",
+            raise InputError(f"inventory {path} {why}",
                              fix="pass --inventory PATH (see deploy/petals-ops.example.yaml)")
         return Inventory(source=None)
     try:

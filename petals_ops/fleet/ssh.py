@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from petals_ops.util.errors import InputError, OpsError
+from petals_ops.util.fsutil import why_not_a_file
 from petals_ops.fleet.schema import HostSpec, Inventory
 
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
@@ -48,8 +49,9 @@ class SSHOptions:
 
     def ssh_config_path(self) -> Path | None:
         path = Path(self.ssh_config or DEFAULT_SSH_CONFIG).expanduser()
-        if self.ssh_config and not path.is_file():
-            raise InputError(f"ssh config {path} does not exist",
+        why = why_not_a_file(path) if self.ssh_config else None
+        if why is not None:
+            raise InputError(f"ssh config {path} {why}",
                              fix="fix ssh_config in the inventory or PETALS_OPS_SSH_CONFIG")
         return path if path.is_file() else None
 

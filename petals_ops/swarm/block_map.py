@@ -116,6 +116,8 @@ class BlockMap:
         if snap.uncovered_blocks:
             yield Text(f"{UNCOVERED} no ONLINE server: blocks {format_block_ranges(snap.uncovered_blocks)}",
                        style="bold red")
+        elif not snap.blocks:  # nothing to serve is not "every block served"
+            yield Text("no blocks: the model's block count is 0 or unknown", style="bold red")
         else:
             yield Text("every block has an ONLINE server", style="green")
 

@@ -101,7 +101,12 @@ class SwarmSnapshot:
         return next((s for s in self.servers if s.peer_id == peer_id), None)
 
     def require_full_coverage(self) -> None:
-        """Raise the one-line error every client command gives when some block has no ONLINE server."""
+        """Raise the one-line error every client command gives when some block has no ONLINE server (or
+        when there is no block at all: nothing can be served)."""
+        if not self.blocks:
+            raise OpsError(f"the swarm knows no blocks of {self.dht_prefix} "
+                           "(its block count is 0 or unknown)",
+                           fix="check --model/--dht-prefix and 'petals-ops swarm status'")
         if self.uncovered_blocks:
             raise OpsError(
                 f"blocks {format_block_ranges(self.uncovered_blocks)} of {self.dht_prefix} "

@@ -1,7 +1,9 @@
 """Small file helpers: atomic writes so a crash never leaves a half-written state file."""
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,3 +46,30 @@ def tail_lines(path: str | os.PathLike, n: int = 20) -> list[str]:
     except FileNotFoundError:
         return []
     return data.splitlines()[-n:]
+
+
+def why_not_a_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a regular file, said as it is ('does not exist', 'is a symlink loop',
+    'is a FIFO (named pipe)', 'is a character device', ...), or None when it is a regular file. For input
+    errors: a FIFO or /dev/null reported as "does not exist" sends the user looking for the wrong fix."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a broken symlink" if os.path.islink(path) else "does not exist"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symlink loop"
+        if e.errno == errno.ENOTDIR:
+            return "does not exist (a part of its path is a file)"
+        return f"cannot be reached ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return f"is {what}{NOT_REGULAR}"
+    return "is not a regular file"
+
+
+NOT_REGULAR = ", not a regular file"  # how why_not_a_file ends for a path that exists as something else

@@ -223,3 +223,40 @@ def test_report_and_errors_read_the_run_dirs_given_not_the_paths_summaries_store
     (copied / "records.jsonl").unlink()
     line = assert_one_line_error(run_cli("bench", "report", moved, copied, "--out", tmp_path / "r4"), code=2)
     assert "no records.jsonl" in line
+
+
+def test_a_resume_with_other_weights_under_the_same_path_is_refused(tmp_path, tiny_model_dir):
+    """Issue 23.11: the run config pinned the model's path only, so other weights at that path resumed
+    into the same run (records of two models mixed). Its files' sha256 is now part of the model's
+    identity; a run dir written before the pin resumes and is pinned from then on."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from petals_ops.client.models import weights_sha256
+    from petals_ops.util.errors import InputError
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    run = tmp_path / "run"
+    _run(run, "cot", limit=2, model=str(model))
+    config_path = run / "config.json"
+    pinned = json.loads(config_path.read_text())["model"]["weights_sha256"]
+    assert pinned == weights_sha256(model)
+
+    tensors = load_file(model / "model.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1  # other weights, same path, same name
+    save_file(tensors, model / "model.safetensors")
+    with pytest.raises(InputError, match=r"different config \(model.weights_sha256"):
+        _run(run, "cot", limit=2, model=str(model))
+
+    # a run dir of an older version (no pin in its config): it still reports, resumes, and is pinned then
+    for name in ("config.json", "summary.json"):
+        data = json.loads((run / name).read_text())
+        (data["config"] if name == "summary.json" else data)["model"].pop("weights_sha256")
+        (run / name).write_text(json.dumps(data))
+    assert report.load_run(run)[0]["scored"] == 2
+    _run(run, "cot", limit=2, model=str(model))
+    assert json.loads(config_path.read_text())["model"]["weights_sha256"] == weights_sha256(model) != pinned
+    assert report.load_run(run)[0]["config"]["model"]["weights_sha256"] == weights_sha256(model)

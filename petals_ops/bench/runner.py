@@ -323,6 +323,10 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
     model_ref = target.model
 
     config = make_config(model_ref, prompt, cfg, dataset, selection, problems)
+    if model_ref.path:  # a checkpoint on this machine (local backend, our lab swarm): its weights are pinned
+        from petals_ops.client.models import weights_sha256
+
+        config["model"]["weights_sha256"] = weights_sha256(model_ref.path)
     if tuned is not None:
         from petals_ops.client.tuned_prompts import require_compatible
 

@@ -37,6 +37,27 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
+# Identity keys added after run dirs already existed (dotted paths into config.json). A config written
+# before a key existed resumes as before and is given the key then: its old records cannot be checked
+# against it (they were made before the pin), everything after is. model.weights_sha256: the checkpoint
+# files of a local backend's model (client.models.weights_sha256).
+ADDED_LATER = ("model.weights_sha256",)
+
+
+def _as_old_version(config: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """``config`` less the ADDED_LATER keys that ``old`` (written before them) lacks."""
+    trimmed = json.loads(json.dumps(config))
+    for dotted in ADDED_LATER:
+        *parents, key = dotted.split(".")
+        old_part, new_part = old, trimmed
+        for name in parents:
+            old_part = old_part.get(name) if isinstance(old_part, dict) else None
+            new_part = new_part.get(name) if isinstance(new_part, dict) else None
+        if isinstance(new_part, dict) and isinstance(old_part, dict) and key not in old_part:
+            new_part.pop(key, None)
+    return trimmed
+
+
 def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every whole record line of ``records.jsonl`` in file order. A cut-off last line, and any line the
     store cannot use (bad JSON, undecodable bytes, nesting too deep for the parser, not an object with a
@@ -126,7 +147,9 @@ class RunStore:
             except (ValueError, OSError, RecursionError) as e:
                 raise InputError(f"--run-dir {self.run_dir}: {CONFIG_FILE} is unreadable ({e})",
                                  fix="use a new --run-dir") from e
-            diffs = config_differences(old, config)
+            diffs = config_differences(old, _as_old_version(config, old))
+            if not diffs and old != config:  # an older version's run dir: from now on it pins these keys too
+                write_json_atomic(config_path, config)
             if diffs and not begun:
                 write_json_atomic(config_path, config)
             elif diffs:

@@ -7,6 +7,7 @@ directory (the tiny model) records its prefix in ``petals_ops.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,21 @@ class ModelRef:
             raise InputError(f"the number of blocks of model {self.name} is unknown",
                              fix="pass --num-blocks N")
         return [f"{self.dht_prefix}.{i}" for i in range(self.num_blocks)]
+
+
+def weights_sha256(directory: str | Path) -> str:
+    """sha256 over the names and bytes of a checkpoint directory's files (weights, config, tokenizer; not
+    petals_ops.json, which only describes the model): the identity of a local model in a run's config, so
+    other weights under the same path are never mixed into one run."""
+    h = hashlib.sha256()
+    files = sorted(f for f in Path(directory).iterdir()
+                   if f.is_file() and not f.name.startswith(".") and f.name != MODEL_META)
+    for f in files:
+        h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as stream:
+            for chunk in iter(lambda stream=stream: stream.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def check_num_blocks(value: object, source: str, fix: str = "pass --num-blocks N") -> int:

@@ -94,8 +94,13 @@ def run_tune(
         from petals_ops.swarm.health import take_snapshot
 
         take_snapshot(peers, ref).require_full_coverage()
+    config = make_config(ref, spec, pairs)
+    if ref.path:  # a checkpoint on this machine: its weights are pinned (as the bench's)
+        from petals_ops.client.models import weights_sha256
+
+        config["model"]["weights_sha256"] = weights_sha256(ref.path)
     store = TuneStore(params.run_dir)
-    checkpoint = store.open(make_config(ref, spec, pairs))
+    checkpoint = store.open(config)
     try:
         loop = _Loop(params, spec, ref, peers, pairs, store, checkpoint)
         if on_start:

@@ -1,12 +1,13 @@
 """``petals-ops bench``: GSM8K Chain-of-Thought / Self-Consistency runs through the swarm, and reports."""
 
-import sys
+import contextlib
 
 import click
 
 from petals_ops.bench.methods import METHODS, MethodConfig, get_method
 from petals_ops.cli.options import client_options, retry_options
-from petals_ops.util.output import OUTPUT_OPTION, emit_json, info, render_table
+from petals_ops.cli.terminal import terminal
+from petals_ops.util.output import OUTPUT_OPTION
 
 
 @click.group()
@@ -76,11 +77,12 @@ def gsm8k(client, retry, data, offset, limit, sample, sample_seed, prompt_file, 
         exec=ExecOptions(concurrency=concurrency, retries=retry.retries, timeout=timeout,
                          backoff=retry.backoff, batch_size=batch_size),
     )
-    with _BenchProgress() as progress:
-        result = run_bench(params, on_start=progress.start, on_record=progress.record)
+    with contextlib.ExitStack() as stack:
+        shown = _BenchProgress(stack)
+        result = run_bench(params, on_start=shown.start, on_record=shown.record)
     s = result.summary
     if output == "json":
-        emit_json(s)
+        terminal.json(s)
     else:
         low, high = s["accuracy_wilson95"]
         line = (f"{s['method']}: {s['correct']}/{s['scored']} correct ({report.pct(s['accuracy'])}, "
@@ -93,8 +95,8 @@ def gsm8k(client, retry, data, offset, limit, sample, sample_seed, prompt_file, 
         if calc is not None:
             line += (f", calculator: {calc['interventions']} interventions, the model's own number wrong in "
                      f"{calc['model_wrong']}")
-        click.echo(line)
-        click.echo(f"report: {result.report_path}")
+        terminal.echo(line)
+        terminal.echo(f"report: {result.report_path}")
     if s["errors"]:
         from petals_ops.util.errors import PartialFailure
 
@@ -121,7 +123,7 @@ def report_cmd(run_dirs, out, pairs, output):
 
     path, summaries, paired = report.compare(run_dirs, out, pairs=pairs)
     if output == "json":
-        emit_json({"report": str(path),
+        terminal.json({"report": str(path),
                    "runs": [{k: s.get(k) for k in ("run_dir", "method", "paths", "n", "scored", "errors",
                                                    "accuracy", "accuracy_wilson95", "maj_at_k", "tokens",
                                                    "tokens_per_second")}
@@ -130,11 +132,11 @@ def report_cmd(run_dirs, out, pairs, output):
                               **p.comparison.to_dict()}
                              for p in paired]})
         return
-    render_table(report.HEADERS, report.table_rows(summaries),
-                 title=f"{report.data_name(summaries)} bench runs")
+    terminal.table(report.HEADERS, report.table_rows(summaries),
+                   title=f"{report.data_name(summaries)} bench runs")
     if paired:
-        render_table(report.PAIR_HEADERS, report.pair_rows(paired), title="Paired comparisons (B - A)")
-    click.echo(f"report: {path}")
+        terminal.table(report.PAIR_HEADERS, report.pair_rows(paired), title="Paired comparisons (B - A)")
+    terminal.echo(f"report: {path}")
 
 
 @bench.command("errors")
@@ -157,11 +159,11 @@ def errors_cmd(run_dir, category, limit, output):
 
     rows = report.errors_of(run_dir, category)
     if output == "json":
-        emit_json(rows)
+        terminal.json(rows)
         return
     counts = Counter(r["category"] for r in rows)
     shown = [r for r in rows if category is not None or r["category"] != "correct"][:limit]
-    render_table(["question", "path", "category", "answer", "gold", "slip", "text"],
+    terminal.table(["question", "path", "category", "answer", "gold", "slip", "text"],
                  [[r["id"], r["path"], r["category"], r["answer"], r["gold"],
                    f"{r['slip']} (is {r['slip_true_value']})" if r["slip"] else "",
                    " ".join(r["text"].split())[:90]] for r in shown],
@@ -170,40 +172,28 @@ def errors_cmd(run_dir, category, limit, output):
 
 
 class _BenchProgress:
-    """done/total, accuracy so far, tokens/s and ETA on stderr (a rich bar on a terminal, lines otherwise)."""
+    """done/total, accuracy so far, tokens/s and ETA: a terminal progress bar opened on ``stack`` once the
+    run says how many questions are left."""
 
-    def __enter__(self):
-        from rich.console import Console
-
-        self.console = Console(file=sys.stderr)
+    def __init__(self, stack: contextlib.ExitStack):
+        self.stack = stack
         self.bar = None
-        return self
 
     def start(self, progress, run_info):
-        info(f"{run_info['done_before']} of {run_info['n']} questions already done; {run_info['todo']} to run"
-             + (f"; {run_info['batch_size']} paths per batch ({run_info['batch_note']})"
-                if run_info["todo"] else ""))
-        if self.console.is_terminal and run_info["todo"]:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("gsm8k"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("acc {task.fields[acc]}  {task.fields[tps]} tok/s  ETA"),
-                                TimeRemainingColumn(), console=self.console)
-            self.bar.start()
-            self.task = self.bar.add_task("gsm8k", total=progress.total, acc="-", tps="-")
+        terminal.info(
+            f"{run_info['done_before']} of {run_info['n']} questions already done; {run_info['todo']} to run"
+            + (f"; {run_info['batch_size']} paths per batch ({run_info['batch_note']})"
+               if run_info["todo"] else ""))
+        if run_info["todo"]:
+            self.bar = self.stack.enter_context(terminal.progress(
+                "gsm8k", fields=("acc", "tok/s"), total=progress.total, completed=progress.done))
 
     def record(self, record, progress):
         acc = "-" if progress.accuracy is None else f"{100 * progress.accuracy:.1f}%"
         tps = f"{progress.tokens_per_second:.1f}"
-        if self.bar is not None:
-            self.bar.update(self.task, completed=progress.done, acc=acc, tps=tps)
-            return
         left = progress.total - progress.done
         eta = progress.elapsed / progress.done * left if progress.done else 0.0
         state = f"error: {record.error[:80]}" if record.error else ("correct" if record.correct else "wrong")
-        info(f"[{progress.done}/{progress.total}] {record.id} {state}; acc {acc}, {tps} tokens/s, "
-             f"ETA {eta:.0f} s")
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
+        self.bar.update(progress.done, acc=acc, **{"tok/s": tps},
+                        line=f"[{progress.done}/{progress.total}] {record.id} {state}; acc {acc}, {tps} "
+                             f"tokens/s, ETA {eta:.0f} s")

@@ -16,7 +16,6 @@ from typing import Any, Sequence
 import click
 
 from petals_ops.cli.options import POSITIVE
-from petals_ops.cli.progress import block_progress
 from petals_ops.cli.terminal import terminal
 from petals_ops.util.errors import EXIT_OK, redact
 from petals_ops.util.output import OUTPUT_OPTION, emit_json, render_table
@@ -227,9 +226,9 @@ def up_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout, no_
 
     inv, opts = _load(inventory, accept_new_host_keys)
     started = time.monotonic()
-    with block_progress("servers ONLINE") as update:
+    with terminal.progress("servers ONLINE", eta=False) as bar:
         results = up(inv, hosts, opts=opts, dry_run=dry_run, wait=not no_wait, timeout=timeout,
-                     parallel=parallel, on_progress=update)
+                     parallel=parallel, on_progress=lambda done, total, _now: bar.update(done, total))
     seconds = round(time.monotonic() - started, 2)
     report(results, "up", SERVER_COLUMNS, output=output, dry_run=dry_run, extra={"seconds": seconds},
            title=None if dry_run else f"up in {seconds:.1f} s", notes=_changes_notes(results, dry_run))
@@ -247,9 +246,9 @@ def restart_cmd(inventory, hosts, accept_new_host_keys, dry_run, output, timeout
 
     inv, opts = _load(inventory, accept_new_host_keys)
     started = time.monotonic()
-    with block_progress("servers ONLINE") as update:
+    with terminal.progress("servers ONLINE", eta=False) as bar:
         results = restart(inv, hosts, opts=opts, dry_run=dry_run, wait=not no_wait, timeout=timeout,
-                          on_progress=update)
+                          on_progress=lambda done, total, _now: bar.update(done, total))
     report(results, "restart", SERVER_COLUMNS, output=output, dry_run=dry_run,
            extra={"seconds": round(time.monotonic() - started, 2)}, notes=_changes_notes(results, dry_run))
 

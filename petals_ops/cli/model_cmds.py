@@ -1,10 +1,8 @@
 """``petals-ops model``: make models for the local swarm."""
 
-import sys
-
 import click
 
-from petals_ops.util.output import info
+from petals_ops.cli.terminal import terminal
 
 # Per skill: (layers, hidden, heads, vocab, DHT prefix). The arithmetic defaults reproduce the checkpoint
 # the project ships (petals_ops/data/models/tiny-bloom-arith).
@@ -61,40 +59,13 @@ def tiny(directory, skill, layers, hidden, heads, seed, steps, dht_prefix):
 
         raise InputError("--steps needs --skill arithmetic (a random model is not trained)",
                          fix="drop --steps")
-    with _TrainProgress() as progress:
-        path = make_tiny_bloom(directory, spec, train_spec, on_step=progress.step)
-    info(f"tiny BLOOM ({skill}) with {spec.layers} blocks (hidden {spec.hidden}, seed {seed}, DHT prefix "
-         f"{spec.dht_prefix}) written")
-    click.echo(str(path))
+    with terminal.progress("training", fields=("loss", "tok/s"), every=50) as bar:
+        def step(s) -> None:
+            bar.update(s.step, s.steps, loss=f"{s.loss:.3f}", **{"tok/s": f"{s.tokens_per_second:.0f}"},
+                       line=f"[{s.step}/{s.steps}] loss {s.loss:.3f}, {s.tokens_per_second:.0f} tokens/s, "
+                            f"ETA {s.eta:.0f} s")
 
-
-class _TrainProgress:
-    """step, loss, tokens/s and ETA on stderr (a rich bar on a terminal, a line every 50 steps otherwise)."""
-
-    def __enter__(self):
-        from rich.console import Console
-
-        self.console = Console(file=sys.stderr)
-        self.bar = None
-        return self
-
-    def step(self, s) -> None:
-        if self.console.is_terminal:
-            if self.bar is None:
-                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                           TimeRemainingColumn)
-
-                self.bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("loss {task.fields[loss]}  {task.fields[tps]} tok/s  ETA"),
-                                    TimeRemainingColumn(), console=self.console)
-                self.bar.start()
-                self.task = self.bar.add_task("train", total=s.steps, loss="-", tps="-")
-            self.bar.update(self.task, completed=s.step, loss=f"{s.loss:.3f}",
-                            tps=f"{s.tokens_per_second:.0f}")
-        elif s.step == 1 or s.step % 50 == 0 or s.step == s.steps:
-            info(f"[{s.step}/{s.steps}] loss {s.loss:.3f}, {s.tokens_per_second:.0f} tokens/s, "
-                 f"ETA {s.eta:.0f} s")
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
+        path = make_tiny_bloom(directory, spec, train_spec, on_step=step)
+    terminal.info(f"tiny BLOOM ({skill}) with {spec.layers} blocks (hidden {spec.hidden}, seed {seed}, "
+                  f"DHT prefix {spec.dht_prefix}) written")
+    terminal.echo(str(path))

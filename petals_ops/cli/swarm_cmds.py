@@ -3,9 +3,9 @@
 import click
 
 from petals_ops.cli.options import POSITIVE, swarm_target_options
-from petals_ops.cli.progress import block_progress
+from petals_ops.cli.terminal import terminal
 from petals_ops.lab.local_swarm import default_run_dir
-from petals_ops.util.output import OUTPUT_OPTION, emit_json, info, render_table
+from petals_ops.util.output import OUTPUT_OPTION, info
 from petals_ops.util.safe_text import inert_text, printable
 
 RUN_DIR_OPTION = click.option(
@@ -51,10 +51,10 @@ def local_up(run_dir, servers, replicas, model_dir, dht_port, timeout, hop_delay
     from petals_ops.lab import local_swarm, netem
 
     delays = netem.plan_delays(servers * replicas, hop_delay, server_delay)
-    with block_progress("blocks served") as update:
+    with terminal.progress("blocks served", eta=False) as bar:
         swarm = local_swarm.up(
             run_dir, servers=servers, replicas=replicas, model_dir=model_dir, dht_port=dht_port,
-            timeout=timeout, on_progress=update, delays_ms=delays,
+            timeout=timeout, on_progress=lambda done, total, _now: bar.update(done, total), delays_ms=delays,
         )
     info(f"local swarm up in {swarm.ready_seconds:.1f} s: {len(swarm.servers)} servers, "
          f"{swarm.num_blocks} blocks of {swarm.dht_prefix}; state in {swarm.run_dir}")
@@ -91,11 +91,11 @@ def local_status(run_dir, output):
         for p in swarm.processes
     ]
     if output == "json":
-        emit_json({"run_dir": swarm.run_dir, "initial_peers": swarm.initial_peers,
+        terminal.json({"run_dir": swarm.run_dir, "initial_peers": swarm.initial_peers,
                    "model_dir": swarm.model_dir, "dht_prefix": swarm.dht_prefix,
                    "num_blocks": swarm.num_blocks, "processes": rows})
         return
-    render_table(["name", "role", "pid", "alive", "blocks", "delay", "fault", "log"],
+    terminal.table(["name", "role", "pid", "alive", "blocks", "delay", "fault", "log"],
                  [[r["name"], r["role"], r["pid"], r["alive"], r["blocks"], *_network_cells(r["network"]),
                    r["log"]] for r in rows],
                  title=f"local swarm in {swarm.run_dir}")
@@ -148,9 +148,9 @@ def status(initial_peers, model, dht_prefix, num_blocks, swarm_dir, output):
                             run_dir=swarm_dir)
     snap = take_snapshot(target.initial_peers, target.model)
     if output == "json":
-        emit_json(snap.to_dict())
+        terminal.json(snap.to_dict())
     else:
-        render_table(
+        terminal.table(
             ["peer id", "name", "state", "blocks", "throughput", "cache tokens left", "version", "dtype",
              "quant"],
             [[s.peer_id, s.public_name, s.state, f"{s.start_block}:{s.end_block}", f"{s.throughput:.1f}",
@@ -181,12 +181,7 @@ def own_peer_ids(local_run_dir) -> set[str]:
 
 def print_block_map(snap, own: set[str] = frozenset()) -> None:
     """The terminal block map (petals_ops.swarm.block_map) of ``snap``, fitted to the terminal's width."""
-    import sys
-
-    from rich.console import Console
-
     from petals_ops.swarm.block_map import block_map
 
-    console = Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None)  # as render_table
-    console.print(inert_text(f"block map of {snap.dht_prefix}"), style="italic")
-    console.print(block_map(snap, own))
+    terminal.show(inert_text(f"block map of {snap.dht_prefix}"), style="italic")
+    terminal.show(block_map(snap, own))

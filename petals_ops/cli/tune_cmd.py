@@ -1,11 +1,12 @@
 """``petals-ops tune``: prompt tuning through the swarm (a thin layer over :mod:`petals_ops.tune`)."""
 
-import sys
+import contextlib
 
 import click
 
 from petals_ops.cli.options import client_options, retry_options
-from petals_ops.util.output import OUTPUT_OPTION, emit_json, info
+from petals_ops.cli.terminal import terminal
+from petals_ops.util.output import OUTPUT_OPTION
 
 
 @click.group()
@@ -108,74 +109,50 @@ def gsm8k(
         retry=retry,
         servers_max_batch_size=servers_max_batch_size,
     )
-    with _TuneProgress() as progress:
-        result = run_tune(params, on_start=progress.start, on_step=progress.step)
+    with contextlib.ExitStack() as stack:
+        shown = _TuneProgress(stack)
+        result = run_tune(params, on_start=shown.start, on_step=shown.step)
     s = result.summary
     if output == "json":
-        emit_json(s)
+        terminal.json(s)
         return
     best = s["best"]
     t = s["timing"]
-    click.echo(
+    terminal.echo(
         f"{s['mode']} N={s['pre_seq_len']}: {s['step']}/{s['steps']} steps, loss {s['losses'][0]:.3f} -> "
         f"{s['losses'][-1]:.3f}"
         + (f", best held-out loss {best['eval_loss']:.3f} at step {best['step']}" if best else "")
         + (f", {t['tokens_per_second']} tokens/s" if t["tokens_per_second"] else "")
     )
-    click.echo(f"prompts: {result.run_dir}/best.safetensors (id {best.get('id', s['prompts_id'])})")
+    terminal.echo(f"prompts: {result.run_dir}/best.safetensors (id {best.get('id', s['prompts_id'])})")
 
 
 class _TuneProgress:
-    """step/total, loss, held-out loss, tokens/s and ETA on stderr (a rich bar on a terminal, else lines)."""
+    """step/total, loss, held-out loss, tokens/s and ETA: a terminal progress bar opened on ``stack`` once
+    the run says where it starts."""
 
-    def __enter__(self):
-        from rich.console import Console
-
-        self.console = Console(file=sys.stderr)
+    def __init__(self, stack: contextlib.ExitStack):
+        self.stack = stack
         self.bar = None
-        return self
 
     def start(self, info_):
-        info(
+        terminal.info(
             ("resuming at" if info_["resumed"] else "starting at")
             + f" step {info_['step']} of {info_['steps']}; "
             f"{info_['train_pairs']} training pairs, {info_['held_out_pairs']} held out"
         )
-        if self.console.is_terminal and info_["step"] < info_["steps"]:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("tune"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn(
-                    "loss {task.fields[loss]}  held-out {task.fields[ev]}  {task.fields[tps]} tok/s  ETA"
-                ),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(
-                "tune", total=info_["steps"], completed=info_["step"], loss="-", ev="-", tps="-"
-            )
+        if info_["step"] < info_["steps"]:
+            self.bar = self.stack.enter_context(terminal.progress(
+                "tune", fields=("loss", "held-out", "tok/s"), total=info_["steps"], completed=info_["step"]))
 
     def step(self, r):
-        if self.bar is not None:
-            fields = {"loss": f"{r.loss:.3f}", "tps": f"{r.tokens_per_second:.0f}"}
-            if r.eval_loss is not None:
-                fields["ev"] = f"{r.eval_loss:.3f}"
-            self.bar.update(self.task, completed=r.step, **fields)
-            return
+        values = {"loss": f"{r.loss:.3f}", "tok/s": f"{r.tokens_per_second:.0f}"}
+        if r.eval_loss is not None:
+            values["held-out"] = f"{r.eval_loss:.3f}"
         extra = (
             (f", held-out {r.eval_loss:.4f}" if r.eval_loss is not None else "")
             + (", checkpoint" if r.checkpoint else "")
             + (f", {r.retries} retries" if r.retries else "")
         )
-        info(
-            f"[{r.step}/{r.steps}] loss {r.loss:.4f}{extra}; {r.tokens_per_second:.0f} tokens/s, "
-            f"ETA {r.eta:.0f} s"
-        )
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
+        self.bar.update(r.step, line=f"[{r.step}/{r.steps}] loss {r.loss:.4f}{extra}; "
+                                     f"{r.tokens_per_second:.0f} tokens/s, ETA {r.eta:.0f} s", **values)

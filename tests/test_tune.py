@@ -281,13 +281,14 @@ def test_bad_input_is_one_line(tuned_run, tune_swarm, tiny_model_dir, run_cli, t
     assert "max_batch_size of 512 tokens" in line and "14 rows x 72 tokens" in line, line
     assert not (tmp_path / "bad").exists()  # refused before any work
     # told a larger limit, the run reaches a real server, which refuses (petals/server/task_pool.py): one
-    # error line naming the servers' limit (petals' own retry warnings come before it)
+    # error line naming the servers' limit (petals' own retry warnings come before it). --max-length 96, not
+    # 16: 16 tokens cut every answer token, which is refused before any work (issue 23.8)
     refused = run_cli(
         *base,
         "--pre-seq-len",
         2100,
         "--max-length",
-        16,
+        96,
         "--batch-size",
         1,
         "--steps",
@@ -458,3 +459,70 @@ def test_killed_server_mid_run_training_completes(tune_swarm, tmp_path):
     killed = {peer for peer, proc_ in by_peer.items() if proc_ in victims.values()}
     assert summary["retries"] >= 1, summary["failures"]
     assert all(set(f["banned"]) <= killed and f["banned"] for f in summary["failures"]), summary["failures"]
+
+
+def test_inputs_that_give_no_signal_or_garbage_are_one_line(run_cli, tmp_path):
+    """Issue 23.8, in-process (local backend, the shipped arithmetic model): a --max-length that cuts every
+    answer token, a huge --pre-seq-len, --data DIR, a checkpoint.pt that is not this run's, and prompt
+    files with NaN/inf tensors or N = 0. Each is one error line, never a traceback or a run on garbage."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    base = ["tune", "gsm8k", "--backend", "local", "--model", ARITH_MODEL, "--steps", 2, "--batch-size", 2,
+            "--eval-size", 4, "--eval-every", 1, "--checkpoint-every", 1, "--max-length", 96]
+    arith = [*base, "--data", "arith:train", "--run-dir", run]
+
+    line = one_error_line(run_cli(*base, "--data", "arith:train", "--run-dir", tmp_path / "cut",
+                                  "--max-length", 8))
+    assert "cuts every answer token of the held-out pairs" in line and "--max-length" in line, line
+    assert not (tmp_path / "cut").exists()
+    line = one_error_line(run_cli(*arith, "--pre-seq-len", 10**8))
+    assert "--pre-seq-len 100000000 is over 8192" in line, line
+
+    # --data DIR: a GSM8K checkout is read as the bench reads it, but for its train split
+    checkout = tmp_path / "gsm8k" / "grade_school_math" / "data"
+    checkout.mkdir(parents=True)
+    rows = [{"question": f"Tom has {i} apples and gets 1 more. How many?",
+             "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(12)]
+    (checkout / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = run_cli(*base, "--steps", 1, "--data", tmp_path / "gsm8k", "--run-dir", tmp_path / "dir-run")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert read_tune(tmp_path / "dir-run")["data"]["source"].endswith("train.jsonl")
+    line = one_error_line(run_cli(*base, "--data", tmp_path, "--run-dir", tmp_path / "no-train"))
+    assert "is a directory without train.jsonl" in line, line
+
+    # a real run, then its checkpoint replaced by what is not this run's
+    finished = run_cli(*arith)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    good = torch.load(run / "checkpoint.pt", weights_only=True)
+    key = next(iter(good["prompts"]))
+    longer = [*arith[:arith.index("--steps") + 1], 4, *arith[arith.index("--steps") + 2:]]
+    for state, needle in (
+        ({"step": 1}, "is not a tune checkpoint (it lacks history)"),
+        ({**good, "step": 1, "prompts": {key: torch.full_like(good["prompts"][key], float("nan"))}},
+         "are not a finite float tensor"),
+        ({**good, "step": 1, "prompts": {key: torch.zeros(16, 64)}}, "this run's model and mode take"),
+    ):
+        torch.save(state, run / "checkpoint.pt")
+        config = json.loads((run / "config.json").read_text())
+        config["spec"]["steps"] = 4  # resumed with more steps: the loop opens the model and the checkpoint
+        (run / "config.json").write_text(json.dumps(config))
+        line = one_error_line(run_cli(*longer))
+        assert needle in line and "checkpoint.pt" in line, line
+
+    # prompt files: NaN/inf tensors, N = 0
+    with safe_open(str(run / "best.safetensors"), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    name = next(iter(tensors))
+    for doctored, change, needle in (
+        ({name: tensors[name] * float("inf")}, {}, "non-finite values"),
+        ({name: tensors[name] * float("nan")}, {}, "non-finite values"),
+        ({name: tensors[name][:0]}, {"pre_seq_len": "0"}, "0 prompt vectors"),
+    ):
+        path = tmp_path / "doctored.safetensors"
+        save_file(doctored, path, metadata={**meta, **change})
+        line = one_error_line(run_cli("generate", "Q: 1+1?", "--backend", "local", "--model", ARITH_MODEL,
+                                      "--tuned-prompts", path))
+        assert needle in line, line

@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from petals_ops.client.loading import LoadedModel, load_local_model, load_swarm_model
 from petals_ops.client.models import ModelRef
 
+# The most prompt vectors petals-ops accepts (a prompt file, --pre-seq-len): far past any useful prompt
+# (the servers' whole session is 2048 positions by default); 10^8 was a memory traceback.
+MAX_PRE_SEQ_LEN = 8192
 MODES = ("ptune", "deep_ptune")  # petals' tuning modes: prompts before the input; also before each block
 PROMPT_KEYS = ("transformer.prompt_embeddings.weight", "transformer.intermediate_prompt_embeddings.weight")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from petals_ops.client.models import ModelRef
-from petals_ops.client.tuned_model import MODES, keys_for, open_tunable
+from petals_ops.client.tuned_model import MAX_PRE_SEQ_LEN, MODES, keys_for, open_tunable
 from petals_ops.util.errors import InputError
 from petals_ops.util.fsutil import why_not_a_file
 
@@ -133,6 +133,10 @@ def load_prompts(where: str | Path) -> TunedPrompts:
         n, hidden, blocks, step = (int(meta[k]) for k in ("pre_seq_len", "hidden_size", "num_blocks", "step"))
     except (KeyError, ValueError) as e:
         raise InputError(f"{bad}: its metadata lacks {e}", fix="re-create it with 'petals-ops tune'") from e
+    if not (1 <= n <= MAX_PRE_SEQ_LEN and hidden >= 1 and blocks >= 1):
+        raise InputError(f"{bad}: its metadata says {n} prompt vectors, hidden size {hidden}, "
+                         f"{blocks} blocks",
+                         fix=f"use a prompt file of 1 to {MAX_PRE_SEQ_LEN} vectors made by 'petals-ops tune'")
     mode = meta["mode"]
     expected = {keys_for(mode)[0]: (n, hidden)}
     if mode == "deep_ptune":
@@ -143,6 +147,10 @@ def load_prompts(where: str | Path) -> TunedPrompts:
             f"{bad} does not hold {mode} prompts of length {n}: tensors {shapes}, expected {expected}",
             fix="re-create it with 'petals-ops tune'",
         )
+    for key, tensor in tensors.items():  # NaN or inf would turn every generated token into garbage
+        if not tensor.is_floating_point() or not bool(tensor.isfinite().all()):
+            raise InputError(f"{bad}: its tensor {key} holds non-finite values (NaN or inf) or is not float",
+                             fix="use prompts saved by 'petals-ops tune' (best.safetensors)")
     pid = prompts_id(tensors, mode, n, meta.get("dht_prefix", ""))
     if pid != meta.get("id"):
         raise InputError(

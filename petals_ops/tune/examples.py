@@ -76,6 +76,35 @@ def _data_file(spec: str) -> Path:
     return entry.path if entry is not None else Path(spec).expanduser()
 
 
+def _training_file(spec: str) -> str:
+    """``--data DIR``, the official GSM8K checkout (as the bench takes it): its train.jsonl (the bench reads
+    test.jsonl there; tuning on the test split would spoil every later measurement)."""
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        return spec
+    for candidate in (path / "train.jsonl", path / "grade_school_math" / "data" / "train.jsonl",
+                      path / "data" / "train.jsonl"):
+        if candidate.is_file():
+            return str(candidate)
+    raise InputError(f"--data {spec} is a directory without train.jsonl",
+                     fix="pass the training JSONL file itself, or the GSM8K checkout directory")
+
+
+def require_answer_tokens(tokenizer, pairs: Pairs, max_length: int, sample: int = 512) -> None:
+    """Refuse a ``--max-length`` that cuts every answer token of the held-out pairs or of the training
+    pairs (the first ``sample`` of them): the loss would be 0.000 on no tokens and "best" prompts would
+    be saved from no signal."""
+    for name, rows in (("held-out", pairs.held_out), ("training", pairs.train[:sample])):
+        questions = [len(tokenizer(q)["input_ids"]) for q, _ in rows]
+        answers = [len(tokenizer(a)["input_ids"]) for _, a in rows]
+        kept = sum(max(0, min(q + a, max_length) - max(q, 1)) for q, a in zip(questions, answers))
+        if rows and kept == 0:
+            raise InputError(
+                f"--max-length {max_length} cuts every answer token of the {name} pairs (their questions "
+                f"alone take {min(questions)} to {max(questions)} tokens): the loss would measure nothing",
+                fix=f"use --max-length {max(questions) + 64} or more")
+
+
 def load_pairs(spec: str, eval_size: int) -> Pairs:
     """``--data``: ``arith:train``, a packaged set (``gsm8k:train``) or a GSM8K-layout JSONL path."""
     from petals_ops.bench import data
@@ -88,6 +117,7 @@ def load_pairs(spec: str, eval_size: int) -> Pairs:
             raise InputError(
                 f"--data {spec} cannot be tuned on", fix="pass gsm8k:train, arith:train or a JSONL path"
             )
+        spec = _training_file(spec)
         dataset = data.load_dataset(spec)  # checks the file (sha of packaged sets, every line) once
         rows = [
             json.loads(line)

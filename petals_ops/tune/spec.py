@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from petals_ops.client.tuned_model import MODES
+from petals_ops.client.tuned_model import MAX_PRE_SEQ_LEN, MODES
 from petals_ops.util.errors import InputError
 
 # A Petals server refuses a forward/backward request of more than --max_batch_size tokens (rows x length,
@@ -40,6 +40,11 @@ class TuneSpec:
             raise InputError(
                 f"--pre-seq-len {self.pre_seq_len} must be at least 1 (the number of trained prompt vectors)",
                 fix="use --pre-seq-len 16",
+            )
+        if self.pre_seq_len > MAX_PRE_SEQ_LEN:
+            raise InputError(
+                f"--pre-seq-len {self.pre_seq_len} is over {MAX_PRE_SEQ_LEN} prompt vectors",
+                fix="use --pre-seq-len 16 (tens of vectors are the usual range)",
             )
         for name, value in (
             ("--steps", self.steps),

@@ -23,6 +23,39 @@ TUNE_FILE = "tune.json"
 PLOT_FILE = "loss.png"
 
 
+# What the training loop reads from a checkpoint (tune.trainer._Loop), with its type.
+CHECKPOINT_FIELDS = {"step": int, "history": dict, "best": dict, "prompts": dict, "optimizer": dict}
+HISTORY_FIELDS = {"losses": list, "evals": list, "forward_s": (int, float), "backward_s": (int, float),
+                  "optimizer_s": (int, float), "tokens": int, "padded_tokens": int, "train_s": (int, float),
+                  "retries": int, "failures": list, "resumed_at": list, "servers": list}
+
+
+def checkpoint_problem(state: Any) -> str | None:
+    """What makes ``state`` unusable as a checkpoint to resume from, or None. (A bare ``{"step": 5}``
+    once resumed with fresh prompts under "resuming at step 5".) The prompts' shapes are checked against
+    the model when it is open (tune.trainer)."""
+    import torch
+
+    if not isinstance(state, dict):
+        return "not a mapping"
+    for fields, where in ((CHECKPOINT_FIELDS, state), (HISTORY_FIELDS, state.get("history"))):
+        if not isinstance(where, dict):
+            return "no history"
+        for name, kind in fields.items():
+            if name not in where:
+                return f"it lacks {name}"
+            if not isinstance(where[name], kind) or isinstance(where[name], bool):
+                return f"its {name} is {type(where[name]).__name__}"
+    if state["step"] < 0 or not state["prompts"]:
+        return "no step or no prompts"
+    for key, value in state["prompts"].items():
+        tensor = isinstance(value, torch.Tensor) and value.is_floating_point()
+        finite = tensor and bool(value.isfinite().all())
+        if not finite:
+            return f"its prompts {key} are not a finite float tensor"
+    return None
+
+
 class TuneStore(RunStore):
     job = "tune run"
 
@@ -51,10 +84,11 @@ class TuneStore(RunStore):
                 f"--run-dir {self.run_dir}: {CHECKPOINT_FILE} is unreadable ({type(e).__name__})",
                 fix=f"remove {self.checkpoint_path} to start over, or use a new --run-dir",
             ) from e
-        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        problem = checkpoint_problem(state)
+        if problem:
             raise InputError(
-                f"--run-dir {self.run_dir}: {CHECKPOINT_FILE} is not a tune checkpoint",
-                fix="use a new --run-dir",
+                f"--run-dir {self.run_dir}: {CHECKPOINT_FILE} is not a tune checkpoint ({problem})",
+                fix=f"remove {self.checkpoint_path} to start over, or use a new --run-dir",
             )
         return state
 

@@ -90,6 +90,10 @@ def run_tune(
         check_request_size(spec, params.servers_max_batch_size)
     ref, peers = _resolve_model(params)
     pairs = load_pairs(spec.data, spec.eval_size)
+    from petals_ops.client.loading import load_tokenizer
+    from petals_ops.tune.examples import require_answer_tokens
+
+    require_answer_tokens(load_tokenizer(ref), pairs, spec.max_length)  # else the loss measures nothing
     if client.through_swarm:  # before the run dir is touched: a refused command pins no config there
         from petals_ops.swarm.health import take_snapshot
 
@@ -103,6 +107,12 @@ def run_tune(
     checkpoint = store.open(config)
     try:
         loop = _Loop(params, spec, ref, peers, pairs, store, checkpoint)
+        if checkpoint is not None and ref.hidden_size and ref.num_blocks:  # before "resuming at step N"
+            from petals_ops.client.tuned_model import keys_for
+
+            n, hidden = spec.pre_seq_len, ref.hidden_size
+            shapes = [(n, hidden), (n, ref.num_blocks * hidden)]  # ptune: the first only
+            loop.require_checkpoint_fits(dict(zip(keys_for(spec.mode), shapes)))
         if on_start:
             on_start(
                 {
@@ -174,6 +184,7 @@ class _Loop:
         if self._prompts is None:
             init_prompts(model, self.spec.mode, self.spec.seed)
         else:
+            self.require_checkpoint_fits({k: tuple(v.shape) for k, v in self.params_by_name.items()})
             with torch.no_grad():
                 for key, value in self._prompts.items():
                     self.params_by_name[key].copy_(value)
@@ -183,12 +194,28 @@ class _Loop:
             list(self.params_by_name.values()), lr=self.spec.lr, weight_decay=0.0
         )
         if self._optimizer_state is not None:
-            self.optimizer.load_state_dict(self._optimizer_state)
+            try:
+                self.optimizer.load_state_dict(self._optimizer_state)
+            except (ValueError, KeyError, TypeError, RuntimeError) as e:
+                raise self._bad_checkpoint(f"its optimizer state does not fit ({type(e).__name__})") from e
         if loaded.backend == "petals":
             from petals_ops.client import door
 
             door.on_each_answer(model, self.servers.add)  # petals routes inside its client
         return loaded
+
+    def require_checkpoint_fits(self, want: dict) -> None:
+        """The checkpoint's prompts must have this model's and mode's shapes ``want`` (another model's
+        checkpoint was a traceback)."""
+        have = {k: tuple(v.shape) for k, v in self._prompts.items()}
+        if have != want:
+            raise self._bad_checkpoint(f"it holds prompts {have}, this run's model and mode take {want}")
+
+    def _bad_checkpoint(self, why: str) -> InputError:
+        from petals_ops.tune.store import CHECKPOINT_FILE
+
+        return InputError(f"--run-dir {self.store.run_dir}: {CHECKPOINT_FILE} is not this run's ({why})",
+                          fix=f"remove {self.store.checkpoint_path} to start over, or use a new --run-dir")
 
     # --- the loop ----------------------------------------------------------------------------------------
     def run(self, on_step) -> None:

@@ -30,10 +30,11 @@ def test_import_contracts_catch_violations(tmp_path):
     shutil.copytree(REPO / "petals_ops", tmp_path / "petals_ops",
                     ignore=shutil.ignore_patterns("data", "__pycache__"))
     util_errors = tmp_path / "petals_ops" / "util" / "errors.py"
-    util_errors.write_text(util_errors.read_text() + "\n\ndef _up():\n    from petals_ops.bench import stats\n")
+    upward = "\n\ndef _up():\n    from petals_ops.bench import stats\n"
+    util_errors.write_text(util_errors.read_text() + upward)
     stats = tmp_path / "petals_ops" / "bench" / "stats.py"
-    stats.write_text(stats.read_text() + "\n\ndef _petals():\n    import petals\n    from petals_ops.bench import "
-                     "report\n")
+    door_and_cycle = "\n\ndef _petals():\n    import petals\n    from petals_ops.bench import report\n"
+    stats.write_text(stats.read_text() + door_and_cycle)
     result = _lint_imports(tmp_path)
     assert result.returncode != 0
     out = result.stdout

@@ -68,7 +68,7 @@ def main():
     args = parser.parse_args()
     delays = [float(d) for d in args.delays.split(",")]
 
-    from petals_ops.client import generation
+    from petals_ops.client import loading
     from petals_ops.lab import local_swarm, netem
 
     gc.disable()  # the client's sessions are collected between steps, not on its event loop (STACK.md)
@@ -77,7 +77,7 @@ def main():
         run_dir = Path(tmp) / "swarm"
         swarm = local_swarm.up(run_dir, servers=3, delays_ms=[0.0] * 3)
         try:
-            with generation.load_swarm_model(swarm.model, swarm.initial_peers) as loaded:
+            with loading.load_swarm_model(swarm.model, swarm.initial_peers) as loaded:
                 for rep in range(args.reps):  # rounds over every delay: the machine's load drifts
                     for delay in delays:
                         for server in swarm.servers:

@@ -35,7 +35,7 @@ from petals_ops.bench.records import QuestionRecord, ScoredPath, is_record
 from petals_ops.bench.store import RunStore, latest_by_id, read_records
 from petals_ops.client.options import ClientOptions
 from petals_ops.client.retry import RetriesExhausted, RetryPolicy, run_with_retries
-from petals_ops.util.errors import InputError
+from petals_ops.util.errors import InputError, one_line
 
 CONFIG_VERSION = 2  # 2: typed records with error categories and method extras
 
@@ -176,7 +176,7 @@ def solve(backend: Backend, prompt: PromptSet, problem: Problem, cfg: MethodConf
         scored = [score_path(p, problem.gold) for p in paths]
         vote = method.aggregate([p.answer for p in scored])
     except Exception as e:  # noqa: BLE001 (one unscorable completion is that question's error, never the run's)
-        failures.append(f"scoring: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+        failures.append(f"scoring: {type(e).__name__}: {one_line(e, 300)}")
         return QuestionRecord(
             **base, paths=[], vote=None, correct=False, tokens=0,
             seconds=round(time.monotonic() - started, 3), attempts=attempts, failures=failures,

@@ -15,6 +15,7 @@ from petals_ops.fleet.executor import Operation, Target, run_operation
 from petals_ops.fleet.result import CheckRow, HostResult
 from petals_ops.fleet.schema import Inventory
 from petals_ops.fleet.ssh import HostSession, SSHOptions
+from petals_ops.util.errors import one_line
 
 MIN_FREE_DISK_GIB = 50  # a few nf4 BLOOM blocks plus the image
 
@@ -104,7 +105,7 @@ def check_host(session: HostSession, target: Target) -> list[CheckRow]:
     reach_ok = reach is not None and reach.ok
     add(CheckRow("user can reach docker", reach_ok,
               f"{who} can" if reach_ok else
-              f"{who} cannot ({' '.join((reach.stderr if reach else 'no docker').split())[:120]}); "
+              f"{who} cannot ({one_line(reach.stderr if reach else 'no docker', 120)}); "
               "add the user to the docker group"))
     runtimes = docker_info.get("Runtimes") or {}
     ctk = session.run(["sh", "-c", "command -v nvidia-ctk || command -v nvidia-container-runtime"])

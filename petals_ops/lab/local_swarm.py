@@ -22,7 +22,7 @@ from typing import Callable
 
 from petals_ops.util import procs
 from petals_ops.util import tmpclean
-from petals_ops.util.errors import InputError, OpsError
+from petals_ops.util.errors import InputError, OpsError, one_line
 from petals_ops.util.fsutil import read_json, tail_lines, write_json_atomic
 from petals_ops.client.models import MAX_BLOCKS, MODEL_META, ModelRef, resolve_model
 from petals_ops.lab import netem
@@ -129,7 +129,7 @@ class LocalSwarm:
             data["processes"] = [SwarmProcess(**{**p, "run_dir": data["run_dir"]}) for p in data["processes"]]
             return cls(**data)
         except (ValueError, TypeError, KeyError, RecursionError, OSError) as e:
-            reason = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
+            reason = "nested too deeply" if isinstance(e, RecursionError) else one_line(e, 200)
             raise OpsError(
                 f"the local swarm state {path} is unreadable ({reason})",
                 fix="stop any petals_ops.serve processes by hand, then delete that file",

@@ -579,8 +579,13 @@ def test_untrusted_text_is_inert_in_tables_errors_and_info(capsys):
 
     evil = ("\x1b]8;;http://evil.example/\x1b\\x\x1b]8;;\x1b\\ [link=http://evil.example/]y[/link] :smile:"
             "\u202e\r")
+    from petals_ops.cli.terminal import terminal
+
     render_table(["name", evil], [[evil, "a\nb"]], title=evil)
     info(f"peer said {evil}")
+    terminal.table(["name", evil], [[evil, "a\nb"]], title=evil)
+    terminal.echo(evil)
+    terminal.info(evil)
     out = capsys.readouterr()
     for text in (out.out, out.err, OpsError(f"bad {evil}", fix=evil).one_line()):
         assert not any(ch in text for ch in "\x1b\u202e\r"), repr(text)

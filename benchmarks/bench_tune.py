@@ -48,19 +48,19 @@ def run(work: Path, swarm, name: str, backend: str, mode: str, steps: int, batch
         TuneParams(spec=spec, run_dir=str(work / name),
                    client=ClientOptions(backend=backend, swarm_dir=swarm.run_dir))
     ).summary
-    t = s["timing"]
+    t = s.timing
     out = {
         "run": name,
         "backend": backend,
         "mode": mode,
         "steps": steps,
         "batch": batch,
-        "tokens": t["tokens"],
-        "tokens_per_second": t["tokens_per_second"],
-        "forward_ms_per_step": round(1000 * t["forward_s"] / steps, 1),
-        "backward_ms_per_step": round(1000 * t["backward_s"] / steps, 1),
-        "step_ms": round(1000 * t["train_s"] / steps, 1),
-        "servers": len(s["servers"]),
+        "tokens": t.tokens,
+        "tokens_per_second": t.tokens_per_second,
+        "forward_ms_per_step": round(1000 * t.forward_s / steps, 1),
+        "backward_ms_per_step": round(1000 * t.backward_s / steps, 1),
+        "step_ms": round(1000 * t.train_s / steps, 1),
+        "servers": len(s.servers),
     }
     print(json.dumps(out), flush=True)
     return out

@@ -526,3 +526,32 @@ def test_inputs_that_give_no_signal_or_garbage_are_one_line(run_cli, tmp_path):
         line = one_error_line(run_cli("generate", "Q: 1+1?", "--backend", "local", "--model", ARITH_MODEL,
                                       "--tuned-prompts", path))
         assert needle in line, line
+
+
+def test_the_tune_summary_is_typed_and_tune_json_is_its_json_form(tmp_path):
+    """run_tune returns a TuneSummary; tune.json is its to_dict and reads back equal (local backend: the
+    shipped arithmetic model in-process, a few steps). A tune.json from before any held-out evaluation
+    (best {}) reads as best None; anything else is a one-line error."""
+    from petals_ops.client.options import ClientOptions
+    from petals_ops.tune.spec import TuneSpec
+    from petals_ops.tune.summary import EvalPoint, TuneSummary, load_tune_summary
+    from petals_ops.tune.trainer import TuneParams, run_tune
+    from petals_ops.util.errors import InputError
+
+    spec = TuneSpec(data="arith:train", pre_seq_len=4, steps=3, batch_size=2, eval_every=3, eval_size=4,
+                    checkpoint_every=3, max_length=96)
+    result = run_tune(TuneParams(spec=spec, run_dir=str(tmp_path / "t"),
+                                 client=ClientOptions(backend="local", model=str(ARITH_MODEL))))
+    s = result.summary
+    assert isinstance(s, TuneSummary) and s.step == 3 and len(s.losses) == 3
+    assert s.evals and isinstance(s.evals[-1], EvalPoint) and s.best is not None and s.best.id
+    assert s.timing.tokens > 0 and s.data.source == "arith:train" and s.hyperparameters["steps"] == 3
+    on_disk = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert on_disk == json.loads(json.dumps(s.to_dict()))
+    assert load_tune_summary(tmp_path / "t") == s
+    before_eval = {**on_disk, "best": {}, "evals": []}
+    assert TuneSummary.from_dict(before_eval).best is None
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "tune.json").write_text(json.dumps({**on_disk, "timing": 5}))
+    with pytest.raises(InputError, match="not a tune summary"):
+        load_tune_summary(tmp_path / "bad")

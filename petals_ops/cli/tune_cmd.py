@@ -4,7 +4,7 @@ import contextlib
 
 import click
 
-from petals_ops.cli.options import DIR_PATH, SEED, client_options, retry_options
+from petals_ops.cli.options import client_options, retry_options
 from petals_ops.cli.terminal import terminal
 from petals_ops.util.output import OUTPUT_OPTION
 
@@ -36,7 +36,7 @@ def tune():
 @click.option("--steps", default=200, show_default=True, type=int)
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Pairs per step.")
 @click.option("--lr", default=1e-2, show_default=True, type=float, help="AdamW learning rate.")
-@click.option("--seed", default=0, show_default=True, type=SEED, help="Prompt init and batch order.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Prompt init and batch order.")
 @click.option(
     "--max-length", default=256, show_default=True, type=int, help="Tokens per pair (longer ones are cut)."
 )
@@ -51,7 +51,7 @@ def tune():
     "--run-dir",
     default="tune-runs/gsm8k",
     show_default=True,
-    type=DIR_PATH,
+    type=click.Path(file_okay=False),
     help="Prompts, tune.json, loss.png and the checkpoint; the same command resumes.",
 )
 @click.option(
@@ -114,17 +114,16 @@ def gsm8k(
         result = run_tune(params, on_start=shown.start, on_step=shown.step)
     s = result.summary
     if output == "json":
-        terminal.json(s)
+        terminal.json(s.to_dict())
         return
-    best = s["best"]
-    t = s["timing"]
+    best = s.best
     terminal.echo(
-        f"{s['mode']} N={s['pre_seq_len']}: {s['step']}/{s['steps']} steps, loss {s['losses'][0]:.3f} -> "
-        f"{s['losses'][-1]:.3f}"
-        + (f", best held-out loss {best['eval_loss']:.3f} at step {best['step']}" if best else "")
-        + (f", {t['tokens_per_second']} tokens/s" if t["tokens_per_second"] else "")
+        f"{s.mode} N={s.pre_seq_len}: {s.step}/{s.steps} steps, loss {s.losses[0]:.3f} -> "
+        f"{s.losses[-1]:.3f}"
+        + (f", best held-out loss {best.eval_loss:.3f} at step {best.step}" if best else "")
+        + (f", {s.timing.tokens_per_second} tokens/s" if s.timing.tokens_per_second else "")
     )
-    terminal.echo(f"prompts: {result.run_dir}/best.safetensors (id {best.get('id', s['prompts_id'])})")
+    terminal.echo(f"prompts: {result.run_dir}/best.safetensors (id {best.id if best else s.prompts_id})")
 
 
 class _TuneProgress:

@@ -17,6 +17,7 @@ from typing import Any
 from petals_ops.bench.store import RunStore
 from petals_ops.util.errors import InputError
 from petals_ops.util.fsutil import write_json_atomic
+from petals_ops.tune.summary import TuneSummary
 
 CHECKPOINT_FILE = "checkpoint.pt"
 TUNE_FILE = "tune.json"
@@ -106,8 +107,8 @@ class TuneStore(RunStore):
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json_atomic(self.run_dir / TUNE_FILE, summary)
+    def write_summary(self, summary: TuneSummary) -> None:
+        write_json_atomic(self.run_dir / TUNE_FILE, summary.to_dict())
 
     def write_plot(self, losses: list[float], evals: list[dict[str, Any]], title: str) -> Path:
         import matplotlib

@@ -23,6 +23,7 @@ from petals_ops.client.options import ClientOptions
 from petals_ops.client.retry import RetriesExhausted, RetryPolicy, run_with_retries
 from petals_ops.util.errors import InputError, OpsError
 from petals_ops.tune.spec import DEFAULT_SERVERS_MAX_BATCH_SIZE, TuneSpec, check_request_size
+from petals_ops.tune.summary import BestPrompts, EvalPoint, StepFailure, TuneData, TuneSummary, TuneTiming
 
 CONFIG_VERSION = 1
 MAX_BATCH_RE = re.compile(r"Task size greater than max_batch_size \((\d+)\)")
@@ -52,7 +53,7 @@ class StepReport:
 @dataclass
 class TuneResult:
     run_dir: Path
-    summary: dict[str, Any]
+    summary: TuneSummary
 
 
 def _resolve_model(params: TuneParams):
@@ -379,39 +380,39 @@ class _Loop:
             f"{self.spec.mode} N={self.spec.pre_seq_len} on {self.pairs.source}",
         )
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> TuneSummary:
         h = self.history
         train_s = h["train_s"]
-        return {
-            "model": self.ref.name,
-            "dht_prefix": self.ref.dht_prefix,
-            "backend": self.params.client.backend,
-            "mode": self.spec.mode,
-            "pre_seq_len": self.spec.pre_seq_len,
-            "data": {
-                "source": self.pairs.source,
-                "sha256": self.pairs.sha256,
-                "train_pairs": len(self.pairs.train),
-                "held_out_pairs": len(self.pairs.held_out),
-            },
-            "hyperparameters": self.spec.to_dict(),
-            "step": self.step,
-            "steps": self.spec.steps,
-            "losses": h["losses"],
-            "evals": h["evals"],
-            "best": self.best,
-            "prompts_id": self.last_id,
-            "servers": sorted(self.servers),
-            "resumed_at": h["resumed_at"],
-            "retries": h["retries"],
-            "failures": h["failures"][-20:],
-            "timing": {
-                "forward_s": round(h["forward_s"], 3),
-                "backward_s": round(h["backward_s"], 3),
-                "optimizer_s": round(h["optimizer_s"], 3),
-                "train_s": round(train_s, 3),
-                "tokens": h["tokens"],
-                "padded_tokens": h["padded_tokens"],
-                "tokens_per_second": round(h["tokens"] / train_s, 1) if train_s else None,
-            },
-        }
+        return TuneSummary(
+            model=self.ref.name,
+            dht_prefix=self.ref.dht_prefix,
+            backend=self.params.client.backend,
+            mode=self.spec.mode,
+            pre_seq_len=self.spec.pre_seq_len,
+            data=TuneData(
+                source=self.pairs.source,
+                sha256=self.pairs.sha256,
+                train_pairs=len(self.pairs.train),
+                held_out_pairs=len(self.pairs.held_out),
+            ),
+            hyperparameters=self.spec.to_dict(),
+            step=self.step,
+            steps=self.spec.steps,
+            losses=list(h["losses"]),
+            evals=[EvalPoint(**e) for e in h["evals"]],
+            best=BestPrompts(**self.best) if self.best else None,
+            prompts_id=self.last_id,
+            servers=sorted(self.servers),
+            resumed_at=list(h["resumed_at"]),
+            retries=h["retries"],
+            failures=[StepFailure(**f) for f in h["failures"][-20:]],
+            timing=TuneTiming(
+                forward_s=round(h["forward_s"], 3),
+                backward_s=round(h["backward_s"], 3),
+                optimizer_s=round(h["optimizer_s"], 3),
+                train_s=round(train_s, 3),
+                tokens=h["tokens"],
+                padded_tokens=h["padded_tokens"],
+                tokens_per_second=round(h["tokens"] / train_s, 1) if train_s else None,
+            ),
+        )

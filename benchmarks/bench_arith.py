@@ -40,9 +40,9 @@ def bench(work: Path, swarm, name: str, method: str, paths: int, questions: int,
                                              max_new_tokens=48),
                          exec=ExecOptions(**exec_kw))
     s = run_bench(params).summary
-    out = {"run": name, "accuracy": s["accuracy"], "questions_per_minute": s["questions_per_minute"],
-           "tokens_per_second": s["tokens_per_second"], "bench_wall_s": s["wall_seconds"],
-           "errors": s["errors"]}
+    out = {"run": name, "accuracy": s.accuracy, "questions_per_minute": s.questions_per_minute,
+           "tokens_per_second": s.tokens_per_second, "bench_wall_s": s.wall_seconds,
+           "errors": s.errors}
     print(json.dumps(out), flush=True)
     return out
 

@@ -37,12 +37,12 @@ def run(work: Path, swarm, name: str, method: str, questions: int, calculator: b
     params = BenchParams(data="arith:test", limit=questions, run_dir=str(work / name),
                          client=ClientOptions(swarm_dir=swarm.run_dir), method=cfg, exec=ExecOptions())
     s = run_bench(params).summary
-    calc = s.get("calculator") or {}
-    out = {"run": name, "method": method, "calculator": calculator, "correct": s["correct"],
-           "scored": s["scored"], "tokens": s["tokens"], "tokens_per_second": s["tokens_per_second"],
-           "questions_per_minute": s["questions_per_minute"], "bench_wall_s": s["wall_seconds"],
+    calc = s.calculator or {}
+    out = {"run": name, "method": method, "calculator": calculator, "correct": s.correct,
+           "scored": s.scored, "tokens": s.tokens, "tokens_per_second": s.tokens_per_second,
+           "questions_per_minute": s.questions_per_minute, "bench_wall_s": s.wall_seconds,
            "interventions": calc.get("interventions"), "model_wrong": calc.get("model_wrong"),
-           "errors": s["errors"]}
+           "errors": s.errors}
     print(json.dumps(out), flush=True)
     return out
 

@@ -39,9 +39,9 @@ def run(work: Path, swarm, name: str, args, **exec_kw) -> dict:
     result = run_bench(params)
     wall = time.monotonic() - started
     s = result.summary
-    out = {"variant": name, "wall_s": round(wall, 2), "bench_wall_s": s["wall_seconds"],
-           "tokens": s["tokens"], "tokens_per_s": s["tokens_per_second"], "errors": s["errors"],
-           "batch_size": s["run"]["batch_size"]}
+    out = {"variant": name, "wall_s": round(wall, 2), "bench_wall_s": s.wall_seconds,
+           "tokens": s.tokens, "tokens_per_s": s.tokens_per_second, "errors": s.errors,
+           "batch_size": s.run["batch_size"]}
     print(json.dumps(out), flush=True)
     return out
 

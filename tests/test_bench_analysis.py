@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
 
@@ -11,6 +12,7 @@ from petals_ops.bench.analysis import CATEGORIES, PRECEDENCE, categorize, summar
 from petals_ops.bench.arithmetic import find_equations, first_slip, format_fraction
 from petals_ops.bench.loops import repeated_unit
 from petals_ops.bench.extraction import answers_equal, extract_answer
+from petals_ops.bench.records import QuestionRecord, ScoredPath
 from petals_ops.bench.paired import (
     PairedComparison,
     compare_paired,
@@ -20,11 +22,17 @@ from petals_ops.bench.paired import (
 )
 
 
-def scored(text: str, gold: str, finish: str = "stop") -> dict:
+def scored(text: str, gold: str, finish: str = "stop", i: int = 0) -> ScoredPath:
     """A path as the runner scores it."""
     answer, how = extract_answer(text)
-    return {"answer": answer, "how": how, "correct": answers_equal(answer, gold), "finish": finish,
-            "tokens": len(text.split()), "text": text, "raw": text}
+    return ScoredPath(i=i, answer=answer, how=how, correct=answers_equal(answer, gold), finish=finish,
+                      tokens=len(text.split()), text=text, raw=text)
+
+
+def record(data: dict) -> QuestionRecord:
+    """A question's record (its paths numbered in order, as the runner numbers them)."""
+    paths = [dataclasses.asdict(dataclasses.replace(p, i=j)) for j, p in enumerate(data["paths"])]
+    return QuestionRecord.from_dict({**data, "paths": paths})
 
 
 RATIONALE = ("Janet's ducks lay 16 eggs per day. She eats 3 for breakfast and bakes 4 into muffins, so she "
@@ -245,7 +253,7 @@ def test_summarize_categories():
             scored("He buys 10 * 3 = 31 eggs. The answer is 31.", "20"),
         ]},
     ]
-    summary = summarize_categories(records, examples=1)
+    summary = summarize_categories([record(r) for r in records], examples=1)
     assert summary["questions"] == 2 and summary["skipped_errors"] == 1 and summary["paths"] == 8
     assert summary["counts"] == {"correct": 2, "repetition": 1, "out_of_tokens": 1, "no_answer": 1,
                                  "arithmetic_slip": 2, "wrong_answer": 1}
@@ -259,16 +267,17 @@ def test_summarize_categories():
     assert summary["examples"]["repetition"][0]["unit"] == "The answer is 5."
     assert all(len(v) <= 1 for v in summary["examples"].values())
     long = " ".join(chr(97 + i % 26) * (1 + i // 26) for i in range(80))  # a b ... z aa bb ..., no loop
-    excerpt = summarize_categories([{"id": "x", "gold": "1", "error": None,
-                                     "paths": [scored(long, "1")]}])["examples"]["no_answer"][0]["excerpt"]
+    one = record({"id": "x", "gold": "1", "error": None, "paths": [scored(long, "1")]})
+    excerpt = summarize_categories([one])["examples"]["no_answer"][0]["excerpt"]
     assert len(excerpt) <= 161 and excerpt.endswith("…")
-    only_errors = summarize_categories([{"id": "e", "gold": "1", "error": "x", "paths": []}])
+    only_errors = summarize_categories([record({"id": "e", "gold": "1", "error": "x", "paths": []})])
     assert summarize_categories([]) == only_errors | {"skipped_errors": 0}
 
 
 def test_summary_uses_the_path_index_of_the_runner():
-    path = scored("The answer is 3.", "3") | {"i": 7}
-    summary = summarize_categories([{"id": "q", "gold": "3", "error": None, "paths": [path]}])
+    path = scored("The answer is 3.", "3", i=7)
+    summary = summarize_categories([QuestionRecord.from_dict(
+        {"id": "q", "gold": "3", "error": None, "paths": [dataclasses.asdict(path)]})])
     assert summary["examples"]["correct"][0]["path"] == 7
 
 

@@ -237,7 +237,7 @@ def test_sc_through_the_swarm_records_interventions_like_local(arith_swarm, tmp_
             for b, res in runs.items()}
     assert recs["petals"] == recs["local"]
     assert all(p["interventions"] for r in recs["petals"] for p in r)
-    calc = runs["petals"].summary["calculator"]
+    calc = runs["petals"].summary.calculator
     assert (calc["questions"] == 2
             and calc["interventions"] == sum(len(p["interventions"]) for r in recs["petals"] for p in r))
     assert json.loads((runs["petals"].run_dir / "config.json").read_text())["method"]["calculator"] is True
@@ -267,11 +267,11 @@ def test_calculator_raises_held_out_accuracy(held_out, tmp_path):
     c = pair.comparison
     assert c.n == HELD_OUT and pair.excluded == 0
     # measured when written (first 200): 149 -> 153 correct; all 400: 296 -> 303 (B only 11, A only 4)
-    assert plain["categories"]["counts"]["arithmetic_slip"] > 0  # the model slips without it...
-    assert calc["categories"]["counts"]["arithmetic_slip"] == 0  # ...and never with it
-    assert calc["correct"] > plain["correct"] and c.b_only > c.a_only, c
-    stats = calc["calculator"]
-    assert plain["calculator"] is None and stats["questions"] == HELD_OUT
+    assert plain.categories["counts"]["arithmetic_slip"] > 0  # the model slips without it...
+    assert calc.categories["counts"]["arithmetic_slip"] == 0  # ...and never with it
+    assert calc.correct > plain.correct and c.b_only > c.a_only, c
+    stats = calc.calculator
+    assert plain.calculator is None and stats["questions"] == HELD_OUT
     assert stats["interventions"] >= 2 * HELD_OUT and 2 <= stats["per_question"] <= 3  # one per equation
     assert 0 < stats["model_wrong"] <= stats["model_wrong_known"] == stats["interventions"]
     text = path.read_text()
@@ -285,7 +285,7 @@ def test_calculator_run_dir_refuses_a_run_without_it(held_out):
     with pytest.raises(InputError, match="method.calculator"):
         _cot(held_out[False], True)
     # the same command resumes (nothing left to do)
-    assert _cot(held_out[True], True).summary["correct"] == report.load_summary(held_out[True])["correct"]
+    assert _cot(held_out[True], True).summary.correct == report.load_summary(held_out[True]).correct
 
 
 def test_cli_calculator_flags(run_cli, tmp_path):

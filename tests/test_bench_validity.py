@@ -48,10 +48,10 @@ def held_out_runs(tmp_path_factory):
 
 def test_trained_model_cot_accuracy_is_strictly_between_0_and_100(held_out_runs):
     summary = report.load_summary(held_out_runs["cot"])
-    assert summary["scored"] == HELD_OUT and summary["errors"] == 0
-    assert 0 < summary["correct"] < summary["scored"], summary["accuracy"]
-    counts = summary["categories"]["counts"]
-    assert counts["correct"] == summary["correct"] and sum(counts.values()) == HELD_OUT
+    assert summary.scored == HELD_OUT and summary.errors == 0
+    assert 0 < summary.correct < summary.scored, summary.accuracy
+    counts = summary.categories["counts"]
+    assert counts["correct"] == summary.correct and sum(counts.values()) == HELD_OUT
     # the model fails the way the lab's BLOOM does: right equation, wrong number
     assert counts["arithmetic_slip"] > 0
 
@@ -62,8 +62,8 @@ def test_paired_report_of_cot_and_sc_on_held_out_problems(held_out_runs, tmp_pat
     c = pair.comparison
     assert c.n == HELD_OUT and pair.excluded == 0
     assert ((c.both_right + c.b_only, c.both_right + c.a_only)
-            == (summaries[1]["correct"], summaries[0]["correct"]))
-    assert summaries[1]["correct"] > 0 and c.diff_ci95[0] <= c.diff <= c.diff_ci95[1]
+            == (summaries[1].correct, summaries[0].correct))
+    assert summaries[1].correct > 0 and c.diff_ci95[0] <= c.diff <= c.diff_ci95[1]
     text = path.read_text()
     assert "Paired comparisons" in text and "McNemar" in text and "Error analysis" in text
 
@@ -74,8 +74,8 @@ def test_sc_beats_cot_significantly_on_held_out_problems(held_out_runs, tmp_path
     assert c.diff > 0 and c.diff_ci95[0] > 0, c  # the paired interval excludes no gain
     # measured when the checkpoint was made: CoT 296/400, SC 319/400, B only 36, A only 13, McNemar p=0.0014
     assert c.mcnemar_p < 0.01 and c.b_only > 2 * c.a_only, c
-    sc = summaries[1]
-    assert sc["maj_at_k"]["10"] > sc["maj_at_k"]["1"]  # the vote, not the sampling, makes the gain
+    maj = summaries[1].figure("maj_at_k")
+    assert maj["10"] > maj["1"]  # the vote, not the sampling, makes the gain
 
 
 def test_swarm_subset_gives_the_same_records_as_local(held_out_runs, arith_swarm, tmp_path):
@@ -202,7 +202,7 @@ def test_report_and_errors_read_the_run_dirs_given_not_the_paths_summaries_store
     assert (pair["a"], pair["b"]) == (str(moved), str(copied))
     assert [r["run_dir"] for r in out["runs"]] == [str(moved), str(copied)]
     mine = report.load_summary(moved)
-    assert pair["n"] == 6 and pair["both_right"] == mine["correct"] and pair["a_only"] == pair["b_only"] == 0
+    assert pair["n"] == 6 and pair["both_right"] == mine.correct and pair["a_only"] == pair["b_only"] == 0
     # bench errors: the paths of the dir given
     rows = json.loads(run_cli("bench", "errors", moved, "-o", "json").stdout)
     assert [r["text"] for r in rows] == [p["text"] for r in read_records(moved) for p in r["paths"]]

@@ -161,7 +161,7 @@ def test_summary_loader_gives_a_summary_or_input_error(data):
         summary = load_summary(run)
     except InputError:
         return
-    assert isinstance(summary["run_dir"], str)
+    assert isinstance(summary.run_dir, str)
 
 
 @pytest.mark.parametrize("data", [b"\xff\xfe", b"[" * 50_000, b"1e999", b"NaN"])

@@ -12,11 +12,12 @@ A slip is a false equation under exact arithmetic (:mod:`petals_ops.bench.arithm
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from petals_ops.bench.arithmetic import Equation, first_slip, format_fraction
 from petals_ops.bench.extraction import answers_equal
 from petals_ops.bench.loops import repeated_unit
+from petals_ops.bench.records import QuestionRecord, ScoredPath
 
 CATEGORIES: dict[str, str] = {
     "correct": "the extracted answer equals the gold (slips in the rationale are flagged separately)",
@@ -31,16 +32,16 @@ PRECEDENCE: tuple[str, ...] = ("repetition", "out_of_tokens", "no_answer", "arit
 
 # --- categories --------------------------------------------------------------------------------------------
 
-def _classify(path: Mapping, gold: str) -> tuple[str, Equation | None]:
+def _classify(path: ScoredPath, gold: str) -> tuple[str, Equation | None]:
     """(category, the first slip of the text; only computed where it matters)."""
-    text = path.get("text") or ""
-    if answers_equal(path.get("answer"), gold):
+    text = path.text
+    if answers_equal(path.answer, gold):
         return "correct", first_slip(text)
     if repeated_unit(text) is not None:
         return "repetition", None
-    if path.get("finish") == "length" and path.get("how") != "answer_is":
+    if path.finish == "length" and path.how != "answer_is":
         return "out_of_tokens", None
-    if path.get("answer") is None:
+    if path.answer is None:
         return "no_answer", None
     slip = first_slip(text)
     if slip is not None:
@@ -48,17 +49,16 @@ def _classify(path: Mapping, gold: str) -> tuple[str, Equation | None]:
     return "wrong_answer", None
 
 
-def _category_and_slip(path: Mapping, gold: str) -> tuple[str, Equation | None]:
+def _category_and_slip(path: ScoredPath, gold: str) -> tuple[str, Equation | None]:
     """Like :func:`_classify`, but a path scored by the runner already carries its category: only the slip
     (for ``correct_with_slip`` and the examples) is looked up again, not the loop detection."""
-    category = path.get("category")
-    if category not in CATEGORIES:
+    if path.category not in CATEGORIES:
         return _classify(path, gold)
-    needs_slip = category in ("correct", "arithmetic_slip")
-    return category, first_slip(path.get("text") or "") if needs_slip else None
+    needs_slip = path.category in ("correct", "arithmetic_slip")
+    return path.category, first_slip(path.text) if needs_slip else None
 
 
-def categorize(path: Mapping, gold: str) -> str:
+def categorize(path: ScoredPath, gold: str) -> str:
     """The category of one scored path; correctness is re-scored against ``gold`` as the runner does."""
     return _classify(path, gold)[0]
 
@@ -68,7 +68,7 @@ def _excerpt(text: str, limit: int = 160) -> str:
     return flat if len(flat) <= limit else flat[:limit].rstrip() + "…"
 
 
-def summarize_categories(records: Iterable[Mapping], examples: int = 3) -> dict:
+def summarize_categories(records: Iterable[QuestionRecord], examples: int = 3) -> dict:
     """Counts per category over every scored path of the records without an error, plus the first
     ``examples`` paths of each category in record order (deterministic). ``correct_with_slip`` counts correct
     paths whose rationale has a slip."""
@@ -76,25 +76,24 @@ def summarize_categories(records: Iterable[Mapping], examples: int = 3) -> dict:
     shown: dict[str, list[dict]] = {name: [] for name in CATEGORIES}
     questions = skipped = paths = with_slip = 0
     for record in records:
-        if record.get("error"):
+        if record.error:
             skipped += 1
             continue
         questions += 1
-        gold = record.get("gold")
-        for j, path in enumerate(record.get("paths") or []):
-            category, slip = _category_and_slip(path, gold)
+        for path in record.paths:
+            category, slip = _category_and_slip(path, record.gold)
             paths += 1
             counts[category] += 1
             if category == "correct" and slip is not None:
                 with_slip += 1
             if len(shown[category]) < examples:
-                example = {"id": record.get("id"), "path": path.get("i", j), "answer": path.get("answer"),
-                           "gold": gold, "excerpt": _excerpt(path.get("text") or "")}
+                example = {"id": record.id, "path": path.i, "answer": path.answer, "gold": record.gold,
+                           "excerpt": _excerpt(path.text)}
                 if category == "arithmetic_slip" and slip is not None and slip.value is not None:
                     example["equation"] = slip.text
                     example["true_value"] = format_fraction(slip.value)
                 if category == "repetition":
-                    example["unit"] = repeated_unit(path.get("text") or "")
+                    example["unit"] = repeated_unit(path.text)
                 shown[category].append(example)
     return {"questions": questions, "skipped_errors": skipped, "paths": paths, "counts": counts,
             "correct_with_slip": with_slip, "examples": shown}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+DEMO_METHODS = ("cot", "sc")  # each with its default number of paths; compared in this order
 DEMO_QUESTIONS = 40
 DEMO_CONCURRENCY = 4
 DEMO_MAX_NEW_TOKENS = 48
@@ -17,7 +18,7 @@ ARITH_SC_TEMPERATURE = 0.5
 
 def run(ctx, *, questions: int = DEMO_QUESTIONS) -> None:
     from petals_ops.bench import report
-    from petals_ops.bench.methods import MethodConfig
+    from petals_ops.bench.methods import MethodConfig, get_method
     from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
     from petals_ops.client.options import ClientOptions
     from petals_ops.util.output import render_table
@@ -26,24 +27,26 @@ def run(ctx, *, questions: int = DEMO_QUESTIONS) -> None:
     # a demo measures afresh; resuming a finished run would measure nothing
     shutil.rmtree(out, ignore_errors=True)
     dirs = []
-    for method, paths in (("cot", 1), ("sc", 10)):
+    for method in DEMO_METHODS:
         params = BenchParams(data="arith:test", limit=questions, run_dir=str(out / f"arith-{method}"),
                              client=ClientOptions(swarm_dir=ctx.swarm.run_dir),
-                             method=MethodConfig(method=method, paths=paths, temperature=ARITH_SC_TEMPERATURE,
+                             method=MethodConfig(method=method, paths=get_method(method).default_paths,
+                                                 temperature=ARITH_SC_TEMPERATURE,
                                                  max_new_tokens=DEMO_MAX_NEW_TOKENS),
                              exec=ExecOptions(concurrency=DEMO_CONCURRENCY))
         result = run_bench(params)
         s = result.summary
-        print(f"{method}: {s['correct']}/{s['scored']} correct ({100 * (s['accuracy'] or 0):.1f}%), "
-              f"{s['errors']} errors, {s['questions_per_minute'] or 0:.0f} questions/min, "
-              f"{s['tokens_per_second'] or 0:.1f} tokens/s")
+        print(f"{method}: {s.correct}/{s.scored} correct ({100 * (s.accuracy or 0):.1f}%), "
+              f"{s.errors} errors, {s.questions_per_minute or 0:.0f} questions/min, "
+              f"{s.tokens_per_second or 0:.1f} tokens/s")
         dirs.append(result.run_dir)
     path, summaries, pairs = report.compare(dirs, out / "report")
-    render_table(report.HEADERS, report.table_rows(summaries),
-                 title="CoT and SC through the swarm (arith:test)")
+    names = " and ".join(DEMO_METHODS)
+    render_table(report.headers(summaries), report.table_rows(summaries),
+                 title=f"{names} through the swarm (arith:test)")
     render_table(report.PAIR_HEADERS, report.pair_rows(pairs),
-                 title="SC minus CoT, paired on the same questions")
-    render_table(["category", *[Path(s["run_dir"]).name for s in summaries]], category_rows(summaries),
+                 title="Paired on the same questions (B minus A)")
+    render_table(["category", *[Path(s.run_dir).name for s in summaries]], category_rows(summaries),
                  title="Error analysis: paths per category")
     print(f"report: {path}")
 
@@ -53,6 +56,6 @@ def category_rows(summaries) -> list[list[str]]:
 
     rows = []
     for name in CATEGORIES:
-        counts = [int((s.get("categories") or {}).get("counts", {}).get(name, 0)) for s in summaries]
+        counts = [int((s.categories or {}).get("counts", {}).get(name, 0)) for s in summaries]
         rows.append([name, *map(str, counts)])
     return rows

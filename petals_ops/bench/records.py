@@ -1,8 +1,10 @@
 """Typed results of a bench run: a scored path, a question's record, and the run's summary.
 
 On disk a record is one JSON line of ``records.jsonl`` (:meth:`QuestionRecord.to_dict`, method extras
-flattened in), and the summary is ``summary.json``. Readers go through :meth:`from_dict`, so fields a
-later version adds do not break older run dirs' reports.
+flattened in), and the summary is ``summary.json`` (:meth:`RunSummary.to_dict`, each figure's value under
+its key). Readers go through :meth:`from_dict`, so fields a later version adds do not break older run
+dirs' reports, and older run dirs (records without ``rounds``, summaries that do not describe their
+figures) still load.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
+
+from petals_ops.bench.figures import Figure, FigureSpec
 
 
 def _conforms(value: Any, hint: Any) -> bool:
@@ -47,7 +51,7 @@ def _checked(cls, data: Any, defaults: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError("it is not a JSON object")
     hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls) if f.name != "extras"]
+    known = [f.name for f in fields(cls) if f.name not in ("extras", "figures")]
     missing = sorted(k for k in known if k not in data and k not in defaults)
     if missing:
         raise ValueError(f"it lacks {', '.join(missing)}")
@@ -101,10 +105,12 @@ class QuestionRecord:
     attempts: int
     failures: list[str]
     servers: list[str]
-    batches: list[int]
+    batches: list[int]  # paths per inference session, in order
     error: str | None
     finished_at: float
-    extras: dict[str, Any] = field(default_factory=dict)  # what the method adds (e.g. SC's agreement)
+    # the paths the method asked for, round by round (Method.next_paths); a fixed-K method: [K]
+    rounds: list[int] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)  # what the method adds (Method.record_extras)
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("paths", "extras")}
@@ -116,14 +122,14 @@ class QuestionRecord:
         """ValueError if ``data`` is not a question's record (see :func:`_checked`)."""
         values = _checked(cls, data, cls._DEFAULTS)
         values["paths"] = [ScoredPath.from_dict(p) for p in values["paths"]]
-        for key in ("failures", "servers", "batches"):
+        for key in ("failures", "servers", "batches", "rounds"):
             values[key] = values[key] or []
         return cls(**values, extras={k: v for k, v in data.items() if k not in values})
 
     # what a record may lack (older versions, or an error record written before any path was scored)
     _DEFAULTS: typing.ClassVar[dict[str, Any]] = {
         "paths": [], "vote": None, "correct": False, "tokens": 0, "seconds": 0.0, "attempts": 0,
-        "failures": None, "servers": None, "batches": None, "error": None, "finished_at": 0.0,
+        "failures": [], "servers": [], "batches": [], "rounds": [], "error": None, "finished_at": 0.0,
         "prompt_tokens": 0, "line": 0, "prompt_id": "", "backend": "", "question": "", "method": ""}
 
 
@@ -141,7 +147,7 @@ def is_record(data: Any) -> bool:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """``summary.json``: the run's figures. ``extras`` holds what the method adds (SC: maj@k...)."""
+    """``summary.json``: the run's figures. ``figures`` holds what the method reports (SC: maj@k...)."""
 
     run_dir: str
     method: str
@@ -176,11 +182,16 @@ class RunSummary:
     # --calculator runs: interventions, per question, how often the model's own number was wrong
     # (calculator.summarize_interventions); None without the calculator
     calculator: dict[str, Any] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    figures: tuple[Figure, ...] = ()
+
+    def figure(self, key: str) -> Any:
+        """The value of the figure ``key`` (None when this run does not report it)."""
+        return next((f.value for f in self.figures if f.key == key), None)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extras"}
-        return {**self.extras, **data}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "figures"}
+        values = {f.key: f.value for f in self.figures}
+        return {**values, **data, "figures": [f.spec.to_dict() for f in self.figures]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSummary:
@@ -193,10 +204,7 @@ class RunSummary:
             part = values["config"].get(key)
             if not isinstance(part, dict) or any(k not in part for k in subkeys):
                 raise ValueError(f"its config.{key} lacks {', '.join(subkeys) or 'its fields'}")
-        extras = {k: v for k, v in data.items() if k not in values}
-        if not _conforms(extras.get("maj_at_k"), dict[str, float] | None):
-            raise ValueError("its maj_at_k is not a mapping of k to accuracy")
-        return cls(**values, extras=extras)
+        return cls(**values, figures=_figures(data))
 
     # what a summary may lack: figures the reports show as n/a or leave out
     _DEFAULTS: typing.ClassVar[dict[str, Any]] = {
@@ -210,3 +218,26 @@ class RunSummary:
     _CONFIG_KEYS: typing.ClassVar[dict[str, tuple[str, ...]]] = {
         "model": ("name", "dht_prefix"), "data": ("source", "sha256", "offset", "limit", "sample"),
         "prompt": ("id", "exemplars"), "method": ()}
+
+
+def _figures(data: dict[str, Any]) -> tuple[Figure, ...]:
+    """A summary's figures: described by its ``figures`` list, or (a summary written before summaries
+    described them) by the registered methods' specs of the keys it has. ValueError for a value that
+    is not of its figure's kind."""
+    from petals_ops.bench.methods.base import figure_specs
+
+    if "figures" in data:
+        stored = data["figures"]
+        if not isinstance(stored, list):
+            raise ValueError("its figures is not a list")
+        specs = [FigureSpec.from_dict(d) for d in stored]
+    else:
+        specs = [spec for key, spec in figure_specs().items() if key in data]
+    figures = []
+    for spec in specs:
+        value = data.get(spec.key)
+        if not spec.fits(value):
+            what = "a mapping of k to accuracy" if spec.kind == "curve" else "a number"
+            raise ValueError(f"its {spec.key} is not {what}")
+        figures.append(Figure(spec, value))
+    return tuple(figures)

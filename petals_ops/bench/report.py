@@ -1,24 +1,25 @@
 """``summary.json`` and ``report.md`` (with a PNG plot) of a run, and the side-by-side comparison.
 
 Accuracy counts the questions that got an answer record (errors are reported separately, not scored);
-its 95% interval is Wilson's. For SC the curve is maj@k for k = 1..K (see :mod:`stats`); CoT runs are
-drawn as horizontal lines on the same axes.
+its 95% interval is Wilson's. What a method adds (SC's maj@k curve, pass@K, agreement...) are its
+figures (:mod:`petals_ops.bench.figures`), rendered here by their descriptions: this module never names a
+method. The plot draws each run's curves against the number of paths, and the accuracy of a run without
+a curve as a horizontal line.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from petals_ops.bench.analysis import CATEGORIES, summarize_categories
 from petals_ops.bench.arithmetic import first_slip, format_fraction
 from petals_ops.bench.calculator import summarize_interventions
+from petals_ops.bench.figures import Figure, FigureSpec, pct
 from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.paired import PairedComparison, compare_paired
 from petals_ops.bench.records import QuestionRecord, RunSummary, parse_record
@@ -43,37 +44,42 @@ def load_records(run_dir: Path, problems=None) -> list[QuestionRecord]:
     return [typed[id(r)] for r in latest.values()]
 
 
+def _previous(run_dir: Path, config: dict) -> RunSummary | None:
+    """The summary an earlier invocation of this config wrote here (None when there is none it can read,
+    or it was another config's)."""
+    try:
+        prev = RunSummary.from_dict(json.loads((run_dir / SUMMARY_FILE).read_text()))
+    except (OSError, ValueError, TypeError, RecursionError):
+        return None
+    return prev if prev.config == config else None
+
+
 def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: str | None = None,
-              snapshot=None, run_info: dict | None = None, exec_options=None) -> dict[str, Any]:
+              snapshot=None, run_info: dict | None = None, exec_options=None) -> RunSummary:
     records = load_records(run_dir, problems)
     ok = [r for r in records if not r.error]
     errors = [r for r in records if r.error]
     correct = sum(bool(r.correct) for r in ok)
     low, high = wilson_interval(correct, len(ok))
     paths = [p for r in ok for p in r.paths]
-    previous = run_dir / SUMMARY_FILE
-    prev: dict[str, Any] = {}
-    if previous.is_file():
-        try:
-            prev = json.loads(previous.read_text())
-        except (ValueError, OSError):
-            prev = {}
-        prev = prev if isinstance(prev, dict) and prev.get("config") == config else {}  # not another config's
-    wall_before = float(prev.get("wall_seconds_total") or 0.0)
+    prev = _previous(run_dir, config)
+    wall_before = prev.wall_seconds_total if prev is not None else 0.0
     wall = progress.elapsed if progress is not None else 0.0
     generated_now = progress is not None and progress.tokens > 0
     # a resume with nothing left to do keeps the figures of the runs that did the work
-    if not generated_now and prev:
-        backend = prev.get("backend", backend)
+    if not generated_now and prev is not None:
+        backend = prev.backend
     served = Counter(peer for r in ok for peer in r.servers)
     cfg = MethodConfig.from_dict(config["method"])
     # a resume with nothing to do keeps the working runs' figures
-    if not generated_now and prev.get("tokens_per_second"):
-        tps, qpm = prev.get("tokens_per_second"), prev.get("questions_per_minute")
+    if not generated_now and prev is not None and prev.tokens_per_second:
+        tps, qpm = prev.tokens_per_second, prev.questions_per_minute
     elif progress is not None:
         tps, qpm = round(progress.tokens_per_second, 3), round(60 * progress.done / max(wall, 1e-9), 3)
     else:
         tps = qpm = None
+    method = cfg.impl
+    values = method.summary_figures(ok, cfg)
     summary = RunSummary(
         run_dir=str(run_dir),
         method=cfg.method,
@@ -91,7 +97,7 @@ def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: 
         invalid_path_rate=(sum(p.answer is None for p in paths) / len(paths)) if paths else None,
         finish_reasons=dict(Counter(p.finish for p in paths)),
         extraction=dict(Counter(p.how for p in paths)),
-        categories=summarize_categories([r.to_dict() for r in ok]),
+        categories=summarize_categories(ok),
         tokens=sum(r.tokens for r in ok),
         prompt_tokens_mean=(sum(r.prompt_tokens for r in ok) / len(ok)) if ok else None,
         wall_seconds=round(wall, 3),
@@ -111,61 +117,48 @@ def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: 
         ],
         written_at=time.time(),
         calculator=summarize_interventions(ok) if cfg.calculator else None,
-        extras=cfg.impl.summary_extras(ok, cfg),
-    ).to_dict()
-    write_json_atomic(run_dir / SUMMARY_FILE, summary)
+        figures=tuple(Figure(spec, values.get(spec.key)) for spec in method.figures),
+    )
+    write_json_atomic(run_dir / SUMMARY_FILE, summary.to_dict())
     return summary
 
 
-def pct(x: float | None) -> str:
-    """A share as a percentage; "n/a" when there is none (None, or NaN/inf from a hand-edited summary)."""
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
+def _label(summary: RunSummary) -> str:
+    name = Path(summary.run_dir).name
+    calc = " +calculator" if summary.calculator is not None else ""
+    return f"{name} ({summary.method}{'' if summary.paths == 1 else ' K=' + str(summary.paths)}{calc})"
 
 
-_pct = pct
-
-
-def _label(summary: dict) -> str:
-    name = Path(summary["run_dir"]).name
-    calc = " +calculator" if summary.get("calculator") is not None else ""
-    return (f"{name} ({summary['method']}"
-            f"{'' if summary['paths'] == 1 else ' K=' + str(summary['paths'])}{calc})")
-
-
-def maj_curve(summary: dict) -> list[tuple[int, float]]:
-    """(k, maj@k) in the order of k. ``summary.json`` keeps k as string keys, sorted as strings (1, 10,
-    2, ...): every reader of the curve goes through here."""
-    curve = summary.get("maj_at_k") or {}
-    return sorted((int(k), v) for k, v in curve.items() if k.isascii() and k.isdigit())
-
-
-def data_name(summaries: Sequence[dict]) -> str:
+def data_name(summaries: Sequence[RunSummary]) -> str:
     """What the runs were measured on, for titles: ``arith:test``, ``gsm8k:test``, a file's name."""
     names = []
     for s in summaries:
-        source = str(s["config"]["data"]["source"])
+        source = str(s.config["data"]["source"])
         names.append(source if source.startswith("hf:") or "/" not in source else Path(source).name)
     return " / ".join(dict.fromkeys(names)) or "bench"
 
 
-def figure(summaries: Sequence[dict]):
-    """The plot as a matplotlib figure (Agg): maj@k curves of the SC runs, horizontal lines for CoT runs."""
+def figure(summaries: Sequence[RunSummary]):
+    """The plot as a matplotlib figure (Agg): each run's curve figures (maj@k...) against the number of
+    paths, and the accuracy of a run without a curve as a horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    k_max = max([k for s in summaries for k, _ in maj_curve(s)] + [1])
+    x_max = 1
     for s in summaries:
-        curve = maj_curve(s)
-        if curve:
-            ax.plot([k for k, _ in curve], [100 * v for _, v in curve], marker="o",
-                    label=f"SC maj@k: {_label(s)}")
-        elif s.get("accuracy") is not None:
-            ax.axhline(100 * s["accuracy"], linestyle="--", color="gray", label=f"CoT greedy: {_label(s)}")
-    ax.set_xlim(0.5, k_max + 0.5)
-    ax.set_xlabel("sampled paths k (majority vote)")
+        curves = [(f.spec, f.spec.points(f.value)) for f in s.figures if f.spec.kind == "curve"]
+        curves = [(spec, points) for spec, points in curves if points]
+        for spec, points in curves:
+            x_max = max(x_max, points[-1][0])
+            ax.plot([x for x, _ in points], [100 * v for _, v in points], marker="o",
+                    label=f"{spec.label}: {_label(s)}")
+        if not curves and s.accuracy is not None:
+            ax.axhline(100 * s.accuracy, linestyle="--", color="gray", label=f"accuracy: {_label(s)}")
+    ax.set_xlim(0.5, x_max + 0.5)
+    ax.set_xlabel("paths k")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{data_name(summaries)}: accuracy against the number of paths")
     ax.grid(alpha=0.3)
@@ -177,7 +170,7 @@ def figure(summaries: Sequence[dict]):
     return fig
 
 
-def plot(summaries: Sequence[dict], path: Path) -> Path:
+def plot(summaries: Sequence[RunSummary], path: Path) -> Path:
     """Save :func:`figure` as a PNG."""
     import matplotlib.pyplot as plt
 
@@ -190,59 +183,86 @@ def plot(summaries: Sequence[dict], path: Path) -> Path:
     return path
 
 
-def table_rows(summaries: Sequence[dict]) -> list[list[str]]:
+def _columns(summaries: Sequence[RunSummary]) -> list[FigureSpec]:
+    """The figures that are table columns, over all runs, in the order they first appear."""
+    specs: dict[str, FigureSpec] = {}
+    for s in summaries:
+        for f in s.figures:
+            if f.spec.column:
+                specs.setdefault(f.key, f.spec)
+    return list(specs.values())
+
+
+def headers(summaries: Sequence[RunSummary]) -> list[str]:
+    """The runs table's headers: the common columns, then those of each figure that is a column."""
+    return ["run", "n", "scored", "errors", "accuracy", "Wilson 95%",
+            *(h for spec in _columns(summaries) for h in spec.headers()), "tokens", "wall s", "tokens/s"]
+
+
+def table_rows(summaries: Sequence[RunSummary]) -> list[list[str]]:
+    """The runs table's rows (see :func:`headers`; a figure a run does not report is left empty)."""
+    columns = _columns(summaries)
     rows = []
     for s in summaries:
-        curve = maj_curve(s)
+        own = {f.key: f for f in s.figures}
+        cells = [cell for c in columns for cell in
+                 (own[c.key].spec.cells(own[c.key].value) if c.key in own else [""] * len(c.headers()))]
         rows.append([
-            _label(s), str(s["n"]), str(s["scored"]), str(s["errors"]), _pct(s["accuracy"]),
-            f"[{_pct(s['accuracy_wilson95'][0])}, {_pct(s['accuracy_wilson95'][1])}]",
-            _pct(curve[0][1]) if curve else "", _pct(curve[-1][1]) if curve else "",
-            str(s["tokens"]), f"{s['wall_seconds_total']:.1f}", f"{s['tokens_per_second'] or 0:.1f}",
+            _label(s), str(s.n), str(s.scored), str(s.errors), pct(s.accuracy),
+            f"[{pct(s.accuracy_wilson95[0])}, {pct(s.accuracy_wilson95[1])}]", *cells,
+            str(s.tokens), f"{s.wall_seconds_total:.1f}", f"{s.tokens_per_second or 0:.1f}",
         ])
     return rows
 
 
-HEADERS = ["run", "n", "scored", "errors", "accuracy", "Wilson 95%", "maj@1", "maj@K", "tokens", "wall s",
-           "tokens/s"]
+def brief(summary: RunSummary) -> str:
+    """The run's result in one line (``bench gsm8k``)."""
+    low, high = summary.accuracy_wilson95
+    line = (f"{summary.method}: {summary.correct}/{summary.scored} correct ({pct(summary.accuracy)}, "
+            f"Wilson 95% [{pct(low)}, {pct(high)}]), {summary.errors} errors, {summary.tokens} tokens, "
+            f"{summary.tokens_per_second or 0:.1f} tokens/s")
+    line += "".join(f", {f.spec.short(f.value)}" for f in summary.figures if f.spec.brief)
+    calc = summary.calculator
+    if calc is not None:
+        line += (f", calculator: {calc['interventions']} interventions, the model's own number wrong in "
+                 f"{calc['model_wrong']}")
+    return line
 
 
-def _markdown(summaries: Sequence[dict], plot_name: str, title: str, pairs: Sequence[Pair] = ()) -> str:
+def _markdown(summaries: Sequence[RunSummary], plot_name: str, title: str, pairs: Sequence[Pair] = ()) -> str:
+    heads = headers(summaries)
+    notes = {f.key: f"{f.spec.label}: {f.spec.note}." for s in summaries for f in s.figures if f.spec.note}
     lines = [f"# {title}", "",
              "Accuracy = correct / scored questions (error records are counted apart); interval: Wilson 95%.",
-             ("maj@k: expected plurality-vote accuracy over random k-subsets of each question's "
-              "sampled paths."), "",
-             "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+             *notes.values(), "",
+             "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(summaries)]
     lines += ["", f"![accuracy against paths]({plot_name})", ""]
     for s in summaries:
-        cfg = s["config"]
+        cfg = s.config
         lines += [f"## {_label(s)}", "",
                   (f"- model `{cfg['model']['name']}` (DHT prefix `{cfg['model']['dht_prefix']}`), "
-                   f"backend {s['backend']}"),
+                   f"backend {s.backend}"),
                   f"- prompt `{cfg['prompt']['id']}` ({cfg['prompt']['exemplars']} exemplars)",
                   (f"- data `{cfg['data']['source']}` (sha256 {cfg['data']['sha256'][:12]}…), "
                    f"offset {cfg['data']['offset']}, limit {cfg['data']['limit']}, "
                    f"sample {cfg['data']['sample']}"),
                   f"- method {json.dumps(cfg['method'])}",
-                  (f"- invalid paths {_pct(s['invalid_path_rate'])}, finish reasons {s['finish_reasons']}, "
-                   f"extraction {s['extraction']}")]
-        if maj_curve(s):
-            curve = ", ".join(f"maj@{k} {_pct(v)}" for k, v in maj_curve(s))
-            lines += [f"- {curve}", (f"- pass@K {_pct(s.get('pass_at_k'))}, "
-                                     f"agreement with the vote {_pct(s.get('agreement'))}")]
-        calc = s.get("calculator")
+                  (f"- invalid paths {pct(s.invalid_path_rate)}, finish reasons {s.finish_reasons}, "
+                   f"extraction {s.extraction}")]
+        lines += [f"- {f.spec.label}: {f.spec.text(f.value)}" for f in s.figures]
+        calc = s.calculator
         if calc is not None:
             per_q = "n/a" if calc.get("per_question") is None else f"{calc['per_question']:.2f}"
             lines.append(f"- calculator: {calc.get('interventions')} interventions ({per_q} per question, in "
                          f"{calc.get('paths_with_interventions')} paths); "
                          "the model's own number was wrong in "
                          f"{calc.get('model_wrong')} of {calc.get('model_wrong_known')} "
-                         f"({_pct(calc.get('model_wrong_rate'))})")
-        if s["servers_served"]:
+                         f"({pct(calc.get('model_wrong_rate'))})")
+        if s.servers_served:
             lines += ["- servers that served: "
-                      f"{', '.join(f'{p[:12]}… ({n})' for p, n in s['servers_served'].items())}"]
-        lines += ["", *_categories_markdown(s.get("categories") or {})]
+                      f"{', '.join(f'{p[:12]}… ({n})' for p, n in s.servers_served.items())}"]
+        lines += ["", *_categories_markdown(s.categories or {})]
     if pairs:
         lines += ["## Paired comparisons (same questions)", "",
                   "diff = accuracy of B minus A on the questions both runs scored; 95% interval: "
@@ -267,7 +287,7 @@ def _categories_markdown(categories: dict) -> list[str]:
         return []
     lines = [f"### Error analysis ({total} scored paths)", "", "| category | paths | share | meaning |",
              "|---|---|---|---|"]
-    lines += [f"| {name} | {n} | {_pct(n / total)} | {CATEGORIES.get(name, '')} |"
+    lines += [f"| {name} | {n} | {pct(n / total)} | {CATEGORIES.get(name, '')} |"
               for name, n in sorted(counts.items(), key=lambda item: _category_rank(item[0]))]
     if categories.get("correct_with_slip"):
         lines.append(f"\n{categories['correct_with_slip']} correct paths have an arithmetic slip "
@@ -284,14 +304,14 @@ def _categories_markdown(categories: dict) -> list[str]:
     return lines
 
 
-def write_run_report(run_dir: Path, summary: dict) -> Path:
+def write_run_report(run_dir: Path, summary: RunSummary) -> Path:
     plot([summary], run_dir / PLOT_FILE)
     path = run_dir / REPORT_FILE
     write_atomic(path, _markdown([summary], PLOT_FILE, f"{data_name([summary])} bench: {_label(summary)}"))
     return path
 
 
-def load_summary(run_dir: str | Path) -> dict:
+def load_summary(run_dir: str | Path) -> RunSummary:
     path = Path(run_dir) / SUMMARY_FILE
     if not path.is_file():
         raise InputError(f"{run_dir} has no {SUMMARY_FILE}",
@@ -301,14 +321,13 @@ def load_summary(run_dir: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise InputError(f"{path} is not valid JSON ({e})", fix="re-run the bench to rewrite it") from e
     try:
-        summary = RunSummary.from_dict(data).to_dict()  # ValueError for anything but a summary, a non-object
+        summary = RunSummary.from_dict(data)  # ValueError for anything but a summary, a non-object too
     except (ValueError, TypeError) as e:
         raise InputError(f"{path} is not a bench summary ({e})", fix="re-run the bench to rewrite it") from e
-    summary["run_dir"] = str(run_dir)  # where the run is now: run dirs are copied and moved
-    return summary
+    return replace(summary, run_dir=str(run_dir))  # where the run is now: run dirs are copied and moved
 
 
-def load_run(run_dir: str | Path) -> tuple[dict, list[QuestionRecord]]:
+def load_run(run_dir: str | Path) -> tuple[RunSummary, list[QuestionRecord]]:
     """A run dir's summary and records, both read from ``run_dir`` itself (never from the path the summary
     stores: an archived or moved run dir would otherwise be paired with whatever now lives there). A
     summary that does not belong to the config and records beside it is refused: it would describe
@@ -323,13 +342,13 @@ def load_run(run_dir: str | Path) -> tuple[dict, list[QuestionRecord]]:
         config = json.loads((run / CONFIG_FILE).read_text())
     except (ValueError, OSError, RecursionError):
         config = None
-    if config != summary["config"]:
+    if config != summary.config:
         raise InputError(f"{run_dir}: {SUMMARY_FILE} was written for another config than its {CONFIG_FILE}",
                          fix="run the same bench command on that run dir again to rewrite the summary")
     records = load_records(run)
     ok = [r for r in records if not r.error]
     seen = {"scored": len(ok), "correct": sum(bool(r.correct) for r in ok), "errors": len(records) - len(ok)}
-    stated = {k: summary[k] for k in seen}
+    stated = {k: getattr(summary, k) for k in seen}
     if seen != stated:
         says = ", ".join(f"{k} {v}" for k, v in stated.items())
         found = ", ".join(f"{k} {v}" for k, v in seen.items())
@@ -341,23 +360,23 @@ def load_run(run_dir: str | Path) -> tuple[dict, list[QuestionRecord]]:
 
 @dataclass(frozen=True)
 class Pair:
-    a: dict  # summaries
-    b: dict
+    a: RunSummary
+    b: RunSummary
     comparison: PairedComparison
     excluded: int  # questions of the set not scored in both runs (error records)
 
 
-def pair_runs(a: dict, b: dict) -> Pair:
+def pair_runs(a: RunSummary, b: RunSummary) -> Pair:
     """Pair two runs question by question; refuse runs of different models or question sets."""
     la, lb = _label(a), _label(b)
-    ma, mb = a["config"]["model"], b["config"]["model"]
+    ma, mb = a.config["model"], b.config["model"]
     if (ma["name"], ma["dht_prefix"]) != (mb["name"], mb["dht_prefix"]):
         raise InputError(f"cannot pair {la} and {lb}: they ran different models "
                          f"({ma['name']} and {mb['name']})",
                          fix="compare runs of the same model, or report them without pairing (--no-pairs)")
-    ra, rb = load_run(a["run_dir"])[1], load_run(b["run_dir"])[1]  # checked against their summaries
+    ra, rb = load_run(a.run_dir)[1], load_run(b.run_dir)[1]  # checked against their summaries
     ids_a, ids_b = {r.id for r in ra}, {r.id for r in rb}
-    da, db = a["config"]["data"], b["config"]["data"]
+    da, db = a.config["data"], b.config["data"]
     if da["sha256"] != db["sha256"] or ids_a != ids_b:
         differ = len(ids_a ^ ids_b)
         raise InputError(f"cannot pair {la} and {lb}: they ran different question sets "
@@ -383,14 +402,14 @@ def pair_rows(pairs: Sequence[Pair]) -> list[list[str]]:
     for p in pairs:
         c = p.comparison
         rows.append([_label(p.a), _label(p.b), str(c.n) + (f" ({p.excluded} excluded)" if p.excluded else ""),
-                     _pct(c.acc_a), _pct(c.acc_b), f"{100 * c.diff:+.1f} pts",
+                     pct(c.acc_a), pct(c.acc_b), f"{100 * c.diff:+.1f} pts",
                      f"[{100 * c.diff_ci95[0]:+.1f}, {100 * c.diff_ci95[1]:+.1f}]", str(c.both_right),
                      str(c.a_only), str(c.b_only), str(c.both_wrong), f"{c.mcnemar_p:.3g}"])
     return rows
 
 
 def compare(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
-            pairs: bool = True) -> tuple[Path, list[dict], list[Pair]]:
+            pairs: bool = True) -> tuple[Path, list[RunSummary], list[Pair]]:
     """The side-by-side report of runs; with ``pairs``, each pair (A, B) in the order given is compared
     question by question (all pairs must share the model and the question set)."""
     out = Path(out_dir)

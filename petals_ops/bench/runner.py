@@ -31,11 +31,11 @@ from petals_ops.client.decoding import (
 from petals_ops.bench.extraction import answers_equal, extract_answer
 from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.prompts import ZERO_SHOT, PromptSet, load_prompt_file
-from petals_ops.bench.records import QuestionRecord, ScoredPath, is_record
+from petals_ops.bench.records import QuestionRecord, RunSummary, ScoredPath, is_record
 from petals_ops.bench.store import RunStore, latest_by_id, read_records
 from petals_ops.client.options import ClientOptions
 from petals_ops.client.retry import RetriesExhausted, RetryPolicy, run_with_retries
-from petals_ops.util.errors import InputError, one_line
+from petals_ops.util.errors import InputError
 
 CONFIG_VERSION = 2  # 2: typed records with error categories and method extras
 
@@ -138,63 +138,102 @@ def _run_attempt(fn, timeout: float, cancel: threading.Event):
     return box["result"]
 
 
+class _Unscorable(Exception):
+    """A completion the scorer failed on: that question's error record, not a retry (the same completion
+    would come back)."""
+
+
+@dataclass
+class _Attempt:
+    paths: list[ScoredPath] = field(default_factory=list)
+    servers: set[str] = field(default_factory=set)
+    batches: list[int] = field(default_factory=list)  # paths per inference session
+    rounds: list[int] = field(default_factory=list)  # paths the method asked for, each time
+
+
+def _decode_rounds(backend: Backend, prompt_ids, problem: Problem, cfg: MethodConfig, batch_size: int,
+                   deadline: float, stop: threading.Event) -> _Attempt:
+    """The method's sampling policy: ask it how many paths to decode next, decode them (in sessions of at
+    most ``batch_size``), score them as they arrive, and ask again, until it is decided or K paths are
+    in. Path i is sampled with seed i however the paths are split, so a run resumed or batched otherwise
+    decodes the same paths."""
+    method, spec = cfg.impl, cfg.decode_spec()
+    done = _Attempt()
+    while len(done.paths) < cfg.paths:
+        wanted = min(int(method.next_paths(cfg, tuple(done.paths))), cfg.paths - len(done.paths))
+        if wanted < 1:
+            break
+        done.rounds.append(wanted)
+        first = len(done.paths)
+        for indices in plan_batches(wanted, batch_size):
+            out = decode_batch(backend, prompt_ids, [first + i for i in indices], spec, problem.id,
+                               deadline=deadline, cancel=stop)
+            try:
+                done.paths += [score_path(p, problem.gold) for p in out.paths]
+            except Exception as e:  # noqa: BLE001 (reported as the question's error)
+                raise _Unscorable(f"scoring: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+            done.servers.update(out.servers)
+            done.batches.append(len(indices))
+            backend.collect()
+    return done
+
+
 def solve(backend: Backend, prompt: PromptSet, problem: Problem, cfg: MethodConfig, batch_size: int,
           opts: ExecOptions, cancel: threading.Event) -> QuestionRecord:
     """One question, start to end: a scored record or (after the last attempt) an error record."""
-    method, spec = cfg.impl, cfg.decode_spec()
+    method = cfg.impl
     prompt_ids = backend.tokenizer(prompt.render(problem.question), return_tensors="pt")["input_ids"]
     base = {"id": problem.id, "line": problem.line, "question": problem.question, "gold": problem.gold,
             "prompt_id": prompt.prompt_id, "method": cfg.method, "backend": backend.name,
             "prompt_tokens": int(prompt_ids.shape[1])}
     started = time.monotonic()
+    tries = [0]  # the attempt being made (for an error record refused mid-way)
 
-    def decode_all(stop: threading.Event, deadline: float):
-        paths, servers, batches = [], set(), []
-        for indices in plan_batches(cfg.paths, batch_size):
-            out = decode_batch(backend, prompt_ids, indices, spec, problem.id, deadline=deadline, cancel=stop)
-            paths += out.paths
-            servers.update(out.servers)
-            batches.append(len(indices))
-            backend.collect()
-        return paths, servers, batches
-
-    def attempt(_: int):  # a fresh session each time, its own deadline
-        deadline = time.monotonic() + opts.timeout
-        return _run_attempt(lambda stop: decode_all(stop, deadline), opts.timeout, cancel)
-
-    try:
-        (paths, servers, batches), failed = run_with_retries(attempt, opts.retry, backend, cancel=cancel)
-    except RetriesExhausted as e:
-        failures = [f.describe() for f in e.failures]
-        return QuestionRecord(
-            **base, paths=[], vote=None, correct=False, tokens=0,
-            seconds=round(time.monotonic() - started, 3), attempts=opts.retries + 1, failures=failures,
-            servers=[], batches=[], error=failures[-1] if failures else "failed", finished_at=time.time())
-    failures = [f.describe() for f in failed]
-    attempts = len(failed) + 1
-    try:
-        scored = [score_path(p, problem.gold) for p in paths]
-        vote = method.aggregate([p.answer for p in scored])
-    except Exception as e:  # noqa: BLE001 (one unscorable completion is that question's error, never the run's)
-        failures.append(f"scoring: {type(e).__name__}: {one_line(e, 300)}")
+    def error_record(failures: list[str], attempts: int, done: _Attempt | None = None) -> QuestionRecord:
+        done = done or _Attempt()
         return QuestionRecord(
             **base, paths=[], vote=None, correct=False, tokens=0,
             seconds=round(time.monotonic() - started, 3), attempts=attempts, failures=failures,
-            servers=sorted(servers), batches=batches, error=failures[-1], finished_at=time.time())
+            servers=sorted(done.servers), batches=done.batches, rounds=done.rounds,
+            error=failures[-1] if failures else "failed", finished_at=time.time())
+
+    def attempt(n: int) -> _Attempt:  # a fresh session each time, its own deadline
+        tries[0] = n
+        deadline = time.monotonic() + opts.timeout
+        return _run_attempt(lambda stop: _decode_rounds(backend, prompt_ids, problem, cfg, batch_size,
+                                                        deadline, stop), opts.timeout, cancel)
+
+    def refuse(error: Exception) -> None:
+        if isinstance(error, _Unscorable):  # the same completion would come back: no retry
+            raise error
+
+    try:
+        done, failed = run_with_retries(attempt, opts.retry, backend, cancel=cancel, refuse=refuse)
+    except RetriesExhausted as e:
+        return error_record([f.describe() for f in e.failures], opts.retries + 1)
+    except _Unscorable as e:
+        return error_record([str(e)], tries[0])
+    failures = [f.describe() for f in failed]
+    try:
+        vote = method.aggregate(done.paths)
+        extras = method.record_extras(done.paths, vote)
+    except Exception as e:  # noqa: BLE001 (one unscorable completion is that question's error, never the run's)
+        failures.append(f"scoring: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+        return error_record(failures, len(failed) + 1, done)
     return QuestionRecord(
-        **base, paths=scored, vote=vote, correct=answers_equal(vote, problem.gold),
-        tokens=sum(p.tokens for p in paths), seconds=round(time.monotonic() - started, 3),
-        attempts=attempts, failures=failures, servers=sorted(servers), batches=batches, error=None,
-        finished_at=time.time(), extras=method.record_extras(scored, vote))
+        **base, paths=done.paths, vote=vote, correct=answers_equal(vote, problem.gold),
+        tokens=sum(p.tokens for p in done.paths), seconds=round(time.monotonic() - started, 3),
+        attempts=len(failed) + 1, failures=failures, servers=sorted(done.servers), batches=done.batches,
+        rounds=done.rounds, error=None, finished_at=time.time(), extras=extras)
 
 
 def score_path(path, gold: str) -> ScoredPath:
     """Extract, compare and categorise one decoded path (:class:`decoding.PathOutput`)."""
     answer, how = extract_answer(path.text)
-    fields = {"i": path.index, "answer": answer, "how": how, "correct": answers_equal(answer, gold),
-              "finish": path.finish, "tokens": path.tokens, "text": path.text, "raw": path.raw}
-    return ScoredPath(**fields, category=categorize(fields, gold),
-                      interventions=[i.to_dict() for i in path.interventions])
+    scored = ScoredPath(i=path.index, answer=answer, how=how, correct=answers_equal(answer, gold),
+                        finish=path.finish, tokens=path.tokens, text=path.text, raw=path.raw,
+                        interventions=[i.to_dict() for i in path.interventions])
+    return dataclasses.replace(scored, category=categorize(scored, gold))
 
 
 def execute(backend: Backend, prompt: PromptSet, problems: list[Problem], cfg: MethodConfig, store: RunStore,
@@ -289,7 +328,7 @@ class BenchParams:
 @dataclass
 class BenchResult:
     run_dir: Path
-    summary: dict[str, Any]
+    summary: RunSummary
     report_path: Path
 
 

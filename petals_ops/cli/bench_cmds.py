@@ -5,7 +5,7 @@ import contextlib
 import click
 
 from petals_ops.bench.methods import METHODS, MethodConfig, get_method
-from petals_ops.cli.options import DIR_PATH, SEED, client_options, retry_options
+from petals_ops.cli.options import client_options, retry_options
 from petals_ops.cli.terminal import terminal
 from petals_ops.util.output import OUTPUT_OPTION
 
@@ -26,7 +26,7 @@ def bench():
 @click.option("--limit", default=None, type=int, help="Run at most N problems (after --offset/--sample).")
 @click.option("--sample", default=None, type=int,
               help="A random subset of N problems (seeded by --sample-seed).")
-@click.option("--sample-seed", default=0, show_default=True, type=SEED)
+@click.option("--sample-seed", default=0, show_default=True, type=int)
 @click.option("--prompt-file", default=None, type=click.Path(dir_okay=False),
               help="Few-shot prompt set ('Q: ...\\nA: ... The answer is N.' blocks) [default: "
                    "experiments/prompts/gsm8k_cot_8shot_petals_ops.txt].")
@@ -35,19 +35,24 @@ def bench():
 @click.option("--tuned-prompts", default=None, type=click.Path(),
               help="A 'petals-ops tune' run dir (or prompt file): the model prepends those prompts; their id "
                    "is part of the run's config and records.")
-@click.option("--method", type=click.Choice(list(METHODS)), default="cot", show_default=True,
+@click.option("--method", default="cot", show_default=True,
               help="; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + ".")
+@click.option("--param", "method_params", multiple=True, metavar="NAME=VALUE",
+              help="A setting of the method (repeatable); part of the run's config.")
 @click.option("--paths", default=None, type=int,
-              help="Sampled paths per question [default: the method's; sc: 10, cot: 1].")
-@click.option("--temperature", default=0.7, show_default=True, type=float, help="SC sampling temperature.")
-@click.option("--top-k", default=40, show_default=True, type=int, help="SC top-k (0: no top-k).")
+              help="Paths per question, an adaptive method's maximum [default: the method's; "
+                   + ", ".join(f"{m.name}: {m.default_paths}" for m in METHODS.values()) + "].")
+@click.option("--temperature", default=0.7, show_default=True, type=float,
+              help="Sampling temperature (methods that sample).")
+@click.option("--top-k", default=40, show_default=True, type=int,
+              help="Sampling top-k (0: no top-k).")
 @click.option("--max-new-tokens", default=256, show_default=True, type=int,
               help="Per path; stops earlier at the next 'Q:'.")
-@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the sampled paths.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampled paths.")
 @click.option("--calculator", is_flag=True,
               help="When a path writes an arithmetic expression and '=', force the exact result as its next "
                    "tokens (same session; one decoding step per forced token). Part of the run's config.")
-@click.option("--run-dir", default=None, type=DIR_PATH,
+@click.option("--run-dir", default=None, type=click.Path(file_okay=False),
               help="Where records.jsonl, summary.json and report.md go; the same command resumes [default: "
                    "bench-runs/gsm8k-METHOD, gsm8k-METHOD-calculator with --calculator].")
 @click.option("--concurrency", default=1, show_default=True, type=int, help="Questions in flight at once.")
@@ -56,8 +61,8 @@ def bench():
 @click.option("--timeout", default=600.0, show_default=True, type=float, help="Seconds per question attempt.")
 @OUTPUT_OPTION
 def gsm8k(client, retry, data, offset, limit, sample, sample_seed, prompt_file, zero_shot, tuned_prompts,
-          method, paths, temperature, top_k, max_new_tokens, seed, calculator, run_dir, concurrency,
-          batch_size, timeout, output):
+          method, method_params, paths, temperature, top_k, max_new_tokens, seed, calculator, run_dir,
+          concurrency, batch_size, timeout, output):
     """Run GSM8K with 8-shot CoT (greedy) or Self-Consistency; records go to RUN_DIR as they finish.
 
     Interrupted (Ctrl-C, crash, kill)? Run the same command again: it skips the questions already done.
@@ -66,9 +71,10 @@ def gsm8k(client, retry, data, offset, limit, sample, sample_seed, prompt_file, 
     from petals_ops.bench import report
     from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
 
-    cfg = MethodConfig(method=method, paths=paths if paths is not None else get_method(method).default_paths,
+    impl = get_method(method)
+    cfg = MethodConfig(method=method, paths=paths if paths is not None else impl.default_paths,
                        temperature=temperature, top_k=top_k or None, max_new_tokens=max_new_tokens, seed=seed,
-                       calculator=calculator)
+                       calculator=calculator, params=impl.parse_params(method_params))
     default_run_dir = f"bench-runs/gsm8k-{method}" + ("-calculator" if calculator else "")
     params = BenchParams(
         data=data, offset=offset, limit=limit, sample=sample, sample_seed=sample_seed,
@@ -82,32 +88,25 @@ def gsm8k(client, retry, data, offset, limit, sample, sample_seed, prompt_file, 
         result = run_bench(params, on_start=shown.start, on_record=shown.record)
     s = result.summary
     if output == "json":
-        terminal.json(s)
+        terminal.json(s.to_dict())
     else:
-        low, high = s["accuracy_wilson95"]
-        line = (f"{s['method']}: {s['correct']}/{s['scored']} correct ({report.pct(s['accuracy'])}, "
-                f"Wilson 95% [{report.pct(low)}, {report.pct(high)}]), {s['errors']} errors, "
-                f"{s['tokens']} tokens, {s['tokens_per_second']:.1f} tokens/s")
-        curve = report.maj_curve(s)
-        if curve:
-            line += f", maj@{curve[-1][0]} {report.pct(curve[-1][1])}"
-        calc = s.get("calculator")
-        if calc is not None:
-            line += (f", calculator: {calc['interventions']} interventions, the model's own number wrong in "
-                     f"{calc['model_wrong']}")
-        terminal.echo(line)
+        terminal.echo(report.brief(s))
         terminal.echo(f"report: {result.report_path}")
-    if s["errors"]:
+    if s.errors:
         from petals_ops.util.errors import PartialFailure
 
-        raise PartialFailure(f"{s['errors']} of {s['n']} questions ended in an error record "
+        raise PartialFailure(f"{s.errors} of {s.n} questions ended in an error record "
                              f"(see {result.run_dir}/records.jsonl)",
                              fix="run the same command again to retry them")
 
 
+RUN_JSON_FIELDS = ("run_dir", "method", "paths", "n", "scored", "errors", "accuracy", "accuracy_wilson95",
+                   "tokens", "tokens_per_second")  # then each figure of the run, by its key
+
+
 @bench.command("report")
-@click.argument("run_dirs", nargs=-1, required=True, type=DIR_PATH)
-@click.option("--out", default="bench-report", show_default=True, type=DIR_PATH,
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", default="bench-report", show_default=True, type=click.Path(file_okay=False),
               help="Where the comparison report.md and plot go.")
 @click.option("--pairs/--no-pairs", default=True, show_default=True,
               help="Compare each pair of runs question by question (paired 95% interval, exact McNemar "
@@ -124,15 +123,13 @@ def report_cmd(run_dirs, out, pairs, output):
     path, summaries, paired = report.compare(run_dirs, out, pairs=pairs)
     if output == "json":
         terminal.json({"report": str(path),
-                   "runs": [{k: s.get(k) for k in ("run_dir", "method", "paths", "n", "scored", "errors",
-                                                   "accuracy", "accuracy_wilson95", "maj_at_k", "tokens",
-                                                   "tokens_per_second")}
-                            for s in summaries],
-                   "pairs": [{"a": p.a["run_dir"], "b": p.b["run_dir"], "excluded": p.excluded,
-                              **p.comparison.to_dict()}
-                             for p in paired]})
+                       "runs": [{**{k: getattr(s, k) for k in RUN_JSON_FIELDS},
+                                 **{f.key: f.value for f in s.figures}} for s in summaries],
+                       "pairs": [{"a": p.a.run_dir, "b": p.b.run_dir, "excluded": p.excluded,
+                                  **p.comparison.to_dict()}
+                                 for p in paired]})
         return
-    terminal.table(report.HEADERS, report.table_rows(summaries),
+    terminal.table(report.headers(summaries), report.table_rows(summaries),
                    title=f"{report.data_name(summaries)} bench runs")
     if paired:
         terminal.table(report.PAIR_HEADERS, report.pair_rows(paired), title="Paired comparisons (B - A)")
@@ -140,7 +137,7 @@ def report_cmd(run_dirs, out, pairs, output):
 
 
 @bench.command("errors")
-@click.argument("run_dir", type=DIR_PATH)
+@click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--category", default=None,
               help="Only this category (correct, repetition, out_of_tokens, no_answer, "
                    "arithmetic_slip, wrong_answer).")

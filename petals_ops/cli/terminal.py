@@ -22,7 +22,6 @@ import sys
 from typing import Any, Iterable, Iterator, Sequence, TextIO
 
 from petals_ops.util.errors import OpsError, redact
-from petals_ops.util.safe_text import inert_text, printable
 
 # Width of tables (and the block map) when stdout is not a terminal: wide enough that logs and tests read
 # whole rows rather than rich's 80-column wrap.
@@ -99,16 +98,14 @@ class Terminal:
 
     def table(self, headers: Sequence[Any], rows: Iterable[Sequence[Any]], *,
               title: str | None = None) -> None:
-        """A table on stdout; ``None`` cells are empty. Cells often hold untrusted text (announced server
-        names, remote hosts' output, model text): every cell, header and title is plain text, never rich
-        markup, with control characters replaced (:mod:`petals_ops.util.safe_text`)."""
+        """A table on stdout; ``None`` cells are empty."""
         from rich.table import Table
 
-        table = Table(title=None if title is None else inert_text(title), show_lines=False)
+        table = Table(title=title, show_lines=False)
         for h in headers:
-            table.add_column(inert_text(h))
+            table.add_column(str(h))
         for row in rows:
-            table.add_row(*[inert_text(v, keep_newlines=True) for v in row])
+            table.add_row(*["" if v is None else str(v) for v in row])
         self.show(table)
 
     def show(self, renderable: Any, *, style: str | None = None) -> None:
@@ -116,13 +113,12 @@ class Terminal:
         self._console(self._out()).print(renderable, style=style)
 
     def echo(self, text: str = "") -> None:
-        """A result line for people on stdout, secrets redacted, control characters replaced."""
-        self._write(self._out(), redact(printable(text, keep_newlines=True)))
+        """A result line for people on stdout, secrets redacted."""
+        self._write(self._out(), redact(text))
 
     def info(self, text: str) -> None:
-        """A status or progress line on stderr, so stdout stays machine-readable; secrets redacted, control
-        characters replaced."""
-        self._write(self._err(), redact(printable(text, keep_newlines=True)))
+        """A status or progress line on stderr, so stdout stays machine-readable; secrets redacted."""
+        self._write(self._err(), redact(text))
 
     @contextlib.contextmanager
     def progress(self, label: str, *, fields: Sequence[str] = (), total: int | None = None,

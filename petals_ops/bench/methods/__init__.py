@@ -1,10 +1,13 @@
-"""Bench methods: how a question's paths are decoded and how they aggregate into one answer.
+"""Bench methods: a sampling policy (how many paths a question gets, decided as its answers come in) and
+an aggregation (the question's answer from its paths), plus the figures each reports.
 
-A method is one module that builds a :class:`Method` and registers it (one line below). The runner,
-store, summary and report never branch on a method's name: they ask the method.
+A method is one module that subclasses :class:`Method` and calls :func:`register` (cot.py, sc.py; the
+import below makes the shipped ones available). The runner, store, summary, report and CLI never branch
+on a method's name: they ask the method, and render its figures by their descriptions. docs/bench.md
+("Adding a method") walks through one, with tests/test_bench_methods.py as the worked example.
 """
 
-from petals_ops.bench.methods.base import METHODS, Method, MethodConfig, get_method, register
+from petals_ops.bench.methods.base import METHODS, Method, MethodConfig, Parameter, get_method, register
 from petals_ops.bench.methods import cot, sc  # noqa: E402, F401  (registration)
 
-__all__ = ["METHODS", "Method", "MethodConfig", "get_method", "register"]
+__all__ = ["METHODS", "Method", "MethodConfig", "Parameter", "get_method", "register"]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from petals_ops.client.options import ClientOptions
-from petals_ops.util.errors import OpsError
+from petals_ops.util.errors import OpsError, one_line
 
 
 @dataclass
@@ -71,5 +71,5 @@ def run_generate(params: GenerateParams, *, on_text: Callable[[str], None] | Non
             raise too_long from e
         # name the blocks if they are gone
         take_snapshot(target.initial_peers, target.model).require_full_coverage()
-        raise OpsError(f"generation through the swarm failed: {' '.join(str(e).split())[:200]}",
+        raise OpsError(f"generation through the swarm failed: {one_line(e, 200)}",
                        fix="check 'petals-ops swarm status' and retry") from e

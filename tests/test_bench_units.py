@@ -44,6 +44,10 @@ from tests.helpers import assert_one_line_error
     (" He has 3 + 5 = 8 apples left.", "8", "last_number"),
     (" He owes 2,125 dollars", "2125", "last_number"),
     (" The answer is eight.", None, "none"),
+    # issue 23.4's class: scientific notation is not read in part (3.5e3 is neither 3.5 nor 3)
+    (" 3.5e3 + 500 = 4000. The answer is 3.5e3.", "4000", "last_number"),
+    (" The answer is 2.5E-2 or 7.", "7", "answer_is"),
+    (" It is 1e3.", None, "none"),
     (" I do not know.", None, "none"),
     ("", None, "none"),
 ])

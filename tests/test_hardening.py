@@ -580,8 +580,13 @@ def test_untrusted_text_is_inert_in_tables_errors_and_info(capsys):
 
     evil = ("\x1b]8;;http://evil.example/\x1b\\x\x1b]8;;\x1b\\ [link=http://evil.example/]y[/link] :smile:"
             "\u202e\r")
+    from petals_ops.cli.terminal import terminal
+
     render_table(["name", evil], [[evil, "a\nb"]], title=evil)
     info(f"peer said {evil}")
+    terminal.table(["name", evil], [[evil, "a\nb"]], title=evil)
+    terminal.echo(evil)
+    terminal.info(evil)
     out = capsys.readouterr()
     for text in (out.out, out.err, OpsError(f"bad {evil}", fix=evil).one_line()):
         assert not any(ch in text for ch in "\x1b\u202e\r"), repr(text)
@@ -589,3 +594,54 @@ def test_untrusted_text_is_inert_in_tables_errors_and_info(capsys):
     assert printable("ok é 宽") == "ok é 宽" and printable("a\tb\nc", keep_newlines=True) == "a\tb\nc"
     assert printable("x" * 50, limit=10) == "x" * 9 + "…" and printable(None) == ""
     assert inert("[b]x[/b]") == "\\[b]x\\[/b]"
+
+
+# --- issue 23 #10: seeds, symlink loops, wrong-shape model files ----------------------------------------
+@pytest.mark.parametrize("args", [
+    ["generate", "x", "--sample", "--seed", str(2**64)],
+    ["tune", "gsm8k", "--seed", str(2**64)],
+    ["bench", "gsm8k", "--seed", str(2**64)],
+    ["bench", "gsm8k", "--sample-seed", str(2**70)],
+    ["model", "tiny", "d", "--seed", "-1"],
+], ids=["generate", "tune", "bench", "bench-sample", "model-tiny"])
+def test_out_of_range_seeds_are_usage_errors(run_cli, args):
+    assert_one_line_error(run_cli(*args, timeout=60), "seed", "is not in the range", code=2)
+
+
+@pytest.mark.parametrize("args", [
+    ["swarm", "local", "up", "--run-dir", "loop"],
+    ["swarm", "local", "down", "--run-dir", "loop"],
+    ["swarm", "status", "--swarm-dir", "loop"],
+    ["exporter", "--swarm-dir", "loop"],
+    ["bench", "gsm8k", "--backend", "local", "--model", "bigscience/bloom", "--run-dir", "loop"],
+    ["bench", "report", "loop"],
+    ["tune", "gsm8k", "--run-dir", "loop/sub"],
+    ["model", "tiny", "loop"],
+    ["demo", "--work-dir", "loop"],
+], ids=lambda a: "-".join(a[:2]))
+def test_symlink_loop_dirs_are_one_line(run_cli, tmp_path, monkeypatch, args):
+    (tmp_path / "loop").symlink_to(tmp_path / "pool")
+    (tmp_path / "pool").symlink_to(tmp_path / "loop")
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run_cli(*args, timeout=60), "symlink loop", code=2)
+
+
+@pytest.mark.parametrize("file, content, needle", [
+    ("config.json", "[]", "config.json holds a list"),
+    ("config.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("config.json", '{"n_layer": -3}', "gives -3 blocks"),
+    ("config.json", '{"n_layer": "four"}', "gives 'four' blocks"),
+    ("config.json", '{"n_layer": 3000000}', "gives 3000000 blocks"),
+    ("config.json", '{"n_layer": 2.5}', "gives 2.5 blocks"),
+    ("petals_ops.json", '["x"]', "petals_ops.json holds a list"),
+    ("petals_ops.json", '{"dht_prefix": {"a": 1}}', "is not a string"),
+], ids=["list", "deep", "negative", "text", "huge", "float", "meta-list", "meta-prefix"])
+def test_wrong_shape_model_files_are_one_line(run_cli, tmp_path, file, content, needle):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"")
+    (model / "config.json").write_text('{"n_layer": 2}')
+    (model / "petals_ops.json").write_text('{"dht_prefix": "m-petals"}')
+    (model / file).write_text(content)
+    result = run_cli("swarm", "status", "--initial-peers", PEER_ON_PORT_9, "--model", model, timeout=60)
+    assert_one_line_error(result, needle, code=2)

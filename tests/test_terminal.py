@@ -4,7 +4,7 @@ import io
 import json
 
 from petals_ops.cli.terminal import Terminal
-from petals_ops.util.errors import EXIT_PARTIAL, InputError, PartialFailure
+from petals_ops.util.errors import EXIT_PARTIAL, InputError, PartialFailure, one_line
 
 
 def make(tty=None):
@@ -58,3 +58,14 @@ def test_fail_prints_one_redacted_line_and_returns_the_exit_code():
     assert term.fail(PartialFailure("2 of 3 hosts")) == EXIT_PARTIAL
     assert err.getvalue().splitlines() == ["error: bad token hf_***; pass another", "error: 2 of 3 hosts"]
     assert out.getvalue() == ""
+
+
+def test_one_line_squashes_cuts_redacts_and_names_empty_errors():
+    token = "hf_" + "c" * 34
+    assert one_line(ValueError(f"line one\n\tline  two {token}")) == "line one line two hf_***"
+    assert one_line(RuntimeError("x" * 50 + " cause"), 10, tail=True) == "xxxx cause"
+    assert one_line(OSError("abcdef"), 3) == "abc"
+    assert one_line(f"{token[:12]}{token[12:]} end", 5) == "hf_**"  # redacted before the cut: no part leaks
+    assert one_line(TimeoutError()) == "TimeoutError" and one_line("") == ""
+    assert one_line("bell\x07 escape\x1b[31m") == "bell? escape?[31m"
+    assert InputError("bad\n value", fix="fix  it").one_line() == one_line("bad value; fix it")

@@ -60,12 +60,26 @@ def normalize_number(raw: str) -> str | None:
     return value if value == "0" or sign != "-" else f"-{value}"
 
 
-def _first_number(text: str) -> str | None:
+_EXPONENT_AFTER_RE = re.compile(r"[eE][+-]?\d")
+_EXPONENT_BEFORE_RE = re.compile(r"\d[eE][+-]?\Z")
+
+
+def _numbers(text: str) -> list[str]:
+    """The plain numbers of ``text``, normalised, in order. A number read only in part is none: the mantissa
+    or the exponent of scientific notation ('3.5e3' is not 3.5 nor 3; exponents are not plain decimals)."""
+    found = []
     for m in NUMBER_RE.finditer(text):
+        before = text[max(0, m.start() - 3):m.start()]
+        if _EXPONENT_AFTER_RE.match(text, m.end()) or _EXPONENT_BEFORE_RE.search(before):
+            continue
         value = normalize_number(m.group(0))
         if value is not None:
-            return value
-    return None
+            found.append(value)
+    return found
+
+
+def _first_number(text: str) -> str | None:
+    return next(iter(_numbers(text)), None)
 
 
 def _answer_sentence_value(sentence: str) -> str | None:
@@ -85,10 +99,9 @@ def extract_answer(text: str) -> tuple[str | None, str]:
         value = _answer_sentence_value(text[cue.end():end.start() if end else len(text)])
         if value is not None:
             return value, "answer_is"
-    for m in reversed(list(NUMBER_RE.finditer(text))):
-        value = normalize_number(m.group(0))
-        if value is not None:
-            return value, "last_number"
+    numbers = _numbers(text)
+    if numbers:
+        return numbers[-1], "last_number"
     return None, "none"
 
 

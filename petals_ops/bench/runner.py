@@ -35,7 +35,7 @@ from petals_ops.bench.records import QuestionRecord, RunSummary, ScoredPath, is_
 from petals_ops.bench.store import RunStore, latest_by_id, read_records
 from petals_ops.client.options import ClientOptions
 from petals_ops.client.retry import RetriesExhausted, RetryPolicy, run_with_retries
-from petals_ops.util.errors import InputError
+from petals_ops.util.errors import InputError, one_line
 
 CONFIG_VERSION = 2  # 2: typed records with error categories and method extras
 
@@ -171,7 +171,7 @@ def _decode_rounds(backend: Backend, prompt_ids, problem: Problem, cfg: MethodCo
             try:
                 done.paths += [score_path(p, problem.gold) for p in out.paths]
             except Exception as e:  # noqa: BLE001 (reported as the question's error)
-                raise _Unscorable(f"scoring: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
+                raise _Unscorable(f"scoring: {type(e).__name__}: {one_line(e, 300)}") from e
             done.servers.update(out.servers)
             done.batches.append(len(indices))
             backend.collect()
@@ -218,7 +218,7 @@ def solve(backend: Backend, prompt: PromptSet, problem: Problem, cfg: MethodConf
         vote = method.aggregate(done.paths)
         extras = method.record_extras(done.paths, vote)
     except Exception as e:  # noqa: BLE001 (one unscorable completion is that question's error, never the run's)
-        failures.append(f"scoring: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+        failures.append(f"scoring: {type(e).__name__}: {one_line(e, 300)}")
         return error_record(failures, len(failed) + 1, done)
     return QuestionRecord(
         **base, paths=done.paths, vote=vote, correct=answers_equal(vote, problem.gold),

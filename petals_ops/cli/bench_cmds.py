@@ -5,7 +5,7 @@ import contextlib
 import click
 
 from petals_ops.bench.methods import METHODS, MethodConfig, get_method
-from petals_ops.cli.options import client_options, retry_options
+from petals_ops.cli.options import DIR_PATH, SEED, client_options, retry_options
 from petals_ops.cli.terminal import terminal
 from petals_ops.util.output import OUTPUT_OPTION
 
@@ -26,7 +26,7 @@ def bench():
 @click.option("--limit", default=None, type=int, help="Run at most N problems (after --offset/--sample).")
 @click.option("--sample", default=None, type=int,
               help="A random subset of N problems (seeded by --sample-seed).")
-@click.option("--sample-seed", default=0, show_default=True, type=int)
+@click.option("--sample-seed", default=0, show_default=True, type=SEED)
 @click.option("--prompt-file", default=None, type=click.Path(dir_okay=False),
               help="Few-shot prompt set ('Q: ...\\nA: ... The answer is N.' blocks) [default: "
                    "experiments/prompts/gsm8k_cot_8shot_petals_ops.txt].")
@@ -48,11 +48,11 @@ def bench():
               help="Sampling top-k (0: no top-k).")
 @click.option("--max-new-tokens", default=256, show_default=True, type=int,
               help="Per path; stops earlier at the next 'Q:'.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampled paths.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the sampled paths.")
 @click.option("--calculator", is_flag=True,
               help="When a path writes an arithmetic expression and '=', force the exact result as its next "
                    "tokens (same session; one decoding step per forced token). Part of the run's config.")
-@click.option("--run-dir", default=None, type=click.Path(file_okay=False),
+@click.option("--run-dir", default=None, type=DIR_PATH,
               help="Where records.jsonl, summary.json and report.md go; the same command resumes [default: "
                    "bench-runs/gsm8k-METHOD, gsm8k-METHOD-calculator with --calculator].")
 @click.option("--concurrency", default=1, show_default=True, type=int, help="Questions in flight at once.")
@@ -105,8 +105,8 @@ RUN_JSON_FIELDS = ("run_dir", "method", "paths", "n", "scored", "errors", "accur
 
 
 @bench.command("report")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--out", default="bench-report", show_default=True, type=click.Path(file_okay=False),
+@click.argument("run_dirs", nargs=-1, required=True, type=DIR_PATH)
+@click.option("--out", default="bench-report", show_default=True, type=DIR_PATH,
               help="Where the comparison report.md and plot go.")
 @click.option("--pairs/--no-pairs", default=True, show_default=True,
               help="Compare each pair of runs question by question (paired 95% interval, exact McNemar "
@@ -137,7 +137,7 @@ def report_cmd(run_dirs, out, pairs, output):
 
 
 @bench.command("errors")
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", type=DIR_PATH)
 @click.option("--category", default=None,
               help="Only this category (correct, repetition, out_of_tokens, no_answer, "
                    "arithmetic_slip, wrong_answer).")

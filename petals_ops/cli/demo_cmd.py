@@ -2,9 +2,11 @@
 
 import click
 
+from petals_ops.cli.options import DIR_PATH
+
 
 @click.command()
-@click.option("--work-dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True,
+@click.option("--work-dir", type=DIR_PATH, default="runs/demo", show_default=True,
               help="Where the demo keeps its swarm state, model, bench run and reports.")
 @click.option("--servers", default=2, show_default=True, type=click.IntRange(min=1))
 def demo(work_dir, servers):

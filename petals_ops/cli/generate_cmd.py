@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from petals_ops.cli.options import AT_LEAST_ONE, POSITIVE, client_options
+from petals_ops.cli.options import AT_LEAST_ONE, POSITIVE, SEED, client_options
 from petals_ops.util.output import info
 from petals_ops.util.safe_text import printable
 
@@ -20,7 +20,7 @@ from petals_ops.util.safe_text import printable
 @click.option("--temperature", default=1.0, show_default=True, type=POSITIVE, help="With --sample.")
 @click.option("--top-k", default=None, type=click.IntRange(min=0),
               help="With --sample: keep the k most likely tokens.")
-@click.option("--seed", default=None, type=int, help="Seed for --sample.")
+@click.option("--seed", default=None, type=SEED, help="Seed for --sample.")
 @click.option("--calculator", is_flag=True,
               help="Force the exact result after an arithmetic expression and '=' (the bench's decoding "
                    "loop; the text is printed at the end, the interventions on stderr).")

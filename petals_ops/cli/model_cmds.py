@@ -2,6 +2,7 @@
 
 import click
 
+from petals_ops.cli.options import DIR_PATH, SEED
 from petals_ops.cli.terminal import terminal
 
 # Per skill: (layers, hidden, heads, vocab, DHT prefix). The arithmetic defaults reproduce the checkpoint
@@ -18,7 +19,7 @@ def model():
 
 
 @model.command("tiny")
-@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("directory", type=DIR_PATH)
 @click.option("--skill", type=click.Choice(list(SKILL_DEFAULTS)), default="none", show_default=True,
               help="none: random weights (noise; exercises the machinery). arithmetic: trained in-process on "
                    "synthetic GSM-style word problems (a few minutes on 2 cores) so the bench measures "
@@ -27,7 +28,8 @@ def model():
 @click.option("--hidden", default=None, type=int, help="Hidden size [default: 64; arithmetic: 128].")
 @click.option("--heads", default=None, type=int,
               help="Attention heads, must divide --hidden [default: 4; arithmetic: 8].")
-@click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same weights and tokenizer.")
+@click.option("--seed", default=0, show_default=True, type=SEED,
+              help="Same seed, same weights and tokenizer.")
 @click.option("--steps", default=None, type=int,
               help="arithmetic: training steps [default: the shipped model's].")
 @click.option("--dht-prefix", default=None,

@@ -37,7 +37,7 @@ def swarm_target_options(func=None, *, multiple_models: bool = False):
         click.option("--num-blocks", type=click.IntRange(min=1, max=MAX_BLOCKS),
                      help="Number of blocks, if the swarm does not say."),
         click.option(
-            "--swarm-dir", type=click.Path(file_okay=False), default=None, envvar="PETALS_OPS_SWARM_DIR",
+            "--swarm-dir", type=DIR_PATH, default=None, envvar="PETALS_OPS_SWARM_DIR",
             help=f"Run directory of the local swarm [default: {default_run_dir()}].",
         ),
     ]
@@ -75,6 +75,32 @@ class NonNegativeNumber(PositiveNumber):
 
 POSITIVE = PositiveNumber()
 NON_NEGATIVE = NonNegativeNumber()
+
+
+class DirPath(click.Path):
+    """A directory option (it may not exist yet): a path that cannot be resolved (a symlink loop, a
+    component that is a file) is a usage error here, not a traceback where the directory is made."""
+
+    def __init__(self):
+        super().__init__(file_okay=False)
+
+    def convert(self, value, param, ctx):
+        from pathlib import Path
+
+        value = super().convert(value, param, ctx)
+        try:
+            resolved = Path(value).expanduser().resolve()
+        except (RuntimeError, OSError) as e:  # RuntimeError: Python 3.11's "Symlink loop from ..."
+            self.fail(f"{value!r} cannot be resolved ({' '.join(str(e).split())[:100]}): "
+                      "a symlink loop? pass a real directory", param, ctx)
+        if resolved.exists() and not resolved.is_dir():
+            self.fail(f"{value!r} is not a directory", param, ctx)
+        return value
+
+
+DIR_PATH = DirPath()
+# A seed torch, numpy-free Python random and our path hashing all take (torch refuses 2**64 and above).
+SEED = click.IntRange(0, 2**63 - 1)
 AT_LEAST_ONE = click.IntRange(min=1)
 AT_LEAST_ZERO = click.IntRange(min=0)
 

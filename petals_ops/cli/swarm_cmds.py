@@ -2,14 +2,14 @@
 
 import click
 
-from petals_ops.cli.options import POSITIVE, swarm_target_options
+from petals_ops.cli.options import DIR_PATH, POSITIVE, swarm_target_options
 from petals_ops.cli.terminal import terminal
 from petals_ops.lab.local_swarm import default_run_dir
 from petals_ops.util.output import OUTPUT_OPTION, info
 from petals_ops.util.safe_text import inert_text, printable
 
 RUN_DIR_OPTION = click.option(
-    "--swarm-dir", "--run-dir", "run_dir", type=click.Path(file_okay=False), default=None,
+    "--swarm-dir", "--run-dir", "run_dir", type=DIR_PATH, default=None,
     envvar="PETALS_OPS_SWARM_DIR",
     help=f"Where the local swarm keeps its state, logs and model [default: {default_run_dir()}].",
 )

@@ -22,6 +22,7 @@ import sys
 from typing import Any, Iterable, Iterator, Sequence, TextIO
 
 from petals_ops.util.errors import OpsError, redact
+from petals_ops.util.safe_text import inert_text, printable
 
 # Width of tables (and the block map) when stdout is not a terminal: wide enough that logs and tests read
 # whole rows rather than rich's 80-column wrap.
@@ -98,14 +99,16 @@ class Terminal:
 
     def table(self, headers: Sequence[Any], rows: Iterable[Sequence[Any]], *,
               title: str | None = None) -> None:
-        """A table on stdout; ``None`` cells are empty."""
+        """A table on stdout; ``None`` cells are empty. Cells often hold untrusted text (announced server
+        names, remote hosts' output, model text): every cell, header and title is plain text, never rich
+        markup, with control characters replaced (:mod:`petals_ops.util.safe_text`)."""
         from rich.table import Table
 
-        table = Table(title=title, show_lines=False)
+        table = Table(title=None if title is None else inert_text(title), show_lines=False)
         for h in headers:
-            table.add_column(str(h))
+            table.add_column(inert_text(h))
         for row in rows:
-            table.add_row(*["" if v is None else str(v) for v in row])
+            table.add_row(*[inert_text(v, keep_newlines=True) for v in row])
         self.show(table)
 
     def show(self, renderable: Any, *, style: str | None = None) -> None:
@@ -113,12 +116,13 @@ class Terminal:
         self._console(self._out()).print(renderable, style=style)
 
     def echo(self, text: str = "") -> None:
-        """A result line for people on stdout, secrets redacted."""
-        self._write(self._out(), redact(text))
+        """A result line for people on stdout, secrets redacted, control characters replaced."""
+        self._write(self._out(), redact(printable(text, keep_newlines=True)))
 
     def info(self, text: str) -> None:
-        """A status or progress line on stderr, so stdout stays machine-readable; secrets redacted."""
-        self._write(self._err(), redact(text))
+        """A status or progress line on stderr, so stdout stays machine-readable; secrets redacted, control
+        characters replaced."""
+        self._write(self._err(), redact(printable(text, keep_newlines=True)))
 
     @contextlib.contextmanager
     def progress(self, label: str, *, fields: Sequence[str] = (), total: int | None = None,

@@ -4,7 +4,7 @@ import contextlib
 
 import click
 
-from petals_ops.cli.options import client_options, retry_options
+from petals_ops.cli.options import DIR_PATH, SEED, client_options, retry_options
 from petals_ops.cli.terminal import terminal
 from petals_ops.util.output import OUTPUT_OPTION
 
@@ -36,7 +36,7 @@ def tune():
 @click.option("--steps", default=200, show_default=True, type=int)
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Pairs per step.")
 @click.option("--lr", default=1e-2, show_default=True, type=float, help="AdamW learning rate.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Prompt init and batch order.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Prompt init and batch order.")
 @click.option(
     "--max-length", default=256, show_default=True, type=int, help="Tokens per pair (longer ones are cut)."
 )
@@ -51,7 +51,7 @@ def tune():
     "--run-dir",
     default="tune-runs/gsm8k",
     show_default=True,
-    type=click.Path(file_okay=False),
+    type=DIR_PATH,
     help="Prompts, tune.json, loss.png and the checkpoint; the same command resumes.",
 )
 @click.option(

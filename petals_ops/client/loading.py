@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from petals_ops.client.models import ModelRef
-from petals_ops.util.errors import InputError, OpsError
+from petals_ops.util.errors import InputError, OpsError, one_line
 
 DEFAULT_MAX_RETRIES = 3
 
@@ -94,7 +94,7 @@ def load_swarm_model(
         if "bootstrap" in str(e) or "multiaddr" in str(e) or "Daemon failed" in str(e):
             raise OpsError(
                 f"cannot reach the swarm at initial peers {' '.join(initial_peers)} "
-                f"({' '.join(str(e).split())[-160:]})",
+                f"({one_line(e, 160, tail=True)})",
                 fix="check --initial-peers and that the DHT is up",
             ) from e
         raise

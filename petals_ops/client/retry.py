@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from petals_ops.client.decoding import Cancelled
-from petals_ops.util.errors import InputError
+from petals_ops.util.errors import InputError, one_line
 
 MAX_DELAY = 30.0  # seconds: the backoff stops doubling here
 ERROR_CHARS = 300  # of a failure's message kept in records and summaries
@@ -61,7 +61,7 @@ class Failure:
 
     @property
     def text(self) -> str:
-        return f"{type(self.error).__name__}: {' '.join(str(self.error).split())[:ERROR_CHARS]}"
+        return f"{type(self.error).__name__}: {one_line(self.error, ERROR_CHARS)}"
 
     def describe(self) -> str:
         """The text with the peers it made us avoid, as records keep it."""

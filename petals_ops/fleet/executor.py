@@ -23,7 +23,7 @@ from petals_ops.fleet.containers import ServerSlot, server_slots
 from petals_ops.fleet.result import HostResult
 from petals_ops.fleet.schema import HostSpec, Inventory, ServerSpec
 from petals_ops.fleet.ssh import HostSession, SSHOptions, select_hosts
-from petals_ops.util.errors import InputError, OpsError
+from petals_ops.util.errors import InputError, OpsError, one_line
 
 T = TypeVar("T")
 
@@ -149,7 +149,7 @@ class Fleet:
                 return Outcome(target, error=e.one_line())
             except Exception as e:  # an unexpected error on one host must not take the others down
                 return Outcome(target, error=f"{target.name}: {type(e).__name__}: "
-                                             f"{' '.join(str(e).split())[:200]}")
+                                             f"{one_line(e, 200)}")
 
         if not self.targets:
             return []

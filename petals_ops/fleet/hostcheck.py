@@ -15,6 +15,7 @@ from petals_ops.fleet.executor import Operation, Target, run_operation
 from petals_ops.fleet.result import CheckRow, HostResult
 from petals_ops.fleet.schema import Inventory
 from petals_ops.fleet.ssh import HostSession, SSHOptions
+from petals_ops.util.errors import one_line
 
 MIN_FREE_DISK_GIB = 50  # a few nf4 BLOOM blocks plus the image
 
@@ -97,24 +98,25 @@ def check_host(session: HostSession, target: Target) -> list[CheckRow]:
     how = session.script(DOCKER_RUNNING_SCRIPT).stdout.strip()
     running = bool(docker_info.get("ServerVersion")) or how in ("systemd", "process")
     add(CheckRow("docker running", running,
-              f"engine {docker_info.get('ServerVersion')}" if docker_info.get("ServerVersion")
-              else ("daemon running" if running else "no running Docker daemon")))
+                 f"engine {docker_info.get('ServerVersion')}" if docker_info.get("ServerVersion")
+                 else ("daemon running" if running else "no running Docker daemon")))
     reach = session.run(["docker", "version", "--format", "{{.Server.Version}}"]) if docker_path else None
     who = session.run(["id", "-un"]).stdout.strip()
     reach_ok = reach is not None and reach.ok
     add(CheckRow("user can reach docker", reach_ok,
-              f"{who} can" if reach_ok else
-              f"{who} cannot ({' '.join((reach.stderr if reach else 'no docker').split())[:120]}); "
-              "add the user to the docker group"))
+                 f"{who} can" if reach_ok else
+                 f"{who} cannot ({one_line(reach.stderr if reach else 'no docker', 120)}); "
+                 "add the user to the docker group"))
     runtimes = docker_info.get("Runtimes") or {}
     ctk = session.run(["sh", "-c", "command -v nvidia-ctk || command -v nvidia-container-runtime"])
     ctk = ctk.stdout.strip()
     toolkit = "nvidia" in runtimes or (bool(ctk) and bool(gpus))
     needs_toolkit = expected > 0
     add(CheckRow("nvidia container toolkit", toolkit or not needs_toolkit,
-              ("configured (docker runtime nvidia)" if "nvidia" in runtimes
-               else f"installed ({ctk})" if toolkit
-               else "not installed" + ("" if needs_toolkit else " (not needed: no GPUs in the inventory)"))))
+                 ("configured (docker runtime nvidia)" if "nvidia" in runtimes
+                  else f"installed ({ctk})" if toolkit
+                  else "not installed"
+                  + ("" if needs_toolkit else " (not needed: no GPUs in the inventory)"))))
 
     root = docker_info.get("DockerRootDir") or "/"
     df = session.script('d="$1"; [ -d "$d" ] || d=/; df -Pk "$d" | tail -1', root)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from petals_ops.util.errors import InputError, OpsError
+from petals_ops.util.errors import InputError, OpsError, one_line
 from petals_ops.util.fsutil import why_not_a_file
 from petals_ops.fleet.schema import HostSpec, Inventory
 
@@ -66,7 +66,7 @@ class SSHOptions:
         try:
             return paramiko.SSHConfig.from_path(str(path))
         except (paramiko.ssh_exception.ConfigParseError, OSError, UnicodeDecodeError) as e:
-            raise InputError(f"ssh config {path} cannot be read ({_short(e)})",
+            raise InputError(f"ssh config {path} cannot be read ({one_line(e, 200)})",
                              fix="fix that file, or point ssh_config / PETALS_OPS_SSH_CONFIG "
                                  "elsewhere") from None
 
@@ -227,7 +227,7 @@ class HostSession:
                     fix="add it (ssh-keyscan, or ssh once) "
                         "or pass --accept-new-host-keys to trust it on first use",
                 ) from None
-            raise HostError(f"{self.name}: SSH to {where} failed ({_short(e)})",
+            raise HostError(f"{self.name}: SSH to {where} failed ({one_line(e, 200)})",
                             fix="check sshd on the host") from None
         except socket.gaierror:
             raise HostError(f"{self.name}: cannot resolve {conn.host}",
@@ -239,7 +239,7 @@ class HostSession:
             causes = list(getattr(e, "errors", {}).values()) or [e]
             refused = all(isinstance(c, ConnectionRefusedError) or getattr(c, "errno", None) == 111
                           for c in causes)
-            reason = "connection refused" if refused else _short(e)
+            reason = "connection refused" if refused else one_line(e, 200)
             raise HostError(f"{self.name}: cannot connect to {where} ({reason})",
                             fix="check that the host is up and sshd listens on that port") from None
         return conn
@@ -273,10 +273,11 @@ class HostSession:
         except HostError:
             raise
         except Exception as e:  # CommandTimedOut, a dropped connection
-            raise HostError(f"{self.name}: {argv[0]} failed ({_short(e)})", fix="check the host") from None
+            raise HostError(f"{self.name}: {argv[0]} failed ({one_line(e, 200)})",
+                            fix="check the host") from None
         if check and not result.ok:
             raise HostError(f"{self.name}: {' '.join(argv[:3])} exited {result.exited} "
-                            f"({_short(result.stderr or result.stdout)})",
+                            f"({one_line(result.stderr or result.stdout, 200)})",
                             fix="run it by hand on the host to see why")
         return result
 
@@ -295,7 +296,7 @@ class HostSession:
         except OSError as e:
             if getattr(e, "errno", None) == 2:
                 return None
-            raise HostError(f"{self.name}: cannot read {path} ({_short(e)})",
+            raise HostError(f"{self.name}: cannot read {path} ({one_line(e, 200)})",
                             fix="check permissions") from None
         return buf.getvalue()
 
@@ -345,12 +346,7 @@ def docker_over_ssh(session: HostSession, timeout: float | None = 120):
     except HostError:
         raise
     except Exception as e:
-        raise HostError(f"{session.name}: cannot reach Docker over SSH ({_short(e)})",
+        raise HostError(f"{session.name}: cannot reach Docker over SSH ({one_line(e, 200)})",
                         fix="check 'docker info' works for the SSH user there "
                             "(petals-ops hosts check)") from None
     return client
-
-
-def _short(e) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[:200]

@@ -15,7 +15,7 @@ from petals_ops.fleet.result import HostResult, ServerRow
 from petals_ops.fleet.schema import BLOCK_RANGE_RE, Inventory
 from petals_ops.fleet.ssh import HostError, HostSession, SSHOptions
 from petals_ops.swarm.wait import wait_on_swarm
-from petals_ops.util.errors import OpsError
+from petals_ops.util.errors import OpsError, one_line
 
 
 # -- read: the host's state, as plain data ------------------------------------------------------------
@@ -331,7 +331,7 @@ def _container_problem(session: HostSession, name: str) -> tuple[str, list[str]]
         c = session.docker().containers.get(name)
         c.reload()
     except Exception as e:
-        return f"{session.name}: cannot inspect {name} ({' '.join(str(e).split())[:150]})", []
+        return f"{session.name}: cannot inspect {name} ({one_line(e, 150)})", []
     state = c.attrs.get("State", {})
     restarts = c.attrs.get("RestartCount", 0)
     if state.get("Status") in ("exited", "dead") or restarts > 0:

@@ -41,7 +41,7 @@ DOCKERD = shutil.which("dockerd") or "/usr/sbin/dockerd"
 DOCKER_CLI = shutil.which("docker") or "/usr/bin/docker"
 TEST_IMAGE = "petals-ops-test:1"
 HOSTS = {"a10-1": "127.0.0.11", "a10-2": "127.0.0.12"}  # the session fixtures' two hosts
-# Up to five hosts for the rehearsal (tests/rehearsal_lab.py): a10-N on 127.0.0.1N; the first two are HOSTS.
+# Up to five hosts for the rehearsal (lab/rehearsal.py): a10-N on 127.0.0.1N; the first two are HOSTS.
 LAB_HOSTS = {f"a10-{i}": f"127.0.0.{10 + i}" for i in range(1, 6)}
 SSH_PORT = 2222
 DHT_PREFIX = "fleet-tiny"

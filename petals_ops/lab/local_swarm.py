@@ -22,7 +22,7 @@ from typing import Callable
 
 from petals_ops.util import procs
 from petals_ops.util import tmpclean
-from petals_ops.util.errors import InputError, OpsError
+from petals_ops.util.errors import InputError, OpsError, one_line
 from petals_ops.util.fsutil import read_json, tail_lines, write_json_atomic
 from petals_ops.client.models import MAX_BLOCKS, MODEL_META, ModelRef, resolve_model
 from petals_ops.lab import netem
@@ -129,7 +129,7 @@ class LocalSwarm:
             data["processes"] = [SwarmProcess(**{**p, "run_dir": data["run_dir"]}) for p in data["processes"]]
             return cls(**data)
         except (ValueError, TypeError, KeyError, RecursionError, OSError) as e:
-            reason = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
+            reason = "nested too deeply" if isinstance(e, RecursionError) else one_line(e, 200)
             raise OpsError(
                 f"the local swarm state {path} is unreadable ({reason})",
                 fix="stop any petals_ops.serve processes by hand, then delete that file",
@@ -274,8 +274,13 @@ def up(
 
     On any failure the processes already started are stopped, so a failed ``up`` leaves nothing behind.
     """
-    run_dir = Path(run_dir or default_run_dir()).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    given = run_dir or default_run_dir()
+    try:
+        run_dir = Path(given).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (RuntimeError, OSError) as e:  # RuntimeError: a symlink loop (Python 3.11)
+        raise InputError(f"the swarm dir {given} cannot be used ({' '.join(str(e).split())[:120]})",
+                         fix="pass --swarm-dir DIR, a directory (not a file or a symlink loop)") from e
     with _up_lock(run_dir):
         return _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_progress, delays_ms)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from petals_ops.util.errors import InputError
+from petals_ops.util.errors import InputError, one_line
 from petals_ops.client.models import ModelRef
 from petals_ops.swarm.health import BadRecordError, SwarmProbe, SwarmSnapshot
 
@@ -141,7 +141,7 @@ class Refresher:
         try:
             peers, identities = self.rediscover()
         except Exception as e:  # noqa: BLE001  no swarm there right now: keep the old peers, fail the walk
-            log.warning("cannot re-read the local swarm: %s", " ".join(str(e).split())[:300])
+            log.warning("cannot re-read the local swarm: %s", one_line(e, 300))
             return
         if list(peers) and list(peers) != self.initial_peers:
             log.warning("the local swarm's initial peers changed: %s", " ".join(peers))
@@ -193,7 +193,7 @@ class Refresher:
                 up, last_success = True, time.time()
         except Exception as e:  # noqa: BLE001  any failure of the walk: count it, keep serving, fresh probe next time
             errors["swarm"] += 1
-            last_error = " ".join(str(e).split())[:300] or type(e).__name__
+            last_error = one_line(e, 300)
             log.warning("swarm refresh failed: %s", last_error)
             self._close_probe()
         refresh_seconds = time.monotonic() - started
@@ -206,7 +206,7 @@ class Refresher:
             except Exception as e:  # noqa: BLE001  (SSH, Docker, anything: counted, never fatal)
                 errors["fleet"] += 1
                 containers, gpus, fleet_ok = (), (), False
-                last_error = " ".join(str(e).split())[:300] or type(e).__name__
+                last_error = one_line(e, 300)
                 log.warning("container status failed: %s", last_error)
 
         own = dict(self._own_from_identities())

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
-from petals_ops.util.errors import InputError, OpsError
+from petals_ops.util.errors import InputError, OpsError, one_line
 from petals_ops.client.models import ModelRef, check_num_blocks
 
 # Announced strings (public_name, version, dtype...) are kept to this many characters: a peer chooses them.
@@ -256,7 +256,7 @@ class SwarmProbe:
                 startup_timeout=self.startup_timeout,
             )
         except Exception as e:  # hivemind raises P2PDaemonError and friends; the cause is the user's address
-            reason = " ".join(str(e).split())[-200:]
+            reason = one_line(e, 200, tail=True)
             raise OpsError(
                 f"cannot reach the swarm at initial peers {' '.join(self.initial_peers)} ({reason})",
                 fix="check the multiaddrs (/ip4/HOST/tcp/PORT/p2p/PEER_ID) and that the DHT is up",

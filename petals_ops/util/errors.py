@@ -29,6 +29,22 @@ def looks_secret(text: str) -> bool:
     return SECRET_RE.search(text) is not None
 
 
+def one_line(error: BaseException | str, limit: int | None = None, *, tail: bool = False) -> str:
+    """``error`` (an exception or its text) as one line fit for a terminal, a log or a table cell.
+
+    Whitespace runs (a library's multi-line message) become one space; secrets are redacted before the
+    cut, so no part of a token survives it; at most ``limit`` characters, the last ones when ``tail``
+    (where some libraries put the cause); control characters replaced (remote peers' text); an exception
+    with no text gives its type name. Every quoted error goes through here.
+    """
+    text = redact(" ".join(str(error).split()))
+    if not text and isinstance(error, BaseException):
+        text = type(error).__name__
+    if limit is not None and len(text) > limit:
+        text = text[-limit:] if tail else text[:limit]
+    return printable(text)
+
+
 class OpsError(Exception):
     """A failure petals-ops explains to the user in one line (exit code 1 unless said otherwise)."""
 
@@ -42,9 +58,7 @@ class OpsError(Exception):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
-        text = self.message if not self.fix else f"{self.message}; {self.fix}"
-        # messages quote inputs and remote peers' text: no control character reaches the terminal
-        return redact(printable(" ".join(str(text).split())))
+        return one_line(self.message if not self.fix else f"{self.message}; {self.fix}")
 
 
 class InputError(OpsError):

@@ -534,7 +534,8 @@ def test_the_tune_summary_is_typed_and_tune_json_is_its_json_form(tmp_path):
     (best {}) reads as best None; anything else is a one-line error."""
     from petals_ops.client.options import ClientOptions
     from petals_ops.tune.spec import TuneSpec
-    from petals_ops.tune.summary import EvalPoint, TuneSummary, load_tune_summary
+    from petals_ops.tune.store import load_tune_summary
+    from petals_ops.tune.summary import EvalPoint, TuneSummary
     from petals_ops.tune.trainer import TuneParams, run_tune
     from petals_ops.util.errors import InputError
 

@@ -116,3 +116,20 @@ class Figure:
     @property
     def key(self) -> str:
         return self.spec.key
+
+
+_DECLARED: dict[str, FigureSpec] = {}
+
+
+def declare(spec: FigureSpec, owner: str) -> None:
+    """Make ``spec`` known by its key (methods.register does, for each figure of a method): how a summary
+    written before summaries described their figures is read. One key, one description."""
+    known = _DECLARED.get(spec.key)
+    if known is not None and known != spec:
+        raise ValueError(f"method {owner}: figure key {spec.key!r} is taken by another figure")
+    _DECLARED[spec.key] = spec
+
+
+def declared() -> dict[str, FigureSpec]:
+    """Every declared figure by key."""
+    return dict(_DECLARED)

@@ -14,7 +14,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
-from petals_ops.bench.figures import Figure, FigureSpec
+from petals_ops.bench.figures import Figure, FigureSpec, declared
 
 
 def _conforms(value: Any, hint: Any) -> bool:
@@ -222,17 +222,15 @@ class RunSummary:
 
 def _figures(data: dict[str, Any]) -> tuple[Figure, ...]:
     """A summary's figures: described by its ``figures`` list, or (a summary written before summaries
-    described them) by the registered methods' specs of the keys it has. ValueError for a value that
-    is not of its figure's kind."""
-    from petals_ops.bench.methods.base import figure_specs
-
+    described them) by the registered methods' figures (figures.declared) of the keys it has.
+    ValueError for a value that is not of its figure's kind."""
     if "figures" in data:
         stored = data["figures"]
         if not isinstance(stored, list):
             raise ValueError("its figures is not a list")
         specs = [FigureSpec.from_dict(d) for d in stored]
     else:
-        specs = [spec for key, spec in figure_specs().items() if key in data]
+        specs = [spec for key, spec in declared().items() if key in data]
     figures = []
     for spec in specs:
         value = data.get(spec.key)

@@ -9,6 +9,7 @@ intact and loses at most the steps since it. The config check and the pid lock a
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -136,3 +137,16 @@ class TuneStore(RunStore):
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return path
+
+
+def load_tune_summary(run_dir: str | Path) -> TuneSummary:
+    """A tune run dir's ``tune.json``, typed; a one-line error for anything else."""
+    path = Path(run_dir) / TUNE_FILE
+    try:
+        return TuneSummary.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise InputError(f"{run_dir} has no {TUNE_FILE}",
+                         fix="pass a run dir made by 'petals-ops tune'") from None
+    except (OSError, ValueError, TypeError, RecursionError) as e:
+        raise InputError(f"{path} is not a tune summary ({e})",
+                         fix="run the same tune command to rewrite it") from None

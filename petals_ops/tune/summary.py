@@ -1,13 +1,13 @@
 """The typed summary of a tune run (``tune.json``): what ``run_tune`` returns and the CLI prints.
 
 JSON stays the form on disk (:meth:`TuneSummary.to_dict` writes the same keys as before);
-:meth:`TuneSummary.from_dict` reads it back, with defaults for what older files lack.
+:meth:`TuneSummary.from_dict` reads it back (:func:`petals_ops.tune.store.load_tune_summary`), with
+defaults for what older files lack.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 
@@ -100,21 +100,3 @@ class TuneSummary:
             retries=int(data.get("retries") or 0),
         )
         return cls(**values)
-
-
-def load_tune_summary(run_dir: str | Path) -> TuneSummary:
-    """A tune run dir's ``tune.json``, typed; a one-line error for anything else."""
-    import json
-
-    from petals_ops.tune.store import TUNE_FILE
-    from petals_ops.util.errors import InputError
-
-    path = Path(run_dir) / TUNE_FILE
-    try:
-        return TuneSummary.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise InputError(f"{run_dir} has no {TUNE_FILE}",
-                         fix="pass a run dir made by 'petals-ops tune'") from None
-    except (OSError, ValueError, TypeError, RecursionError) as e:
-        raise InputError(f"{path} is not a tune summary ({e})",
-                         fix="run the same tune command to rewrite it") from None

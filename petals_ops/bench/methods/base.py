@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from petals_ops.bench.extraction import DEFAULT_STOPS
-from petals_ops.bench.figures import FigureSpec
+from petals_ops.bench.figures import FigureSpec, declare
 from petals_ops.bench.hooks import decode_hooks
 from petals_ops.bench.stats import plurality
 from petals_ops.client.decoding import DecodeSpec, Sampling
@@ -97,11 +97,9 @@ def register(method: Method) -> Method:
 
     reserved = set(RunSummary.__dataclass_fields__) | {"figures"}
     for spec in method.figures:
-        clash = next((m.name for m in METHODS.values() if m.name != method.name
-                      for s in m.figures if s.key == spec.key and s != spec), None)
-        if spec.key in reserved or clash:
-            raise ValueError(f"method {method.name}: figure key {spec.key!r} is taken "
-                             f"({'by method ' + clash if clash else 'by the summary'})")
+        if spec.key in reserved:
+            raise ValueError(f"method {method.name}: figure key {spec.key!r} is taken by the summary")
+        declare(spec, method.name)
     METHODS[method.name] = method
     return method
 
@@ -111,11 +109,6 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise InputError(f"--method {name} is unknown", fix=f"use one of: {', '.join(METHODS)}") from None
-
-
-def figure_specs() -> dict[str, FigureSpec]:
-    """Every registered method's figures by key (how summaries that do not describe theirs are read)."""
-    return {s.key: s for m in METHODS.values() for s in m.figures}
 
 
 @dataclass(frozen=True)

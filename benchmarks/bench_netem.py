@@ -8,7 +8,8 @@ round trip and 1.23 at 100 ms: a ratio of 0.72. It gives no points in between: t
 of a step is compute (585 ms for BLOOM-176B, tens of ms for the lab's tiny BLOOM), so the column to
 compare is "round trips per step": the step time added per millisecond of injected round trip.
 
-    .venv/bin/python benchmarks/bench_netem.py [--delays 0,25,50,100] [--tokens 24] [--reps 4] [--json OUT]
+    .venv/bin/python benchmarks/bench_netem.py [--delays 0,25,50,100] [--tokens 24] [--reps 4] [--no-push]
+        [--json OUT]
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main():
     parser.add_argument("--delays", default="0,25,50,100", help="round trip per hop, ms")
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--reps", type=int, default=4)
+    parser.add_argument("--no-push", action="store_true",
+                        help="client without petals' server-to-server pushes (each step waits for every hop)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
     delays = [float(d) for d in args.delays.split(",")]
@@ -77,7 +80,8 @@ def main():
         run_dir = Path(tmp) / "swarm"
         swarm = local_swarm.up(run_dir, servers=3, delays_ms=[0.0] * 3)
         try:
-            with loading.load_swarm_model(swarm.model, swarm.initial_peers) as loaded:
+            with loading.load_swarm_model(swarm.model, swarm.initial_peers,
+                                          use_server_to_server=not args.no_push) as loaded:
                 for rep in range(args.reps):  # rounds over every delay: the machine's load drifts
                     for delay in delays:
                         for server in swarm.servers:

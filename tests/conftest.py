@@ -50,15 +50,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def swarm_factory(tmp_path_factory, tiny_model_dir):
-    """Start extra local swarms (``servers``, ``replicas``); all are stopped at the end of the session."""
+    """Start extra local swarms (``servers``, ``replicas``, emulated ``delays_ms``); all are stopped at the
+    end of the session."""
     from petals_ops.lab import local_swarm
 
     started = []
 
-    def start(servers: int = 2, replicas: int = 1, model_dir=None):
+    def start(servers: int = 2, replicas: int = 1, model_dir=None, delays_ms=None):
+        """``delays_ms``: one emulated round trip per server (petals_ops.lab.netem), e.g. [0, 0, 80]."""
         run_dir = tmp_path_factory.mktemp("swarm")
         swarm = local_swarm.up(run_dir, servers=servers, replicas=replicas,
-                               model_dir=model_dir or tiny_model_dir, timeout=240)
+                               model_dir=model_dir or tiny_model_dir, timeout=240, delays_ms=delays_ms)
         started.append(run_dir)
         return swarm
 

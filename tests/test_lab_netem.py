@@ -184,7 +184,7 @@ class _StepClock:
         pass
 
 
-def _seconds_per_step(loaded, tokens=12, tries=2) -> tuple[float, list[int]]:
+def _seconds_per_step(loaded, tokens=12, tries=3) -> tuple[float, list[int]]:
     """Median decoding step over ``tries`` greedy generations (robust to the machine's other work)."""
     from petals_ops.client import generation
 
@@ -236,9 +236,10 @@ def test_emulated_swarm_delay_unreachable_freeze_and_down(run_cli, tmp_path, tin
             _fault(run_cli, run_dir, "server-1", "delay", "80ms")
             delayed, delayed_ids = _seconds_per_step(loaded)
             assert delayed_ids == base_ids
-            # Without server-to-server pushes the client waits for server-1's reply once per step: +80 ms.
-            # A generous lower bound, for a busy CI:
-            assert delayed - base >= 0.05, (base, delayed)
+            # Without server-to-server pushes the client waits for server-1's reply once per step: +80 ms
+            # (measured +88 and +225 ms on a 2-core machine at load 10-13). A generous lower bound:
+            print(f"median step {base * 1000:.0f} ms, with 80 ms on server-1 {delayed * 1000:.0f} ms")
+            assert delayed - base >= 0.04, (base, delayed)
             status = json.loads(run_cli("swarm", "local", "status", "--run-dir", run_dir, "--output",
                                         "json").stdout)
             network = {p["name"]: p["network"] for p in status["processes"] if p["role"] == "server"}

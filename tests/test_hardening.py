@@ -645,3 +645,86 @@ def test_wrong_shape_model_files_are_one_line(run_cli, tmp_path, file, content, 
     (model / file).write_text(content)
     result = run_cli("swarm", "status", "--initial-peers", PEER_ON_PORT_9, "--model", model, timeout=60)
     assert_one_line_error(result, needle, code=2)
+
+
+# --- issue 23 #14: temp litter --------------------------------------------------------------------------
+def test_a_killed_runs_leftovers_are_removed_at_the_next_start(tmp_path, run_cli):
+    """kill -9 of a bench or tune left its p2pd socket in /tmp, and a tune its '.loss.png.*.png' in the
+    run dir: the next command removes dead sockets of ours (older than a minute, nobody listening), and
+    opening a run dir (its lock held) removes the half-written files of atomic writes."""
+    import os
+    import socket
+    import uuid
+
+    from petals_ops.tune.store import TuneStore
+
+    def sock(listen: bool, age: float):
+        path = f"/tmp/hivemind-p2pd-hardening-{uuid.uuid4().hex[:8]}.sock"
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(path)
+        if listen:
+            s.listen()
+        else:
+            s.close()
+        os.utime(path, (time.time() - age, time.time() - age))
+        return path, s
+
+    dead, _ = sock(False, 120)
+    fresh, _ = sock(False, 0)  # may be a daemon that has not listened yet: kept
+    alive, server = sock(True, 120)
+    try:
+        result = run_cli("swarm", "local", "status", "--swarm-dir", tmp_path / "none", timeout=60)
+        assert result.returncode == 1
+        assert not os.path.exists(dead) and os.path.exists(fresh) and os.path.exists(alive)
+    finally:
+        server.close()
+        for path in (dead, fresh, alive):
+            if os.path.exists(path):
+                os.unlink(path)
+
+    run = tmp_path / "tune"
+    run.mkdir()
+    litter = [run / ".loss.png.a1b2c3d4.png", run / ".checkpoint.pt.x_y9z8w7.tmp",
+              run / ".tune.json.k2j3h4g5.tmp"]
+    for path in litter:
+        path.write_bytes(b"half")
+    keep = [run / "notes.txt", run / ".hidden", run / "loss.png"]
+    for path in keep:
+        path.write_bytes(b"x")
+    store = TuneStore(run)
+    store.open({"model": "m", "seed": 0})
+    store.close()
+    assert [p for p in litter if p.exists()] == [] and all(p.exists() for p in keep)
+
+
+# --- issue 23 #17: library log lines ---------------------------------------------------------------------
+LIBRARY_PROBE = """
+import logging, sys, warnings
+from petals_ops.util.output import quiet_library_logging, raise_log_level
+quiet_library_logging(debug=sys.argv[1] == "debug")  # what the CLI does first
+from petals_ops.client import door  # petals' import puts hivemind's handler on the root logger at INFO
+raise_log_level("petals")  # what loading the client does
+for name in ("petals.client.routing", "hivemind.p2p", "transformers.modeling_utils", "asyncio", "filelock"):
+    logging.getLogger(name).warning("LIBRARY-LINE from %s", name)
+door.hivemind.get_logger("petals.client.inference_session").warning("LIBRARY-LINE via hivemind")
+warnings.warn("LIBRARY-LINE as a warning", FutureWarning)
+logging.getLogger("petals_ops.exporter").warning("OUR-LINE")
+"""
+
+
+@pytest.mark.parametrize("mode", ["quiet", "debug"])
+def test_library_log_lines_stay_off_the_terminal(mode):
+    """With a frozen server, generate printed a petals [WARN] line: the CLI's quieting was undone by
+    petals' import (hivemind's handler on the root logger) and by the client setting petals' level to
+    WARNING. Now no library record or warning reaches stderr without --debug; ours still do."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", LIBRARY_PROBE, mode], capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr
+    if mode == "quiet":
+        assert "LIBRARY-LINE" not in result.stderr, result.stderr
+        assert "OUR-LINE" in result.stderr
+    else:
+        assert result.stderr.count("LIBRARY-LINE") >= 5, result.stderr

@@ -206,3 +206,22 @@ def test_wrong_shape_state_is_one_line(run_cli, tmp_path, content, needle, comma
     (tmp_path / "state.json").write_bytes(content.encode("latin-1"))
     result = run_cli(*command, "--swarm-dir", tmp_path, timeout=60)
     assert_one_line_error(result, "state.json is unreadable", needle, code=1)
+
+
+def test_up_down_leaves_no_multiprocessing_dirs(run_cli, tmp_path, tiny_model_dir):
+    """Issue 23 #14: each up/down cycle left three /tmp/pymp-* dirs (a process stopped by a signal never
+    removes its own). The swarm's processes get a TMPDIR of their own, which down removes."""
+    run_dir = tmp_path / "swarm"
+    up = run_cli("swarm", "local", "up", "--run-dir", run_dir, "--model-dir", tiny_model_dir,
+                 "--servers", 1, timeout=300)
+    assert up.returncode == 0, up.stderr
+    tmp = tmpclean.swarm_tempdir(str(run_dir.resolve()))
+    try:
+        deadline = time.monotonic() + 30
+        while not [d for d in os.listdir(tmp) if d.startswith("pymp-")]:
+            assert time.monotonic() < deadline, os.listdir(tmp)  # the swarm's pymp-* dirs are there
+            time.sleep(0.5)
+    finally:
+        down = run_cli("swarm", "local", "down", "--run-dir", run_dir, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert not os.path.exists(tmp)

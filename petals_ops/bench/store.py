@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from petals_ops.util import procs
+from petals_ops.util import procs, tmpclean
 from petals_ops.util.errors import InputError, OpsError
 from petals_ops.util.fsutil import write_json_atomic
 
@@ -126,6 +126,7 @@ class RunStore:
             raise InputError(f"--run-dir {self.run_dir} is a file", fix="pass a directory")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._acquire()
+        tmpclean.remove_run_dir_temps(self.run_dir)  # a killed run's half-written files (locked: ours)
         try:
             self.check_config(config, started=started)
         except BaseException:

@@ -12,7 +12,6 @@ module the CLI loads for ``--help``.
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import pkgutil
 import types
@@ -53,6 +52,12 @@ from hivemind.moe.client.remote_expert_worker import RemoteExpertWorker  # noqa:
 from petals import AutoDistributedModelForCausalLM  # noqa: E402
 from petals.data_structures import ModelInfo, ServerInfo, ServerState  # noqa: E402
 from petals.utils.dht import get_remote_module_infos  # noqa: E402
+
+from petals_ops.util.output import raise_log_level, reapply_library_logging  # noqa: E402
+
+# petals' import put hivemind's log handler on the root logger at INFO: a command keeps library lines
+# off the terminal (without --debug) all the same. A server process chose nothing and keeps its logs.
+reapply_library_logging()
 
 PETALS_VERSION = petals.__version__
 HIVEMIND_VERSION = hivemind.__version__
@@ -129,7 +134,7 @@ def block_memory(model_path_or_config: "str | dict", *, torch_dtype: str = "auto
     from petals.utils.convert_block import QuantType
     from petals.utils.misc import get_size_in_bytes
 
-    logging.getLogger("petals").setLevel(logging.WARNING)  # its config loader logs a licence line at INFO
+    raise_log_level("petals")  # its config loader logs a licence line at INFO
     if isinstance(model_path_or_config, dict):
         config = DistributedBloomConfig(**model_path_or_config)
     else:

@@ -8,13 +8,13 @@ Heavy imports (torch, transformers, petals) happen inside functions.
 
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from petals_ops.client.models import ModelRef
 from petals_ops.util.errors import InputError, OpsError, one_line
+from petals_ops.util.output import raise_log_level
 
 DEFAULT_MAX_RETRIES = 3
 
@@ -77,7 +77,7 @@ def load_swarm_model(
     path = _require_local_checkpoint(ref)
     tokenizer = AutoTokenizer.from_pretrained(path)  # before connecting: a failure here leaks nothing
     die_with_parent_in_forks()
-    logging.getLogger("petals").setLevel(logging.WARNING)  # keep INFO chatter out of streamed output
+    raise_log_level("petals")  # keep INFO chatter out of streamed output
     try:
         model = door.AutoDistributedModelForCausalLM.from_pretrained(
             path,

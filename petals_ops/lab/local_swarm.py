@@ -349,6 +349,7 @@ def _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_prog
         _start(swarm, ranges, run_dir, timeout, on_progress, delays_ms)
     except BaseException:
         stop(swarm)
+        tmpclean.remove_swarm_tempdir(swarm.run_dir)
         raise
     return swarm
 
@@ -356,7 +357,10 @@ def _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_prog
 def _launch(swarm: LocalSwarm, name: str, role: str, cmd: list[str],
             blocks: str | None = None) -> SwarmProcess:
     log = Path(swarm.run_dir) / "logs" / f"{name}.log"
-    popen = procs.spawn(cmd, log_path=log, cwd=swarm.run_dir)  # cwd: petals auto-loads ./config.yml
+    tmp = tmpclean.swarm_tempdir(swarm.run_dir)  # their pymp-* dirs: removed by down
+    os.makedirs(tmp, mode=0o700, exist_ok=True)
+    popen = procs.spawn(cmd, log_path=log, cwd=swarm.run_dir,  # cwd: petals auto-loads ./config.yml
+                        env={**os.environ, "TMPDIR": tmp})
     proc = SwarmProcess(name=name, role=role, pid=popen.pid, pgid=popen.pid, log=str(log), blocks=blocks,
                         start_time=procs.start_time(popen.pid), run_dir=swarm.run_dir)
     swarm.processes.append(proc)
@@ -454,6 +458,7 @@ def down(run_dir: str | Path | None = None) -> LocalSwarm | None:
         return None
     stop(swarm)
     (run_dir / STATE_FILE).unlink(missing_ok=True)
+    tmpclean.remove_swarm_tempdir(swarm.run_dir)
     netem.clear(run_dir)
     return swarm
 

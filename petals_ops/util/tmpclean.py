@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import re
 import socket
 from contextlib import suppress
 
@@ -83,6 +84,69 @@ def remove_stale_sockets(before: set[str], *, exiting: bool = False) -> list[str
             with suppress(OSError):
                 os.unlink(path)
                 removed.append(path)
+    return removed
+
+
+def remove_dead_sockets(min_age: float = 60.0) -> list[str]:
+    """Unlink hivemind sockets in /tmp that are ours (our uid), older than ``min_age`` seconds and that
+    nobody listens on: what a killed command (kill -9 of a bench or tune) left. Run as each command starts,
+    so the litter of one killed run is gone at the next."""
+    import time
+
+    removed, now, uid = [], time.time(), os.getuid()
+    for path in sorted(hivemind_sockets()):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if st.st_uid != uid or now - st.st_mtime < min_age or _listened_on(path):
+            continue
+        with suppress(OSError):
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
+def swarm_tempdir(run_dir: str) -> str:
+    """The TMPDIR of a local swarm's processes (their ``pymp-*`` dirs go there, and ``down`` removes it:
+    a process stopped by a signal never removes its own). Short and under /tmp, named from the run dir."""
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(os.path.abspath(run_dir).encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"petals-ops-{os.getuid()}-swarm-{digest}")
+
+
+def remove_swarm_tempdir(run_dir: str) -> None:
+    """Remove :func:`swarm_tempdir` of ``run_dir`` if it is a real directory of ours (never a symlink)."""
+    import shutil
+
+    path = swarm_tempdir(run_dir)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    import stat
+
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# the temp files our atomic writes make next to their target (tempfile.mkstemp: 8 random characters)
+_RUN_DIR_TEMP = re.compile(r"^\.[^/]+\.[a-z0-9_]{8}\.(tmp|png)$")
+
+
+def remove_run_dir_temps(run_dir) -> list[str]:
+    """Unlink the temp files of atomic writes a killed run left in its run dir (``.loss.png.*.png``,
+    ``.config.json.*.tmp``...). Call only with the run dir's lock held: then no writer is running."""
+    removed = []
+    with suppress(OSError):
+        for name in os.listdir(run_dir):
+            path = os.path.join(run_dir, name)
+            if _RUN_DIR_TEMP.match(name) and os.path.isfile(path) and not os.path.islink(path):
+                with suppress(OSError):
+                    os.unlink(path)
+                    removed.append(path)
     return removed
 
 

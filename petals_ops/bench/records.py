@@ -200,11 +200,13 @@ class RunSummary:
         values = _checked(cls, data, cls._DEFAULTS)
         if len(values["accuracy_wilson95"]) != 2:
             raise ValueError("its accuracy_wilson95 is not [low, high]")
-        for key, subkeys in cls._CONFIG_KEYS.items():
-            part = values["config"].get(key)
-            if not isinstance(part, dict) or any(k not in part for k in subkeys):
-                raise ValueError(f"its config.{key} lacks {', '.join(subkeys) or 'its fields'}")
+        RunIdentity.of(values["config"])  # ValueError unless the reports can read it
         return cls(**values, figures=_figures(data))
+
+    @property
+    def identity(self) -> RunIdentity:
+        """The run's config as the reports read it, typed (``config`` is config.json as written)."""
+        return RunIdentity.of(self.config)
 
     # what a summary may lack: figures the reports show as n/a or leave out
     _DEFAULTS: typing.ClassVar[dict[str, Any]] = {
@@ -214,10 +216,54 @@ class RunSummary:
         "questions_per_minute": None, "run": {}, "exec": {}, "servers_served": {}, "swarm": [],
         "written_at": 0.0, "errors": 0, "correct": 0, "accuracy": None, "accuracy_wilson95": [0.0, 1.0],
         "tokens": 0, "wall_seconds_total": 0.0, "paths": 1, "calculator": None}
-    # config parts the reports read (the run's identity)
-    _CONFIG_KEYS: typing.ClassVar[dict[str, tuple[str, ...]]] = {
-        "model": ("name", "dht_prefix"), "data": ("source", "sha256", "offset", "limit", "sample"),
-        "prompt": ("id", "exemplars"), "method": ()}
+
+
+@dataclass(frozen=True)
+class ModelId:
+    name: str
+    dht_prefix: str
+    weights_sha256: str | None = None  # a local checkpoint's weights (runs made before the pin: None)
+
+
+@dataclass(frozen=True)
+class PromptId:
+    id: str
+    exemplars: int
+
+
+@dataclass(frozen=True)
+class DataId:
+    source: str
+    sha256: str
+    offset: int
+    limit: int | None
+    sample: int | None
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """The parts of a run's config (config.json) the reports read, typed. The file itself stays the
+    run's identity as written (a resume compares it whole); this is how it is read."""
+
+    model: ModelId
+    prompt: PromptId
+    data: DataId
+    method: dict[str, Any]  # methods.MethodConfig.to_dict
+
+    @classmethod
+    def of(cls, config: Any) -> RunIdentity:
+        """ValueError (phrased as 'its config.PART ...') unless ``config`` has the parts the reports read."""
+        if not isinstance(config, dict):
+            raise ValueError("its config is not a JSON object")
+        parts = {}
+        for name, kind in (("model", ModelId), ("prompt", PromptId), ("data", DataId)):
+            try:
+                parts[name] = kind(**_checked(kind, config.get(name), {"weights_sha256": None}))
+            except ValueError as e:
+                raise ValueError(f"its config.{name}: {e}") from None
+        if not isinstance(config.get("method"), dict):
+            raise ValueError("its config.method is not a JSON object")
+        return cls(**parts, method=config["method"])
 
 
 def _figures(data: dict[str, Any]) -> tuple[Figure, ...]:

@@ -133,7 +133,7 @@ def data_name(summaries: Sequence[RunSummary]) -> str:
     """What the runs were measured on, for titles: ``arith:test``, ``gsm8k:test``, a file's name."""
     names = []
     for s in summaries:
-        source = str(s.config["data"]["source"])
+        source = s.identity.data.source
         names.append(source if source.startswith("hf:") or "/" not in source else Path(source).name)
     return " / ".join(dict.fromkeys(names)) or "bench"
 
@@ -239,15 +239,13 @@ def _markdown(summaries: Sequence[RunSummary], plot_name: str, title: str, pairs
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(summaries)]
     lines += ["", f"![accuracy against paths]({plot_name})", ""]
     for s in summaries:
-        cfg = s.config
+        run = s.identity
         lines += [f"## {_label(s)}", "",
-                  (f"- model `{cfg['model']['name']}` (DHT prefix `{cfg['model']['dht_prefix']}`), "
-                   f"backend {s.backend}"),
-                  f"- prompt `{cfg['prompt']['id']}` ({cfg['prompt']['exemplars']} exemplars)",
-                  (f"- data `{cfg['data']['source']}` (sha256 {cfg['data']['sha256'][:12]}…), "
-                   f"offset {cfg['data']['offset']}, limit {cfg['data']['limit']}, "
-                   f"sample {cfg['data']['sample']}"),
-                  f"- method {json.dumps(cfg['method'])}",
+                  f"- model `{run.model.name}` (DHT prefix `{run.model.dht_prefix}`), backend {s.backend}",
+                  f"- prompt `{run.prompt.id}` ({run.prompt.exemplars} exemplars)",
+                  (f"- data `{run.data.source}` (sha256 {run.data.sha256[:12]}…), offset {run.data.offset}, "
+                   f"limit {run.data.limit}, sample {run.data.sample}"),
+                  f"- method {json.dumps(run.method)}",
                   (f"- invalid paths {pct(s.invalid_path_rate)}, finish reasons {s.finish_reasons}, "
                    f"extraction {s.extraction}")]
         lines += [f"- {f.spec.label}: {f.spec.text(f.value)}" for f in s.figures]
@@ -369,18 +367,17 @@ class Pair:
 def pair_runs(a: RunSummary, b: RunSummary) -> Pair:
     """Pair two runs question by question; refuse runs of different models or question sets."""
     la, lb = _label(a), _label(b)
-    ma, mb = a.config["model"], b.config["model"]
-    if (ma["name"], ma["dht_prefix"]) != (mb["name"], mb["dht_prefix"]):
-        raise InputError(f"cannot pair {la} and {lb}: they ran different models "
-                         f"({ma['name']} and {mb['name']})",
+    ma, mb = a.identity.model, b.identity.model
+    if (ma.name, ma.dht_prefix) != (mb.name, mb.dht_prefix):
+        raise InputError(f"cannot pair {la} and {lb}: they ran different models ({ma.name} and {mb.name})",
                          fix="compare runs of the same model, or report them without pairing (--no-pairs)")
     ra, rb = load_run(a.run_dir)[1], load_run(b.run_dir)[1]  # checked against their summaries
     ids_a, ids_b = {r.id for r in ra}, {r.id for r in rb}
-    da, db = a.config["data"], b.config["data"]
-    if da["sha256"] != db["sha256"] or ids_a != ids_b:
+    da, db = a.identity.data, b.identity.data
+    if da.sha256 != db.sha256 or ids_a != ids_b:
         differ = len(ids_a ^ ids_b)
         raise InputError(f"cannot pair {la} and {lb}: they ran different question sets "
-                         f"({da['source']} vs {db['source']}; {differ} question ids differ)",
+                         f"({da.source} vs {db.source}; {differ} question ids differ)",
                          fix="run both with the same --data and selection, "
                              "or report them without pairing (--no-pairs)")
     ca = {r.id: bool(r.correct) for r in ra if not r.error}

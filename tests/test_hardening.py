@@ -728,3 +728,48 @@ def test_library_log_lines_stay_off_the_terminal(mode):
         assert "OUR-LINE" in result.stderr
     else:
         assert result.stderr.count("LIBRARY-LINE") >= 5, result.stderr
+
+
+# --- issue 23 #13: unbounded inputs ---------------------------------------------------------------------
+def test_a_huge_question_line_is_refused_before_it_is_parsed(tmp_path, run_cli):
+    """A 20 MB question line cost 4.3 GB in 19 s before it was refused: lines and files of --data are
+    bounded before parsing (the error says the bound), and so is --prompt-file."""
+    import json
+    import tracemalloc
+
+    from petals_ops.bench.data import MAX_LINE_CHARS, load_jsonl
+    from petals_ops.util.errors import InputError
+
+    path = tmp_path / "huge.jsonl"
+    ok = json.dumps({"question": "1+1?", "answer": "1+1=2\n#### 2"})
+    path.write_text(ok + "\n" + json.dumps({"question": "x" * 20_000_000, "answer": "#### 1"}) + "\n")
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match=f"huge.jsonl:2 is 20,000,0[0-9,]+ characters long; .* at most "
+                                             f"{MAX_LINE_CHARS:,}"):
+            load_jsonl(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 * 2**20, f"{peak / 2**20:.0f} MiB to refuse a 20 MB line"
+    started = time.monotonic()
+    result = run_cli("bench", "gsm8k", "--backend", "local", "--model", "bigscience/bloom", "--data", path,
+                     "--run-dir", tmp_path / "run", timeout=120)
+    assert_one_line_error(result, "huge.jsonl:2", "at most", code=2)
+    assert time.monotonic() - started < 60
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Q: 1?\nA: 1.\n" * 200_000)
+    result = run_cli("bench", "gsm8k", "--backend", "local", "--model", "bigscience/bloom", "--prompt-file",
+                     prompt, "--run-dir", tmp_path / "run2", timeout=120)
+    assert_one_line_error(result, "--prompt-file", "at most", code=2)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--servers", "2", "--replicas", "1000"], "would start 2000 server processes"),
+    (["--servers", "4", "--replicas", "17"], "would start 68 server processes"),
+])
+def test_local_swarm_size_is_bounded(run_cli, tmp_path, args, needle):
+    """swarm local up --replicas N had no bound nor memory check ('model tiny' had one)."""
+    result = run_cli("swarm", "local", "up", "--run-dir", tmp_path / "s", *args, timeout=60)
+    assert_one_line_error(result, needle, "at most", code=2)
+    assert not (tmp_path / "s").exists(), "refused before the run dir is touched"

@@ -63,12 +63,20 @@ def parse_prompt_text(text: str, where: str) -> str:
     return text.strip("\n").rstrip()
 
 
+# A few-shot prompt is a few KB; a bigger file is a mistake, and it would be tokenized whole.
+MAX_PROMPT_FILE_BYTES = 1024 * 1024
+
+
 def load_prompt_file(path: str | Path | None = None) -> PromptSet:
     path = Path(path or DEFAULT_PROMPT).expanduser()
     why = why_not_a_file(path)
     if why is not None:
         raise InputError(f"--prompt-file {path} {why}", fix=f"pass a file like {DEFAULT_PROMPT}")
     try:
+        if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+            raise InputError(f"--prompt-file {path} is {path.stat().st_size:,} bytes; a prompt file may "
+                             f"have at most {MAX_PROMPT_FILE_BYTES:,}",
+                             fix=f"pass a prompt set like {DEFAULT_PROMPT}")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"--prompt-file {path} is not a readable UTF-8 text file ({e})",

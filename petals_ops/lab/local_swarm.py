@@ -191,6 +191,28 @@ def plan_block_ranges(num_blocks: int, servers: int, replicas: int = 1) -> list[
     return ranges * replicas
 
 
+# A CPU server of the tiny model is a Python process with torch and petals loaded: about 0.6 GiB resident.
+SERVER_PROCESS_BYTES = 600 * 2**20
+MAX_SERVER_PROCESSES = 64
+
+
+def check_capacity(servers: int, replicas: int) -> None:
+    """Refuse more server processes than :data:`MAX_SERVER_PROCESSES`, or than half this machine's memory
+    holds, before any is started (as 'model tiny' bounds its weights)."""
+    from petals_ops.lab.tiny_model import _memory_bytes
+
+    count = servers * replicas
+    need, half = (count + 1) * SERVER_PROCESS_BYTES, _memory_bytes() // 2  # + 1: the DHT
+    if count > MAX_SERVER_PROCESSES or need > half:
+        most = max(1, min(MAX_SERVER_PROCESSES, half // SERVER_PROCESS_BYTES - 1))
+        raise InputError(
+            f"--servers {servers} --replicas {replicas} would start {count} server processes "
+            f"(~{need / 2**30:.1f} GiB); the local swarm takes at most {most} here "
+            f"({MAX_SERVER_PROCESSES} at most, and half of this machine's {2 * half / 2**30:.1f} GiB)",
+            fix=f"use --servers x --replicas of at most {most}",
+        )
+
+
 def check_port_free(port: int) -> int:
     """Bind 127.0.0.1:``port`` to prove it is free (0 picks a free one); return the port."""
     if not 0 <= port <= 65535:
@@ -274,6 +296,7 @@ def up(
 
     On any failure the processes already started are stopped, so a failed ``up`` leaves nothing behind.
     """
+    check_capacity(servers, replicas)  # before the run dir is touched
     given = run_dir or default_run_dir()
     try:
         run_dir = Path(given).resolve()

@@ -78,6 +78,13 @@ class Method:
         runner never decodes more than ``cfg.paths`` in all (an adaptive method's maximum K)."""
         return cfg.paths - len(paths)
 
+    def decode_spec(self, cfg: MethodConfig) -> DecodeSpec:
+        """How each path is decoded (sampling, token limit, per-step hooks: stop strings, calculator).
+        Override to decode otherwise, e.g. to stop a completion that holds several answers elsewhere."""
+        sampling = Sampling(cfg.temperature, cfg.top_k, cfg.seed) if self.samples else Sampling(seed=cfg.seed)
+        return DecodeSpec(sampling=sampling, max_new_tokens=cfg.max_new_tokens,
+                          hooks=decode_hooks(cfg.stops, calculator=cfg.calculator))
+
     def aggregate(self, paths: Sequence[ScoredPath]) -> str | None:
         """The question's answer from its scored paths."""
         return plurality([p.answer for p in paths])
@@ -176,10 +183,8 @@ class MethodConfig:
         return cfg
 
     def decode_spec(self) -> DecodeSpec:
-        sampling = (Sampling(self.temperature, self.top_k, self.seed) if self.sample
-                    else Sampling(seed=self.seed))
-        return DecodeSpec(sampling=sampling, max_new_tokens=self.max_new_tokens,
-                          hooks=decode_hooks(self.stops, calculator=self.calculator))
+        """How each path is decoded: the method's say (:meth:`Method.decode_spec`)."""
+        return self.impl.decode_spec(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MethodConfig:

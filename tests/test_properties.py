@@ -171,3 +171,140 @@ def test_summary_loader_on_odd_bytes(data):
     run = _file(data, "summary.json").parent
     with pytest.raises(InputError):
         load_summary(run)
+
+
+# --- what remote peers announce, the swarm's state, model files, option values (issue 23) -------------
+ANNOUNCED = st.one_of(st.text(max_size=60), st.sampled_from(
+    ["\x1b[2J", "\x1b]8;;http://e/\x1b\\x\x1b]8;;\x1b\\", "[link=http://e]x[/link]", "[bold]x", ":smile:",
+     "\u202e", "\x9b31m", "\r", "x" * 500]))
+SERVER_FIELDS = st.fixed_dictionaries({}, optional={
+    "start_block": JSON, "end_block": JSON, "throughput": JSON, "cache_tokens_left": JSON,
+    "version": st.one_of(ANNOUNCED, JSON), "torch_dtype": JSON, "quant_type": JSON,
+    "public_name": st.one_of(ANNOUNCED, JSON), "using_relay": JSON, "inference_rps": JSON,
+    "forward_rps": JSON, "network_rps": JSON})
+
+
+@FAST
+@given(st.lists(st.tuples(st.sampled_from(["QmA", "QmB", "QmC"]), st.sampled_from(["ONLINE", "JOINING", "x"]),
+                          SERVER_FIELDS), max_size=6), st.integers(1, 6))
+def test_any_announced_server_records_give_a_sane_snapshot(entries, num_blocks):
+    from types import SimpleNamespace as NS
+
+    from petals_ops.client.models import ModelRef
+    from petals_ops.swarm.health import MAX_ANNOUNCED_CHARS, build_snapshot
+
+    keys = ("start_block", "end_block", "throughput", "cache_tokens_left", "version", "torch_dtype",
+            "quant_type", "public_name", "using_relay", "inference_rps", "forward_rps", "network_rps")
+    blocks = [NS(uid=f"m.{i}", servers={}) for i in range(num_blocks)]
+    for i, (peer, state, fields) in enumerate(entries):
+        blocks[i % num_blocks].servers[peer] = NS(state=NS(name=state), **{k: fields.get(k) for k in keys})
+    snap = build_snapshot(ModelRef("m", "m", num_blocks), blocks, taken_at=0.0, walk_seconds=0.0)
+    for s in snap.servers:
+        assert 0 <= s.start_block < s.end_block <= num_blocks and s.state in ("ONLINE", "JOINING", "OFFLINE")
+        assert s.public_name is None or len(s.public_name) <= MAX_ANNOUNCED_CHARS
+    assert json.dumps(snap.to_dict(), default=str)
+
+
+@FAST
+@given(st.one_of(JSON, st.integers(), st.floats(), st.text(max_size=10)))
+def test_a_block_count_is_a_bounded_whole_number_or_refused(value):
+    from petals_ops.client.models import MAX_BLOCKS, check_num_blocks
+
+    try:
+        count = check_num_blocks(value, "the record")
+    except InputError as e:
+        assert "\n" not in e.one_line()
+        return
+    assert type(count) is int and 1 <= count <= MAX_BLOCKS
+
+
+@FAST
+@given(ANNOUNCED)
+def test_announced_text_is_inert_on_a_terminal(text):
+    import io
+
+    from rich.console import Console
+
+    from petals_ops.util.safe_text import inert, inert_text, printable
+
+    import unicodedata
+
+    hidden = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}  # controls, format characters, unassigned...
+    assert not {unicodedata.category(ch) for ch in printable(text)} & hidden
+    buf = io.StringIO()
+    console = Console(file=buf, width=100, color_system=None, legacy_windows=False)
+    console.print(inert(text))
+    console.print(inert_text(text))
+    assert "\x1b" not in buf.getvalue() and "\u202e" not in buf.getvalue()
+
+
+STATE = st.one_of(JSON, st.fixed_dictionaries(
+    {"run_dir": st.just("/tmp/x"), "model_dir": st.just("/tmp/x/m"), "dht_prefix": st.just("p"),
+     "num_blocks": JSON, "dht_port": JSON},
+    optional={"processes": st.lists(st.one_of(JSON, st.fixed_dictionaries(
+        {"name": st.just("dht"), "role": st.just("dht"), "pid": JSON, "pgid": JSON, "log": st.just("l")},
+        optional={"start_time": JSON})), max_size=3), "initial_peers": JSON}))
+
+
+@FAST
+@given(STATE)
+def test_swarm_state_loads_or_is_one_line(data):
+    from petals_ops.lab.local_swarm import LocalSwarm
+    from petals_ops.util.errors import OpsError
+
+    run = _file(json.dumps(data).encode(), "state.json").parent
+    try:
+        swarm = LocalSwarm.load(run)
+    except OpsError as e:
+        assert "\n" not in e.one_line() and "state.json" in e.one_line()
+        return
+    assert all(type(p.pgid) is int and p.pgid >= 1 for p in swarm.processes)
+
+
+@FAST
+@given(st.one_of(JSON, st.fixed_dictionaries({}, optional={"n_layer": JSON, "num_hidden_layers": JSON,
+                                                          "hidden_size": JSON})),
+       st.one_of(JSON, st.fixed_dictionaries({}, optional={"dht_prefix": st.one_of(JSON, st.just("p"))})))
+def test_model_dir_files_resolve_or_are_one_line(config, meta):
+    from petals_ops.client.models import MAX_BLOCKS, resolve_model
+
+    model = _file(json.dumps(config).encode(), "config.json").parent
+    (model / "petals_ops.json").write_text(json.dumps(meta))
+    (model / "model.safetensors").write_bytes(b"")
+    try:
+        ref = resolve_model(str(model))
+    except InputError as e:
+        assert "\n" not in e.one_line()
+        return
+    assert type(ref.num_blocks) is int and 1 <= ref.num_blocks <= MAX_BLOCKS
+    assert isinstance(ref.dht_prefix, str)
+
+
+@FAST
+@given(st.one_of(st.text(max_size=30), st.from_regex(r"\d{1,30}(\.\d{1,5})?(ms|s|m|h)?", fullmatch=True)))
+def test_option_values_parse_or_are_one_line(text):
+    from petals_ops.lab.target import split_peers
+    from petals_ops.monitoring.server import MAX_REFRESH, parse_duration, parse_listen
+
+    for parse in (parse_duration, parse_listen, lambda t: split_peers([t])):
+        try:
+            value = parse(text)
+        except InputError as e:
+            assert "\n" not in e.one_line()
+            continue
+        if parse is parse_duration:
+            assert 0.1 <= value <= MAX_REFRESH
+
+
+def test_fuzzer_short_run():
+    """benchmarks/fuzz_parsers.py, every target in one atheris process for 20 s (its corpus is
+    tests/data/fuzz_corpus): a finding prints the crashing input and fails here."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("atheris", reason="atheris has a wheel for CPython 3.11 on x86_64 only")
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(repo / "benchmarks" / "fuzz_parsers.py"), "--all", "20"],
+                            capture_output=True, text=True, timeout=300, cwd=repo)
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    assert "targets clean in one run" in result.stdout

@@ -15,7 +15,7 @@ import pytest
 from petals_ops.bench import report
 from petals_ops.bench.arithmetic import find_equations, first_slip
 from petals_ops.bench.calculator import calculate, find_calculation, format_result
-from petals_ops.bench.hooks import decode_hooks
+from petals_ops.bench.hooks import Calculator, decode_hooks
 from petals_ops.bench.methods import MethodConfig
 from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
 from petals_ops.client.options import ClientOptions
@@ -123,7 +123,9 @@ def test_every_calculated_equation_is_true_for_the_error_analysis():
 def test_method_config_carries_the_calculator_only_when_on():
     off, on = MethodConfig(), MethodConfig(calculator=True)
     assert "calculator" not in off.to_dict()  # run dirs made before the option resume as they were
-    assert on.to_dict()["calculator"] is True and on.decode_spec().calculator
+    # the decode spec carries the calculator as a hook of the token loop (after the stop strings)
+    assert on.to_dict()["calculator"] is True and isinstance(on.decode_spec().hooks[-1], Calculator)
+    assert not any(isinstance(h, Calculator) for h in off.decode_spec().hooks)
     assert MethodConfig.from_dict(on.to_dict()) == on and MethodConfig.from_dict(off.to_dict()) == off
 
 

@@ -135,6 +135,7 @@ BAD_INPUT_PER_COMMAND = {
     "swarm local up": (["swarm", "local", "up", "--servers", "0"], "--servers 0"),
     "swarm local down": (["swarm", "local", "down", "--swarm-dir", "afile"], "'afile' is a file"),
     "swarm local status": (["swarm", "local", "status", "-o", "yaml"], "'yaml' is not one of"),
+    "swarm local fault": (["swarm", "local", "fault", "1", "explode"], "fault 'explode' is unknown"),
     "swarm status": (["swarm", "status", "--initial-peers", "garbage", "--model", "x"],
                      "--initial-peers garbage"),
     "generate": (["generate", "x", "--top-k", "-1"], "--top-k"),

@@ -198,9 +198,9 @@ def plan_as_if(inventory: Inventory, hosts: Sequence[str] | None = None, *, as_m
     """
     if quant not in QUANTS:
         raise InputError(f"--quant {quant} is unknown", fix=f"use one of {', '.join(QUANTS)}")
+    ref, source = _memory_source(as_model)  # the option first: its error must not wait on the inventory's
     targets = resolve_targets(inventory, hosts, opts=opts, require_slots=True)
     served = resolve_model(_one_model(targets))
-    ref, source = _memory_source(as_model)
     memory = _memory_fn(source)
     m = memory(None, quant, attn_cache_tokens)
     num_blocks = ref.num_blocks or m["num_blocks"]

@@ -8,6 +8,7 @@ import random
 import re
 from collections import Counter
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
@@ -247,6 +248,18 @@ def test_wilson_and_plurality():
     assert stats.wilson_interval(0, 0) == (0.0, 1.0)
     assert stats.plurality(["2", None, "3", "3", "2"]) == "2"  # tie: first seen
     assert stats.plurality([None, None]) is None
+
+
+def test_defaults_ship_in_the_package():
+    """--data demo and the default prompt are package data (a wheel has no experiments/), checked by sha."""
+    import petals_ops
+
+    package = Path(petals_ops.__file__).resolve().parent
+    demo = data.load_dataset("demo")
+    assert demo.source == "gsm8k:demo" and data.load_dataset("gsm8k:demo") == demo
+    assert data.DATASETS["gsm8k:demo"].path.resolve().is_relative_to(package)
+    assert prompts.DEFAULT_PROMPT.resolve().is_relative_to(package)
+    assert prompts.load_prompt_file().name == "gsm8k_cot_8shot_petals_ops"
 
 
 def test_data_loading_selection_and_errors(tmp_path):

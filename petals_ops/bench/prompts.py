@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from petals_ops.bench.data import EXPERIMENTS_DIR
-from petals_ops.util.errors import InputError
+from petals_ops.bench.data import PACKAGE_DATA
+from petals_ops.util.errors import InputError, OpsError
 from petals_ops.util.fsutil import why_not_a_file
 
-PROMPTS_DIR = EXPERIMENTS_DIR / "prompts"
+PROMPTS_DIR = PACKAGE_DATA / "prompts"
 DEFAULT_PROMPT = PROMPTS_DIR / "gsm8k_cot_8shot_petals_ops.txt"
 BEGIN, END = "-----BEGIN PROMPT-----", "-----END PROMPT-----"
 BLOCK_RE = re.compile(r"Q: \S.*\nA: \S.*The answer is -?\$?[\d,]*\d(?:\.\d+)?\.", re.DOTALL)
@@ -70,6 +70,9 @@ MAX_PROMPT_FILE_BYTES = 1024 * 1024
 def load_prompt_file(path: str | Path | None = None) -> PromptSet:
     path = Path(path or DEFAULT_PROMPT).expanduser()
     why = why_not_a_file(path)
+    if why is not None and path == DEFAULT_PROMPT:  # nothing the user passed: the install is damaged
+        raise OpsError(f"the packaged default prompt {path} {why}",
+                       fix="reinstall petals-ops, or pass --prompt-file")
     if why is not None:
         raise InputError(f"--prompt-file {path} {why}", fix=f"pass a file like {DEFAULT_PROMPT}")
     try:

@@ -29,7 +29,7 @@ def bench():
 @click.option("--sample-seed", default=0, show_default=True, type=SEED)
 @click.option("--prompt-file", default=None, type=click.Path(dir_okay=False),
               help="Few-shot prompt set ('Q: ...\\nA: ... The answer is N.' blocks) [default: "
-                   "experiments/prompts/gsm8k_cot_8shot_petals_ops.txt].")
+                   "the packaged 8-shot set, petals_ops/data/prompts/gsm8k_cot_8shot_petals_ops.txt].")
 @click.option("--zero-shot", is_flag=True,
               help="No exemplars: 'Q: question\\nA:' alone (e.g. with --tuned-prompts).")
 @click.option("--tuned-prompts", default=None, type=click.Path(),

@@ -68,14 +68,21 @@ def resolve_target(
 
 def resolve_for_backend(client: ClientOptions) -> SwarmTarget:
     """The target of a command with ``--backend``: the swarm's (as :func:`resolve_target`) for ``petals``
-    or explicit peers; for ``local``, ``--model`` or else the local swarm's checkpoint, without peers
-    (a checkpoint in-process needs no swarm)."""
+    or explicit peers; for ``local``, ``--model``, else the local swarm's checkpoint, else (no swarm
+    running in the default place) the shipped tiny-bloom-arith, without peers (a checkpoint in-process
+    needs no swarm, so a fresh install runs ``bench gsm8k --backend local`` as it is)."""
     if client.through_swarm or client.initial_peers:
         return resolve_target(client.initial_peers, client.model, dht_prefix=client.dht_prefix,
                               num_blocks=client.num_blocks, run_dir=client.swarm_dir)
     if client.model:
         return SwarmTarget([], resolve_model(client.model, dht_prefix=client.dht_prefix,
                                              num_blocks=client.num_blocks))
-    from petals_ops.lab.local_swarm import load_running
+    from petals_ops.lab.local_swarm import LocalSwarm, default_run_dir, load_running
 
+    if client.swarm_dir is None:
+        swarm = LocalSwarm.load(default_run_dir())
+        if swarm is None or not swarm.any_alive():
+            from petals_ops.lab.tiny_model import ARITH_MODEL_DIR
+
+            return SwarmTarget([], resolve_model(str(ARITH_MODEL_DIR)))
     return SwarmTarget([], resolve_model(load_running(client.swarm_dir).model_dir))

@@ -113,7 +113,7 @@ def load_pairs(spec: str, eval_size: int) -> Pairs:
         pairs, sha = _arith_pool()
         source = ARITH_TRAIN
     else:
-        if spec.startswith(data.HF_PREFIX) or spec == "demo":
+        if spec.startswith(data.HF_PREFIX) or data.canonical_name(spec) == data.DEMO_NAME:
             raise InputError(
                 f"--data {spec} cannot be tuned on", fix="pass gsm8k:train, arith:train or a JSONL path"
             )

@@ -175,8 +175,8 @@ def test_render_before_first_refresh_and_promtool(tmp_path):
 
 
 def test_container_metrics_from_fleet_statuses():
-    status = pytest.importorskip("petals_ops.fleet.status",
-                                 reason="the fleet module (issue 4) is not there yet")
+    from petals_ops.fleet import status
+
     CS = status.ContainerStatus
     containers = (
         CS(host="a10-1", container="petals-server", running=True, restart_count=3, exit_code=0,

@@ -253,7 +253,6 @@ def test_local_swarm_restarted_on_a_new_port(damaged):
 
 def test_inventory_containers_exported(local_swarm, exporter_process, tmp_path):
     """--inventory: the fleet's real status code runs each refresh; an unreachable host shows up as such."""
-    pytest.importorskip("petals_ops.fleet.status", reason="the fleet module (issue 4) is not there yet")
     with __import__("socket").socket() as s:  # a port nobody listens on: ssh is refused at once
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]

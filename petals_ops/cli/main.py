@@ -66,15 +66,12 @@ def cli(ctx, debug):
 
 def _register() -> None:
     """Attach every command group (one module per concern; each keeps heavy imports inside functions)."""
-    from petals_ops.cli import demo_cmd, generate_cmd, model_cmds, swarm_cmds
+    from petals_ops.cli import (bench_cmds, demo_cmd, exporter_cmd, fleet_cmds, generate_cmd, model_cmds,
+                                swarm_cmds, tune_cmd)
 
-    for command in (model_cmds.model, swarm_cmds.swarm, generate_cmd.generate, demo_cmd.demo):
+    for command in (model_cmds.model, swarm_cmds.swarm, generate_cmd.generate, demo_cmd.demo,
+                    exporter_cmd.exporter, bench_cmds.bench, *fleet_cmds.COMMANDS, tune_cmd.tune):
         cli.add_command(command)
-    # Later groups register here, one line each: bench, fleet, exporter.
-    from petals_ops.cli.exporter_cmd import exporter; cli.add_command(exporter)  # noqa: E702
-    from petals_ops.cli.bench_cmds import bench; cli.add_command(bench)  # noqa: E702
-    from petals_ops.cli.fleet_cmds import COMMANDS as fleet; [cli.add_command(c) for c in fleet]  # noqa: E702
-    from petals_ops.cli.tune_cmd import tune; cli.add_command(tune)  # noqa: E702
 
 
 _register()

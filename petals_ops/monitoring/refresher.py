@@ -52,12 +52,7 @@ def load_fleet_api() -> tuple[Callable, Callable]:
             f"--inventory needs the fleet module petals_ops.fleet.status, which cannot be imported ({e})",
             fix="update petals-ops, or run the exporter without --inventory",
         ) from e
-    load = getattr(fleet_status, "load_inventory", None)
-    if load is None:
-        from petals_ops import fleet
-
-        load = fleet.load_inventory
-    return load, fleet_status.read_fleet
+    return fleet_status.load_inventory, fleet_status.read_fleet
 
 
 def local_identities(run_dir: str | Path | None) -> dict[str, Path]:

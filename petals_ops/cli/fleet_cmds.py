@@ -18,7 +18,7 @@ import click
 from petals_ops.cli.options import POSITIVE
 from petals_ops.cli.terminal import terminal
 from petals_ops.util.errors import EXIT_OK, redact
-from petals_ops.util.output import OUTPUT_OPTION, emit_json, render_table
+from petals_ops.util.output import OUTPUT_OPTION
 from petals_ops.util.safe_text import printable
 
 
@@ -169,20 +169,20 @@ def plan_cmd(inventory, hosts, accept_new_host_keys, output, as_model, quant):
         plan = make_plan(inv, hosts, opts=opts)
     if output == "json":
         # the inventory refuses tokens; belt and braces
-        emit_json(json.loads(redact(json.dumps(plan.to_dict()))))
+        terminal.json(json.loads(redact(json.dumps(plan.to_dict()))))
         return
     for s in plan.servers:
         if s.fits:
             caches = sorted(next(iter(s.fits.values())))
-            render_table(["quant \\ attn_cache_tokens"] + [str(t) for t in caches],
-                         [[q] + [s.fits[q][t] for t in caches] for q in s.fits],
-                         title=f"{s.host}/{s.container} ({s.device}, {s.gpu_memory_gib} GiB): "
-                               "blocks that fit")
-    render_table(["host", "container", "device", "quant", "cache tokens", "fit", "blocks"],
-                 [[s.host, s.container, s.device, s.chosen_quant, s.chosen_cache_tokens, s.blocks_fit,
-                   s.blocks] for s in plan.servers],
-                 title=f"plan for {plan.model} ({plan.num_blocks} blocks)"
-                       + (f", as if serving {plan.as_model}" if plan.as_model else ""))
+            terminal.table(["quant \\ attn_cache_tokens"] + [str(t) for t in caches],
+                           [[q] + [s.fits[q][t] for t in caches] for q in s.fits],
+                           title=f"{s.host}/{s.container} ({s.device}, {s.gpu_memory_gib} GiB): "
+                                 "blocks that fit")
+    terminal.table(["host", "container", "device", "quant", "cache tokens", "fit", "blocks"],
+                   [[s.host, s.container, s.device, s.chosen_quant, s.chosen_cache_tokens, s.blocks_fit,
+                     s.blocks] for s in plan.servers],
+                   title=f"plan for {plan.model} ({plan.num_blocks} blocks)"
+                         + (f", as if serving {plan.as_model}" if plan.as_model else ""))
     cover = {True: "yes", False: "NO",
              "likely": "likely (enough blocks; Petals picks the spans)"}[plan.covers_model]
     click.echo(f"covers the whole model: {cover}; "

@@ -13,6 +13,7 @@ import click
 from petals_ops.client.models import MAX_BLOCKS
 from petals_ops.client.options import BACKENDS, DEFAULT_CLIENT_RETRIES, DEFAULT_REQUEST_TIMEOUT, ClientOptions
 from petals_ops.lab.local_swarm import default_run_dir
+from petals_ops.util.errors import one_line
 
 
 def swarm_target_options(func=None, *, multiple_models: bool = False):
@@ -91,7 +92,7 @@ class DirPath(click.Path):
         try:
             resolved = Path(value).expanduser().resolve()
         except (RuntimeError, OSError) as e:  # RuntimeError: Python 3.11's "Symlink loop from ..."
-            self.fail(f"{value!r} cannot be resolved ({' '.join(str(e).split())[:100]}): "
+            self.fail(f"{value!r} cannot be resolved ({one_line(e, 100)}): "
                       "a symlink loop? pass a real directory", param, ctx)
         if resolved.exists() and not resolved.is_dir():
             self.fail(f"{value!r} is not a directory", param, ctx)

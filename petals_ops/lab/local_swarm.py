@@ -302,7 +302,7 @@ def up(
         run_dir = Path(given).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
     except (RuntimeError, OSError) as e:  # RuntimeError: a symlink loop (Python 3.11)
-        raise InputError(f"the swarm dir {given} cannot be used ({' '.join(str(e).split())[:120]})",
+        raise InputError(f"the swarm dir {given} cannot be used ({one_line(e, 120)})",
                          fix="pass --swarm-dir DIR, a directory (not a file or a symlink loop)") from e
     with _up_lock(run_dir):
         return _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_progress, delays_ms)

@@ -256,7 +256,7 @@ def test_a_resume_with_other_weights_under_the_same_path_is_refused(tmp_path, ti
         data = json.loads((run / name).read_text())
         (data["config"] if name == "summary.json" else data)["model"].pop("weights_sha256")
         (run / name).write_text(json.dumps(data))
-    assert report.load_run(run)[0]["scored"] == 2
+    assert report.load_run(run)[0].scored == 2
     _run(run, "cot", limit=2, model=str(model))
     assert json.loads(config_path.read_text())["model"]["weights_sha256"] == weights_sha256(model) != pinned
-    assert report.load_run(run)[0]["config"]["model"]["weights_sha256"] == weights_sha256(model)
+    assert report.load_run(run)[0].config["model"]["weights_sha256"] == weights_sha256(model)

@@ -351,11 +351,12 @@ def test_bad_config_json_on_resume_is_one_line(tmp_path):
 def test_plot_of_runs_without_scored_questions_warns_nothing(tmp_path):
     import warnings
 
+    from petals_ops.bench.records import RunSummary
     from petals_ops.bench.report import plot
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        plot([{**_summary(), "accuracy": None, "scored": 0}], tmp_path / "p.png")
+        plot([RunSummary.from_dict({**_summary(), "accuracy": None, "scored": 0})], tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
 
 

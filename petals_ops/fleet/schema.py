@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Callable, Literal
 
 from pydantic import (
     AfterValidator,
@@ -58,6 +58,17 @@ MAX_PATH = 4096
 MAX_TEXT = 4096
 
 
+def _matching(pattern: re.Pattern, problem: str) -> Callable[[str], str]:
+    """A check that a value matches ``pattern`` (else ``ValueError(problem)``, named by the caller)."""
+
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(problem)
+        return value
+
+    return check
+
+
 def _no_control(value: str, what: str) -> str:
     if _CONTROL_RE.search(value):
         raise ValueError(f"{what} holds a control character (a newline, tab or escape)")
@@ -96,17 +107,11 @@ def _ip(value: str) -> str:
     return value
 
 
-def _user(value: str) -> str:
-    if not _USER_RE.match(value):
-        raise ValueError("is not a user name (letters, digits, '_', '.', '-'; at most 32)")
-    return value
+_user = _matching(_USER_RE, "is not a user name (letters, digits, '_', '.', '-'; at most 32)")
 
 
-def _env_name(value: str) -> str:
-    if not _ENV_NAME_RE.match(value):
-        raise ValueError("is not an environment variable name (letters, digits and '_', not starting "
-                         "with a digit)")
-    return value
+_env_name = _matching(_ENV_NAME_RE, "is not an environment variable name (letters, digits and '_', "
+                                    "not starting with a digit)")
 
 
 def _image(value: str) -> str:
@@ -125,22 +130,13 @@ def _model(value: str) -> str:
     return value
 
 
-def _dht_prefix(value: str) -> str:
-    if not _PREFIX_RE.match(value):
-        raise ValueError("is not a DHT prefix (letters, digits, '.', '_', '-', '/'; at most 128)")
-    return value
+_dht_prefix = _matching(_PREFIX_RE, "is not a DHT prefix (letters, digits, '.', '_', '-', '/'; at most 128)")
 
 
-def _volume_name(value: str) -> str:
-    if not _VOLUME_RE.match(value):
-        raise ValueError("is not a Docker volume name (letters, digits, '_', '.', '-')")
-    return value
+_volume_name = _matching(_VOLUME_RE, "is not a Docker volume name (letters, digits, '_', '.', '-')")
 
 
-def _container_name(value: str) -> str:
-    if not HOST_NAME_RE.match(value):
-        raise ValueError("may hold letters, digits, '.', '_' and '-' only (at most 63)")
-    return value
+_container_name = _matching(HOST_NAME_RE, "may hold letters, digits, '.', '_' and '-' only (at most 63)")
 
 
 def _text(value: str) -> str:

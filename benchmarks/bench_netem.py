@@ -36,27 +36,14 @@ def paper_steps_per_s(delay_ms: float) -> float:
     return 1 / (t0 + (t100 - t0) * delay_ms / 100)
 
 
-class _StepClock:
-    """A transformers streamer that only notes when each token arrives: the gaps are the steps' times."""
-
-    def __init__(self):
-        self.times = []
-
-    def put(self, value) -> None:
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
-
-
 def step_times(loaded, tokens: int) -> list[float]:
     """Seconds of each decoding step after the prompt's (one forward step through the three servers)."""
     from petals_ops.client import generation
 
-    clock = _StepClock()
+    clock = generation.StepClock()
     generation.generate(loaded, PROMPT, max_new_tokens=tokens, streamer=clock)
     gc.collect()
-    return [b - a for a, b in zip(clock.times[1:], clock.times[2:])]  # times[0]: the prompt is handed in
+    return clock.gaps()
 
 
 def main():

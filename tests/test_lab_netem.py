@@ -171,29 +171,16 @@ def _bypassing(swarm) -> list:
             and owner.get((c.raddr.ip, c.raddr.port)) != proxy_pid and c.raddr.port != swarm.dht_port]
 
 
-class _StepClock:
-    """A transformers streamer that notes when each token arrives: the gaps are the decoding steps."""
-
-    def __init__(self):
-        self.times: list[float] = []
-
-    def put(self, value) -> None:
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
-
-
 def _seconds_per_step(loaded, tokens=12, tries=3) -> tuple[float, list[int]]:
     """Median decoding step over ``tries`` greedy generations (robust to the machine's other work)."""
     from petals_ops.client import generation
 
     gaps, ids = [], None
     for _ in range(tries):
-        clock = _StepClock()
+        clock = generation.StepClock()
         out = generation.generate(loaded, "hello swarm, this is", max_new_tokens=tokens, streamer=clock)
         gc.collect()
-        gaps += [b - a for a, b in zip(clock.times[1:], clock.times[2:])]  # times[0]: the prompt
+        gaps += clock.gaps()
         ids = out.new_token_ids[0]
     return statistics.median(gaps), ids
 

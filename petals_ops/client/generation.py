@@ -32,6 +32,23 @@ class Generation:
         return sum(len(ids) for ids in self.new_token_ids)
 
 
+class StepClock:
+    """A transformers streamer that only notes when each token arrives. Its first call carries the prompt,
+    so :meth:`gaps` (token to token, the prefill left out) are the decoding steps' times."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.times[1:], self.times[2:])]
+
+
 class _CallbackStreamer:
     """A transformers streamer that hands each newly decoded piece of text (sequence 0) to ``on_text``."""
 

@@ -469,22 +469,6 @@ def leftovers(rh: Rehearsal) -> list[str]:
     return left
 
 
-class _TokenClock:
-    """A transformers streamer that notes when each new token arrives (the first call carries the prompt)."""
-
-    def __init__(self):
-        self.times: list[float] = []
-
-    def put(self, value) -> None:
-        self.times.append(time.monotonic())
-
-    def end(self) -> None:
-        pass
-
-    def gaps(self) -> list[float]:
-        return [b - a for a, b in zip(self.times[1:], self.times[2:])]  # token to token, the prefill left out
-
-
 def measure_hops(initial_peer: str, work: Path, out: Path, tokens: int, ends: list[int],
                  reps: int = 2) -> None:
     """Greedy per-token latency through 1..len(ends) servers: a client model whose config has ``ends[k-1]``
@@ -506,7 +490,7 @@ def measure_hops(initial_peer: str, work: Path, out: Path, tokens: int, ends: li
             generation.generate(loaded, prompt, max_new_tokens=2)  # warm-up: routes, connections
             gaps = []
             for _ in range(reps):
-                clock = _TokenClock()
+                clock = generation.StepClock()
                 generation.generate(loaded, prompt, max_new_tokens=tokens, streamer=clock)
                 gaps += clock.gaps()
                 gc.collect()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -108,6 +107,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from petals_ops.util import tmpclean
+
     main()
-    sys.stdout.flush()
-    os._exit(0)  # interpreter teardown with the petals client loaded can hang (see tests/conftest.py)
+    tmpclean.exit_now(0)

@@ -111,9 +111,9 @@ def pytest_unconfigure(config):
     after a green run. The CLI does the same (petals_ops.cli.main.main).
     """
     if "petals" in sys.modules and _EXIT_STATUS in config.stash:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(config.stash[_EXIT_STATUS])
+        from petals_ops.util import tmpclean
+
+        tmpclean.exit_now(config.stash[_EXIT_STATUS])
 
 
 _EXIT_STATUS = pytest.StashKey[int]()

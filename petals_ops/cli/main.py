@@ -91,14 +91,8 @@ def main() -> None:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     if "hivemind" in sys.modules:  # a failed p2pd start, or a client still open, leaves its sockets in /tmp
         tmpclean.remove_stale_sockets(sockets_before, exiting="petals" in sys.modules)
-    if "petals" in sys.modules:
-        tmpclean.remove_multiprocessing_tempdir()  # multiprocessing's atexit hook, which os._exit skips
-        # The command's work is done and written. Interpreter teardown with the petals client loaded can
-        # hang for ever (a petals/hivemind __del__ waits on an event loop that is already stopped; seen
-        # after a finished 'generate'), so end the process here instead of risking a stuck command.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    if "petals" in sys.modules:  # the command's work is done and written: no teardown that can hang
+        tmpclean.exit_now(code)
     sys.exit(code)
 
 

@@ -504,6 +504,7 @@ if __name__ == "__main__":  # python -m petals_ops.lab.rehearsal hops PEER WORKD
     if sys.argv[1:2] == ["hops"]:
         measure_hops(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]),
                      [int(a) for a in sys.argv[6:]])
-        sys.stdout.flush()
-        os._exit(0)  # interpreter teardown with the petals client loaded can hang
+        from petals_ops.util import tmpclean
+
+        tmpclean.exit_now(0)
     sys.exit("usage: python -m petals_ops.lab.rehearsal hops PEER WORKDIR OUT TOKENS END...")

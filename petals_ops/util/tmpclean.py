@@ -16,6 +16,7 @@ import glob
 import os
 import re
 import socket
+import sys
 from contextlib import suppress
 
 SOCKET_GLOB = "/tmp/hivemind-p2p*.sock"
@@ -160,3 +161,14 @@ def remove_multiprocessing_tempdir() -> None:
     tempdir = multiprocessing.current_process()._config.get("tempdir")
     if tempdir and os.path.basename(tempdir).startswith("pymp-"):
         shutil.rmtree(tempdir, ignore_errors=True)
+
+
+def exit_now(code: int) -> None:
+    """End this process at once, after what ``os._exit`` skips that matters here: multiprocessing's
+    ``pymp-*`` dir and the output buffers. Interpreter teardown with the petals client loaded can hang for
+    ever (a petals/hivemind ``__del__`` waits on an event loop that is already stopped), so every process
+    that loaded it (the CLI, the test session, the lab's and benchmarks' scripts) ends through here."""
+    remove_multiprocessing_tempdir()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -168,19 +168,23 @@ class Browser:
         if not CHROMIUM:
             raise RuntimeError("chromium is not installed "
                                "(apt-get install chromium; ./install.sh --system does)")
-        self.profile = Path(tempfile.mkdtemp(prefix="petals-ops-chromium-"))
-        self.log = self.profile.parent / f"{self.profile.name}.log"
+        # one dir for all it writes (profile, log, and its own TMPDIR files): close removes it whole
+        self.root = Path(tempfile.mkdtemp(prefix="petals-ops-chromium-"))
+        self.profile, self.log, tmp = self.root / "profile", self.root / "chromium.log", self.root / "tmp"
+        tmp.mkdir()
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, "TMPDIR": str(tmp)},
             )
         port_file = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not (port_file.is_file() and len(port_file.read_text().split()) >= 2):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = self.log.read_text(errors="replace")[-1500:]
                 self.close()
-                raise RuntimeError(f"chromium did not start: {self.log.read_text()[-1500:]}")
+                raise RuntimeError(f"chromium did not start: {log}")
             time.sleep(0.1)
         self.port = int(port_file.read_text().split()[0])
 
@@ -202,7 +206,7 @@ class Browser:
                 self.proc.wait(5)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # renderer and GPU helpers left in the group, if any
-        shutil.rmtree(self.profile, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -98,6 +98,12 @@ def gsm8k_dir() -> Path:
     return path
 
 
+def pytest_configure(config):
+    from petals_ops.util import tmpclean
+
+    config.stash[_SOCKETS_BEFORE] = tmpclean.hivemind_sockets()
+
+
 def pytest_sessionfinish(session, exitstatus):
     session.config.stash[_EXIT_STATUS] = int(exitstatus)
 
@@ -108,12 +114,16 @@ def pytest_unconfigure(config):
 
     Tests load the petals client in-process; interpreter teardown with it loaded can hang for ever (a
     petals/hivemind ``__del__`` waits on an event loop that is already stopped), which would stall CI
-    after a green run. The CLI does the same (petals_ops.cli.main.main).
+    after a green run. The CLI does the same (petals_ops.cli.main.main), and like it leaves no hivemind
+    socket of the in-process clients behind.
     """
-    if "petals" in sys.modules and _EXIT_STATUS in config.stash:
-        from petals_ops.util import tmpclean
+    from petals_ops.util import tmpclean
 
+    if "hivemind" in sys.modules and _SOCKETS_BEFORE in config.stash:
+        tmpclean.remove_stale_sockets(config.stash[_SOCKETS_BEFORE], exiting="petals" in sys.modules)
+    if "petals" in sys.modules and _EXIT_STATUS in config.stash:
         tmpclean.exit_now(config.stash[_EXIT_STATUS])
 
 
 _EXIT_STATUS = pytest.StashKey[int]()
+_SOCKETS_BEFORE = pytest.StashKey[set]()

@@ -89,6 +89,13 @@ def arith_swarm(swarm_factory):
 
 
 @pytest.fixture(scope="session")
+def delayed_swarm(swarm_factory):
+    """A local swarm of 3 servers whose emulated round trips are 0, 0 and 80 ms (the third is the slow hop),
+    shared by the tests that measure or name a slow hop. Read-only: inject no faults into it."""
+    return swarm_factory(servers=3, delays_ms=[0, 0, 80])
+
+
+@pytest.fixture(scope="session")
 def gsm8k_dir() -> Path:
     """The GSM8K copy packaged in the checkout (petals_ops/data/gsm8k), never anything outside it."""
     path = REPO / "petals_ops" / "data" / "gsm8k"

@@ -185,3 +185,70 @@ def print_block_map(snap, own: set[str] = frozenset()) -> None:
 
     terminal.show(inert_text(f"block map of {snap.dht_prefix}"), style="italic")
     terminal.show(block_map(snap, own))
+
+
+@swarm.command("trace")
+@swarm_target_options
+@click.option("--route", "routes", multiple=True, metavar="PEER,PEER,...",
+              help="Trace the chain through exactly these servers (peer id prefixes or suffixes, 4+ "
+                   "characters); repeatable.")
+@click.option("--server", "through", multiple=True, metavar="PEER",
+              help="Trace only routes through this server; repeatable.")
+@click.option("--max-routes", default=4, show_default=True, type=int,
+              help="Routes to trace at most (1..16).")
+@click.option("--steps", default=8, show_default=True, type=int,
+              help="Greedy decoding steps per route (1..64).")
+@click.option("--timeout", default=120.0, show_default=True, type=POSITIVE,
+              help="Seconds for the whole trace; routes left when it is spent are reported as skipped.")
+@click.option("--request-timeout", default=20.0, show_default=True, type=POSITIVE,
+              help="Seconds the client waits for one server's answer.")
+@OUTPUT_OPTION
+def trace(initial_peers, model, dht_prefix, num_blocks, swarm_dir, routes, through, max_routes, steps,
+          timeout, request_timeout, output):
+    """Where each step's time goes: a short canary generation pinned through one route at a time.
+
+    \b
+    Per hop: the server, its blocks, the time per step spent there (measured on the client), the
+    rpc_info round trip to it (measured: the network estimate) and the rest (inferred: the server's
+    queue and compute); per route: steps/s end to end and petals' retries. Names the slowest hop.
+    Exit code 0 when every route was traced, 3 when some failed, 1 when none could be.
+    """
+    from petals_ops.lab.target import resolve_target
+    from petals_ops.swarm import trace as tracing
+    from petals_ops.util.errors import EXIT_PARTIAL
+
+    tracing.check_bounds(steps=steps, max_routes=max_routes, timeout=timeout)
+    target = resolve_target(initial_peers, model, dht_prefix=dht_prefix, num_blocks=num_blocks,
+                            run_dir=swarm_dir)
+    route_peers = [[p for p in r.replace(" ", ",").split(",") if p] for r in routes]
+    report = tracing.trace_routes(target.initial_peers, target.model, routes=route_peers, through=through,
+                                  max_routes=max_routes, steps=steps, timeout=timeout,
+                                  request_timeout=request_timeout)
+    if output == "json":
+        terminal.json(report.to_dict())
+    else:
+        _print_trace(report)
+    tracing.require_some_route(report)
+    if not all(r.ok for r in report.routes):
+        raise SystemExit(EXIT_PARTIAL)
+
+
+def _print_trace(report) -> None:
+    def ms(seconds):
+        return "" if seconds is None else f"{seconds * 1000:.1f}"
+
+    for i, route in enumerate(report.routes):
+        chain = " → ".join(f"…{h.peer_id[-6:]}[{h.start}:{h.end}]" for h in route.route)
+        rate = f"{route.steps_per_second:.2f} steps/s" if route.steps_per_second else "no steps"
+        title = f"route {i + 1}: {chain}: {rate}, {route.retries} retries"
+        rows = [[h.peer_id, h.public_name or "", h.blocks, ms(h.seconds), ms(h.network_seconds),
+                 ms(h.server_seconds), h.steps, h.failures] for h in route.hops]
+        if route.ok:
+            rows.append(["(client)", "", "", ms(route.client_seconds), "", "", route.steps, ""])
+        terminal.table(["server", "name", "blocks", "ms/step", "network ms (rpc_info, measured)",
+                        "server ms (inferred)", "steps", "failed"], rows, title=title)
+        if route.error:
+            terminal.echo(printable(f"route {i + 1} failed: {route.error}"))
+    slowest = report.slowest_hop
+    if slowest is not None:
+        terminal.echo(printable(f"slowest hop: {slowest.evidence}"))

@@ -11,10 +11,13 @@ module the CLI loads for ``--help``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pkgutil
+import time
 import types
+from typing import Sequence
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("BITSANDBYTES_NOWELCOME", "1")
@@ -100,6 +103,88 @@ def on_each_answer(model, on_peer) -> None:
     manager.on_request_success = on_success
 
 
+def pin_servers(model, peers: "Sequence[str] | None", timeout: float = 30.0) -> None:
+    """Route a distributed model's requests through ``peers`` (base58) only, or any server (None), from
+    the next session on: petals' ``ClientConfig.allowed_servers``, changed on the live client (loading a
+    client per route costs a DHT and a p2pd each). The routing table is rebuilt from the DHT now."""
+    manager = model.transformer.h.sequence_manager
+    manager.allowed_servers = None if peers is None else {PeerID.from_base58(p) for p in peers}
+    with manager._thread_start_lock:  # a fresh client starts its updater at its first request
+        if not manager.is_alive():
+            manager._thread.start()
+    manager.update(wait=False)
+    if not manager.ready.wait(timeout=timeout):
+        raise TimeoutError(f"the client's routing table was not rebuilt within {timeout:g} s")
+
+
+_HOP_WATCHERS: dict = {}  # id(a client's config) -> callback, for the one class-level wrapper below
+
+
+def _install_hop_wrapper() -> None:
+    from petals.client.inference_session import _ServerInferenceSession
+
+    if getattr(_ServerInferenceSession.step, "_petals_ops_timed", False):
+        return
+    original = _ServerInferenceSession.step
+
+    def step(self, inputs, *args, **kwargs):
+        watcher = _HOP_WATCHERS.get(id(self.config))
+        if watcher is None:
+            return original(self, inputs, *args, **kwargs)
+        span, tokens = self.span, int(inputs.shape[1])
+        peer, started = span.peer_id.to_base58(), time.perf_counter()
+        try:
+            out = original(self, inputs, *args, **kwargs)
+        except BaseException:
+            watcher(peer, span.start, span.end, tokens, time.perf_counter() - started, False)
+            raise
+        watcher(peer, span.start, span.end, tokens, time.perf_counter() - started, True)
+        return out
+
+    step._petals_ops_timed = True
+    _ServerInferenceSession.step = step
+
+
+@contextlib.contextmanager
+def watch_hops(model, on_hop, on_failure=None):
+    """While inside: ``on_hop(peer_id, start, end, tokens, seconds, ok)`` after each server's part of each
+    inference step of ``model`` (petals' ``_ServerInferenceSession.step``: the client's wall time from
+    sending that server its inputs to holding its outputs, serialization included), and ``on_failure(
+    peer_id or None)`` for each request petals counts as failed (it retries those)."""
+    manager = model.transformer.h.sequence_manager
+    _install_hop_wrapper()
+    key = id(manager.config)
+    original_failure = manager.on_request_failure
+
+    def failed(peer_id):
+        if on_failure is not None:
+            on_failure(peer_id.to_base58() if peer_id is not None else None)
+        return original_failure(peer_id)
+
+    _HOP_WATCHERS[key] = on_hop
+    manager.on_request_failure = failed
+    try:
+        yield
+    finally:
+        _HOP_WATCHERS.pop(key, None)
+        manager.on_request_failure = original_failure
+
+
+def rpc_info_seconds(model, peer_id: str, block_index: int, timeout: float = 5.0) -> float:
+    """Wall time of one ``rpc_info`` call (a small unary request that the server's connection handler
+    answers without the compute queue) from a distributed model's client to ``peer_id``: the network
+    round trip plus the handler's turnaround."""
+    from hivemind.proto import runtime_pb2
+    from petals.server.handler import TransformerConnectionHandler
+
+    manager = model.transformer.h.sequence_manager
+    stub = TransformerConnectionHandler.get_stub(manager.state.p2p, PeerID.from_base58(peer_id))
+    request = runtime_pb2.ExpertUID(uid=manager.block_uids[block_index])
+    started = time.perf_counter()
+    RemoteExpertWorker.run_coroutine(stub.rpc_info(request, timeout=timeout))
+    return time.perf_counter() - started
+
+
 def new_identity() -> tuple[bytes, str]:
     """A fresh libp2p private key (the bytes ``--identity_path`` expects) and its base58 PeerID (for the
     fleet)."""
@@ -171,4 +256,7 @@ __all__ = [
     "new_identity",
     "peer_id_of_identity",
     "petals",
+    "pin_servers",
+    "rpc_info_seconds",
+    "watch_hops",
 ]

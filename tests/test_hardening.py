@@ -138,6 +138,7 @@ BAD_INPUT_PER_COMMAND = {
     "swarm local fault": (["swarm", "local", "fault", "1", "explode"], "fault 'explode' is unknown"),
     "swarm status": (["swarm", "status", "--initial-peers", "garbage", "--model", "x"],
                      "--initial-peers garbage"),
+    "swarm trace": (["swarm", "trace", "--steps", "0"], "--steps 0"),
     "generate": (["generate", "x", "--top-k", "-1"], "--top-k"),
     "demo": (["demo", "--work-dir", "afile"], "'afile' is a file"),
     "exporter": (["exporter", "--listen", "nonsense"], "--listen 'nonsense'"),

@@ -105,10 +105,6 @@ def test_attribution_from_measured_hops():
         trace.require_some_route(trace.TraceReport("m", "m-petals", 3, failed, 1.0))
 
 
-def test_bad_trace_options_are_one_line_errors(run_cli):
-    assert_one_line_error(run_cli("swarm", "trace", "--steps", "0", timeout=60), "--steps 0", code=2)
-
-
 @pytest.mark.swarm
 def test_trace_names_the_delayed_server_and_attributes_its_delay(run_cli, delayed_swarm):
     """0, 0 and 80 ms on the three servers: the delayed one is the slowest hop, its measured network

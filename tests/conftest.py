@@ -56,11 +56,13 @@ def swarm_factory(tmp_path_factory, tiny_model_dir):
 
     started = []
 
-    def start(servers: int = 2, replicas: int = 1, model_dir=None, delays_ms=None):
-        """``delays_ms``: one emulated round trip per server (petals_ops.lab.netem), e.g. [0, 0, 80]."""
+    def start(servers: int = 2, replicas: int = 1, model_dir=None, delays_ms=None, server_settings=None):
+        """``delays_ms``: one emulated round trip per server (petals_ops.lab.netem), e.g. [0, 0, 80];
+        ``server_settings``: run_server options over the local swarm's (local_swarm.SERVER_DEFAULTS)."""
         run_dir = tmp_path_factory.mktemp("swarm")
         swarm = local_swarm.up(run_dir, servers=servers, replicas=replicas,
-                               model_dir=model_dir or tiny_model_dir, timeout=240, delays_ms=delays_ms)
+                               model_dir=model_dir or tiny_model_dir, timeout=240, delays_ms=delays_ms,
+                               server_settings=server_settings)
         started.append(run_dir)
         return swarm
 

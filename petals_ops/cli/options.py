@@ -176,3 +176,23 @@ def retry_options(func=None, *, default_retries: int, unit: str, old_spelling: s
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def probe_option(func):
+    """--probe-timeout / --no-probe: probe the swarm's ONLINE servers and initial peers (reachability)."""
+    func = click.option(
+        "--probe-timeout", default="5s", show_default=True, metavar="DURATION",
+        help="How long each reachability probe (petals' rpc_info on each ONLINE server, a DHT ping of each "
+             "initial peer) waits for an answer, e.g. 5s or 500ms.",
+    )(func)
+    return click.option(
+        "--no-probe", is_flag=True,
+        help="Trust the DHT records: probe nothing (an unreachable server counts as ONLINE).",
+    )(func)
+
+
+def parse_probe_timeout(text: str) -> float:
+    """--probe-timeout as seconds (0.1 s .. 60 s), a one-line error otherwise."""
+    from petals_ops.monitoring.server import parse_duration
+
+    return parse_duration(text, option="--probe-timeout", minimum=0.1, maximum=60.0)

@@ -2,7 +2,7 @@
 
 import click
 
-from petals_ops.cli.options import DIR_PATH, POSITIVE, swarm_target_options
+from petals_ops.cli.options import DIR_PATH, POSITIVE, parse_probe_timeout, probe_option, swarm_target_options
 from petals_ops.cli.terminal import terminal
 from petals_ops.lab.local_swarm import default_run_dir
 from petals_ops.util.output import OUTPUT_OPTION, info
@@ -134,27 +134,36 @@ def local_fault(run_dir, server, action, value):
 
 @swarm.command("status")
 @swarm_target_options
+@probe_option
 @OUTPUT_OPTION
-def status(initial_peers, model, dht_prefix, num_blocks, swarm_dir, output):
+def status(initial_peers, model, dht_prefix, num_blocks, swarm_dir, probe_timeout, no_probe, output):
     """Blocks and servers of a swarm (the local one by default), with a coverage summary.
 
-    Exit code 1 when some block has no ONLINE server (the model cannot serve a forward pass). The block
+    Each server the DHT lists as ONLINE is probed (petals' rpc_info, --probe-timeout) and each initial
+    peer pinged: a server that does not answer is shown "unreachable" and counts for no block. Exit code
+    1 when some block has no reachable ONLINE server (the model cannot serve a forward pass). The block
     map draws one character per block for each server, with a red ✗ under blocks no ONLINE server holds.
     """
     from petals_ops.swarm.health import format_block_ranges, take_snapshot
+    from petals_ops.swarm.reachability import probe_snapshot, summary_lines
     from petals_ops.lab.target import resolve_target
 
+    timeout = parse_probe_timeout(probe_timeout)
     target = resolve_target(initial_peers, model, dht_prefix=dht_prefix, num_blocks=num_blocks,
                             run_dir=swarm_dir)
-    snap = take_snapshot(target.initial_peers, target.model)
+    if no_probe:
+        snap = take_snapshot(target.initial_peers, target.model)
+    else:
+        snap = probe_snapshot(target.initial_peers, target.model, timeout=timeout)
     if output == "json":
         terminal.json(snap.to_dict())
     else:
         terminal.table(
-            ["peer id", "name", "state", "blocks", "throughput", "cache tokens left", "version", "dtype",
-             "quant"],
-            [[s.peer_id, s.public_name, s.state, f"{s.start_block}:{s.end_block}", f"{s.throughput:.1f}",
-              s.cache_tokens_left, s.version, s.torch_dtype, s.quant_type] for s in snap.servers],
+            ["peer id", "name", "state", "reachable", "blocks", "throughput", "cache tokens left", "version",
+             "dtype", "quant"],
+            [[s.peer_id, s.public_name, _state_cell(s), _reach_cell(s), f"{s.start_block}:{s.end_block}",
+              f"{s.throughput:.1f}", s.cache_tokens_left, s.version, s.torch_dtype, s.quant_type]
+             for s in snap.servers],
             title=f"servers of {snap.dht_prefix}",
         )
         print_block_map(snap, own_peer_ids(target.local_run_dir))
@@ -165,8 +174,21 @@ def status(initial_peers, model, dht_prefix, num_blocks, swarm_dir, output):
             f"min {cov['min_online_servers_per_block']} mean {cov['mean_online_servers_per_block']}, "
             f"full forward pass: {'yes' if cov['fully_served'] else 'NO'}"
         ))
+        for line in summary_lines(snap):
+            click.echo(printable(line))
     if not snap.fully_served:
         raise SystemExit(1)
+
+
+def _state_cell(server) -> str:
+    return f"{server.state} (unreachable)" if server.reachable is False else server.state
+
+
+def _reach_cell(server) -> str:
+    r = server.reachability
+    if r is None:
+        return ""
+    return f"yes, {r.latency * 1000:.0f} ms" if r.reachable else f"NO: {r.error}"
 
 
 def own_peer_ids(local_run_dir) -> set[str]:

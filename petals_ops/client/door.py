@@ -185,6 +185,88 @@ def rpc_info_seconds(model, peer_id: str, block_index: int, timeout: float = 5.0
     return time.perf_counter() - started
 
 
+async def _rpc_info_each(peer_ids, timeout, _dht, node) -> dict:
+    """Runs inside the DHT process (module-level so hivemind can pickle it): petals' ``rpc_info`` on each
+    server at once; per peer id (answered, seconds, error text or None)."""
+    import asyncio
+    import time
+
+    from hivemind.proto import runtime_pb2
+
+    async def one(peer: str):
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(node.p2p.call_protobuf_handler(
+                PeerID.from_base58(peer), "TransformerConnectionHandler.rpc_info", runtime_pb2.ExpertUID(),
+                runtime_pb2.ExpertInfo), timeout)
+            return peer, (True, time.perf_counter() - started, None)
+        except asyncio.TimeoutError:
+            return peer, (False, None, f"no answer to rpc_info in {timeout:g} s")
+        except Exception as e:  # noqa: BLE001  a refused dial, an RPC error: the peer's text, capped
+            message = (str(e) or type(e).__name__)[:500]
+            if message == "protocol not supported":  # it answered: a server still registering handlers
+                return peer, (True, time.perf_counter() - started, None)
+            return peer, (False, None, message)
+
+    return dict(await asyncio.gather(*(one(p) for p in peer_ids)))
+
+
+async def _dht_ping_each(addresses, timeout, _dht, node) -> dict:
+    """Runs inside the DHT process: dial each multiaddr and send its node a DHT ping; per address
+    (answered, seconds, error text or None). Dialing the given address first matters for a bootstrap peer
+    that was never reached (its address is then unknown to p2pd); the ping tells a live node from a hung
+    one whose connection is still open."""
+    import asyncio
+    import time
+
+    from hivemind.proto import dht_pb2
+    from hivemind.utils.multiaddr import Multiaddr
+
+    async def one(address: str):
+        started = time.perf_counter()
+        try:
+            maddr = Multiaddr(address)
+            peer = PeerID.from_base58(maddr.value_for_protocol("p2p"))
+
+            async def dial_and_ping():
+                await node.p2p._client.connect(peer, [maddr.decapsulate(Multiaddr(f"/p2p/{peer}"))])
+                request = dht_pb2.PingRequest(peer=node.protocol.node_info)
+                await node.protocol.get_stub(peer).rpc_ping(request, timeout=timeout)
+
+            await asyncio.wait_for(dial_and_ping(), timeout)
+            return address, (True, time.perf_counter() - started, None)
+        except asyncio.TimeoutError:
+            return address, (False, None, f"no answer to a DHT ping in {timeout:g} s")
+        except Exception as e:  # noqa: BLE001  refused, unroutable, a bad address
+            return address, (False, None, (str(e) or type(e).__name__)[:500])
+
+    return dict(await asyncio.gather(*(one(a) for a in addresses)))
+
+
+Answers = dict[str, tuple[bool, float | None, str | None]]  # key -> (answered, latency s, error text)
+
+
+def probe_servers(dht, peer_ids: list[str], timeout: float) -> Answers:
+    """Call petals' ``rpc_info`` (what a client asks a server first) on every peer at once through
+    ``dht``'s node, each bounded by ``timeout`` seconds: peer id -> (answered, latency s, error text).
+    Error texts come from remote peers: sanitize before showing them."""
+    import functools
+
+    if not peer_ids:
+        return {}
+    return dht.run_coroutine(functools.partial(_rpc_info_each, list(peer_ids), float(timeout)))
+
+
+def ping_dht_peers(dht, addresses: list[str], timeout: float) -> Answers:
+    """Dial and DHT-ping each multiaddr (``/ip4/../tcp/../p2p/ID``) at once, each bounded by ``timeout``:
+    address -> (answered, latency s, error text)."""
+    import functools
+
+    if not addresses:
+        return {}
+    return dht.run_coroutine(functools.partial(_dht_ping_each, list(addresses), float(timeout)))
+
+
 def new_identity() -> tuple[bytes, str]:
     """A fresh libp2p private key (the bytes ``--identity_path`` expects) and its base58 PeerID (for the
     fleet)."""
@@ -257,6 +339,8 @@ __all__ = [
     "peer_id_of_identity",
     "petals",
     "pin_servers",
+    "ping_dht_peers",
+    "probe_servers",
     "rpc_info_seconds",
     "watch_hops",
 ]

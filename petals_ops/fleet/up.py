@@ -290,9 +290,12 @@ def wait_online(fleet: Fleet, results: Sequence[HostResult], *, timeout: float,
         for r, row in pending:
             rec = snap.server(row.peer_id) if snap else None
             row.dht_state = rec.state if rec else "absent"
+            if rec is not None and rec.reachable is False:
+                row.dht_state += " (unreachable)"
             blocks_ok = rec is not None and (row.blocks is None
                                              or f"{rec.start_block}:{rec.end_block}" == row.blocks)
-            if not (rec is not None and rec.state == "ONLINE" and blocks_ok):
+            # ONLINE in the DHT is the server's own claim: up also needs it to answer our probe.
+            if not (rec is not None and rec.state == "ONLINE" and rec.reachable is not False and blocks_ok):
                 still.append((r, row))
         pending = still
         if on_progress:
@@ -307,7 +310,7 @@ def wait_online(fleet: Fleet, results: Sequence[HostResult], *, timeout: float,
 
     try:
         done = wait_on_swarm(peers, swarm_model([by_host[r.host] for r in hosts]), step, timeout=timeout,
-                             poll=poll)
+                             poll=poll, probe=True)
     except OpsError as e:  # the swarm cannot be reached at all
         for r, row in pending:
             fail(r, row, e.one_line())

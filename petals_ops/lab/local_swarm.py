@@ -233,7 +233,8 @@ def _python_cmd(*args: str) -> list[str]:
 
 
 def server_command(model: ModelRef, initial_peers: list[str], blocks: tuple[int, int],
-                   identity: Path, ports: tuple[int, int] | None = None) -> list[str]:
+                   identity: Path, ports: tuple[int, int] | None = None, *,
+                   settings: dict | None = None) -> list[str]:
     """The run_server command line of one CPU server of the local swarm.
 
     ``ports``: (listen, announce) behind the network emulation proxy (lab.netem); auto relay is off there
@@ -249,7 +250,7 @@ def server_command(model: ModelRef, initial_peers: list[str], blocks: tuple[int,
     )
     if ports:
         cmd += ["--announce_maddrs", f"/ip4/{LOOPBACK}/tcp/{ports[1]}", "--no_auto_relay"]
-    for option, value in SERVER_DEFAULTS.items():
+    for option, value in {**SERVER_DEFAULTS, **(settings or {})}.items():
         cmd += [f"--{option}", str(value)]
     return cmd
 
@@ -288,11 +289,14 @@ def up(
     timeout: float = 300.0,
     on_progress: ProgressFn | None = None,
     delays_ms: list[float] | None = None,
+    server_settings: dict | None = None,
 ) -> LocalSwarm:
     """Start a DHT and ``servers`` x ``replicas`` CPU servers; return once every server is ONLINE.
 
     ``delays_ms``: emulated round-trip delay of each server (lab.netem's proxy in front of them;
-    see ``netem.plan_delays``); None: no proxy.
+    see ``netem.plan_delays``); None: no proxy. ``server_settings``: run_server options over
+    :data:`SERVER_DEFAULTS` (e.g. ``{"expiration": 240}``: petals' record lifetime, so a frozen server's
+    record outlives a test's checks as it does in a real swarm).
 
     On any failure the processes already started are stopped, so a failed ``up`` leaves nothing behind.
     """
@@ -305,7 +309,8 @@ def up(
         raise InputError(f"the swarm dir {given} cannot be used ({one_line(e, 120)})",
                          fix="pass --swarm-dir DIR, a directory (not a file or a symlink loop)") from e
     with _up_lock(run_dir):
-        return _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_progress, delays_ms)
+        return _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_progress, delays_ms,
+                          server_settings)
 
 
 @contextlib.contextmanager
@@ -336,7 +341,7 @@ def _tiny_model_in(run_dir: Path) -> Path:
 
 
 def _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_progress,
-               delays_ms=None) -> LocalSwarm:
+               delays_ms=None, server_settings=None) -> LocalSwarm:
     running = _running_swarm(run_dir)
     if running is not None:
         raise InputError(
@@ -369,7 +374,7 @@ def _up_locked(run_dir, servers, replicas, model_dir, dht_port, timeout, on_prog
         num_blocks=model.num_blocks, dht_port=port, started_at=time.time(),
     )
     try:
-        _start(swarm, ranges, run_dir, timeout, on_progress, delays_ms)
+        _start(swarm, ranges, run_dir, timeout, on_progress, delays_ms, server_settings)
     except BaseException:
         stop(swarm)
         tmpclean.remove_swarm_tempdir(swarm.run_dir)
@@ -392,7 +397,7 @@ def _launch(swarm: LocalSwarm, name: str, role: str, cmd: list[str],
 
 
 def _start(swarm: LocalSwarm, ranges, run_dir: Path, timeout: float, on_progress: ProgressFn | None,
-           delays_ms: list[float] | None = None) -> None:
+           delays_ms: list[float] | None = None, server_settings: dict | None = None) -> None:
     started = time.monotonic()
     dht = _launch(
         swarm, "dht", "dht",
@@ -408,7 +413,7 @@ def _start(swarm: LocalSwarm, ranges, run_dir: Path, timeout: float, on_progress
         _launch(
             swarm, f"server-{i}", "server",
             server_command(model, swarm.initial_peers, blocks, run_dir / f"server-{i}.id",
-                           ports.get(f"server-{i}")),
+                           ports.get(f"server-{i}"), settings=server_settings),
             blocks=f"{blocks[0]}:{blocks[1]}",
         )
     wait_until_served(swarm, len(ranges), timeout=timeout - (time.monotonic() - started),

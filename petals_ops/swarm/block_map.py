@@ -21,10 +21,11 @@ from rich.text import Text
 from petals_ops.swarm.health import SwarmSnapshot, format_block_ranges
 from petals_ops.util.safe_text import printable
 
-GLYPH = {"ONLINE": "█", "JOINING": "▒", "OFFLINE": "░"}
+GLYPH = {"ONLINE": "█", "JOINING": "▒", "OFFLINE": "░", "UNREACHABLE": "?"}
 ABSENT = "·"
 UNCOVERED = "✗"
-STYLE = {"ONLINE": "green", "JOINING": "yellow", "OFFLINE": "red", ABSENT: "bright_black"}
+STYLE = {"ONLINE": "green", "JOINING": "yellow", "OFFLINE": "red", "UNREACHABLE": "magenta",
+         ABSENT: "bright_black"}
 GROUP = 10  # blocks per group; a space between groups
 NAME_CELLS = 11
 LABEL_CELLS = 1 + NAME_CELLS + 1 + 6 + 1  # ours mark, name, space, peer id tail, space
@@ -49,7 +50,8 @@ def map_rows(snap: SwarmSnapshot, own: frozenset[str] = frozenset(), max_rows: i
     cells: dict[str, list[str]] = {s.peer_id: [ABSENT] * snap.num_blocks for s in snap.servers}
     for block in snap.blocks:
         for peer_id, state in block.servers.items():
-            cells.setdefault(peer_id, [ABSENT] * snap.num_blocks)[block.index] = state
+            shown = "UNREACHABLE" if peer_id in block.unreachable else state  # ONLINE, but did not answer
+            cells.setdefault(peer_id, [ABSENT] * snap.num_blocks)[block.index] = shown
     servers = sorted(snap.servers, key=lambda s: (s.start_block, s.end_block, s.peer_id))
     if len(servers) <= max_rows:
         return [MapRow(_label("*" if s.peer_id in own else " ", s.public_name or "", s.peer_id[-6:]),
@@ -111,8 +113,10 @@ class BlockMap:
         if len(self.rows) > len(shown):
             yield Text(f"… {len(self.rows) - len(shown)} more rows: see the servers table or -o json",
                        style="yellow")
+        unreachable = (f"  {GLYPH['UNREACHABLE']} unreachable (ONLINE in the DHT)"
+                       if snap.unreachable_servers else "")
         yield Text(f"{GLYPH['ONLINE']} ONLINE  {GLYPH['JOINING']} JOINING  {GLYPH['OFFLINE']} OFFLINE  "
-                   f"{ABSENT} not held  * ours", style="bright_black")
+                   f"{ABSENT} not held  * ours{unreachable}", style="bright_black")
         if snap.uncovered_blocks:
             yield Text(f"{UNCOVERED} no ONLINE server: blocks {format_block_ranges(snap.uncovered_blocks)}",
                        style="bold red")

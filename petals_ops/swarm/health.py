@@ -24,6 +24,40 @@ class BadRecordError(OpsError):
 
 STATES = ("OFFLINE", "JOINING", "ONLINE")
 
+# A server announces the round trips it measured to the servers of its next blocks (petals' next_pings,
+# seconds): at most this many entries are kept per server, peer ids of plausible shape only.
+MAX_NEXT_PINGS = 16
+MAX_PING_SECONDS = 3600.0
+_BASE58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
+
+
+@dataclass(frozen=True)
+class Reachability:
+    """One probe of one peer from here (:mod:`petals_ops.swarm.reachability`): did it answer?
+
+    A server is probed with petals' ``rpc_info`` (what a client calls first), a bootstrap peer with a DHT
+    ping. ``reachable is False`` means it did not answer within the probe's timeout (or refused): the
+    server may still announce itself ONLINE in the DHT, but no client gets through to it.
+    """
+
+    reachable: bool
+    latency: float | None  # seconds from the call to the answer; None without an answer
+    error: str | None  # one sanitized line when not reachable, else None
+    probed_at: float  # Unix time of the probe
+
+
+@dataclass(frozen=True)
+class BootstrapPeer:
+    """An initial peer of the swarm (a DHT bootstrap node) and whether it answered a DHT ping."""
+
+    address: str  # the multiaddr as given (--initial-peers, the local swarm, the inventory)
+    peer_id: str
+    reachability: Reachability
+
+    @property
+    def alive(self) -> bool:
+        return self.reachability.reachable
+
 
 @dataclass(frozen=True)
 class ServerRecord:
@@ -43,10 +77,20 @@ class ServerRecord:
     inference_rps: float | None = None
     forward_rps: float | None = None
     network_rps: float | None = None
+    # The round trips (s) the server measured to servers of its next blocks, by peer id (None: its ping
+    # failed); sanitized by next_pings_of(). None when it announces none.
+    next_pings: dict[str, float | None] | None = None
+    # Our probe of it (ONLINE servers only, when the snapshot was probed); None when not probed.
+    reachability: Reachability | None = None
 
     @property
     def num_blocks(self) -> int:
         return self.end_block - self.start_block
+
+    @property
+    def reachable(self) -> bool | None:
+        """True/False: it answered our probe or not; None: not probed (not ONLINE, or no probe ran)."""
+        return None if self.reachability is None else self.reachability.reachable
 
 
 @dataclass(frozen=True)
@@ -54,9 +98,16 @@ class BlockHealth:
     index: int
     uid: str
     servers: dict[str, str]  # peer id -> state
+    unreachable: tuple[str, ...] = ()  # peers announcing ONLINE here that did not answer our probe
 
     @property
     def online(self) -> int:
+        """ONLINE servers that can serve the block: announced ONLINE and not found unreachable."""
+        return sum(state == "ONLINE" and peer not in self.unreachable for peer, state in self.servers.items())
+
+    @property
+    def announced_online(self) -> int:
+        """Servers announcing ONLINE for the block (what the DHT says, reachable or not)."""
         return sum(state == "ONLINE" for state in self.servers.values())
 
 
@@ -69,6 +120,23 @@ class SwarmSnapshot:
     walk_seconds: float
     blocks: list[BlockHealth]
     servers: list[ServerRecord] = field(default_factory=list)
+    # Set when the ONLINE servers were probed (swarm/reachability.py): the probe's timeout in seconds.
+    probe_timeout: float | None = None
+    bootstrap: list[BootstrapPeer] = field(default_factory=list)  # the initial peers' liveness, if probed
+
+    @property
+    def probed(self) -> bool:
+        return self.probe_timeout is not None
+
+    @property
+    def unreachable_servers(self) -> list[ServerRecord]:
+        """Servers announcing ONLINE that did not answer our probe (they count for no block)."""
+        return [s for s in self.servers if s.reachable is False]
+
+    @property
+    def blocks_only_on_unreachable(self) -> list[int]:
+        """Uncovered blocks that some server announces ONLINE: only unreachable servers hold them."""
+        return [b.index for b in self.blocks if b.online == 0 and b.announced_online > 0]
 
     @property
     def online_per_block(self) -> list[int]:
@@ -76,7 +144,8 @@ class SwarmSnapshot:
 
     @property
     def uncovered_blocks(self) -> list[int]:
-        """Blocks with no ONLINE server: any one of them breaks every forward pass."""
+        """Blocks with no ONLINE server (a probed unreachable one does not count): any one of them breaks
+        every forward pass."""
         return [b.index for b in self.blocks if b.online == 0]
 
     @property
@@ -122,10 +191,19 @@ class SwarmSnapshot:
             "mean_online_servers_per_block": round(self.mean_online, 3),
             "fully_served": self.fully_served,
             "servers_by_state": self.servers_by_state(),
+            "probed": self.probed,
+            "unreachable_servers": [s.peer_id for s in self.unreachable_servers],
+            "blocks_only_on_unreachable": self.blocks_only_on_unreachable,
+            "bootstrap_alive": sum(p.alive for p in self.bootstrap),
+            "bootstrap_total": len(self.bootstrap),
         }
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        for server, record in zip(data["servers"], self.servers):
+            server["reachable"] = record.reachable
+        for peer, record in zip(data["bootstrap"], self.bootstrap):
+            peer["alive"] = record.alive
         data["coverage"] = self.coverage()
         return data
 
@@ -137,9 +215,21 @@ class SwarmSnapshot:
             num_blocks=data["num_blocks"],
             taken_at=data["taken_at"],
             walk_seconds=data["walk_seconds"],
-            blocks=[BlockHealth(**b) for b in data["blocks"]],
-            servers=[ServerRecord(**s) for s in data["servers"]],
+            blocks=[BlockHealth(**{**b, "unreachable": tuple(b.get("unreachable", ()))})
+                    for b in data["blocks"]],
+            servers=[_server_from_dict(s) for s in data["servers"]],
+            probe_timeout=data.get("probe_timeout"),
+            bootstrap=[BootstrapPeer(address=p["address"], peer_id=p["peer_id"],
+                                     reachability=Reachability(**p["reachability"]))
+                       for p in data.get("bootstrap") or ()],
         )
+
+
+def _server_from_dict(data: dict[str, Any]) -> ServerRecord:
+    fields = {k: v for k, v in data.items() if k != "reachable"}  # a derived member of to_dict()
+    if fields.get("reachability") is not None:
+        fields["reachability"] = Reachability(**fields["reachability"])
+    return ServerRecord(**fields)
 
 
 def format_block_ranges(blocks: Sequence[int]) -> str:
@@ -172,6 +262,23 @@ def _number(value: Any, kind: type) -> Any:
     if not 0 <= value < float("inf"):  # NaN fails too
         return None
     return kind(value)
+
+
+def next_pings_of(value: Any) -> dict[str, float | None] | None:
+    """A server's announced ``next_pings`` made safe: peer ids of base58 shape (at most 64 characters),
+    round trips finite in 0..:data:`MAX_PING_SECONDS` s (an infinite one, petals' mark of a failed ping,
+    becomes None), at most :data:`MAX_NEXT_PINGS` entries (the smallest peer ids); None if not a mapping."""
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, float | None] = {}
+    for peer in sorted(k for k in value if isinstance(k, str) and 0 < len(k) <= 64 and set(k) <= _BASE58):
+        rtt = value[peer]
+        if isinstance(rtt, bool) or not isinstance(rtt, (int, float)) or rtt != rtt or rtt < 0:
+            continue
+        out[peer] = float(rtt) if rtt <= MAX_PING_SECONDS else None
+        if len(out) >= MAX_NEXT_PINGS:
+            break
+    return out
 
 
 def build_snapshot(model: ModelRef, infos: Sequence[Any], *, taken_at: float,
@@ -207,6 +314,7 @@ def build_snapshot(model: ModelRef, infos: Sequence[Any], *, taken_at: float,
                     inference_rps=_number(server_info.inference_rps, float),
                     forward_rps=_number(server_info.forward_rps, float),
                     network_rps=_number(server_info.network_rps, float),
+                    next_pings=next_pings_of(getattr(server_info, "next_pings", None)),
                 )
         blocks.append(BlockHealth(index=index, uid=info.uid, servers=states))
     for peer_id, record in servers.items():
@@ -290,6 +398,13 @@ class SwarmProbe:
                                     fix="pass --num-blocks N (the model's real block count)")
         except InputError as e:
             raise BadRecordError(e.message, fix=e.fix) from None
+
+    @property
+    def dht(self):
+        """This probe's DHT node (started if needed), for other calls through the door (reachability)."""
+        if self._dht is None:
+            self.start()
+        return self._dht
 
     def connected_peers(self) -> int:
         """How many peers this probe's DHT node is connected to right now (0: the swarm is unreachable)."""

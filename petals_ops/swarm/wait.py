@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from petals_ops.client.models import ModelRef
 from petals_ops.swarm.health import SwarmProbe, SwarmSnapshot
+from petals_ops.swarm.reachability import DEFAULT_TIMEOUT, ReachabilityProbe
 from petals_ops.util.errors import OpsError
 
 # step(snapshot or None, the snapshot's error line or None) -> True when the wait is over
@@ -20,19 +21,25 @@ StepFn = Callable[["SwarmSnapshot | None", "str | None"], bool]
 
 
 def wait_on_swarm(initial_peers: Sequence[str], model: ModelRef, step: StepFn, *, timeout: float,
-                  poll: float = 2.0, tolerate_errors: bool = True) -> bool:
+                  poll: float = 2.0, tolerate_errors: bool = True, probe: bool = False,
+                  probe_timeout: float = DEFAULT_TIMEOUT) -> bool:
     """Snapshot the swarm every ``poll`` seconds and pass it to ``step`` until ``step`` returns True (the
     result is then True) or ``timeout`` seconds have passed (False, after one last step).
 
     One DHT node is started for the whole wait (an :class:`OpsError` when the initial peers cannot be
     reached) and always shut down. A snapshot that fails mid-wait is passed as ``None`` with its error line
     (``tolerate_errors``; otherwise it is raised). ``step`` may raise to stop the wait (a dead server).
+    ``probe``: each snapshot's ONLINE servers are probed (:mod:`petals_ops.swarm.reachability`), so
+    ``step`` can tell a server that answers from one that only announces itself (``reachable is False``).
     """
     deadline = time.monotonic() + timeout
-    with SwarmProbe(initial_peers, model) as probe:
+    with SwarmProbe(initial_peers, model) as swarm_probe:
+        prober = ReachabilityProbe(swarm_probe, timeout=probe_timeout, ttl=0) if probe else None
         while True:
             try:
-                snap, error = probe.snapshot(), None
+                snap, error = swarm_probe.snapshot(), None
+                if prober is not None:
+                    snap = prober.apply([snap])[0]
             except OpsError as e:
                 if not tolerate_errors:
                     raise

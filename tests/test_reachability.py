@@ -1,0 +1,96 @@
+"""Reachability and next_pings, the pure parts: sanitizing what servers announce about their pings, the
+snapshot with probe readings attached (coverage counts only reachable servers), the probe's cache, the
+terminal lines. The real probes run against a real swarm in tests/test_probe_swarm.py."""
+
+from __future__ import annotations
+
+import math
+
+from petals_ops.swarm.health import (MAX_NEXT_PINGS, BlockHealth, BootstrapPeer, Reachability, ServerRecord,
+                                     SwarmSnapshot, next_pings_of)
+from petals_ops.swarm.reachability import ReachabilityProbe, summary_lines, with_reachability
+
+A, B, C = "QmA1" + "a" * 40, "QmB2" + "b" * 40, "QmC3" + "c" * 40
+
+
+def snapshot(states=None) -> SwarmSnapshot:
+    """4 blocks: A holds 0:2, B 2:4, C 2:4 (JOINING unless told otherwise)."""
+    states = {A: "ONLINE", B: "ONLINE", C: "JOINING", **(states or {})}
+    spans = {A: (0, 2), B: (2, 4), C: (2, 4)}
+    servers = [ServerRecord(p, states[p], *spans[p], 10.0) for p in (A, B, C)]
+    blocks = [BlockHealth(i, f"m.{i}", {p: states[p] for p in spans if spans[p][0] <= i < spans[p][1]})
+              for i in range(4)]
+    return SwarmSnapshot("m", "m-petals", 4, 1.0, 0.1, blocks, servers)
+
+
+def reading(ok: bool, at: float = 100.0) -> Reachability:
+    return Reachability(ok, 0.01 if ok else None, None if ok else "no answer to rpc_info in 5 s", at)
+
+
+def test_next_pings_are_sanitized():
+    hostile = {
+        B: 0.012, C: math.inf,  # a failed ping: None
+        "Qm<script>": 0.1, "x" * 65: 0.1, 7: 0.1, "": 0.1,  # not a peer id
+        "QmNaN": math.nan, "QmNeg": -1.0, "QmBool": True, "QmStr": "1", "QmHuge": 1e9,
+    }
+    assert next_pings_of(hostile) == {B: 0.012, C: None, "QmHuge": None}
+    assert next_pings_of(None) is None and next_pings_of([1, 2]) is None and next_pings_of("x") is None
+    many = {f"Qm{a}{b}{c}": 0.001 for a in "abcdefghij" for b in "abcdefghij" for c in "abcdefghij"}
+    kept = next_pings_of(many)
+    assert len(kept) == MAX_NEXT_PINGS and list(kept) == sorted(kept)
+
+
+def test_unreachable_server_counts_for_no_block_and_round_trips():
+    snap = snapshot()
+    boot = [BootstrapPeer("/ip4/127.0.0.1/tcp/1/p2p/QmD", "QmD", reading(False))]
+    probed = with_reachability(snap, {A: reading(True), B: reading(False)}, boot, 5.0)
+    assert snap.fully_served and not snap.probed  # the DHT's own view
+    assert probed.probed and not probed.fully_served
+    assert probed.uncovered_blocks == [2, 3] == probed.blocks_only_on_unreachable
+    assert [s.peer_id for s in probed.unreachable_servers] == [B]
+    assert [s.reachable for s in probed.servers] == [True, False, None]  # C is JOINING: not probed
+    assert probed.blocks[2].announced_online == 1 and probed.blocks[2].online == 0
+    data = probed.to_dict()
+    assert [s["reachable"] for s in data["servers"]] == [True, False, None]
+    assert data["coverage"]["unreachable_servers"] == [B]
+    assert data["coverage"]["blocks_only_on_unreachable"] == [2, 3]
+    assert (data["coverage"]["bootstrap_alive"], data["coverage"]["bootstrap_total"]) == (0, 1)
+    assert data["bootstrap"][0]["alive"] is False
+    assert SwarmSnapshot.from_dict(data) == probed
+    # A second reachable copy of 2:4 (C ONLINE and answering) keeps the model served.
+    healed = with_reachability(snapshot({C: "ONLINE"}), {A: reading(True), B: reading(False),
+                                                       C: reading(True)}, [], 5.0)
+    assert healed.fully_served and healed.min_online == 1 and not healed.blocks_only_on_unreachable
+    lines = summary_lines(probed)
+    assert lines[0].endswith(f"unreachable: {B}") and "DEGRADED: blocks 2:4" in lines[1]
+    assert lines[2].startswith("bootstrap peers: 0/1 alive; DOWN /ip4/127.0.0.1/tcp/1/p2p/QmD")
+
+
+class Recorded(ReachabilityProbe):
+    """The cache's logic alone: answers from a table instead of the network (the real probes run in
+    tests/test_probe_swarm.py)."""
+
+    def __init__(self, answers, **kw):
+        self.now = 1000.0
+        super().__init__(None, clock=lambda: self.now, **kw)
+        self.answers, self.asked = answers, []
+
+    def _probe(self, peer_ids):
+        self.asked.append(list(peer_ids))
+        return {p: self.answers[p] for p in peer_ids if p in self.answers}
+
+
+def test_cache_reuses_answers_for_ttl_and_reprobes_failures():
+    probe = Recorded({A: (True, 0.01, None), B: (False, None, "refused\nby\x1b[31m peer")}, timeout=2, ttl=25)
+    first = probe.servers([A, B, C])
+    assert probe.asked == [[A, B, C]] and probe.probed_last == 3
+    assert first[A].reachable and first[A].latency == 0.01 and first[A].probed_at == 1000.0
+    assert not first[B].reachable and first[B].error == "refused by?[31m peer"  # one sanitized line
+    assert first[C].error == "no answer"
+    probe.now += 10
+    second = probe.servers([A, B])
+    assert probe.asked[-1] == [B] and second[A] is first[A]  # A from the cache, B (failed) probed again
+    probe.now += 20  # A's reading is 30 s old: probed again
+    probe.servers([A])
+    assert probe.asked[-1] == [A]
+    assert set(probe._cache) == {A}  # servers gone from the DHT are forgotten

@@ -2,7 +2,7 @@
 
 import click
 
-from petals_ops.cli.options import swarm_target_options
+from petals_ops.cli.options import POSITIVE, swarm_target_options
 from petals_ops.util.output import info
 
 
@@ -16,7 +16,15 @@ from petals_ops.util.output import info
 @click.option("--inventory", type=click.Path(dir_okay=False), default=None, envvar="PETALS_OPS_INVENTORY",
               help="Fleet inventory: also export our containers (running, restarts, last exit code) and "
                    "label our servers with their host.")
-def exporter(initial_peers, model, dht_prefix, num_blocks, swarm_dir, listen, refresh, inventory):
+@click.option("--canary-every", default=None, metavar="DURATION",
+              help="Run a canary generation (a few greedy steps, timed per hop) this often, e.g. 5m; "
+                   "off by default. Needs the model's checkpoint here (--model DIR or the local swarm).")
+@click.option("--canary-timeout", default="60s", show_default=True, metavar="DURATION",
+              help="Longest a canary run may take.")
+@click.option("--canary-slo", default=0.5, show_default=True, type=POSITIVE,
+              help="Steps/s the canary should reach (exported for the PetalsCanarySlow alert).")
+def exporter(initial_peers, model, dht_prefix, num_blocks, swarm_dir, listen, refresh, inventory,
+             canary_every, canary_timeout, canary_slo):
     """Prometheus exporter of swarm health, and a live swarm map page for people.
 
     \b
@@ -32,6 +40,10 @@ def exporter(initial_peers, model, dht_prefix, num_blocks, swarm_dir, listen, re
 
     parse_listen(listen)
     interval = parse_duration(refresh)
+    every = timeout = None
+    if canary_every is not None:
+        every = parse_duration(canary_every, option="--canary-every", minimum=5.0)
+        timeout = parse_duration(canary_timeout, option="--canary-timeout", minimum=1.0)
     targets = [resolve_target(initial_peers, m, dht_prefix=dht_prefix, num_blocks=num_blocks,
                               run_dir=swarm_dir)
                for m in (model or (None,))]
@@ -50,6 +62,11 @@ def exporter(initial_peers, model, dht_prefix, num_blocks, swarm_dir, listen, re
         targets[0].initial_peers, [t.model for t in targets], interval=interval, inventory=inv,
         read_fleet=read_fleet, identities=local_identities(local_dir), rediscover=rediscover,
     )
+    if every is not None:
+        from petals_ops.monitoring.canary import Canary
+
+        refresher.canary = Canary(lambda: refresher.initial_peers, targets[0].model, every=every,
+                                  timeout=timeout, slo=canary_slo)
     running = start_exporter(refresher, listen)
     host, port = running.address
     models = ", ".join(t.model.dht_prefix for t in targets)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 from petals_ops import __version__
+from petals_ops.monitoring.canary import render_canary
 from petals_ops.monitoring.gpu_metrics import render_gpus
 from petals_ops.monitoring.refresher import ExporterState
 from petals_ops.swarm.health import STATES
@@ -160,6 +161,7 @@ def render_state(state: ExporterState) -> list[Metric]:
     build = InfoMetricFamily("petals_exporter_build", "Version of petals-ops serving these metrics")
     build.add_metric([], {"version": __version__})
     fams += [up, interval, refreshes, errors, build]
+    fams += render_canary(state.canary, state.own_hosts)
     if state.refresh_seconds is not None:
         duration = _gauge("petals_exporter_refresh_duration_seconds",
                           "Wall time of the latest refresh's DHT walk")

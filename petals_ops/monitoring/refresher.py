@@ -41,6 +41,7 @@ class ExporterState:
     refreshes: int = 0
     errors: dict[str, int] = field(default_factory=lambda: {"swarm": 0, "fleet": 0})
     last_error: str | None = None
+    canary: Any = None  # monitoring.canary.CanaryState; None when the canary is off
 
 
 def load_fleet_api() -> tuple[Callable, Callable]:
@@ -85,9 +86,12 @@ class Refresher:
         identities: dict[str, Path] | None = None,
         startup_timeout: float | None = None,
         rediscover: Callable[[], tuple[Sequence[str], dict[str, Path]]] | None = None,
+        canary: Any = None,
     ):
         """``rediscover``: returns fresh (initial peers, identities), called before each fresh probe after a
-        failure (the local swarm's state: it may have been restarted elsewhere)."""
+        failure (the local swarm's state: it may have been restarted elsewhere). ``canary``: a
+        :class:`petals_ops.monitoring.canary.Canary`, started and stopped with this thread; each published
+        state carries its latest result."""
         if not models:
             raise InputError("no model to monitor", fix="pass --model NAME_OR_DIR (repeatable)")
         self.initial_peers = list(initial_peers)
@@ -100,6 +104,7 @@ class Refresher:
         self.read_fleet = read_fleet
         self.identities = dict(identities or {})
         self.rediscover = rediscover
+        self.canary = canary
         self.refused: list[str] = []  # one line per model whose DHT records the latest walk refused
         self.startup_timeout = startup_timeout or min(30.0, max(5.0, self.interval))
         self._probe: SwarmProbe | None = None
@@ -218,6 +223,7 @@ class Refresher:
             refresh_interval=self.interval, snapshots=snapshots, own_hosts=own, containers=containers,
             gpus=gpus, fleet_ok=fleet_ok, up=up, refresh_seconds=refresh_seconds, last_success=last_success,
             refreshes=old.refreshes + 1, errors=errors, last_error=last_error,
+            canary=self.canary.state if self.canary is not None else None,
         )
         for prepare in self.before_publish:
             try:
@@ -244,6 +250,8 @@ class Refresher:
     def start(self) -> Refresher:
         self._thread = threading.Thread(target=self._run, name="petals-exporter-refresher", daemon=True)
         self._thread.start()
+        if self.canary is not None:
+            self.canary.start()
         return self
 
     def alive(self) -> bool:
@@ -252,6 +260,8 @@ class Refresher:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        if self.canary is not None:
+            self.canary.stop(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
         self._close_probe()

@@ -30,7 +30,7 @@ from petals_ops.client.decoding import (
 )
 from petals_ops.bench.extraction import answers_equal, extract_answer
 from petals_ops.bench.methods import MethodConfig
-from petals_ops.bench.prompts import ZERO_SHOT, PromptSet, load_prompt_file
+from petals_ops.bench.prompts import ZERO_SHOT, PromptSet, Template, load_prompt_file
 from petals_ops.bench.records import QuestionRecord, RunSummary, ScoredPath, is_record
 from petals_ops.bench.store import RunStore, latest_by_id, read_records
 from petals_ops.client.options import ClientOptions
@@ -93,10 +93,12 @@ class Progress:
 def make_config(model, prompt: PromptSet, cfg: MethodConfig, dataset: Dataset, selection: dict,
                 problems: list[Problem]) -> dict:
     """The identity of a run: what must match for a run dir to be resumed."""
+    described = {} if prompt.template.plain else {"template": prompt.template.describe()}
     return {
         "version": CONFIG_VERSION,
         "model": {"name": model.name, "dht_prefix": model.dht_prefix},
-        "prompt": {"id": prompt.prompt_id, "sha256": prompt.sha256, "exemplars": prompt.exemplars},
+        "prompt": {"id": prompt.prompt_id, "sha256": prompt.sha256, "exemplars": prompt.exemplars,
+                   **described},
         "method": cfg.to_dict(),
         "data": {"source": dataset.source, "sha256": dataset.sha256, **selection, "n": len(problems)},
     }
@@ -318,6 +320,7 @@ class BenchParams:
     sample_seed: int = 0
     prompt_file: str | None = None
     zero_shot: bool = False  # no exemplars: 'Q: question\nA:' alone (with --tuned-prompts, say)
+    template: Template = field(default_factory=Template)  # shots, exemplar order, instruction lines
     tuned_prompts: str | None = None  # a tune run dir or prompt file (petals_ops.client.tuned_prompts)
     method: MethodConfig = field(default_factory=MethodConfig)
     run_dir: str = "bench-run"
@@ -333,8 +336,11 @@ class BenchResult:
 
 
 def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None] | None = None,
-              on_record: Callable[[dict, Progress], None] | None = None) -> BenchResult:
-    """Everything ``petals-ops bench gsm8k`` does: validate, connect, resume, run, summarise, report."""
+              on_record: Callable[[dict, Progress], None] | None = None,
+              open_backend: Callable[..., Backend] | None = None) -> BenchResult:
+    """Everything ``petals-ops bench gsm8k`` does: validate, connect, resume, run, summarise, report.
+    ``open_backend``: how to get a backend (default: client.backends.open_backend; a sweep passes one
+    that keeps a single connection for all its runs)."""
     from petals_ops.bench import report
 
     cfg = params.method.validate()
@@ -348,6 +354,7 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         raise InputError("--zero-shot and --prompt-file were both given", fix="pass one of them")
     prompt = ZERO_SHOT if params.zero_shot else \
         load_prompt_file(params.prompt_file or default_prompt_for(params.data))
+    prompt = params.template.apply(prompt)
     tuned = None
     if params.tuned_prompts:
         from petals_ops.client.tuned_prompts import load_prompts
@@ -388,7 +395,8 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         run_info = {"todo": len(todo), "done_before": len(problems) - len(todo), "n": len(problems),
                     "batch_size": None, "batch_note": "nothing to run"}
         if todo:
-            from petals_ops.client.backends import open_backend
+            if open_backend is None:
+                from petals_ops.client.backends import open_backend
 
             peers = target.initial_peers if client.through_swarm else ()
             with open_backend(client.backend, model_ref, peers, prompts=tuned,

@@ -32,6 +32,15 @@ def bench():
                    "the packaged 8-shot set, petals_ops/data/prompts/gsm8k_cot_8shot_petals_ops.txt].")
 @click.option("--zero-shot", is_flag=True,
               help="No exemplars: 'Q: question\\nA:' alone (e.g. with --tuned-prompts).")
+@click.option("--shots", default=None, type=click.IntRange(min=0),
+              help="Use N of the prompt's exemplars (the first N, or a choice seeded by --shots-seed) "
+                   "[default: all]. Part of the prompt's id.")
+@click.option("--shots-seed", default=None, type=SEED, help="Choose the --shots exemplars by this seed.")
+@click.option("--exemplar-order", default=None, type=SEED, metavar="SEED",
+              help="Put the exemplars in an order seeded by SEED [default: as in the file]. Part of the "
+                   "prompt's id.")
+@click.option("--instruction", default="", help="A line of text before every 'Q:' (exemplars and question).")
+@click.option("--answer-instruction", default="", help="A line of text before every question's first 'A:'.")
 @click.option("--tuned-prompts", default=None, type=click.Path(),
               help="A 'petals-ops tune' run dir (or prompt file): the model prepends those prompts; their id "
                    "is part of the run's config and records.")
@@ -60,17 +69,25 @@ def bench():
               help="Paths per inference session [default: all K, fewer if the servers' free cache is short].")
 @click.option("--timeout", default=600.0, show_default=True, type=float, help="Seconds per question attempt.")
 @OUTPUT_OPTION
-def gsm8k(client, retry, data, offset, limit, sample, sample_seed, prompt_file, zero_shot, tuned_prompts,
-          method, method_params, paths, temperature, top_k, max_new_tokens, seed, calculator, run_dir,
-          concurrency, batch_size, timeout, output):
+def gsm8k(client, retry, data, offset, limit, sample, sample_seed, prompt_file, zero_shot, shots, shots_seed,
+          exemplar_order, instruction, answer_instruction, tuned_prompts, method, method_params, paths,
+          temperature, top_k, max_new_tokens, seed, calculator, run_dir, concurrency, batch_size, timeout,
+          output):
     """Run GSM8K with 8-shot CoT (greedy) or Self-Consistency; records go to RUN_DIR as they finish.
 
     Interrupted (Ctrl-C, crash, kill)? Run the same command again: it skips the questions already done.
     With the tiny local-swarm model (random weights) accuracy is near zero by design.
     """
     from petals_ops.bench import report
+    from petals_ops.bench.prompts import Template
     from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
 
+    if shots_seed is not None and shots is None:
+        from petals_ops.util.errors import InputError
+
+        raise InputError("--shots-seed needs --shots N (how many exemplars to choose)", fix="add --shots N")
+    template = Template(shots=shots, shots_seed=shots_seed, order=exemplar_order, instruction=instruction,
+                        answer_instruction=answer_instruction).validate()
     impl = get_method(method)
     cfg = MethodConfig(method=method, paths=paths if paths is not None else impl.default_paths,
                        temperature=temperature, top_k=top_k or None, max_new_tokens=max_new_tokens, seed=seed,
@@ -78,7 +95,8 @@ def gsm8k(client, retry, data, offset, limit, sample, sample_seed, prompt_file, 
     default_run_dir = f"bench-runs/gsm8k-{method}" + ("-calculator" if calculator else "")
     params = BenchParams(
         data=data, offset=offset, limit=limit, sample=sample, sample_seed=sample_seed,
-        prompt_file=prompt_file, zero_shot=zero_shot, tuned_prompts=tuned_prompts, method=cfg,
+        prompt_file=prompt_file, zero_shot=zero_shot, template=template, tuned_prompts=tuned_prompts,
+        method=cfg,
         run_dir=run_dir or default_run_dir, client=client,
         exec=ExecOptions(concurrency=concurrency, retries=retry.retries, timeout=timeout,
                          backoff=retry.backoff, batch_size=batch_size),
@@ -194,3 +212,122 @@ class _BenchProgress:
         self.bar.update(progress.done, acc=acc, **{"tok/s": tps},
                         line=f"[{progress.done}/{progress.total}] {record.id} {state}; acc {acc}, {tps} "
                              f"tokens/s, ETA {eta:.0f} s")
+
+
+class _SweepGroup(click.Group):
+    """``bench sweep SPEC`` runs a sweep (the ``run`` subcommand, named or not); ``bench sweep report``."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@bench.group("sweep", cls=_SweepGroup)
+def sweep():
+    """A grid of bench runs (seeds x shots x exemplar order x prompt set x method x temperature), and its
+    report: `bench sweep SPEC` runs or resumes it, `bench sweep report SWEEP_DIR` reports it."""
+
+
+def _list_option(name, help_text):
+    return click.option(f"--{name.replace('_', '-')}", name, default=None, metavar="A,B,...", help=help_text)
+
+
+@sweep.command("run")
+@click.argument("spec", required=False, type=click.Path(dir_okay=False))
+@client_options
+@retry_options(default_retries=2, unit="question")
+@click.option("--sweep-dir", default=None, type=DIR_PATH,
+              help="Where the sweep's run dirs (runs/NAME), sweep.json and report.md go; the same command "
+                   "resumes [default: bench-sweeps/SPEC's stem, or bench-sweeps/sweep].")
+@click.option("--data", default=None, help="As bench gsm8k --data (spec key data).")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Spec key limit.")
+@_list_option("seeds", "Sampling seeds, the replicates (spec key seeds).")
+@_list_option("shots", "Numbers of exemplars, 'all' for all (spec key shots).")
+@_list_option("orders", "Exemplar orders: seeds, 'file' for as written (spec key orders).")
+@_list_option("temperatures", "Sampling temperatures (spec key temperatures).")
+@click.option("--methods", default=None, metavar="M,M@K,...",
+              help="Methods, '@K' for K paths, e.g. cot,sc@10 (spec key methods).")
+@click.option("--prompts", default=None, metavar="default,FILE,...",
+              help="Prompt files, 'default' for the data's own (spec key prompts; instructions: in a spec).")
+@click.option("--max-new-tokens", default=None, type=click.IntRange(min=1), help="Spec key max_new_tokens.")
+@click.option("--baseline", default=None, help="The configuration the report compares the others with.")
+@click.option("--concurrency", default=1, show_default=True, type=int, help="Questions in flight at once.")
+@click.option("--batch-size", default=None, type=int,
+              help="Paths per inference session [default: all K, fewer if the servers' free cache is short].")
+@click.option("--timeout", default=600.0, show_default=True, type=float, help="Seconds per question attempt.")
+@OUTPUT_OPTION
+def sweep_run(spec, client, retry, sweep_dir, data, limit, seeds, shots, orders, temperatures, methods,
+              prompts, max_new_tokens, baseline, concurrency, batch_size, timeout, output):
+    """Run (or resume) the grid SPEC (YAML; options override its keys): every run an ordinary run dir.
+
+    Interrupted? The same command resumes the whole sweep. At the end, the report is written to the sweep
+    dir (see `bench sweep report`).
+    """
+    from pathlib import Path
+
+    from petals_ops.bench import report, sweep_report
+    from petals_ops.bench import sweep as sweeps
+    from petals_ops.bench.runner import ExecOptions
+
+    overrides = {k: v for k, v in (("data", data), ("limit", limit), ("max_new_tokens", max_new_tokens),
+                                   ("baseline", baseline)) if v is not None}
+    for key, text in (("seeds", seeds), ("shots", shots), ("orders", orders), ("temperatures", temperatures)):
+        if text is not None:
+            overrides[key] = sweeps.option_list(key, text)
+    if methods is not None:
+        overrides["methods"] = sweeps.methods_option(methods)
+    if prompts is not None:
+        overrides["prompts"] = sweeps.prompts_option(prompts)
+    parsed = sweeps.load_spec(spec, overrides)
+    sweep_dir = sweep_dir or f"bench-sweeps/{Path(spec).stem if spec else 'sweep'}"
+    opts = ExecOptions(concurrency=concurrency, retries=retry.retries, timeout=timeout, backoff=retry.backoff,
+                       batch_size=batch_size)
+
+    def on_run(i, total, run):
+        terminal.info(f"[run {i + 1}/{total}] {run.name}")
+
+    def on_result(result):
+        terminal.info(f"  {report.brief(result.summary)}")
+
+    result = sweeps.run_sweep(parsed, sweep_dir, client, opts, on_run=on_run, on_result=on_result)
+    built = sweep_report.build(result.sweep_dir)
+    _show_sweep_report(built, output)
+    if result.errors:
+        from petals_ops.util.errors import PartialFailure
+
+        raise PartialFailure(f"{result.errors} questions of the sweep ended in an error record",
+                             fix="run the same command again to retry them")
+
+
+@sweep.command("report")
+@click.argument("sweep_dir", type=DIR_PATH)
+@click.option("--out", default=None, type=DIR_PATH,
+              help="Where report.md and sweep.png go [default: SWEEP_DIR].")
+@click.option("--baseline", default=None,
+              help="The configuration the others are compared with [default: the spec's baseline, else the "
+                   "first configuration].")
+@OUTPUT_OPTION
+def sweep_report_cmd(sweep_dir, out, baseline, output):
+    """Per configuration: mean accuracy, SD across seeds/orders, 95% CI; each configuration against the
+    baseline on the same questions (exact paired sign-flip test, Holm-corrected); a plot by shots, by
+    order, by method. Works on an unfinished sweep (what has records)."""
+    from petals_ops.bench import sweep_report
+
+    _show_sweep_report(sweep_report.build(sweep_dir, out, baseline), output)
+
+
+def _show_sweep_report(built, output):
+    from petals_ops.bench import sweep_report
+
+    if output == "json":
+        terminal.json(built.to_dict())
+        return
+    terminal.table(sweep_report.STATS_HEADERS, sweep_report.stats_rows(built.stats),
+                   title="Configurations (mean over runs; SD across seeds/orders)")
+    if built.comparisons:
+        terminal.table(sweep_report.PAIR_HEADERS, sweep_report.pair_rows(built.comparisons),
+                       title=f"Against {built.baseline} (exact sign-flip test, Holm-corrected)")
+    if built.missing:
+        terminal.info(f"{len(built.missing)} runs have no records yet: resume the sweep to complete them")
+    terminal.echo(f"report: {built.path}")

@@ -57,6 +57,11 @@ class Method:
     def validate(self, cfg: MethodConfig) -> None:
         """Raise :class:`InputError` for settings this method cannot run with."""
 
+    def samples_for(self, cfg: MethodConfig) -> bool:
+        """Whether this config's paths are sampled (default: :attr:`samples`); a method may sample only
+        with several paths, say. Sampling settings are part of a run's identity only when it samples."""
+        return self.samples
+
     def parse_params(self, items: Sequence[str]) -> tuple[tuple[str, Any], ...]:
         """``NAME=VALUE`` texts (``--param``) read by :attr:`parameters` (MethodConfig.params)."""
         declared = {p.name: p for p in self.parameters}
@@ -81,7 +86,8 @@ class Method:
     def decode_spec(self, cfg: MethodConfig) -> DecodeSpec:
         """How each path is decoded (sampling, token limit, per-step hooks: stop strings, calculator).
         Override to decode otherwise, e.g. to stop a completion that holds several answers elsewhere."""
-        sampling = Sampling(cfg.temperature, cfg.top_k, cfg.seed) if self.samples else Sampling(seed=cfg.seed)
+        sampling = Sampling(cfg.temperature, cfg.top_k, cfg.seed) if self.samples_for(cfg) \
+            else Sampling(seed=cfg.seed)
         return DecodeSpec(sampling=sampling, max_new_tokens=cfg.max_new_tokens,
                           hooks=decode_hooks(cfg.stops, calculator=cfg.calculator))
 
@@ -138,7 +144,7 @@ class MethodConfig:
 
     @property
     def sample(self) -> bool:
-        return self.impl.samples
+        return self.impl.samples_for(self)
 
     def param(self, name: str) -> Any:
         """The value of the method's setting ``name`` (its default when not given)."""
@@ -157,7 +163,7 @@ class MethodConfig:
         if self.paths < 1:
             raise InputError(f"--paths {self.paths} must be at least 1",
                              fix=f"use --paths {method.default_paths}")
-        if method.samples:
+        if self.sample:
             if not self.temperature > 0 or self.temperature == float("inf"):  # also refuses nan
                 raise InputError(f"--temperature {self.temperature} must be a number > 0 for sampling",
                                  fix="use --temperature 0.7")

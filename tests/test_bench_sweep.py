@@ -187,6 +187,22 @@ def test_bad_spec_file_through_the_cli_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "s").exists()  # a refused spec touches nothing
 
 
+def test_dry_run_prints_the_plan_and_an_upper_bound_of_its_steps():
+    from petals_ops.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["bench", "sweep", "--data", "gsm8k:test", "--methods", "cot,sc@10",
+                                      "--seeds", "0,1", "--batch-size", "3", "--concurrency", "2",
+                                      "--dry-run", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["configs"] == ["default/cot/shots=all", "default/sc10/shots=all/T=0.7"]
+    assert plan["cells"] == 4 and plan["runs"] == len(plan["run_names"]) == 3  # cot: one run, both seeds
+    # cot: 1 session per question; sc K=10 in sessions of 3: 4 per question, two seeds
+    assert plan["questions"] == 1319 and plan["sessions"] == 1319 * (1 + 2 * 4)
+    assert plan["steps"] == plan["sessions"] * 256
+    assert plan["days_at_most"] == pytest.approx(plan["steps"] / 0.83 / 2 / 86400)
+
+
 # --- the report's statistics, by hand ---------------------------------------------------------------------
 
 def test_report_spread_ci_and_holm_corrected_paired_tests_by_hand():
@@ -231,7 +247,7 @@ def test_report_spread_ci_and_holm_corrected_paired_tests_by_hand():
 
 # --- a sweep through the swarm, killed and resumed ------------------------------------------------------
 
-QUESTIONS = 3
+QUESTIONS = 2
 SPEC = f"""
 data: arith:test
 limit: {QUESTIONS}

@@ -395,6 +395,31 @@ def plan_sweep(spec: SweepSpec) -> Plan:
     return Plan(cells, list(runs.values()), configs)
 
 
+@dataclass(frozen=True)
+class Estimate:
+    questions: int  # per run
+    runs: int
+    sessions: int  # inference sessions in all (a question's paths in sessions of at most the batch size)
+    steps: int  # decoding steps in all, if every path ran to its token limit (an upper bound)
+
+
+def estimate(spec: SweepSpec, plan: Plan, batch_size: int | None = None) -> Estimate:
+    """What the sweep costs at most, in sequential decoding steps: per run, questions x sessions per
+    question (ceil(paths / batch size); all K in one session without one) x max_new_tokens. Prefill
+    steps and early stops (a path stops at the next 'Q:') are left out: an upper bound on steps, for
+    sizing a run on a real swarm (time = steps / steps per second / questions in flight)."""
+    from petals_ops.bench.data import load_dataset, select
+
+    problems = select(load_dataset(spec.data).problems, offset=spec.offset, limit=spec.limit,
+                      sample=spec.sample, sample_seed=spec.sample_seed)
+    sessions = steps = 0
+    for run in plan.runs:
+        per_question = -(-run.method.paths // min(run.method.paths, batch_size or run.method.paths))
+        sessions += per_question * len(problems)
+        steps += per_question * len(problems) * run.method.max_new_tokens
+    return Estimate(len(problems), len(plan.runs), sessions, steps)
+
+
 # --- running ---------------------------------------------------------------------------------------------
 
 class _SharedBackend:

@@ -256,9 +256,16 @@ def _list_option(name, help_text):
 @click.option("--batch-size", default=None, type=int,
               help="Paths per inference session [default: all K, fewer if the servers' free cache is short].")
 @click.option("--timeout", default=600.0, show_default=True, type=float, help="Seconds per question attempt.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the runs and an upper bound of their decoding steps and time; run nothing.")
+@click.option("--steps-per-second", default=0.83, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="For --dry-run's time: one session's steps/s (0.83: the Petals paper's 14-server "
+                   "BLOOM-176B swarm).")
 @OUTPUT_OPTION
 def sweep_run(spec, client, retry, sweep_dir, data, limit, seeds, shots, orders, temperatures, methods,
-              prompts, max_new_tokens, baseline, concurrency, batch_size, timeout, output):
+              prompts, max_new_tokens, baseline, concurrency, batch_size, timeout, dry_run, steps_per_second,
+              output):
     """Run (or resume) the grid SPEC (YAML; options override its keys): every run an ordinary run dir.
 
     Interrupted? The same command resumes the whole sweep. At the end, the report is written to the sweep
@@ -283,6 +290,10 @@ def sweep_run(spec, client, retry, sweep_dir, data, limit, seeds, shots, orders,
     sweep_dir = sweep_dir or f"bench-sweeps/{Path(spec).stem if spec else 'sweep'}"
     opts = ExecOptions(concurrency=concurrency, retries=retry.retries, timeout=timeout, backoff=retry.backoff,
                        batch_size=batch_size)
+
+    if dry_run:
+        _show_plan(parsed, batch_size, concurrency, steps_per_second, output)
+        return
 
     def on_run(i, total, run):
         terminal.info(f"[run {i + 1}/{total}] {run.name}")
@@ -315,6 +326,26 @@ def sweep_report_cmd(sweep_dir, out, baseline, output):
     from petals_ops.bench import sweep_report
 
     _show_sweep_report(sweep_report.build(sweep_dir, out, baseline), output)
+
+
+def _show_plan(spec, batch_size, concurrency, steps_per_second, output):
+    from petals_ops.bench import sweep as sweeps
+
+    plan = sweeps.plan_sweep(spec)
+    est = sweeps.estimate(spec, plan, batch_size)
+    days = est.steps / steps_per_second / concurrency / 86400
+    if output == "json":
+        terminal.json({"configs": list(plan.configs), "cells": len(plan.cells),
+                       "run_names": [r.name for r in plan.runs], **vars(est),
+                       "steps_per_second": steps_per_second, "concurrency": concurrency,
+                       "days_at_most": days})
+        return
+    terminal.table(["configuration", "runs"],
+                   [[label, str(len({c.run for c in cells}))] for label, cells in plan.configs.items()],
+                   title=f"{len(plan.cells)} grid points, {est.runs} distinct runs of {est.questions} "
+                         "questions")
+    terminal.echo(f"at most {est.steps:,} decoding steps in {est.sessions:,} sessions; at "
+                  f"{steps_per_second:g} steps/s and {concurrency} in flight: at most {days:.1f} days")
 
 
 def _show_sweep_report(built, output):

@@ -50,10 +50,11 @@ class Hop:
 def enumerate_routes(snapshot: SwarmSnapshot, *, max_routes: int = 4,
                      through: Sequence[str] = ()) -> list[list[Hop]]:
     """Distinct chains of ONLINE servers (not found unreachable by a probe) covering blocks 0..num_blocks,
-    at most ``max_routes``, the ones with fewer hops first; ``through``: only chains that use every one of these peers. A server is
-    entered at the block the previous one stopped at and run to its own end (as petals routes), and it
-    must not also hold the block the previous hop started at: petals, pinned to those servers, would
-    skip the previous hop (a chain through exactly its servers is then the route petals takes)."""
+    at most ``max_routes``, the ones with fewer hops first; ``through``: only chains that use every one of
+    these peers. A server is entered at the block the previous one stopped at and run to its own end (as
+    petals routes), and it must not also hold the block the previous hop started at: petals, pinned to
+    those servers, would skip the previous hop (a chain through exactly its servers is then the route
+    petals takes)."""
     servers = sorted((s for s in snapshot.servers if s.state == "ONLINE" and s.reachable is not False),
                      key=lambda s: (-s.end_block, s.start_block, s.peer_id))
     wanted = set(through)

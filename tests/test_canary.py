@@ -14,6 +14,7 @@ from petals_ops.lab.prometheus_lab import PROMTOOL
 from petals_ops.monitoring.canary import CanaryState, check_canary, render_canary
 from petals_ops.swarm.trace import HopRow
 from petals_ops.util.errors import InputError
+from tests.test_monitoring import dashboard_exprs
 
 
 def _samples(families) -> dict:
@@ -82,6 +83,9 @@ def test_exporter_canary_on_the_delayed_swarm(delayed_swarm, prometheus, exporte
 
     prometheus.set_targets([exporter.address])
     prometheus.wait_for("petals_canary_steps_per_second", lambda r: bool(r), 60)
+    time.sleep(3)  # a few samples, for increase()
+    for expr in dashboard_exprs(gpu=None, canary=True):  # the dashboard's canary row has data
+        assert prometheus.query(expr), f"dashboard canary query returned no data: {expr}"
 
     def pending():
         return any(a["labels"]["alertname"] == "PetalsCanarySlow" and a["state"] in ("pending", "firing")

@@ -37,12 +37,13 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
                           cwd=MONITORING)
 
 
-def dashboard_exprs(gpu: bool | None = False) -> list[str]:
+def dashboard_exprs(gpu: bool | None = False, canary: bool = False) -> list[str]:
     """Every PromQL expression of the dashboard (``gpu``: only the GPU row's, False: all but those, None:
-    all), with Grafana's variables given concrete values."""
+    all; ``canary``: only the canary row's, else all but those: the canary is off by default), with
+    Grafana's variables given concrete values."""
     dash = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])
-             if gpu is None or ("_gpu_" in t["expr"]) == gpu]
+             if (gpu is None or ("_gpu_" in t["expr"]) == gpu) and ("petals_canary_" in t["expr"]) == canary]
     return [e.replace("$__rate_interval", "30s").replace("$model", ".*") for e in exprs]
 
 

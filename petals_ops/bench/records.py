@@ -110,6 +110,10 @@ class QuestionRecord:
     finished_at: float
     # the paths the method asked for, round by round (Method.next_paths); a fixed-K method: [K]
     rounds: list[int] = field(default_factory=list)
+    # its cost (bench.cost): requests sent through a route over its sessions, and those times the servers
+    # on each session's route; None in records written before they were counted
+    session_steps: int | None = None
+    server_steps: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # what the method adds (Method.record_extras)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,7 +134,8 @@ class QuestionRecord:
     _DEFAULTS: typing.ClassVar[dict[str, Any]] = {
         "paths": [], "vote": None, "correct": False, "tokens": 0, "seconds": 0.0, "attempts": 0,
         "failures": [], "servers": [], "batches": [], "rounds": [], "error": None, "finished_at": 0.0,
-        "prompt_tokens": 0, "line": 0, "prompt_id": "", "backend": "", "question": "", "method": ""}
+        "prompt_tokens": 0, "line": 0, "prompt_id": "", "backend": "", "question": "", "method": "",
+        "session_steps": None, "server_steps": None}
 
 
 def parse_record(data: Any) -> QuestionRecord | None:
@@ -182,6 +187,9 @@ class RunSummary:
     # --calculator runs: interventions, per question, how often the model's own number was wrong
     # (calculator.summarize_interventions); None without the calculator
     calculator: dict[str, Any] | None = None
+    # paths, tokens, server-steps, wall time, GPU-hours and money per question (bench.cost.run_cost);
+    # None in summaries written before costs were counted
+    cost: dict[str, Any] | None = None
     figures: tuple[Figure, ...] = ()
 
     def figure(self, key: str) -> Any:
@@ -215,7 +223,7 @@ class RunSummary:
         "wall_seconds": 0.0, "tokens_this_invocation": 0, "tokens_per_second": None,
         "questions_per_minute": None, "run": {}, "exec": {}, "servers_served": {}, "swarm": [],
         "written_at": 0.0, "errors": 0, "correct": 0, "accuracy": None, "accuracy_wilson95": [0.0, 1.0],
-        "tokens": 0, "wall_seconds_total": 0.0, "paths": 1, "calculator": None}
+        "tokens": 0, "wall_seconds_total": 0.0, "paths": 1, "calculator": None, "cost": None}
 
 
 @dataclass(frozen=True)

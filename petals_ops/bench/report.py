@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from collections.abc import Sequence
 from pathlib import Path
 
+from petals_ops.bench import cost
 from petals_ops.bench.analysis import CATEGORIES, summarize_categories
 from petals_ops.bench.arithmetic import first_slip, format_fraction
 from petals_ops.bench.calculator import summarize_interventions
@@ -55,7 +56,8 @@ def _previous(run_dir: Path, config: dict) -> RunSummary | None:
 
 
 def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: str | None = None,
-              snapshot=None, run_info: dict | None = None, exec_options=None) -> RunSummary:
+              snapshot=None, run_info: dict | None = None, exec_options=None, gpus: int | None = None,
+              gpu_hour_price: float | None = None) -> RunSummary:
     records = load_records(run_dir, problems)
     ok = [r for r in records if not r.error]
     errors = [r for r in records if r.error]
@@ -80,6 +82,10 @@ def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: 
         tps = qpm = None
     method = cfg.impl
     values = method.summary_figures(ok, cfg)
+    before = (prev.cost if prev is not None else None) or {}
+    online = sum(s.state == "online" for s in snapshot.servers) if snapshot is not None else 0
+    gpus = gpus or online or before.get("gpus") or 1
+    price = gpu_hour_price if gpu_hour_price is not None else before.get("gpu_hour_price")
     summary = RunSummary(
         run_dir=str(run_dir),
         method=cfg.method,
@@ -117,6 +123,7 @@ def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: 
         ],
         written_at=time.time(),
         calculator=summarize_interventions(ok) if cfg.calculator else None,
+        cost=cost.run_cost(ok, wall_seconds=round(wall_before + wall, 3), gpus=gpus, gpu_hour_price=price),
         figures=tuple(Figure(spec, values.get(spec.key)) for spec in method.figures),
     )
     write_json_atomic(run_dir / SUMMARY_FILE, summary.to_dict())
@@ -196,7 +203,8 @@ def _columns(summaries: Sequence[RunSummary]) -> list[FigureSpec]:
 def headers(summaries: Sequence[RunSummary]) -> list[str]:
     """The runs table's headers: the common columns, then those of each figure that is a column."""
     return ["run", "n", "scored", "errors", "accuracy", "Wilson 95%",
-            *(h for spec in _columns(summaries) for h in spec.headers()), "tokens", "wall s", "tokens/s"]
+            *(h for spec in _columns(summaries) for h in spec.headers()), "tokens", "wall s", "tokens/s",
+            *cost.COLUMNS]
 
 
 def table_rows(summaries: Sequence[RunSummary]) -> list[list[str]]:
@@ -211,6 +219,7 @@ def table_rows(summaries: Sequence[RunSummary]) -> list[list[str]]:
             _label(s), str(s.n), str(s.scored), str(s.errors), pct(s.accuracy),
             f"[{pct(s.accuracy_wilson95[0])}, {pct(s.accuracy_wilson95[1])}]", *cells,
             str(s.tokens), f"{s.wall_seconds_total:.1f}", f"{s.tokens_per_second or 0:.1f}",
+            *cost.cells(s.cost),
         ])
     return rows
 
@@ -234,7 +243,7 @@ def _markdown(summaries: Sequence[RunSummary], plot_name: str, title: str, pairs
     notes = {f.key: f"{f.spec.label}: {f.spec.note}." for s in summaries for f in s.figures if f.spec.note}
     lines = [f"# {title}", "",
              "Accuracy = correct / scored questions (error records are counted apart); interval: Wilson 95%.",
-             *notes.values(), "",
+             *notes.values(), cost.NOTE, "",
              "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(summaries)]
     lines += ["", f"![accuracy against paths]({plot_name})", ""]
@@ -249,6 +258,7 @@ def _markdown(summaries: Sequence[RunSummary], plot_name: str, title: str, pairs
                   (f"- invalid paths {pct(s.invalid_path_rate)}, finish reasons {s.finish_reasons}, "
                    f"extraction {s.extraction}")]
         lines += [f"- {f.spec.label}: {f.spec.text(f.value)}" for f in s.figures]
+        lines.append(f"- {cost.describe(s.cost)}")
         calc = s.calculator
         if calc is not None:
             per_q = "n/a" if calc.get("per_question") is None else f"{calc['per_question']:.2f}"
@@ -268,6 +278,10 @@ def _markdown(summaries: Sequence[RunSummary], plot_name: str, title: str, pairs
                   "questions.", "",
                   "| " + " | ".join(PAIR_HEADERS) + " |", "|" + "---|" * len(PAIR_HEADERS)]
         lines += ["| " + " | ".join(row) + " |" for row in pair_rows(pairs)]
+        lines += ["", "What B's answers cost against A's on the same questions (ratios of sums over them; "
+                  "per extra correct: B's extra cost over its extra correct answers, when it has any).", "",
+                  "| " + " | ".join(cost.PAIR_HEADERS) + " |", "|" + "---|" * len(cost.PAIR_HEADERS)]
+        lines += ["| " + " | ".join(row) + " |" for row in pair_cost_rows(pairs)]
         lines.append("")
     return "\n".join(lines)
 
@@ -362,6 +376,7 @@ class Pair:
     b: RunSummary
     comparison: PairedComparison
     excluded: int  # questions of the set not scored in both runs (error records)
+    cost: dict = field(default_factory=dict)  # B's cost against A's on the paired questions (bench.cost)
 
 
 def pair_runs(a: RunSummary, b: RunSummary) -> Pair:
@@ -387,7 +402,9 @@ def pair_runs(a: RunSummary, b: RunSummary) -> Pair:
         raise InputError(f"cannot pair {la} and {lb}: no question was scored in both",
                          fix="resume the runs until they have scored questions")
     comparison = compare_paired({i: ca[i] for i in both}, {i: cb[i] for i in both})
-    return Pair(a, b, comparison, len(ids_a) - len(both))
+    by_id_a, by_id_b = {r.id: r for r in ra}, {r.id: r for r in rb}
+    return Pair(a, b, comparison, len(ids_a) - len(both),
+                cost.pair_cost(by_id_a, by_id_b, both, a.cost, b.cost))
 
 
 PAIR_HEADERS = ["A", "B", "n", "acc A", "acc B", "diff B-A", "95% paired", "both right", "A only", "B only",
@@ -405,8 +422,12 @@ def pair_rows(pairs: Sequence[Pair]) -> list[list[str]]:
     return rows
 
 
-def compare(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
-            pairs: bool = True) -> tuple[Path, list[RunSummary], list[Pair]]:
+def pair_cost_rows(pairs: Sequence[Pair]) -> list[list[str]]:
+    return [[_label(p.a), _label(p.b), *cost.pair_cells(p.cost)] for p in pairs]
+
+
+def compare(run_dirs: Sequence[str | Path], out_dir: str | Path, *, pairs: bool = True,
+            gpu_hour_price: float | None = None) -> tuple[Path, list[RunSummary], list[Pair]]:
     """The side-by-side report of runs; with ``pairs``, each pair (A, B) in the order given is compared
     question by question (all pairs must share the model and the question set)."""
     out = Path(out_dir)
@@ -414,6 +435,8 @@ def compare(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
         raise InputError(f"--out {out_dir} is a bench run dir: the comparison would overwrite its own "
                          f"{REPORT_FILE} and plot", fix="pass another --out (default: bench-report)")
     summaries = [load_run(d)[0] for d in run_dirs]
+    if cost.check_price(gpu_hour_price) is not None:  # every run at this price
+        summaries = [replace(s, cost=cost.priced(s.cost, gpu_hour_price)) if s.cost else s for s in summaries]
     paired = [pair_runs(a, b) for i, a in enumerate(summaries) for b in summaries[i + 1:]] if pairs else []
     out.mkdir(parents=True, exist_ok=True)
     plot(summaries, out / PLOT_FILE)

@@ -151,6 +151,8 @@ class _Attempt:
     servers: set[str] = field(default_factory=set)
     batches: list[int] = field(default_factory=list)  # paths per inference session
     rounds: list[int] = field(default_factory=list)  # paths the method asked for, each time
+    session_steps: int = 0  # requests sent through a route, summed over the sessions (bench.cost)
+    server_steps: int = 0  # the same, each times the servers on its session's route
 
 
 def _decode_rounds(backend: Backend, prompt_ids, problem: Problem, cfg: MethodConfig, batch_size: int,
@@ -176,6 +178,8 @@ def _decode_rounds(backend: Backend, prompt_ids, problem: Problem, cfg: MethodCo
                 raise _Unscorable(f"scoring: {type(e).__name__}: {one_line(e, 300)}") from e
             done.servers.update(out.servers)
             done.batches.append(len(indices))
+            done.session_steps += out.forwards
+            done.server_steps += out.forwards * max(1, len(out.servers))  # local backend: one process
             backend.collect()
     return done
 
@@ -226,7 +230,8 @@ def solve(backend: Backend, prompt: PromptSet, problem: Problem, cfg: MethodConf
         **base, paths=done.paths, vote=vote, correct=answers_equal(vote, problem.gold),
         tokens=sum(p.tokens for p in done.paths), seconds=round(time.monotonic() - started, 3),
         attempts=len(failed) + 1, failures=failures, servers=sorted(done.servers), batches=done.batches,
-        rounds=done.rounds, error=None, finished_at=time.time(), extras=extras)
+        rounds=done.rounds, session_steps=done.session_steps, server_steps=done.server_steps, error=None,
+        finished_at=time.time(), extras=extras)
 
 
 def score_path(path, gold: str) -> ScoredPath:
@@ -326,6 +331,8 @@ class BenchParams:
     run_dir: str = "bench-run"
     client: ClientOptions = field(default_factory=ClientOptions)  # which swarm and model; the petals client
     exec: ExecOptions = field(default_factory=ExecOptions)
+    gpus: int | None = None  # GPUs serving the run, for its cost (bench.cost; default: servers online)
+    gpu_hour_price: float | None = None  # price of one GPU-hour, for its cost (default: none)
 
 
 @dataclass
@@ -343,8 +350,11 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
     that keeps a single connection for all its runs)."""
     from petals_ops.bench import report
 
+    from petals_ops.bench.cost import check_gpus, check_price
+
     cfg = params.method.validate()
     opts = params.exec.validate()
+    check_gpus(params.gpus), check_price(params.gpu_hour_price)
     client = params.client.validate()
     dataset = load_dataset(params.data)
     selection = {"offset": params.offset, "limit": params.limit, "sample": params.sample,
@@ -409,7 +419,8 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         elif on_start:
             on_start(progress, run_info)
         summary = report.summarize(store.run_dir, config, problems, progress=progress, backend=client.backend,
-                                   snapshot=snapshot, run_info=run_info, exec_options=opts)
+                                   snapshot=snapshot, run_info=run_info, exec_options=opts, gpus=params.gpus,
+                                   gpu_hour_price=params.gpu_hour_price)
         report_path = report.write_run_report(store.run_dir, summary)
     finally:
         store.close()

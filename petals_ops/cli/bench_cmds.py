@@ -10,6 +10,12 @@ from petals_ops.cli.terminal import terminal
 from petals_ops.util.output import OUTPUT_OPTION
 
 
+GPU_HOUR_PRICE = click.option(
+    "--gpu-hour-price", default=None, type=float, envvar="PETALS_OPS_GPU_HOUR_PRICE",
+    help="Price of one GPU-hour (any currency): adds cost per question and per correct answer "
+         "(GPU-hours = GPUs x wall time).")
+
+
 @click.group()
 def bench():
     """Experiments through the swarm: GSM8K with Chain-of-Thought and Self-Consistency."""
@@ -68,11 +74,15 @@ def bench():
 @click.option("--batch-size", default=None, type=int,
               help="Paths per inference session [default: all K, fewer if the servers' free cache is short].")
 @click.option("--timeout", default=600.0, show_default=True, type=float, help="Seconds per question attempt.")
+@click.option("--gpus", default=None, type=int,
+              help="GPUs serving the run, for its GPU-hours [default: the servers online at start; "
+                   "1 for the local backend].")
+@GPU_HOUR_PRICE
 @OUTPUT_OPTION
 def gsm8k(client, retry, data, offset, limit, sample, sample_seed, prompt_file, zero_shot, shots, shots_seed,
           exemplar_order, instruction, answer_instruction, tuned_prompts, method, method_params, paths,
           temperature, top_k, max_new_tokens, seed, calculator, run_dir, concurrency, batch_size, timeout,
-          output):
+          gpus, gpu_hour_price, output):
     """Run GSM8K with 8-shot CoT (greedy) or Self-Consistency; records go to RUN_DIR as they finish.
 
     Interrupted (Ctrl-C, crash, kill)? Run the same command again: it skips the questions already done.
@@ -100,6 +110,7 @@ def gsm8k(client, retry, data, offset, limit, sample, sample_seed, prompt_file, 
         run_dir=run_dir or default_run_dir, client=client,
         exec=ExecOptions(concurrency=concurrency, retries=retry.retries, timeout=timeout,
                          backoff=retry.backoff, batch_size=batch_size),
+        gpus=gpus, gpu_hour_price=gpu_hour_price,
     )
     with contextlib.ExitStack() as stack:
         shown = _BenchProgress(stack)
@@ -129,28 +140,31 @@ RUN_JSON_FIELDS = ("run_dir", "method", "paths", "n", "scored", "errors", "accur
 @click.option("--pairs/--no-pairs", default=True, show_default=True,
               help="Compare each pair of runs question by question (paired 95% interval, exact McNemar "
                    "test); needs runs of the same model on the same questions.")
+@GPU_HOUR_PRICE
 @OUTPUT_OPTION
-def report_cmd(run_dirs, out, pairs, output):
+def report_cmd(run_dirs, out, pairs, gpu_hour_price, output):
     """Compare bench runs: side by side, and each pair A B on the same questions.
 
     For a pair, the accuracy difference B - A comes with a paired 95% interval and an exact McNemar
     p-value, from the questions one run got right and the other wrong.
     """
-    from petals_ops.bench import report
+    from petals_ops.bench import cost, report
 
-    path, summaries, paired = report.compare(run_dirs, out, pairs=pairs)
+    path, summaries, paired = report.compare(run_dirs, out, pairs=pairs, gpu_hour_price=gpu_hour_price)
     if output == "json":
         terminal.json({"report": str(path),
                        "runs": [{**{k: getattr(s, k) for k in RUN_JSON_FIELDS},
-                                 **{f.key: f.value for f in s.figures}} for s in summaries],
+                                 **{f.key: f.value for f in s.figures}, "cost": s.cost} for s in summaries],
                        "pairs": [{"a": p.a.run_dir, "b": p.b.run_dir, "excluded": p.excluded,
-                                  **p.comparison.to_dict()}
+                                  **p.comparison.to_dict(), "cost": p.cost}
                                  for p in paired]})
         return
     terminal.table(report.headers(summaries), report.table_rows(summaries),
                    title=f"{report.data_name(summaries)} bench runs")
     if paired:
         terminal.table(report.PAIR_HEADERS, report.pair_rows(paired), title="Paired comparisons (B - A)")
+        terminal.table(cost.PAIR_HEADERS, report.pair_cost_rows(paired),
+                       title="What B's answers cost against A's (same questions)")
     terminal.echo(f"report: {path}")
 
 

@@ -46,9 +46,11 @@ class DecodeSession:
         self._loaded = loaded
         self._session = session  # petals InferenceSession, or None for the local KV cache
         self._past = None
+        self.forwards = 0  # requests sent through the route (prefill chunks and decoding steps): its cost
 
     def forward(self, ids):
         model = self._loaded.model
+        self.forwards += 1
         if self._session is not None:
             out = model.transformer(input_ids=ids)
         else:

@@ -106,6 +106,7 @@ class BatchOutput:
     steps: int
     seconds: float
     servers: list[str] = field(default_factory=list)
+    forwards: int = 0  # requests the session sent through its route: prefill chunks and decoding steps
 
 
 def path_seed(seed: int, question_id: str, path: int) -> int:
@@ -180,6 +181,7 @@ def decode_batch(backend, prompt_ids, path_indices: Sequence[int], spec: DecodeS
             feed = [filler if finish[r] is not None else new_ids[r][-1] for r in range(batch)]
             logits = session.forward(torch.tensor(feed, dtype=torch.long).view(batch, 1))
         servers = session.served_peers
+        forwards = session.forwards
     outputs = []
     for r, index in enumerate(path_indices):
         raw = tok.decode(new_ids[r], skip_special_tokens=True)
@@ -190,7 +192,7 @@ def decode_batch(backend, prompt_ids, path_indices: Sequence[int], spec: DecodeS
                                   finish=finish[r] or "length",
                                   interventions=[n for hook in hooks for n in hook.notes(r)], ids=new_ids[r]))
     return BatchOutput(paths=outputs, prompt_tokens=prompt_len, steps=steps,
-                       seconds=time.monotonic() - started, servers=servers)
+                       seconds=time.monotonic() - started, servers=servers, forwards=forwards)
 
 
 def _next_tokens(logits, sampling: Sampling, generators) -> list[int]:

@@ -8,6 +8,6 @@ on a method's name: they ask the method, and render its figures by their descrip
 """
 
 from petals_ops.bench.methods.base import METHODS, Method, MethodConfig, Parameter, get_method, register
-from petals_ops.bench.methods import cot, multi_answer, sc  # noqa: E402, F401  (registration)
+from petals_ops.bench.methods import adaptive, cot, esc, multi_answer, sc  # noqa: E402, F401  (registration)
 
 __all__ = ["METHODS", "Method", "MethodConfig", "Parameter", "get_method", "register"]

@@ -158,7 +158,7 @@ PAIR_HEADERS = ["A", "B", "extra correct", "paths B/A", "tokens B/A", "server-st
 
 def pair_cells(c: Mapping[str, Any]) -> list[str]:
     """A pair's cost cells (see :data:`PAIR_HEADERS`, after A and B)."""
-    ratio = [f"{number(c.get(k))}x" if c.get(k) is not None else "n/a"
+    ratio = [f"{c[k]:.2f}x" if c.get(k) is not None else "n/a"
              for k in ("paths_ratio", "tokens_ratio", "server_steps_ratio", "gpu_hours_ratio")]
     return [f"{c.get('extra_correct', 0):+d}", *ratio, number(c.get("server_steps_per_extra_correct")),
             number(c.get("gpu_hours_per_extra_correct")), number(c.get("cost_per_extra_correct"))]

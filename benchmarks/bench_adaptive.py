@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""What Self-Consistency costs, and how much adaptive stopping saves: the shipped arithmetic model on the
+held-out set (arith:test, fixed seeds), one table.
+
+Runs CoT, SC with K=10 and K=40, and the adaptive methods (Adaptive-Consistency's Beta rule and ESC's
+windows) at the settings docs/bench.md discusses, each paired with SC@10 on the same questions, and checks
+issue 21's targets:
+1. an adaptive method reaches SC@10's accuracy (paired difference >= -1 point, McNemar p > 0.05) with at
+   most half of SC@10's sampled paths;
+2. at SC@10's sampled-token budget, an adaptive method with a larger maximum K is at least as accurate.
+
+Local backend by default (the same checkpoint in-process: the paths, tokens and server-steps per session
+are those of a swarm run; tested); ``--swarm`` runs everything through a local swarm of 2 CPU servers
+instead (server-steps then count both servers). Run dirs go to ``--work`` and resume there: a second
+invocation with the same ``--work`` only reports.
+
+Usage: .venv/bin/python benchmarks/bench_adaptive.py [--questions 400] [--work DIR] [--swarm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from petals_ops.bench import report  # noqa: E402
+from petals_ops.bench.demo_step import ARITH_SC_TEMPERATURE  # noqa: E402
+from petals_ops.bench.methods import MethodConfig  # noqa: E402
+from petals_ops.bench.paired import compare_paired  # noqa: E402
+from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench  # noqa: E402
+from petals_ops.client.options import ClientOptions  # noqa: E402
+from petals_ops.lab.tiny_model import ARITH_MODEL_DIR  # noqa: E402
+
+TOKENS = 48
+# name: (method, max K, its parameters)
+RUNS = {
+    "cot": ("cot", 1, {}),
+    "sc@10": ("sc", 10, {}),
+    "adaptive K=10 t=0.8": ("adaptive", 10, {"threshold": 0.8}),
+    "esc K=10 w=2": ("esc", 10, {"window": 2}),
+    "adaptive K=10 t=0.95": ("adaptive", 10, {"threshold": 0.95}),
+    "adaptive K=40 t=0.8": ("adaptive", 40, {"threshold": 0.8}),
+    "adaptive K=40 t=0.95": ("adaptive", 40, {"threshold": 0.95}),  # the paper's settings
+    "esc K=40 w=5": ("esc", 40, {"window": 5}),  # the paper's settings
+    "sc@40": ("sc", 40, {}),
+}
+
+
+def run(work: Path, name: str, questions: int, swarm) -> tuple:
+    method, paths, params = RUNS[name]
+    client = ClientOptions(swarm_dir=swarm.run_dir) if swarm else \
+        ClientOptions(backend="local", model=str(ARITH_MODEL_DIR))
+    cfg = MethodConfig(method=method, paths=paths, temperature=ARITH_SC_TEMPERATURE, max_new_tokens=TOKENS,
+                       params=tuple(params.items()))
+    run_dir = work / name.replace(" ", "_").replace("@", "").replace("=", "")
+    result = run_bench(BenchParams(data="arith:test", limit=questions, run_dir=str(run_dir), client=client,
+                                   method=cfg, exec=ExecOptions(concurrency=1)))
+    return report.load_run(result.run_dir)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--questions", type=int, default=400)
+    ap.add_argument("--work", type=Path, default=None, help="run dirs here (resumed) [default: a temp dir]")
+    ap.add_argument("--swarm", action="store_true", help="through a local swarm (2 CPU servers)")
+    ap.add_argument("--only", nargs="*", default=None, help=f"a subset of: {', '.join(RUNS)}")
+    args = ap.parse_args()
+    names = [n for n in RUNS if args.only is None or n in args.only or n in ("sc@10",)]
+    with tempfile.TemporaryDirectory(prefix="bench-adaptive-") as tmp:
+        work = args.work or Path(tmp)
+        swarm = None
+        if args.swarm:
+            from petals_ops.lab import local_swarm
+
+            swarm = local_swarm.up(work / "swarm", servers=2, model_dir=ARITH_MODEL_DIR)
+        try:
+            runs = {}
+            for name in names:
+                runs[name] = run(work, name, args.questions, swarm)
+                s = runs[name][0]
+                print(json.dumps({"run": name, "accuracy": s.accuracy, **{k: s.cost[k] for k in (
+                    "paths", "tokens", "server_steps", "wall_seconds")}}), flush=True)
+        finally:
+            if swarm:
+                from petals_ops.lab import local_swarm
+
+                local_swarm.down(work / "swarm")
+    base_summary, base_records = runs["sc@10"]
+    base = {r.id: bool(r.correct) for r in base_records if not r.error}
+    where = "2-server local swarm" if swarm else "local backend"
+    print(f"\narith:test, {args.questions} questions, {where}, "
+          f"T={ARITH_SC_TEMPERATURE}, top-k 40, --max-new-tokens {TOKENS}; paired with SC@10")
+    head = ("run", "accuracy", "paths/q (median)", "paths", "tokens", "server-steps", "questions/min",
+            "vs SC@10", "McNemar p")
+    rows = []
+    verdict = {}
+    for name, (s, records) in runs.items():
+        c = compare_paired(base, {r.id: bool(r.correct) for r in records if not r.error})
+        k = s.cost
+        verdict[name] = (s, c)
+        rows.append((name, f"{s.correct}/{s.scored} = {100 * s.accuracy:.1f}%",
+                     f"{k['paths_per_question']:.2f} ({k['paths_median']:g})", f"{k['paths']:,}",
+                     f"{k['tokens']:,}", f"{k['server_steps']:,}", f"{s.questions_per_minute or 0:.1f}",
+                     f"{100 * c.diff:+.2f} pts", f"{c.mcnemar_p:.3g}"))
+    widths = [max(len(str(r[i])) for r in (head, *rows)) for i in range(len(head))]
+    for r in (head, *rows):
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+    b = base_summary.cost
+    half = [n for n, (s, c) in verdict.items() if RUNS[n][0] in ("adaptive", "esc")
+            and s.cost["paths"] <= b["paths"] / 2 and c.diff >= -0.01 and c.mcnemar_p > 0.05]
+    budget = [n for n, (s, c) in verdict.items() if RUNS[n][0] in ("adaptive", "esc") and RUNS[n][1] > 10
+              and s.cost["tokens"] <= b["tokens"] and s.correct >= base_summary.correct]
+    print(f"\ntarget 1 (SC@10's accuracy with at most half its {b['paths']:,} paths): "
+          f"{'met by ' + ', '.join(half) if half else 'NOT met'}")
+    print(f"target 2 (at SC@10's {b['tokens']:,} tokens, a larger max K at least as accurate): "
+          f"{'met by ' + ', '.join(budget) if budget else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -83,7 +83,7 @@ def summarize(run_dir: Path, config: dict, problems, *, progress=None, backend: 
     method = cfg.impl
     values = method.summary_figures(ok, cfg)
     before = (prev.cost if prev is not None else None) or {}
-    online = sum(s.state == "online" for s in snapshot.servers) if snapshot is not None else 0
+    online = len({s.peer_id for s in snapshot.servers if s.state == "ONLINE"}) if snapshot is not None else 0
     gpus = gpus or online or before.get("gpus") or 1
     price = gpu_hour_price if gpu_hour_price is not None else before.get("gpu_hour_price")
     summary = RunSummary(

@@ -8,6 +8,8 @@ on a method's name: they ask the method, and render its figures by their descrip
 """
 
 from petals_ops.bench.methods.base import METHODS, Method, MethodConfig, Parameter, get_method, register
-from petals_ops.bench.methods import adaptive, cot, esc, multi_answer, sc  # noqa: E402, F401  (registration)
+from petals_ops.bench.methods import cot, multi_answer, sc  # noqa: E402, F401  (registration)
+# the adaptive ones after: METHODS lists cot first (help, error messages)
+from petals_ops.bench.methods import adaptive, esc  # noqa: E402, F401, I001
 
 __all__ = ["METHODS", "Method", "MethodConfig", "Parameter", "get_method", "register"]

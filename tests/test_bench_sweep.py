@@ -147,6 +147,14 @@ def test_the_grid_shares_runs_that_cannot_differ():
     assert len(names) == 2  # the two orders; both seeds and temperatures share them
 
 
+def test_the_specs_in_the_docs_parse():
+    docs = Path(__file__).parent.parent / "docs" / "sweeps"
+    arith = sweeps.plan_sweep(sweeps.load_spec(docs / "arith-grid.yaml", {}))
+    assert (len(arith.cells), len(arith.runs)) == (72, 36)  # as docs/bench.md says
+    bloom = sweeps.plan_sweep(sweeps.load_spec(docs / "gsm8k-bloom.yaml", {}))
+    assert (len(bloom.cells), len(bloom.runs)) == (72, 48)
+
+
 @pytest.mark.parametrize("change, needle", [
     ({"seed": [1]}, "sweep spec: seed is not a sweep spec key; use data, offset"),
     ({"methods": None}, "sweep spec: methods is None; write methods:"),
@@ -301,6 +309,9 @@ def test_sweep_through_the_swarm_killed_resumed_equals_runs_one_by_one(arith_swa
                       timeout=400)
     assert resumed.returncode == 0, resumed.stderr
     assert "[run 4/4]" in resumed.stderr
+    # the first run is only read, the second resumes after its record(s), the last two start
+    assert f"{QUESTIONS} of {QUESTIONS} questions already done; 0 to run" in resumed.stderr
+    assert f"0 of {QUESTIONS} questions already done; {QUESTIONS} to run" in resumed.stderr
     for run in plan.runs:  # every question once, through the swarm
         records = read_records(sweep_dir / sweeps.RUNS_DIR / run.name)
         assert sorted(r["id"] for r in records) == [f"arith-test:{i}" for i in range(1, QUESTIONS + 1)]
@@ -323,9 +334,11 @@ def test_sweep_through_the_swarm_killed_resumed_equals_runs_one_by_one(arith_swa
         assert config["prompt"]["template"]["answer_instruction"] == "Worked answers:"
         assert "+instr@" in config["prompt"]["id"] and config["prompt"]["exemplars"] == 2
 
-    report = run_cli("bench", "sweep", "report", sweep_dir, "-o", "json")
-    assert report.returncode == 0, report.stderr
-    data = json.loads(report.stdout)
+    from petals_ops.cli.main import cli
+
+    report = CliRunner().invoke(cli, ["bench", "sweep", "report", str(sweep_dir), "-o", "json"])
+    assert report.exit_code == 0, report.output
+    data = json.loads(report.output)
     assert [c["label"] for c in data["configs"]] == list(plan.configs)
     assert all(c["runs"] == 2 and c["n"] == QUESTIONS for c in data["configs"])
     (comp,) = data["comparisons"]

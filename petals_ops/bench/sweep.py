@@ -422,6 +422,28 @@ def estimate(spec: SweepSpec, plan: Plan, batch_size: int | None = None) -> Esti
 
 # --- running ---------------------------------------------------------------------------------------------
 
+def preflight(spec: SweepSpec, plan: Plan) -> None:
+    """What would fail in some run, checked before the sweep dir is touched: the data and its selection,
+    every prompt file, and every template on its prompt (e.g. more shots than exemplars)."""
+    from petals_ops.bench.data import default_prompt_for, load_dataset, select
+    from petals_ops.bench.prompts import load_prompt_file
+
+    select(load_dataset(spec.data).problems, offset=spec.offset, limit=spec.limit, sample=spec.sample,
+           sample_seed=spec.sample_seed)
+    prompts = {}
+    for run in plan.runs:
+        key = run.prompt.label
+        if key not in prompts:
+            try:
+                prompts[key] = load_prompt_file(run.prompt.file or default_prompt_for(spec.data))
+            except InputError as e:
+                raise _bad(f"prompts.{key}.file", f"is refused: {e.message}", fix=e.fix or "") from None
+        try:
+            run.template.apply(prompts[key])
+        except InputError as e:
+            raise _bad("shots", f"is refused for prompts.{key}: {e.message}", fix=e.fix or "") from None
+
+
 class _SharedBackend:
     """``open_backend`` for run_bench: the first run that has work opens the backend, the others reuse it."""
 
@@ -480,6 +502,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, client: ClientOptions, exe
     plan = plan_sweep(spec)
     exec_options.validate()
     client.validate()
+    preflight(spec, plan)
     lock = SweepLock(sweep_dir).acquire()
     shared = _SharedBackend()
     results = []

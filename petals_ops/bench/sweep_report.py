@@ -311,6 +311,7 @@ def plot(data: SweepData, present: Mapping[str, list[str]], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     acc = {name: sum(r.values()) / len(r) for name, r in data.runs.items()}
     fig, (by_shots, by_order, by_method) = plt.subplots(1, 3, figsize=(15, 4.4), dpi=100)
@@ -327,6 +328,7 @@ def plot(data: SweepData, present: Mapping[str, list[str]], path: Path) -> Path:
             stats = [mean_sd(points[x]) for x in xs]
             by_shots.errorbar(xs, [100 * m for m, _ in stats], yerr=[100 * (sd or 0) for _, sd in stats],
                               marker="o", capsize=3, label=key)
+        by_shots.xaxis.set_major_locator(MaxNLocator(integer=True))
         by_shots.set_xlabel("exemplars in the prompt (shots)")
         by_shots.set_title("accuracy by shots")
 

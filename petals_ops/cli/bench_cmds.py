@@ -309,13 +309,24 @@ def sweep_run(spec, client, retry, sweep_dir, data, limit, seeds, shots, orders,
         _show_plan(parsed, batch_size, concurrency, steps_per_second, output)
         return
 
+    shown = {}  # the current run's progress bar (closed when the run ends)
+
     def on_run(i, total, run):
         terminal.info(f"[run {i + 1}/{total}] {run.name}")
+        shown["stack"] = contextlib.ExitStack()
+        shown["bar"] = _BenchProgress(shown["stack"])
 
     def on_result(result):
+        shown.pop("stack").close()
         terminal.info(f"  {report.brief(result.summary)}")
 
-    result = sweeps.run_sweep(parsed, sweep_dir, client, opts, on_run=on_run, on_result=on_result)
+    try:
+        result = sweeps.run_sweep(parsed, sweep_dir, client, opts, on_run=on_run, on_result=on_result,
+                                  on_start=lambda *a: shown["bar"].start(*a),
+                                  on_record=lambda *a: shown["bar"].record(*a))
+    finally:
+        if "stack" in shown:
+            shown.pop("stack").close()
     built = sweep_report.build(result.sweep_dir)
     _show_sweep_report(built, output)
     if result.errors:

@@ -1,13 +1,16 @@
 """Reachability on a real swarm of our own (issue 19): a frozen server is "unreachable" everywhere we show
-state, and recovers after SIGCONT with nothing of ours restarted.
+state (`swarm status`, the exporter's metrics, the map page in Chromium, an alert pending in a real
+Prometheus) and recovers after SIGCONT with nothing of ours restarted; a dead initial peer shows as a
+bootstrap peer down (liveness 0, alert pending) while the swarm keeps working.
 
-One swarm (2 servers, blocks 0:2 and 2:4) that only this module mutates; one real-swarm test carries all
-the checks that need the frozen server, so the (slow) setup is paid once.
+One swarm (2 servers, blocks 0:2 and 2:4) that only this module mutates, one exporter on it given a dead
+initial peer besides the real one; one test carries all the checks, so the slow setup is paid once.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -16,6 +19,8 @@ from petals_ops.lab import netem
 pytestmark = pytest.mark.swarm
 
 PROBE = ["--probe-timeout", "2s"]
+# A well-formed initial peer nobody listens on (port 9, discard): a bootstrap node that is down.
+DEAD_PEER = "/ip4/127.0.0.1/tcp/9/p2p/QmXpZBvo9uYvxGVfs2uAzi3TsSfKpqv9jhjZv2AEtBvQcL"
 
 
 @pytest.fixture(scope="module")
@@ -30,31 +35,73 @@ def _status(run_cli, swarm, *extra):
     return run_cli("swarm", "status", "--swarm-dir", swarm.run_dir, *PROBE, *extra, timeout=180)
 
 
-def test_frozen_server_is_unreachable_then_recovers(probed_swarm, run_cli):
+def reachable(exporter) -> dict[str, float]:
+    """peer id -> petals_server_reachable, from one scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {s.labels["peer_id"]: s.value for f in text_string_to_metric_families(exporter.metrics())
+            for s in f.samples if s.name == "petals_server_reachable"}
+
+
+def test_frozen_server_and_dead_bootstrap_peer(probed_swarm, run_cli, exporter_process, prometheus, browser,
+                                              artefacts_dir):
     swarm = probed_swarm
     victim = swarm.servers[1]
     lo, hi = map(int, victim.blocks.split(":"))
-    healthy = _status(run_cli, swarm, "-o", "json")
-    assert healthy.returncode == 0, healthy.stderr
-    data = json.loads(healthy.stdout)
-    assert [s["reachable"] for s in data["servers"]] == [True, True]
-    assert all(s["reachability"]["latency"] < 2 for s in data["servers"])
-    assert data["coverage"]["bootstrap_alive"] == data["coverage"]["bootstrap_total"] == 1
-    frozen_peer = next(s["peer_id"] for s in data["servers"] if s["start_block"] == lo)
+    exporter = exporter_process([
+        "--initial-peers", swarm.initial_peers[0], "--initial-peers", DEAD_PEER, "--model", swarm.model_dir,
+        "--refresh", "1s", *PROBE, "--probe-ttl", "0s"])
+    exporter.wait_up()
+    prometheus.set_targets([exporter.address])
+
+    # Healthy: both servers answer; the real initial peer is alive, the dead one is down.
+    now = exporter.wait_for(lambda e: len(r := reachable(e)) == 2 and set(r.values()) == {1.0} and r,
+                            90, "both servers reachable")
+    frozen_peer = next(p for p in now if exporter.sample("petals_server_first_block", peer_id=p) == lo)
+    assert exporter.sample("petals_bootstrap_peer_alive", address=swarm.initial_peers[0]) == 1
+    assert exporter.sample("petals_bootstrap_peer_alive", address=DEAD_PEER) == 0
+    assert exporter.sample("petals_model_fully_served") == 1  # the swarm itself keeps working
+    prometheus.wait_for('ALERTS{alertname="PetalsBootstrapPeerDown"}',
+                        lambda r: r and r[0]["metric"]["address"] == DEAD_PEER, 60)
+    page = browser.page()
+    page.navigate(f"http://{exporter.address}/")
+    both = "document.querySelectorAll('tr.srv[data-reachable=true]').length === 2"
+    page.wait_for(both, 30, "2 reachable rows")
+    assert page.eval("document.getElementById('bootstrap').dataset.down") == "1"
+    assert DEAD_PEER in page.eval("document.getElementById('bootstrap').textContent")
 
     netem.apply_fault(swarm, victim.name, "freeze")
     try:
-        # swarm status: JSON and table say unreachable; the server held the only copy of lo:hi -> exit 1.
+        frozen_at = time.monotonic()
+        exporter.wait_for(lambda e: reachable(e).get(frozen_peer) == 0.0, 60, "the frozen server unreachable")
+        print(f"frozen server unreachable in the exporter after {time.monotonic() - frozen_at:.1f} s "
+              "(probe timeout 2 s, refresh 1 s, plus the DHT walk)")
+        exporter.wait_for(lambda e: e.sample("petals_model_uncovered_blocks") == hi - lo, 30, "uncovered")
+        assert exporter.sample("petals_model_fully_served") == 0
+        assert exporter.sample("petals_model_unreachable_servers") == 1
+        # The DHT still lists it ONLINE: the lie the probe sees through.
+        assert exporter.sample("petals_server_state", peer_id=frozen_peer, state="ONLINE") == 1
+        prometheus.wait_for('ALERTS{alertname="PetalsServerUnreachable"}',
+                            lambda r: r and r[0]["metric"]["peer_id"] == frozen_peer
+                            and r[0]["metric"]["alertstate"] == "pending", 60)
+        row = f"tr.srv[data-peer='{frozen_peer}']"
+        page.wait_for(f"document.querySelector(\"{row}\").dataset.reachable === 'false'", 30, "unreachable")
+        assert page.eval(f"document.querySelectorAll(\"{row} td.c.X\").length") == hi - lo
+        assert "unreachable" in page.eval(f"document.querySelector(\"{row} .st-UNREACHABLE\").textContent")
+        assert page.eval("[...document.querySelectorAll('td.cov.uncovered')].map(td => +td.dataset.block)") \
+            == list(range(lo, hi))
+        page.screenshot(artefacts_dir / "probe-frozen-server.png")
+
+        # swarm status: JSON and table say unreachable; it held the only copy of lo:hi -> exit 1.
         result = _status(run_cli, swarm, "-o", "json")
         assert result.returncode == 1, result.stderr
         data = json.loads(result.stdout)
-        by_peer = {s["peer_id"]: s for s in data["servers"]}
-        assert by_peer[frozen_peer]["state"] == "ONLINE"  # the DHT still says so: the lie we see through
-        assert by_peer[frozen_peer]["reachable"] is False
-        assert by_peer[frozen_peer]["reachability"]["error"]
+        server = next(s for s in data["servers"] if s["peer_id"] == frozen_peer)
+        assert server["state"] == "ONLINE" and server["reachable"] is False
+        assert server["reachability"]["error"]
         assert data["coverage"]["unreachable_servers"] == [frozen_peer]
-        assert data["coverage"]["uncovered_blocks"] == list(range(lo, hi))
-        assert data["coverage"]["blocks_only_on_unreachable"] == list(range(lo, hi))
+        assert data["coverage"]["uncovered_blocks"] == data["coverage"]["blocks_only_on_unreachable"] \
+            == list(range(lo, hi))
         table = _status(run_cli, swarm)
         assert table.returncode == 1
         assert "ONLINE (unreachable)" in table.stdout and f"unreachable: {frozen_peer}" in table.stdout
@@ -62,8 +109,9 @@ def test_frozen_server_is_unreachable_then_recovers(probed_swarm, run_cli):
     finally:
         netem.apply_fault(swarm, victim.name, "thaw")
 
-    # Thawed: reachable again, nothing restarted.
-    again = _status(run_cli, swarm, "-o", "json")
-    assert again.returncode == 0, again.stderr
-    assert [s["reachable"] for s in json.loads(again.stdout)["servers"]] == [True, True]
-    assert all(p.alive() for p in swarm.processes)
+    # Thawed: reachable again everywhere, nothing of ours restarted.
+    exporter.wait_for(lambda e: reachable(e).get(frozen_peer) == 1.0
+                      and e.sample("petals_model_fully_served") == 1, 60, "recovered in the exporter")
+    page.wait_for(both, 30, "page recovered")
+    prometheus.wait_for('ALERTS{alertname="PetalsServerUnreachable"}', lambda r: not r, 60)
+    assert exporter.proc.poll() is None and all(p.alive() for p in swarm.processes)

@@ -94,3 +94,43 @@ def test_cache_reuses_answers_for_ttl_and_reprobes_failures():
     probe.servers([A])
     assert probe.asked[-1] == [A]
     assert set(probe._cache) == {A}  # servers gone from the DHT are forgotten
+
+
+def test_exporter_renders_reachability_bootstrap_and_next_pings():
+    """The exporter's families and /map.json for a probed snapshot (pure renders of one state)."""
+    from dataclasses import replace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from petals_ops.monitoring.collector import SwarmCollector
+    from petals_ops.monitoring.map_state import map_json
+    from petals_ops.monitoring.refresher import ExporterState
+
+    snap = snapshot({C: "ONLINE"})
+    pings = {B: 0.012, C: None, "QmElsewhere": 0.5}  # a peer serving no block of this model: not exported
+    snap = replace(snap, servers=[replace(snap.servers[0], next_pings=pings), *snap.servers[1:]])
+    boot = [BootstrapPeer("/ip4/127.0.0.1/tcp/1/p2p/QmD", "QmD", reading(True)),
+            BootstrapPeer("/ip4/127.0.0.1/tcp/2/p2p/QmE", "QmE", reading(False))]
+    probed = with_reachability(snap, {A: reading(True), B: reading(False), C: reading(True)}, boot, 5.0)
+    state = ExporterState(refresh_interval=1.0, snapshots=(probed,), up=True, probe_timeout=5.0,
+                          probe_seconds=0.2, probed_servers=3)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SwarmCollector(lambda: state))
+    text = generate_latest(registry).decode()
+    assert f'petals_server_reachable{{host="",model="m-petals",peer_id="{B}"}} 0.0' in text
+    assert f'petals_server_reachable{{host="",model="m-petals",peer_id="{A}"}} 1.0' in text
+    assert f'petals_server_probe_latency_seconds{{host="",model="m-petals",peer_id="{A}"}} 0.01' in text
+    assert f'peer_id="{B}"}} 0.01' not in text  # no latency without an answer
+    assert 'petals_model_unreachable_servers{model="m-petals"} 1.0' in text
+    assert 'petals_block_online_servers{block="2",model="m-petals"} 1.0' in text  # C only: B unreachable
+    assert 'petals_bootstrap_peer_alive{address="/ip4/127.0.0.1/tcp/2/p2p/QmE",peer_id="QmE"} 0.0' in text
+    assert f'next_peer_id="{B}",peer_id="{A}"}} 0.012' in text
+    assert f'next_peer_id="{C}",peer_id="{A}"}} +Inf' in text
+    assert "QmElsewhere" not in text
+    assert "petals_exporter_probed_servers 3.0" in text
+    page = map_json(state, now=2.0)
+    servers = {s["peer_id"]: s for s in page["models"][0]["servers"]}
+    assert servers[B]["reachable"] is False and servers[B]["cells"] == "..XX" and servers[B]["probe_error"]
+    assert servers[A]["next_pings"] == [[B, 12.0], [C, None], ["QmElsewhere", 500.0]]
+    assert page["models"][0]["unreachable_servers"] == 1
+    assert [b["alive"] for b in page["exporter"]["bootstrap"]] == [True, False]

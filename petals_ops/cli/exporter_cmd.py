@@ -2,7 +2,7 @@
 
 import click
 
-from petals_ops.cli.options import POSITIVE, swarm_target_options
+from petals_ops.cli.options import POSITIVE, parse_probe_timeout, probe_option, swarm_target_options
 from petals_ops.util.output import info
 
 
@@ -23,15 +23,21 @@ from petals_ops.util.output import info
               help="Longest a canary run may take.")
 @click.option("--canary-slo", default=0.5, show_default=True, type=POSITIVE,
               help="Steps/s the canary should reach (exported for the PetalsCanarySlow alert).")
+@probe_option
+@click.option("--probe-ttl", default="25s", show_default=True, metavar="DURATION",
+              help="Reuse a server's answer to the reachability probe this long (a server that did not "
+                   "answer is probed again at every refresh).")
 def exporter(initial_peers, model, dht_prefix, num_blocks, swarm_dir, listen, refresh, inventory,
-             canary_every, canary_timeout, canary_slo):
+             canary_every, canary_timeout, canary_slo, probe_timeout, no_probe, probe_ttl):
     """Prometheus exporter of swarm health, and a live swarm map page for people.
 
     \b
     Walks the DHT every --refresh in the background; each scrape of /metrics serves the latest walk
     and its age (petals_exporter_snapshot_age_seconds). / is a map of servers x blocks per model that
     redraws itself (our servers marked, from --inventory or the local swarm); /map.json is its data.
-    Monitors the local swarm unless --initial-peers and --model are given. Metrics: docs/monitoring.md.
+    Monitors the local swarm unless --initial-peers and --model are given. Each refresh also probes the
+    ONLINE servers (petals' rpc_info) and the initial peers (petals_server_reachable,
+    petals_bootstrap_peer_alive). Metrics: docs/monitoring.md.
     Stop with Ctrl-C or SIGTERM.
     """
     from petals_ops.monitoring.refresher import Refresher, load_fleet_api, local_identities
@@ -44,6 +50,8 @@ def exporter(initial_peers, model, dht_prefix, num_blocks, swarm_dir, listen, re
     if canary_every is not None:
         every = parse_duration(canary_every, option="--canary-every", minimum=5.0)
         timeout = parse_duration(canary_timeout, option="--canary-timeout", minimum=1.0)
+    probe_s = None if no_probe else parse_probe_timeout(probe_timeout)
+    ttl = parse_duration(probe_ttl, option="--probe-ttl", minimum=0.0)
     targets = [resolve_target(initial_peers, m, dht_prefix=dht_prefix, num_blocks=num_blocks,
                               run_dir=swarm_dir)
                for m in (model or (None,))]
@@ -61,6 +69,7 @@ def exporter(initial_peers, model, dht_prefix, num_blocks, swarm_dir, listen, re
     refresher = Refresher(
         targets[0].initial_peers, [t.model for t in targets], interval=interval, inventory=inv,
         read_fleet=read_fleet, identities=local_identities(local_dir), rediscover=rediscover,
+        probe_timeout=probe_s, probe_ttl=ttl,
     )
     if every is not None:
         from petals_ops.monitoring.canary import Canary

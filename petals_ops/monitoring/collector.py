@@ -78,6 +78,20 @@ def render_state(state: ExporterState) -> list[Metric]:
     cache = _gauge("petals_server_cache_left_tokens",
                    "Attention-cache tokens the server has left for new inference sessions" + CACHE_NOTE,
                    SERVER_LABELS)
+    reachable = _gauge("petals_server_reachable",
+                       "1 if the ONLINE server answered petals' rpc_info from the exporter within the probe "
+                       "timeout, 0 if not (it announces ONLINE but no client gets through); absent if not "
+                       "probed" + CACHE_NOTE, SERVER_LABELS)
+    probe_latency = _gauge("petals_server_probe_latency_seconds",
+                           "Round trip of the exporter's rpc_info probe to the server (reachable ones only)"
+                           + CACHE_NOTE, SERVER_LABELS)
+    unreachable = _gauge("petals_model_unreachable_servers",
+                         "Servers announcing ONLINE that did not answer the probe (counted for no block)"
+                         + CACHE_NOTE, ["model"])
+    next_ping = _gauge("petals_server_next_ping_seconds",
+                       "Round trip the server measured to a server of its next blocks (its own next_pings; "
+                       "+Inf: its ping failed); only peers serving the same model, at most 16 per server"
+                       + CACHE_NOTE, ["model", "peer_id", "next_peer_id"])
     info = InfoMetricFamily("petals_server", "Software of the server" + CACHE_NOTE,
                             labels=SERVER_LABELS + ["public_name", "version", "torch_dtype", "quant_type",
                                                     "using_relay"])
@@ -93,6 +107,9 @@ def render_state(state: ExporterState) -> list[Metric]:
             by_state.add_metric([m, st], count)
         for b in snap.blocks:
             per_block.add_metric([m, str(b.index)], b.online)
+        if snap.probed:
+            unreachable.add_metric([m], len(snap.unreachable_servers))
+        peers = {s.peer_id for s in snap.servers}
         for s in snap.servers:
             labels = [m, s.peer_id, state.own_hosts.get(s.peer_id, "")]
             if s.state == "ONLINE":
@@ -104,13 +121,33 @@ def render_state(state: ExporterState) -> list[Metric]:
             throughput.add_metric(labels, s.throughput)
             if s.cache_tokens_left is not None:
                 cache.add_metric(labels, s.cache_tokens_left)
+            if s.reachability is not None:
+                reachable.add_metric(labels, 1 if s.reachability.reachable else 0)
+                if s.reachability.latency is not None:
+                    probe_latency.add_metric(labels, s.reachability.latency)
+            for other, rtt in (s.next_pings or {}).items():
+                if other in peers:  # bounded: both ends are servers of this model
+                    next_ping.add_metric([m, s.peer_id, other], float("inf") if rtt is None else rtt)
             info.add_metric(labels, {
                 "public_name": s.public_name or "", "version": s.version or "",
                 "torch_dtype": s.torch_dtype or "", "quant_type": s.quant_type or "",
                 "using_relay": "" if s.using_relay is None else str(bool(s.using_relay)).lower(),
             })
     fams += [blocks, uncovered, min_online, served, by_state, per_block, srv_state, first, last, throughput,
-             cache, info]
+             cache, info, reachable, probe_latency, unreachable, next_ping]
+
+    # -- the swarm's initial peers (bootstrap DHT nodes) -----------------------------------------------
+    if state.bootstrap:
+        alive = _gauge("petals_bootstrap_peer_alive",
+                       "1 if the initial peer (a bootstrap DHT node) answered the exporter's dial and DHT "
+                       "ping within the probe timeout, else 0" + CACHE_NOTE, ["address", "peer_id"])
+        ping = _gauge("petals_bootstrap_peer_ping_seconds", "Round trip of the dial and DHT ping (alive only)"
+                      + CACHE_NOTE, ["address", "peer_id"])
+        for peer in state.bootstrap:
+            alive.add_metric([peer.address, peer.peer_id], 1 if peer.alive else 0)
+            if peer.reachability.latency is not None:
+                ping.add_metric([peer.address, peer.peer_id], peer.reachability.latency)
+        fams += [alive, ping]
 
     # -- our servers (local swarm identities, inventory containers) -----------------------------------
     own = _gauge("petals_own_server_online",
@@ -167,6 +204,14 @@ def render_state(state: ExporterState) -> list[Metric]:
                           "Wall time of the latest refresh's DHT walk")
         duration.add_metric([], state.refresh_seconds)
         fams.append(duration)
+    if state.probe_seconds is not None:
+        probe = _gauge("petals_exporter_probe_duration_seconds",
+                       "Wall time of the latest refresh's reachability probes (part of the refresh)")
+        probe.add_metric([], state.probe_seconds)
+        probed = _gauge("petals_exporter_probed_servers",
+                        "Servers probed by the latest refresh (the others' answers are younger than the TTL)")
+        probed.add_metric([], state.probed_servers)
+        fams += [probe, probed]
     if state.last_success is not None:
         success = _gauge("petals_exporter_last_success_timestamp_seconds",
                          "Unix time of the latest successful DHT walk")

@@ -29,6 +29,8 @@ table.grid tr.srv:hover { background: #f3f6f8; }
 .O { background: var(--on); } .J { background: var(--join); }
 .F { background: repeating-linear-gradient(45deg, var(--off), var(--off) 2px, #f4c7c1 2px, #f4c7c1 4px); }
 .A { background: var(--absent); } .A.U { background: #f6d5d1; }
+.X { background: repeating-linear-gradient(45deg, #7d3c98, #7d3c98 2px, #e8d5f0 2px, #e8d5f0 4px); }
+.st-UNREACHABLE { color: #7d3c98; font-weight: 600; }
 .ours { background: #1f5fa8; color: #fff; border-radius: 3px; padding: 0 4px; font-size: 11px; margin-left: 4px; }
 .clip { display: inline-block; max-width: 12em; overflow: hidden; text-overflow: ellipsis; vertical-align: bottom; }
 .name { display: inline-block; max-width: 18em; overflow: hidden; text-overflow: ellipsis; vertical-align: bottom; }
@@ -42,7 +44,7 @@ table.grid tr.srv:hover { background: #f3f6f8; }
 <div id="status" data-polls="0">loading&hellip;</div>
 <div class="legend">
   <span><i class="O"></i> ONLINE</span><span><i class="J"></i> JOINING</span><span><i class="F"></i> OFFLINE</span>
-  <span><i class="A"></i> not held</span><span><i style="background:var(--off)"></i> block with no ONLINE server</span>
+  <span><i class="X"></i> ONLINE but unreachable</span><span><i class="A"></i> not held</span><span><i style="background:var(--off)"></i> block with no ONLINE server</span>
 </div>
 <div id="models"></div>
 <script>
@@ -70,7 +72,7 @@ function fmtAge(s) {
   return (s / 3600).toFixed(1) + " h";
 }
 function fmtNum(x, digits) { return (x === null || x === undefined) ? "?" : Number(x).toFixed(digits); }
-const STATE = { O: "ONLINE", J: "JOINING", F: "OFFLINE", ".": "not held" };
+const STATE = { O: "ONLINE", J: "JOINING", F: "OFFLINE", X: "ONLINE in the DHT, but did not answer our probe", ".": "not held" };
 let last = null, fetchedAt = 0, drawnKey = null, polls = 0, failing = null;
 
 function drawModel(m) {
@@ -81,6 +83,9 @@ function drawModel(m) {
   const counts = m.servers_by_state;
   sum.appendChild(el("span", null, m.num_blocks + " blocks, " + m.servers.length + " servers (" +
     (counts.ONLINE || 0) + " ONLINE, " + (counts.JOINING || 0) + " JOINING, " + (counts.OFFLINE || 0) + " OFFLINE). "));
+  if (m.unreachable_servers) {
+    sum.appendChild(el("span", "bad unreachable-summary", m.unreachable_servers + " server(s) announce ONLINE but do not answer our probe: they count for no block. "));
+  }
   if (m.uncovered_blocks.length) {
     sum.appendChild(el("span", "bad uncovered-summary", "Blocks with no ONLINE server: " + ranges(m.uncovered_blocks) +
       " (" + m.uncovered_blocks.length + "): no forward pass can be served."));
@@ -98,7 +103,7 @@ function drawModel(m) {
     th.title = "block " + b;
     head.appendChild(th);
   }
-  for (const h of ["blocks", "throughput", "cache left", "version", "dtype", "quant", "relay"]) head.appendChild(el("th", null, h));
+  for (const h of ["blocks", "throughput", "cache left", "version", "dtype", "quant", "relay", "probe", "its pings to next servers"]) head.appendChild(el("th", null, h));
   table.appendChild(head);
 
   const cov = el("tr", "coverage");
@@ -115,6 +120,7 @@ function drawModel(m) {
   for (const s of m.servers) {
     const tr = el("tr", "srv");
     tr.dataset.peer = s.peer_id; tr.dataset.state = s.state;
+    tr.dataset.reachable = s.reachable === null ? "" : String(s.reachable);
     const name = el("td");
     const shown = name.appendChild(el("span", "name", s.public_name || ""));
     if (s.public_name) shown.title = s.public_name;
@@ -122,7 +128,8 @@ function drawModel(m) {
     name.lastChild.title = s.peer_id;
     if (s.ours) { const o = el("span", "ours", "ours: " + s.ours); name.appendChild(o); tr.dataset.ours = s.ours; }
     tr.appendChild(name);
-    tr.appendChild(el("td", "st-" + s.state, s.state));
+    const st = tr.appendChild(s.reachable === false ? el("td", "st-UNREACHABLE", s.state + " \u00b7 unreachable") : el("td", "st-" + s.state, s.state));
+    if (s.probe_error) st.title = "probe: " + s.probe_error;
     const label = (s.public_name || s.peer_id);
     for (let b = 0; b < m.num_blocks; b++) {
       const ch = s.cells[b] || ".";
@@ -139,6 +146,10 @@ function drawModel(m) {
       tr.appendChild(td);
     }
     tr.appendChild(el("td", null, s.using_relay === null ? "?" : (s.using_relay ? "relay" : "direct")));
+    const probe = tr.appendChild(el("td", "num probe", s.reachable === null ? "" : (s.reachable ? fmtNum(s.probe_ms, 0) + " ms" : "\u2717")));
+    if (s.probe_error) probe.title = s.probe_error;
+    const pings = tr.appendChild(el("td", "pings muted", s.next_pings.map(([p, ms]) => "\u2026" + p.slice(-6) + " " + (ms === null ? "\u2717" : fmtNum(ms, 0) + " ms")).join(", ")));
+    pings.title = "round trips this server measured to servers of its next blocks (petals' next_pings)";
     table.appendChild(tr);
   }
   sec.appendChild(table);
@@ -155,6 +166,12 @@ function drawStatus() {
   const age = last.snapshot_age_seconds === null ? null : last.snapshot_age_seconds + (Date.now() - fetchedAt) / 1000;
   st.appendChild(el("span", ex.up ? null : "bad", ex.up ? "Swarm reachable. " : "Latest DHT walk failed: " + (ex.last_error || "?") + ". "));
   st.appendChild(el("span", "age", "Snapshot age: " + fmtAge(age) + " (DHT walk every " + ex.refresh_interval + " s). "));
+  if (ex.bootstrap && ex.bootstrap.length) {
+    const down = ex.bootstrap.filter(b => !b.alive);
+    const b = st.appendChild(el("span", down.length ? "bad" : null, "Bootstrap peers: " + (ex.bootstrap.length - down.length) + "/" + ex.bootstrap.length + " alive" +
+      down.map(d => "; DOWN " + d.address + " (" + (d.error || "?") + ")").join("") + ". "));
+    b.id = "bootstrap"; b.dataset.down = down.length;
+  }
   if (!ex.inventory) st.appendChild(el("span", "muted", "No --inventory given: \u2018ours\u2019 marks only the local swarm's servers."));
 }
 

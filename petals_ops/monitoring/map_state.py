@@ -19,6 +19,7 @@ from petals_ops.swarm.health import SwarmSnapshot
 
 # One character per block in a server's ``cells``: compact for 400 servers x 70 blocks, and readable.
 CELL = {"ONLINE": "O", "JOINING": "J", "OFFLINE": "F"}
+UNREACHABLE = "X"  # announced ONLINE, but did not answer the exporter's probe
 ABSENT = "."
 MAP_PATH = "/map.json"
 
@@ -34,7 +35,7 @@ def server_cells(snap: SwarmSnapshot) -> dict[str, list[str]]:
     for block in snap.blocks:
         for peer_id, state in block.servers.items():
             row = cells.setdefault(peer_id, [ABSENT] * snap.num_blocks)
-            row[block.index] = CELL.get(state, "?")
+            row[block.index] = UNREACHABLE if peer_id in block.unreachable else CELL.get(state, "?")
     return cells
 
 
@@ -56,6 +57,12 @@ def model_map(snap: SwarmSnapshot, own_hosts: dict[str, str]) -> dict[str, Any]:
             "using_relay": s.using_relay,
             "ours": own_hosts.get(s.peer_id),
             "cells": "".join(cells[s.peer_id]),
+            "reachable": s.reachable,
+            "probe_ms": None if s.reachability is None or s.reachability.latency is None
+            else round(s.reachability.latency * 1000, 1),
+            "probe_error": s.reachability.error if s.reachability is not None else None,
+            "next_pings": [[peer, None if rtt is None else round(rtt * 1000, 1)]
+                           for peer, rtt in (s.next_pings or {}).items()],
         }
         for s in sorted(snap.servers, key=lambda s: (s.start_block, s.end_block, s.peer_id))  # a staircase
     ]
@@ -69,6 +76,8 @@ def model_map(snap: SwarmSnapshot, own_hosts: dict[str, str]) -> dict[str, Any]:
         "uncovered_blocks": snap.uncovered_blocks,
         "fully_served": snap.fully_served,
         "servers_by_state": snap.servers_by_state(),
+        "probed": snap.probed,
+        "unreachable_servers": len(snap.unreachable_servers),
         "servers": servers,
     }
 
@@ -83,6 +92,9 @@ def map_state(state: ExporterState) -> dict[str, Any]:
             "last_success": state.last_success,
             "last_error": state.last_error,
             "inventory": state.containers is not None,
+            "probe_timeout": state.probe_timeout,
+            "bootstrap": [{"address": p.address, "peer_id": p.peer_id, "alive": p.alive,
+                           "error": p.reachability.error} for p in state.bootstrap],
         },
         "models": [model_map(snap, state.own_hosts) for snap in state.snapshots],
     }

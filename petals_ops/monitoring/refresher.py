@@ -20,7 +20,8 @@ from typing import Any
 
 from petals_ops.util.errors import InputError, one_line
 from petals_ops.client.models import ModelRef
-from petals_ops.swarm.health import BadRecordError, SwarmProbe, SwarmSnapshot
+from petals_ops.swarm.health import BadRecordError, BootstrapPeer, SwarmProbe, SwarmSnapshot
+from petals_ops.swarm.reachability import DEFAULT_TIMEOUT, DEFAULT_TTL, ReachabilityProbe
 
 log = logging.getLogger("petals_ops.exporter")
 
@@ -42,6 +43,14 @@ class ExporterState:
     errors: dict[str, int] = field(default_factory=lambda: {"swarm": 0, "fleet": 0})
     last_error: str | None = None
     canary: Any = None  # monitoring.canary.CanaryState; None when the canary is off
+    probe_timeout: float | None = None  # None: reachability probes are off (--probe-timeout 0)
+    probe_seconds: float | None = None  # wall time of the latest refresh's probes
+    probed_servers: int = 0  # servers probed by the latest refresh (the others' readings were cached)
+
+    @property
+    def bootstrap(self) -> tuple[BootstrapPeer, ...]:
+        """The initial peers' liveness from the latest probed walk (the same for every model)."""
+        return tuple(self.snapshots[0].bootstrap) if self.snapshots else ()
 
 
 def load_fleet_api() -> tuple[Callable, Callable]:
@@ -87,11 +96,15 @@ class Refresher:
         startup_timeout: float | None = None,
         rediscover: Callable[[], tuple[Sequence[str], dict[str, Path]]] | None = None,
         canary: Any = None,
+        probe_timeout: float | None = DEFAULT_TIMEOUT,
+        probe_ttl: float = DEFAULT_TTL,
     ):
         """``rediscover``: returns fresh (initial peers, identities), called before each fresh probe after a
         failure (the local swarm's state: it may have been restarted elsewhere). ``canary``: a
         :class:`petals_ops.monitoring.canary.Canary`, started and stopped with this thread; each published
-        state carries its latest result."""
+        state carries its latest result. ``probe_timeout``: each refresh probes the ONLINE servers and
+        initial peers (swarm/reachability.py) with this timeout, a server's answer reused for ``probe_ttl``
+        s; None: no probes."""
         if not models:
             raise InputError("no model to monitor", fix="pass --model NAME_OR_DIR (repeatable)")
         self.initial_peers = list(initial_peers)
@@ -108,6 +121,9 @@ class Refresher:
         self.refused: list[str] = []  # one line per model whose DHT records the latest walk refused
         self.startup_timeout = startup_timeout or min(30.0, max(5.0, self.interval))
         self._probe: SwarmProbe | None = None
+        self.probe_timeout, self.probe_ttl = probe_timeout, float(probe_ttl)
+        self._reach: ReachabilityProbe | None = None
+        self.probe_seconds: float | None = None
         self._own_local: dict[str, str] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -168,9 +184,22 @@ class Refresher:
             if model.num_blocks is None:  # learnt from the swarm once; keep it
                 self.models[i] = replace(model, num_blocks=snap.num_blocks)
             snaps.append(snap)
-        return snaps
+        return self._probe_reachability(snaps)
+
+    def _probe_reachability(self, snaps: list[SwarmSnapshot]) -> list[SwarmSnapshot]:
+        """The walked snapshots with their ONLINE servers and initial peers probed (bounded by the probe
+        timeout, in the DHT client's process); a kept (refused) snapshot is probed again too."""
+        if self.probe_timeout is None or not snaps:
+            return snaps
+        if self._reach is None:
+            self._reach = ReachabilityProbe(self._probe, timeout=self.probe_timeout, ttl=self.probe_ttl)
+        started = time.monotonic()
+        probed = self._reach.apply(snaps)
+        self.probe_seconds = time.monotonic() - started
+        return probed
 
     def _close_probe(self) -> None:
+        self._reach = None  # its cache and DHT node go with the probe
         if self._probe is not None:
             with contextlib.suppress(Exception):
                 self._probe.close()
@@ -224,6 +253,8 @@ class Refresher:
             gpus=gpus, fleet_ok=fleet_ok, up=up, refresh_seconds=refresh_seconds, last_success=last_success,
             refreshes=old.refreshes + 1, errors=errors, last_error=last_error,
             canary=self.canary.state if self.canary is not None else None,
+            probe_timeout=self.probe_timeout, probe_seconds=self.probe_seconds,
+            probed_servers=self._reach.probed_last if self._reach is not None else 0,
         )
         for prepare in self.before_publish:
             try:

@@ -175,6 +175,7 @@ class FakeSnapshot:
 class Rec:
     def __init__(self, state, start, end):
         self.state, self.start_block, self.end_block, self.throughput = state, start, end, 1.0
+        self.reachable = self.reachability = None  # not probed
 
 
 def cs(host, name="petals-server-0", running=True, peer=None, error=None):

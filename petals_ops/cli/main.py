@@ -66,11 +66,12 @@ def cli(ctx, debug):
 
 def _register() -> None:
     """Attach every command group (one module per concern; each keeps heavy imports inside functions)."""
-    from petals_ops.cli import (bench_cmds, demo_cmd, exporter_cmd, fleet_cmds, generate_cmd, model_cmds,
-                                swarm_cmds, tune_cmd)
+    from petals_ops.cli import (bench_cmds, demo_cmd, doctor_cmd, exporter_cmd, fleet_cmds, generate_cmd,
+                                model_cmds, swarm_cmds, tune_cmd)
 
     for command in (model_cmds.model, swarm_cmds.swarm, generate_cmd.generate, demo_cmd.demo,
-                    exporter_cmd.exporter, bench_cmds.bench, *fleet_cmds.COMMANDS, tune_cmd.tune):
+                    exporter_cmd.exporter, bench_cmds.bench, *fleet_cmds.COMMANDS, tune_cmd.tune,
+                    doctor_cmd.doctor):
         cli.add_command(command)
 
 

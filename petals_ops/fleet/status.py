@@ -105,7 +105,8 @@ def join(names: Sequence[str], statuses: Sequence[ContainerStatus], snap=None) -
     """Containers x DHT records (by peer id) -> one result per host. Pure (unit-tested without SSH).
 
     A host fails when unreachable, when it has no containers, or when a server is not running or
-    (with a snapshot) not ONLINE.
+    (with a snapshot) not ONLINE. A running container whose server is absent from the DHT, or ONLINE there
+    but unreachable (a probed snapshot), is a zombie, and its problem says so.
     """
     out = []
     for h in names:
@@ -121,10 +122,12 @@ def join(names: Sequence[str], statuses: Sequence[ContainerStatus], snap=None) -
         for s in mine:
             rec = snap.server(s.peer_id) if snap is not None and s.peer_id else None
             dht_state = rec.state if rec else ("absent" if snap is not None else None)
-            problem = None
+            problem = zombie(s, snap)
+            if rec is not None and rec.reachable is False:
+                dht_state = "ONLINE (unreachable)"
             if not s.running:
                 problem = f"{s.container} is not running (exit code {s.exit_code})"
-            elif snap is not None and dht_state != "ONLINE":
+            elif problem is None and snap is not None and dht_state != "ONLINE":
                 problem = f"{s.container} is {dht_state} in the DHT"
             row = ContainerRow(s.container, s.running, s.restart_count, s.exit_code, s.peer_id, dht_state,
                                f"{rec.start_block}:{rec.end_block}" if rec else None,
@@ -136,11 +139,27 @@ def join(names: Sequence[str], statuses: Sequence[ContainerStatus], snap=None) -
     return out
 
 
+def zombie(status: ContainerStatus, snap) -> str | None:
+    """One line when ``status`` is a zombie against ``snap``: the container runs but its server is absent
+    from the DHT, or announces ONLINE without answering our probe; else None."""
+    if snap is None or not status.running or not status.peer_id or status.error:
+        return None
+    rec = snap.server(status.peer_id)
+    if rec is None:
+        return (f"zombie: {status.container} on {status.host} runs, but its server {status.peer_id} is "
+                "absent from the DHT")
+    if rec.reachable is False:
+        why = rec.reachability.error if rec.reachability is not None else "no answer"
+        return (f"zombie: {status.container} on {status.host} runs, its server {status.peer_id} is ONLINE in "
+                f"the DHT but does not answer ({why})")
+    return None
+
+
 def fleet_status(inventory: Inventory, hosts: Sequence[str] | None = None, *,
                  opts: SSHOptions | None = None) -> FleetStatus:
     """Containers and GPUs over SSH, the swarm's DHT through the inventory's initial peers (petals'
     public ones when the fleet joins the public swarm), joined by peer id."""
-    from petals_ops.swarm.health import take_snapshot
+    from petals_ops.swarm.reachability import probe_snapshot
 
     targets = resolve_targets(inventory, hosts, opts=opts)
     with Fleet(targets) as fleet:
@@ -152,7 +171,7 @@ def fleet_status(inventory: Inventory, hosts: Sequence[str] | None = None, *,
         try:
             peers = inventory_peers(targets)
             if peers:
-                snap = take_snapshot(peers, swarm_model(targets))
+                snap = probe_snapshot(peers, swarm_model(targets))
         except OpsError as e:
             result.dht_error = e.one_line()
     result.hosts = join([t.name for t in targets], statuses, snap)

@@ -154,6 +154,7 @@ BAD_INPUT_PER_COMMAND = {
     "status": (["status", "-i", "inv.yaml", "--hosts", "zz"], "zz is neither in the inventory"),
     "restart": (["restart", "-i", "inv.yaml", "--hosts", "zz"], "zz is neither in the inventory"),
     "logs": (["logs", "zz", "-i", "inv.yaml"], "host zz is neither in the inventory"),
+    "doctor": (["doctor", "--probe-timeout", "nonsense"], "--probe-timeout 'nonsense'"),
 }
 
 

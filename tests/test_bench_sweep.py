@@ -200,7 +200,7 @@ def test_dry_run_prints_the_plan_and_an_upper_bound_of_its_steps():
 
     result = CliRunner().invoke(cli, ["bench", "sweep", "--data", "gsm8k:test", "--methods", "cot,sc@10",
                                       "--seeds", "0,1", "--batch-size", "3", "--concurrency", "2",
-                                      "--dry-run", "-o", "json"])
+                                      "--dry-run", "--gpus", "5", "--gpu-hour-price", "1.5", "-o", "json"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
     assert plan["configs"] == ["default/cot/shots=all", "default/sc10/shots=all/T=0.7"]
@@ -209,6 +209,8 @@ def test_dry_run_prints_the_plan_and_an_upper_bound_of_its_steps():
     assert plan["questions"] == 1319 and plan["sessions"] == 1319 * (1 + 2 * 4)
     assert plan["steps"] == plan["sessions"] * 256
     assert plan["days_at_most"] == pytest.approx(plan["steps"] / 0.83 / 2 / 86400)
+    assert plan["gpu_hours_at_most"] == pytest.approx(5 * plan["steps"] / 0.83 / 2 / 3600)
+    assert plan["cost_at_most"] == pytest.approx(1.5 * plan["gpu_hours_at_most"])
 
 
 # --- the report's statistics, by hand ---------------------------------------------------------------------
@@ -229,7 +231,9 @@ def test_report_spread_ci_and_holm_corrected_paired_tests_by_hand():
     per_q = [1, 2 / 3, 1 / 3, 0, 0, 0]
     sd = math.sqrt(sum((x - 1 / 3) ** 2 for x in per_q) / 5)
     t975_5 = 2.570581835636314  # t quantile, 5 degrees of freedom
-    assert s.ci95 == pytest.approx((1 / 3 - t975_5 * sd / math.sqrt(6), 1 / 3 + t975_5 * sd / math.sqrt(6)))
+    low, high = 1 / 3 - t975_5 * sd / math.sqrt(6), 1 / 3 + t975_5 * sd / math.sqrt(6)
+    assert low < 0 and s.ci95 == pytest.approx((0, high))  # clipped to [0, 1]
+    assert sweep_report.config_stats("one", [run(0, 1, 2, 3, 4)]).ci95[1] == 1.0  # clipped to [0, 1]
     one = sweep_report.config_stats("one", [run(0, 1)])
     assert one.sd is None and one.mean == pytest.approx(2 / 6)
 

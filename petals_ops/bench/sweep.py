@@ -492,6 +492,7 @@ def write_plan(sweep_dir: Path, spec: SweepSpec, plan: Plan) -> None:
 
 
 def run_sweep(spec: SweepSpec, sweep_dir: str | Path, client: ClientOptions, exec_options: ExecOptions, *,
+              gpus: int | None = None, gpu_hour_price: float | None = None,
               on_run: Callable[[int, int, PlannedRun], None] | None = None,
               on_result: Callable[[BenchResult], None] | None = None,
               on_start=None, on_record=None) -> SweepResult:
@@ -515,7 +516,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, client: ClientOptions, exe
                                  sample_seed=spec.sample_seed, prompt_file=run.prompt.file,
                                  template=run.template, method=run.method,
                                  run_dir=str(sweep_dir / RUNS_DIR / run.name), client=client,
-                                 exec=exec_options)
+                                 exec=exec_options, gpus=gpus, gpu_hour_price=gpu_hour_price)
             result = run_bench(params, on_start=on_start, on_record=on_record, open_backend=shared)
             results.append(result)
             if on_result:

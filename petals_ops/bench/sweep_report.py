@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -47,15 +47,17 @@ def mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float | None, float | None]:
-    """mean +- t(n-1) * sd / sqrt(n): a CI of the mean of ``values`` (None, None with fewer than 2)."""
+def t_interval(values: Sequence[float], level: float = 0.95, *,
+               bounds: tuple[float, float] = (-1.0, 1.0)) -> tuple[float | None, float | None]:
+    """mean +- t(n-1) * sd / sqrt(n): a CI of the mean of ``values``, clipped to ``bounds`` (accuracies
+    and their differences cannot leave them); (None, None) with fewer than 2 values."""
     mean, sd = mean_sd(values)
     if sd is None:
         return None, None
     from scipy.stats import t
 
     half = float(t.ppf(0.5 + level / 2, len(values) - 1)) * sd / math.sqrt(len(values))
-    return mean - half, mean + half
+    return max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
 def sign_flip_p(diffs: Sequence[Fraction | int]) -> float:
@@ -108,6 +110,7 @@ class ConfigStats:
     mean: float | None
     sd: float | None
     ci95: tuple[float | None, float | None]
+    steps_per_question: float | None = None  # measured session steps (bench.cost), mean over its runs
 
 
 def config_stats(label: str, runs: Sequence[Mapping[str, bool]]) -> ConfigStats:
@@ -116,7 +119,7 @@ def config_stats(label: str, runs: Sequence[Mapping[str, bool]]) -> ConfigStats:
     accs = tuple(sum(r[q] for q in common) / len(common) for r in runs) if common else ()
     mean, sd = mean_sd(accs)
     per_question = [sum(r[q] for r in runs) / len(runs) for q in common]
-    return ConfigStats(label, len(runs), len(common), accs, mean, sd, t_interval(per_question))
+    return ConfigStats(label, len(runs), len(common), accs, mean, sd, t_interval(per_question, bounds=(0, 1)))
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ class SweepData:
     cells: list[dict]
     runs: dict[str, dict[str, bool]]  # run name -> question id -> correct (scored questions)
     exemplars: dict[str, int]  # run name -> exemplars in its prompt
+    steps: dict[str, float | None]  # run name -> session steps per scored question (None: not counted)
     missing: list[str]  # runs of the plan with no record yet
 
     def config_runs(self) -> dict[str, list[str]]:
@@ -187,7 +191,7 @@ def load_sweep(sweep_dir: str | Path) -> SweepData:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"{sweep_dir} is not a sweep dir ({SWEEP_FILE}: {' '.join(str(e).split())[:100]})",
                          fix="pass the --sweep-dir of a 'bench sweep' run") from None
-    runs, exemplars, missing, data_shas = {}, {}, [], set()
+    runs, exemplars, steps, missing, data_shas = {}, {}, {}, [], set()
     for name in dict.fromkeys(c["run"] for c in cells):
         run_dir = sweep_dir / RUNS_DIR / name
         records = [r for r in load_records(run_dir) if not r.error] if run_dir.is_dir() else []
@@ -202,10 +206,12 @@ def load_sweep(sweep_dir: str | Path) -> SweepData:
             raise InputError(f"run {run_dir} has no readable {CONFIG_FILE} ({e})",
                              fix="rerun the sweep to rewrite it") from None
         runs[name] = {r.id: bool(r.correct) for r in records}
+        counted = [getattr(r, "session_steps", None) for r in records]
+        steps[name] = None if None in counted else sum(counted) / len(counted)
     if len(data_shas) > 1:
         raise InputError(f"the runs of {sweep_dir} ran different data files",
                          fix="rerun the sweep in a new dir")
-    return SweepData(sweep_dir, plan, cells, runs, exemplars, missing)
+    return SweepData(sweep_dir, plan, cells, runs, exemplars, steps, missing)
 
 
 @dataclass
@@ -226,8 +232,13 @@ class SweepReport:
                                 for c in self.comparisons]}
 
 
-STATS_HEADERS = ["configuration", "runs", "n", "mean acc", "SD across runs", "min-max", "95% CI (questions)"]
+STATS_HEADERS = ["configuration", "runs", "n", "mean acc", "SD across runs", "min-max", "95% CI (questions)",
+                 "steps/q"]
 PAIR_HEADERS = ["configuration", "baseline", "n", "diff", "95% CI", "p (sign-flip)", "p Holm", "significant"]
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    return None if not values or None in values else sum(values) / len(values)
 
 
 def _pts(x: float | None) -> str:
@@ -238,7 +249,8 @@ def stats_rows(stats: Sequence[ConfigStats]) -> list[list[str]]:
     return [[s.label, str(s.runs), str(s.n), pct(s.mean),
              "n/a" if s.sd is None else f"{100 * s.sd:.1f} pts",
              f"{pct(min(s.accuracies))}-{pct(max(s.accuracies))}" if s.accuracies else "n/a",
-             f"[{pct(s.ci95[0])}, {pct(s.ci95[1])}]" if s.ci95[0] is not None else "n/a"] for s in stats]
+             f"[{pct(s.ci95[0])}, {pct(s.ci95[1])}]" if s.ci95[0] is not None else "n/a",
+             "n/a" if s.steps_per_question is None else f"{s.steps_per_question:.1f}"] for s in stats]
 
 
 def pair_rows(comparisons: Sequence[Comparison]) -> list[list[str]]:
@@ -258,7 +270,9 @@ def build(sweep_dir: str | Path, out: str | Path | None = None, baseline: str | 
     if baseline not in by_config:
         raise InputError(f"--baseline {baseline} is not a configuration of {data.sweep_dir}",
                          fix=f"use one of: {', '.join(list(by_config)[:6])}")
-    stats = [config_stats(label, [data.runs[n] for n in names]) for label, names in present.items()]
+    stats = [replace(config_stats(label, [data.runs[n] for n in names]),
+                     steps_per_question=_mean_or_none([data.steps[n] for n in names]))
+             for label, names in present.items()]
     comparisons = []
     if baseline in present:
         comparisons = compare_all({label: [data.runs[n] for n in names] for label, names in present.items()},
@@ -280,7 +294,8 @@ def markdown(data: SweepData, stats, comparisons, baseline: str, plot_name: str)
              "A configuration is a prompt set, method, number of shots and temperature; its runs are its "
              "seeds and exemplar orders (a greedy method's seeds share one run). Mean: of its runs' "
              "accuracies; SD: across its runs; 95% CI: over questions, of the per-question accuracy averaged "
-             "over its runs.",
+             "over its runs; steps/q: session steps per question (prefill chunks and decoding steps, "
+             "bench.cost), mean over its runs.",
              "", "| " + " | ".join(STATS_HEADERS) + " |", "|" + "---|" * len(STATS_HEADERS)]
     lines += ["| " + " | ".join(row) + " |" for row in stats_rows(stats)]
     lines += ["", f"![accuracy by shots, by order, by method]({plot_name})", ""]

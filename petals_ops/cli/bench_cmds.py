@@ -276,10 +276,14 @@ def _list_option(name, help_text):
               type=click.FloatRange(min=0, min_open=True),
               help="For --dry-run's time: one session's steps/s (0.83: the Petals paper's 14-server "
                    "BLOOM-176B swarm).")
+@click.option("--gpus", default=None, type=click.IntRange(min=1),
+              help="GPUs serving the runs, for their GPU-hours (and --dry-run's) [default: the servers "
+                   "online at each run's start; 1 for the local backend].")
+@GPU_HOUR_PRICE
 @OUTPUT_OPTION
 def sweep_run(spec, client, retry, sweep_dir, data, limit, seeds, shots, orders, temperatures, methods,
               prompts, max_new_tokens, baseline, concurrency, batch_size, timeout, dry_run, steps_per_second,
-              output):
+              gpus, gpu_hour_price, output):
     """Run (or resume) the grid SPEC (YAML; options override its keys): every run an ordinary run dir.
 
     Interrupted? The same command resumes the whole sweep. At the end, the report is written to the sweep
@@ -306,7 +310,7 @@ def sweep_run(spec, client, retry, sweep_dir, data, limit, seeds, shots, orders,
                        batch_size=batch_size)
 
     if dry_run:
-        _show_plan(parsed, batch_size, concurrency, steps_per_second, output)
+        _show_plan(parsed, batch_size, concurrency, steps_per_second, gpus, gpu_hour_price, output)
         return
 
     shown = {}  # the current run's progress bar (closed when the run ends)
@@ -321,7 +325,8 @@ def sweep_run(spec, client, retry, sweep_dir, data, limit, seeds, shots, orders,
         terminal.info(f"  {report.brief(result.summary)}")
 
     try:
-        result = sweeps.run_sweep(parsed, sweep_dir, client, opts, on_run=on_run, on_result=on_result,
+        result = sweeps.run_sweep(parsed, sweep_dir, client, opts, gpus=gpus, gpu_hour_price=gpu_hour_price,
+                                  on_run=on_run, on_result=on_result,
                                   on_start=lambda *a: shown["bar"].start(*a),
                                   on_record=lambda *a: shown["bar"].record(*a))
     finally:
@@ -353,24 +358,28 @@ def sweep_report_cmd(sweep_dir, out, baseline, output):
     _show_sweep_report(sweep_report.build(sweep_dir, out, baseline), output)
 
 
-def _show_plan(spec, batch_size, concurrency, steps_per_second, output):
+def _show_plan(spec, batch_size, concurrency, steps_per_second, gpus, price, output):
     from petals_ops.bench import sweep as sweeps
 
     plan = sweeps.plan_sweep(spec)
     est = sweeps.estimate(spec, plan, batch_size)
     days = est.steps / steps_per_second / concurrency / 86400
+    gpu_hours = gpus * days * 24 if gpus else None  # bench.cost's definition: GPUs x wall time
+    cost = gpu_hours * price if gpu_hours is not None and price is not None else None
     if output == "json":
         terminal.json({"configs": list(plan.configs), "cells": len(plan.cells),
                        "run_names": [r.name for r in plan.runs], **vars(est),
                        "steps_per_second": steps_per_second, "concurrency": concurrency,
-                       "days_at_most": days})
+                       "days_at_most": days, "gpu_hours_at_most": gpu_hours, "cost_at_most": cost})
         return
     terminal.table(["configuration", "runs"],
                    [[label, str(len({c.run for c in cells}))] for label, cells in plan.configs.items()],
                    title=f"{len(plan.cells)} grid points, {est.runs} distinct runs of {est.questions} "
                          "questions")
     terminal.echo(f"at most {est.steps:,} decoding steps in {est.sessions:,} sessions; at "
-                  f"{steps_per_second:g} steps/s and {concurrency} in flight: at most {days:.1f} days")
+                  f"{steps_per_second:g} steps/s and {concurrency} in flight: at most {days:.1f} days"
+                  + (f", {gpu_hours:,.0f} GPU-hours on {gpus} GPUs" if gpu_hours is not None else "")
+                  + (f", {cost:,.0f} at {price:g} per GPU-hour" if cost is not None else ""))
 
 
 def _show_sweep_report(built, output):

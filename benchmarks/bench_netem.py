@@ -8,8 +8,15 @@ round trip and 1.23 at 100 ms: a ratio of 0.72. It gives no points in between: t
 of a step is compute (585 ms for BLOOM-176B, tens of ms for the lab's tiny BLOOM), so the column to
 compare is "round trips per step": the step time added per millisecond of injected round trip.
 
+Then (unless --no-trace) what ``swarm trace`` sees (petals_ops.client.canary, pushes off, the same swarm):
+- "all delayed": every server at each delay: per hop, the client-side seconds of its part of a step and
+  its rpc_info round trip, i.e. where the curve's step time goes;
+- "one delayed": server-1 alone at each delay: how much of the step time the delay added the trace puts at
+  server-1's hop (attribution accuracy = added at that hop / added to the step), and how much its rpc_info
+  round trip grew against the injected delay.
+
     .venv/bin/python benchmarks/bench_netem.py [--delays 0,25,50,100] [--tokens 24] [--reps 4] [--no-push]
-        [--json OUT]
+        [--no-trace] [--json OUT]
 """
 
 from __future__ import annotations
@@ -45,6 +52,82 @@ def step_times(loaded, tokens: int) -> list[float]:
     return clock.gaps()
 
 
+def trace_hops(swarm, delays: list[float], tokens: int, reps: int) -> dict:
+    """The swarm-trace measurements (pushes off) with every server delayed, then with server-1 alone:
+    per scenario and delay, the median step and per hop (server name) the median seconds and rpc_info."""
+    from petals_ops.client import canary, loading
+    from petals_ops.lab import netem
+    from petals_ops.monitoring.refresher import local_identities
+    from petals_ops.swarm.trace import summarize
+    from petals_ops.client import door
+
+    names = {door.peer_id_of_identity(path.read_bytes()): host.split("/")[-1]
+             for host, path in local_identities(swarm.run_dir).items()}
+    runs: dict = {"all": {d: [] for d in delays}, "one": {d: [] for d in delays}}
+    with loading.load_swarm_model(swarm.model, swarm.initial_peers, use_server_to_server=False) as loaded:
+        for rep in range(reps):
+            for scenario in ("all", "one"):
+                for delay in delays:
+                    for server in swarm.servers:
+                        on = scenario == "all" or server.name == "server-1"
+                        netem.apply_fault(swarm, server.name, "delay", f"{delay if on else 0}ms")
+                    time.sleep(0.5)
+                    canary.run_canary(loaded, steps=2, round_trip_samples=1)  # the first steps after it
+                    result = summarize([], canary.run_canary(loaded, steps=tokens, timeout=300))
+                    runs[scenario][delay].append(result)
+                    hops = " ".join(f"{names[h.peer_id]} {h.seconds * 1000:.0f}/"
+                                    f"{h.network_seconds * 1000:.0f}" for h in result.hops)
+                    print(f"  trace round {rep + 1}, {scenario} delayed, {delay:g} ms: step "
+                          f"{result.step_seconds * 1000:.0f} ms, hops (ms/step / rpc_info ms) {hops}",
+                          flush=True)
+    out: dict = {}
+    for scenario, by_delay in runs.items():
+        out[scenario] = {}
+        for delay, results in by_delay.items():
+            hops: dict = {}
+            for r in results:
+                for h in r.hops:
+                    hops.setdefault(names[h.peer_id], {"seconds": [], "network": []})
+                    hops[names[h.peer_id]]["seconds"].append(h.seconds)
+                    hops[names[h.peer_id]]["network"].append(h.network_seconds)
+            out[scenario][str(delay)] = {
+                "step": statistics.median(r.step_seconds for r in results),
+                "client": statistics.median(r.client_seconds for r in results),
+                "hops": {n: {"seconds": statistics.median(v["seconds"]),
+                             "network": statistics.median(v["network"])} for n, v in sorted(hops.items())}}
+    return out
+
+
+def print_traced(traced: dict, delays: list[float]) -> None:
+    """The two trace tables (medians over the rounds, ms)."""
+    base = str(delays[0])
+    print("\nswarm trace, every server delayed (pushes off): ms per step at each hop (rpc_info round trip)")
+    print(f"{'round trip/hop':>14} {'step':>6} {'client':>7} | " + " | ".join(
+        f"{n:>20}" for n in traced["all"][base]["hops"]) + " | hop time above its rpc_info, summed")
+    for d in delays:
+        row = traced["all"][str(d)]
+        cells = " | ".join(f"{h['seconds'] * 1000:>10.0f} ({h['network'] * 1000:>5.0f} )"
+                           for h in row["hops"].values())
+        server = sum(h["seconds"] - h["network"] for h in row["hops"].values())
+        print(f"{d:>11g} ms {row['step'] * 1000:>6.0f} {row['client'] * 1000:>7.0f} | {cells} | "
+              f"{server * 1000:.0f}")
+    print("\nswarm trace, server-1 alone delayed: attribution of the added step time")
+    print(f"{'round trip':>10} {'step':>6} {'added/step':>11} {'added at server-1':>18} {'accuracy':>9} "
+          f"{'server-1 rpc_info':>18} {'its growth / injected':>22}")
+    zero = traced["one"][base]
+    for d in delays:
+        row = traced["one"][str(d)]
+        added = row["step"] - zero["step"]
+        at = row["hops"]["server-1"]["seconds"] - zero["hops"]["server-1"]["seconds"]
+        rtt = row["hops"]["server-1"]["network"]
+        grew = rtt - zero["hops"]["server-1"]["network"]
+        accuracy = f"{at / added:.0%}" if d and added > 0 else "-"
+        ratio = f"{grew * 1000 / d:.2f}" if d else "-"
+        print(f"{d:>7g} ms {row['step'] * 1000:>6.0f} {added * 1000:>11.0f} {at * 1000:>18.0f} {accuracy:>9} "
+              f"{rtt * 1000:>18.0f} {ratio:>22}")
+        row.update(added=added, added_at_delayed=at, accuracy=at / added if d and added > 0 else None)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,6 +136,7 @@ def main():
     parser.add_argument("--reps", type=int, default=4)
     parser.add_argument("--no-push", action="store_true",
                         help="client without petals' server-to-server pushes (each step waits for every hop)")
+    parser.add_argument("--no-trace", action="store_true", help="skip the per-hop (swarm trace) part")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
     delays = [float(d) for d in args.delays.split(",")]
@@ -77,6 +161,7 @@ def main():
                         steps[delay] += step_times(loaded, args.tokens)
                         print(f"  round {rep + 1}, {delay:g} ms: median step "
                               f"{statistics.median(steps[delay]) * 1000:.0f} ms", flush=True)
+            traced = None if args.no_trace else trace_hops(swarm, delays, args.tokens, args.reps)
         finally:
             local_swarm.down(run_dir)
     rows = [{"delay_ms": d, "steps_per_s": 1 / statistics.median(t), "steps": len(t),
@@ -101,9 +186,11 @@ def main():
         print(f"{d:>11g} ms {rate:>8.2f} {rate / base if base else float('nan'):>6.2f} {added:>14.0f} "
               f"{trips:>17} | {approx + f'{paper:.2f}':>13} {approx + f'{paper / PAPER[0]:.2f}':>11} "
               f"{approx + paper_trips:>22}")
+    if traced is not None:
+        print_traced(traced, delays)
     if args.json:
-        Path(args.json).write_text(json.dumps({"tokens": args.tokens, "reps": args.reps, "rows": rows},
-                                              indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"tokens": args.tokens, "reps": args.reps, "rows": rows,
+                                               "traced": traced}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ fleet's ranges), ``up`` until fully served, ``swarm status``, the exporter scrap
 the project's alert rules (short ``for:``), greedy per-token latency through 1..5 hops, a ``bench gsm8k``
 run in flight, the outage of one host (its container stopped), the uncovered range, the alert firing, the
 repair (``restart``), coverage back, the alert resolved, the bench resumed to the end with each question
-exactly once; then everything torn down. Prints the timeline and the figures. Needs root, openssh-server,
+exactly once; then everything torn down. With --watch, no human step: ``petals-ops watch`` detects and repairs
+a stopped container, a frozen server and a lost host (its range on a spare), and the timeline gives each fault
+kind's detection and repair times. Prints the timeline and the figures. Needs root, openssh-server,
 docker.io and prometheus (``./install.sh --system``), like the fleet tests.
 
-    .venv/bin/python benchmarks/rehearsal.py [--hosts 5] [--quant nf4] [--json figures.json]
+    .venv/bin/python benchmarks/rehearsal.py [--hosts 5] [--quant nf4] [--watch] [--json figures.json]
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=12)
     parser.add_argument("--alert-for", default="5s", help="The rules' for: in the rehearsal's Prometheus.")
     parser.add_argument("--no-hops", action="store_true", help="Skip the per-hop latency measurement.")
+    parser.add_argument("--watch", action="store_true",
+                        help="No human step: `petals-ops watch` repairs three faults (a container stopped, "
+                             "a server frozen, a host's sshd and engine stopped: its range goes to a spare "
+                             "host, one more lab host) and gives the spare back when the host returns.")
     parser.add_argument("--json", default=None, help="Also write the figures and timeline here.")
     args = parser.parse_args()
 
@@ -47,7 +53,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="petals-ops-rehearsal-", dir="/tmp"))
     rh = Rehearsal(root, hosts=args.hosts, gpu_memory_bytes=args.gpu_memory_bytes, quant=args.quant,
                    outage_host=args.outage_host, questions=args.questions, max_new_tokens=args.max_new_tokens,
-                   alert_for=args.alert_for, measure_hops=not args.no_hops,
+                   alert_for=args.alert_for, measure_hops=not args.no_hops, watch=args.watch,
                    log=lambda line: print(line, flush=True))
     failure = None
     try:
@@ -77,6 +83,12 @@ def main() -> int:
          f"{f.get('bench_error_records')} / {f.get('bench_retried_attempts')}"),
         ("bench: runs to finish, each question exactly once",
          f"{f.get('bench_runs')}, {f.get('bench_each_question_once')}"),
+        *[(f"watch: {kind} ({v['host']}) -> {v['action']} / 70/70 covered",
+           f"{v['detect_seconds']} s / {v['repair_seconds']} s")
+          for kind, v in f.get("watch_faults", {}).items()],
+        *([("watch: lost host back -> its spare given back", _s(f.get("watch_give_back_seconds"))),
+           ("watch: actions (outcomes)", f"{len(f.get('watch_actions', []))} ({f.get('watch_outcomes')})")]
+          if args.watch else []),
         ("greedy ms/token by hops (servers on the route)",
          " ".join(f"{k}:{v}" for k, v in f.get("per_token_ms_by_hops", {}).items())),
         ("peak PSS of the rehearsal's processes", f"{f.get('peak_pss_mib')} MiB"),

@@ -9,6 +9,7 @@ line, an interrupted action not repeated).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -286,3 +287,78 @@ def test_journal_in_an_unwritable_place_is_one_line(tmp_path):
     with pytest.raises(InputError) as e:
         Journal(tmp_path / "f" / "j.jsonl")
     assert "--journal" in e.value.one_line() and "\n" not in e.value.one_line()
+
+
+# ------------------------------------------------------------------------------------ inventory, deploy
+def test_spare_hosts_in_the_inventory(tmp_path, run_cli):
+    import yaml
+
+    from petals_ops.fleet.executor import resolve_targets
+    from petals_ops.fleet.inventory import load_inventory
+    from petals_ops.fleet.watch.observe import owner_ranges
+
+    data = {"server": {"device": "cpu", "initial_peers": [
+        "/ip4/10.0.0.1/tcp/31337/p2p/QmS9KwZptnVdB9FFV7uGgaTq4sEKBwcYeKZDfSpyKDUd1g"]},
+            "hosts": {"a10-1": {"gpus": 0, "server": {"block_indices": ["0:2"]}},
+                      "spare-1": {"gpus": 0, "spare": True}}}
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(data))
+    targets = {t.name: t for t in resolve_targets(load_inventory(path), None)}
+    assert targets["spare-1"].host.spare and targets["spare-1"].slots == ()  # up starts nothing there
+    assert owner_ranges(targets.values()) == ((A, "0:2"),)
+    data["hosts"]["spare-1"]["server"] = {"block_indices": ["2:4"]}
+    path.write_text(yaml.safe_dump(data))
+    result = run_cli("plan", "-i", path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "hosts.spare-1" in result.stderr and "a spare host serves no range of its own" in result.stderr
+    data["hosts"]["spare-1"] = {"spare": "perhaps"}
+    path.write_text(yaml.safe_dump(data))
+    result = run_cli("plan", "-i", path)
+    assert result.returncode == 2 and "hosts.spare-1.spare" in result.stderr
+    example = load_inventory(Path(__file__).parents[1] / "deploy" / "petals-ops.example.yaml")
+    assert [n for n, h in example.hosts.items() if h.spare] == ["spare-1"]
+
+
+def test_watch_deployment_files():
+    """The systemd unit and the compose service: inventory and SSH mounted read-only, metrics on the
+    port Prometheus scrapes, SIGTERM to watch alone, no secret on the command line."""
+    import configparser
+
+    import yaml
+
+    root = Path(__file__).parents[1]
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read(root / "deploy" / "petals-ops-watch.service")
+    service = unit["Service"]
+    assert service["ExecStart"].split()[1:3] == ["watch", "--interval"]
+    assert "--metrics-listen 127.0.0.1:9470" in service["ExecStart"]
+    assert service["KillMode"] == "mixed" and service["Restart"] == "always"
+    assert "hf_" not in service["ExecStart"] and "token" not in service["ExecStart"].lower()
+    compose = yaml.safe_load((root / "monitoring" / "docker-compose.yml").read_text())
+    watch = compose["services"]["watch"]
+    mounts = {v.rsplit(":", 2)[1]: v for v in watch["volumes"]}
+    assert mounts["/etc/petals-ops/petals-ops.yaml"].endswith(":ro") and mounts["/root/.ssh"].endswith(":ro")
+    assert "--metrics-listen=127.0.0.1:9470" in watch["command"] and watch["network_mode"] == "host"
+    assert not any("token" in c.lower() or "hf_" in c for c in watch["command"])
+    config = yaml.safe_load((root / "monitoring" / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    assert jobs["petals-watch"]["static_configs"][0]["targets"] == ["127.0.0.1:9470"]
+
+
+def test_a_container_just_started_is_starting_not_a_zombie():
+    """Started by its engine (a reboot, Docker's restart policy) and not announced yet: no action until
+    ``startup_grace`` has passed."""
+    young = (None, srv("a10-2", dht="absent", started_at=-50.0))
+    policy = Policy(bad_readings=3, startup_grace=100)
+    assert plan_remediations(history(*[young] * 5), WatchState(), policy, 40) == []
+    rems = plan_remediations(history(*[young] * 8, start=40), WatchState(), policy, 110)
+    assert kinds(rems) == [("restart", B)]  # 60 s to 110 s after it started: past the grace
+
+
+def test_docker_timestamps():
+    from petals_ops.fleet.watch.observe import _timestamp
+
+    assert _timestamp("2026-12-02T16:02:53.123456789Z") == pytest.approx(1796227373.123456)
+    assert _timestamp("0001-01-01T00:00:00Z") is None and _timestamp("garbage") is None
+    assert _timestamp(None) is None

@@ -336,4 +336,98 @@ def logs_cmd(host, inventory, container, tail, follow, accept_new_host_keys):
                 opts=opts)
 
 
-COMMANDS = [hosts_group, provision_cmd, plan_cmd, up_cmd, down_cmd, status_cmd, logs_cmd, restart_cmd]
+@click.command("watch")
+@_common()
+@click.option("--interval", default="60s", show_default=True, envvar="PETALS_OPS_WATCH_INTERVAL",
+              help="Time between passes (e.g. 30s, 2m).")
+@click.option("--once", is_flag=True, help="One pass (read, plan, act), then exit (for cron).")
+@click.option("--bad-readings", default=3, show_default=True, type=click.IntRange(1, 100),
+              help="Consecutive bad readings of a server before acting on it.")
+@click.option("--backoff", default="30s", show_default=True,
+              help="Wait after a server's first attempt; doubles with each further attempt (up to 30m).")
+@click.option("--max-per-server-per-hour", default=4, show_default=True, type=click.IntRange(1, 1000),
+              help="Actions on one server per hour; more are held back (a flapping server).")
+@click.option("--max-actions-per-pass", default=2, show_default=True, type=click.IntRange(1, 1000),
+              help="Actions in one pass across the fleet (no restart storm).")
+@click.option("--healthy-reset", default="10m", show_default=True,
+              help="Healthy this long after an action: the server's ladder (restart, recreate, give up) "
+                   "starts again.")
+@click.option("--startup-grace", default="5m", show_default=True,
+              help="A container started this recently and not ONLINE yet is starting, not a zombie.")
+@click.option("--give-back-after", default="10m", show_default=True,
+              help="A spare's range goes back once its host's server has been healthy this long.")
+@click.option("--stop-timeout", default=30, show_default=True, type=click.IntRange(1, 600),
+              help="Seconds a server gets to stop (SIGINT) before SIGKILL, on restart/recreate/give back.")
+@click.option("--journal", default=None, type=click.Path(dir_okay=False), envvar="PETALS_OPS_WATCH_JOURNAL",
+              help="The append-only journal [default: ~/.petals-ops/watch/INVENTORY-HASH.jsonl].")
+@click.option("--metrics-listen", default=None, metavar="HOST:PORT", envvar="PETALS_OPS_WATCH_METRICS",
+              help="Serve petals_ops_watch_* metrics for Prometheus here (e.g. 127.0.0.1:9470).")
+def watch_cmd(inventory, hosts, accept_new_host_keys, dry_run, interval, once, bad_readings, backoff,
+              max_per_server_per_hour, max_actions_per_pass, healthy_reset, startup_grace, give_back_after,
+              stop_timeout, journal, metrics_listen):
+    """Keep the fleet serving: each --interval read the containers (SSH) and the swarm (DHT), restart a
+    server that exited, froze or vanished from the DHT, recreate it if restarts fail, give up (alert) after
+    that, and start the range of a host that is gone on a spare host (inventory 'spare: true').
+
+    
+    A host that cannot be read is unknown, never dead: it is not acted on.
+    Backoff, a per-server hourly limit and a per-pass cap stop restart storms.
+    Every action and its outcome goes to the journal, which a restarted
+    watch replays (nothing is done twice). --dry-run prints the remediations
+    it would make and exits. One watch per inventory (a lock).
+    docs/fleet.md, "watch".
+    """
+    from petals_ops.fleet.watch.loop import InventoryLock, make_watch, serve_metrics
+    from petals_ops.fleet.watch.model import Policy
+    from petals_ops.monitoring.server import parse_duration, parse_listen
+
+    every = parse_duration(interval, option="--interval", minimum=1, maximum=86400)
+    policy = Policy(bad_readings=bad_readings,
+                    backoff_base=parse_duration(backoff, option="--backoff", minimum=0, maximum=86400),
+                    max_per_server_per_hour=max_per_server_per_hour,
+                    max_actions_per_pass=max_actions_per_pass,
+                    healthy_reset=parse_duration(healthy_reset, option="--healthy-reset", minimum=0,
+                                                 maximum=7 * 86400),
+                    give_back_after=parse_duration(give_back_after, option="--give-back-after", minimum=0,
+                                                   maximum=7 * 86400),
+                    startup_grace=parse_duration(startup_grace, option="--startup-grace", minimum=0,
+                                                 maximum=86400))
+    listen = parse_listen(metrics_listen) if metrics_listen else None
+    inv, opts = _load(inventory, accept_new_host_keys)
+
+    def log(line: str) -> None:
+        terminal.echo(printable(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}"))
+
+    lock = None if dry_run else InventoryLock(inv.source or "petals-ops.yaml")
+    watch, close = make_watch(inv, hosts, opts=opts, policy=policy, interval=every, journal_path=journal,
+                              stop_timeout=stop_timeout, log=log)
+    try:
+        if dry_run:
+            rems = watch.dry_run()
+            terminal.echo("\n".join(printable(r.line()) for r in rems) if rems
+                          else "no remediations: every server of ours is healthy, or not bad for long enough")
+            return
+        lock.acquire()
+        if listen:
+            serve_metrics(watch.stats, every, listen)
+        watch.start()
+        log(f"watch: {len(watch.targets)} host(s), every {every:g} s, journal {watch.journal_path}"
+            + (f", metrics on {listen[0]}:{listen[1]}" if listen else ""))
+        if once:
+            done = watch.once()
+            if any(d.outcome != "ok" for d in done):
+                from petals_ops.util.errors import OpsError
+
+                raise OpsError(f"{sum(d.outcome != 'ok' for d in done)} remediation(s) failed",
+                               fix="see the lines above and the journal")
+        else:
+            watch.run()
+            log("watch: stopped")
+    finally:
+        close()
+        if lock is not None:
+            lock.release()
+
+
+COMMANDS = [hosts_group, provision_cmd, plan_cmd, up_cmd, down_cmd, status_cmd, logs_cmd, restart_cmd,
+            watch_cmd]

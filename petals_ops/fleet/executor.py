@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Any, Callable, Collection, Generic, Sequence, TypeVar
 
 from petals_ops.fleet.containers import ServerSlot, server_slots
 from petals_ops.fleet.result import HostResult
@@ -59,7 +59,8 @@ def resolve_targets(inventory: Inventory, hosts: Sequence[str] | str | None = No
     for name in select_hosts(inventory, hosts, opts, given_as=given_as):
         hspec, spec = inventory.host(name), inventory.server_for(name)
         try:
-            slots = tuple(server_slots(name, hspec, spec))
+            # a spare host has no server of its own (watch starts one there for a host that is gone)
+            slots = () if hspec.spare else tuple(server_slots(name, hspec, spec))
         except InputError:
             if require_slots:
                 raise
@@ -138,9 +139,11 @@ class Fleet:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def each(self, fn: Callable[[Target, HostSession], T]) -> list[Outcome[T]]:
-        """``fn(target, session)`` for every target in parallel; results in host order. One host's failure
-        (an OpsError's line, or any other exception's type and message) is that host's outcome only."""
+    def each(self, fn: Callable[[Target, HostSession], T],
+             only: Collection[str] | None = None) -> list[Outcome[T]]:
+        """``fn(target, session)`` for every target (or those named in ``only``) in parallel; results in
+        host order. One host's failure (an OpsError's line, or any other exception's type and message) is
+        that host's outcome only."""
 
         def one(target: Target) -> Outcome[T]:
             try:
@@ -151,11 +154,12 @@ class Fleet:
                 return Outcome(target, error=f"{target.name}: {type(e).__name__}: "
                                              f"{one_line(e, 200)}")
 
-        if not self.targets:
+        targets = [t for t in self.targets if only is None or t.name in only]
+        if not targets:
             return []
-        workers = max(1, min(self.parallel or len(self.targets), len(self.targets)))
+        workers = max(1, min(self.parallel or len(targets), len(targets)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(one, self.targets))
+            return list(pool.map(one, targets))
 
     def run(self, op: Operation, *, dry_run: bool = False) -> list[HostResult]:
         """read -> plan -> (apply | preview) on every host: one result per host, failed hosts included."""

@@ -376,6 +376,15 @@ class HostSpec(_Strict):
     gpus: int = Field(default=1, ge=0, le=16)
     gpu_memory_bytes: int = Field(default=A10_MEMORY_BYTES, ge=1)
     server: ServerOverrides = Field(default_factory=ServerOverrides)  # type: ignore[valid-type]
+    # a hot spare: runs no server of its own; `watch` starts the range of a host that is gone on it
+    spare: bool = False
+
+    @model_validator(mode="after")
+    def _spare_has_no_range(self) -> "HostSpec":
+        if self.spare and (self.server.block_indices is not None or self.server.num_blocks is not None):
+            raise ValueError("a spare host serves no range of its own (watch gives it the range of a host "
+                             "that is gone): remove its server.block_indices / num_blocks")
+        return self
 
 
 class Inventory(_Strict):

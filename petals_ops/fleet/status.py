@@ -101,7 +101,8 @@ class FleetStatus:
     public_swarm: bool = False
 
 
-def join(names: Sequence[str], statuses: Sequence[ContainerStatus], snap=None) -> list[HostResult]:
+def join(names: Sequence[str], statuses: Sequence[ContainerStatus], snap=None,
+         spares: Sequence[str] = ()) -> list[HostResult]:
     """Containers x DHT records (by peer id) -> one result per host. Pure (unit-tested without SSH).
 
     A host fails when unreachable, when it has no containers, or when a server is not running or
@@ -114,6 +115,9 @@ def join(names: Sequence[str], statuses: Sequence[ContainerStatus], snap=None) -
         unreachable = next((s.error for s in mine if s.error), None)
         if unreachable:
             out.append(HostResult.failed(h, unreachable))
+            continue
+        if not mine and h in spares:  # an idle hot spare (watch starts servers there)
+            out.append(HostResult(h))
             continue
         if not mine:
             out.append(HostResult.failed(h, f"{h}: no petals-ops containers (run 'petals-ops up')"))
@@ -174,7 +178,7 @@ def fleet_status(inventory: Inventory, hosts: Sequence[str] | None = None, *,
                 snap = probe_snapshot(peers, swarm_model(targets))
         except OpsError as e:
             result.dht_error = e.one_line()
-    result.hosts = join([t.name for t in targets], statuses, snap)
+    result.hosts = join([t.name for t in targets], statuses, snap, [t.name for t in targets if t.host.spare])
     if snap is not None:
         result.coverage, result.dht_prefix = snap.coverage(), snap.dht_prefix
     return result

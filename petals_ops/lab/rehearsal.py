@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -175,6 +176,8 @@ class Rehearsal:
     refresh: str = "2s"
     hop_tokens: int = 24
     measure_hops: bool = True
+    watch: bool = False  # the outages repaired by `petals-ops watch` (no human step), one per fault kind
+    spares: int = 1  # with watch: extra lab hosts marked spare (the lost host's range goes there)
     log: object = print
     figures: dict = field(default_factory=dict)
     timeline: list[tuple[float, str]] = field(default_factory=list)
@@ -220,18 +223,22 @@ class Rehearsal:
     # -- steps -----------------------------------------------------------------------------------
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.lab = FleetLab(self.root / "lab", host_map=lab_hosts(self.hosts), ssh_port=SSH_PORT)
+        extra = self.spares if self.watch else 0
+        self.lab = FleetLab(self.root / "lab", host_map=lab_hosts(self.hosts + extra), ssh_port=SSH_PORT)
         self.lab.start()
         self.mark(f"lab up: {self.hosts} hosts (sshd + dockerd each), bootstrap DHT")
         self.model = self.lab.root / "tiny-bloom-70"
         cli("model", "tiny", self.model, "--layers", 70, "--dht-prefix", DHT_PREFIX)
         self.mark("model tiny --layers 70 written")
         port = self.lab.server_port(SERVER_PORTS)
-        data = self.lab.inventory(self.model, port=port, blocks=["0:70"] * self.hosts, token_env=None)
-        for h in data["hosts"].values():  # unpinned: plan assigns the ranges
+        data = self.lab.inventory(self.model, port=port, blocks=["0:70"] * (self.hosts + extra),
+                                  token_env=None)
+        for i, h in enumerate(data["hosts"].values()):  # unpinned: plan assigns the ranges
             h["server"].pop("block_indices")
             if self.gpu_memory_bytes:
                 h["gpu_memory_bytes"] = self.gpu_memory_bytes
+            if i >= self.hosts:
+                h["spare"] = True
         self.inventory = data
         self.inventory_path = self.lab.write_inventory(self.root / "petals-ops.yaml", data)
 
@@ -319,6 +326,117 @@ class Rehearsal:
             time.sleep(0.2)
         self.mark("bench gsm8k in flight: first question recorded")
 
+    # -- with watch: three fault kinds, each detected and repaired with no human step ------------------
+    def start_watch(self) -> None:
+        from petals_ops.lab.fleet_lab import port_free as _free
+
+        port = next(p for p in range(9570, 9670) if _free("127.0.0.1", p))
+        self.watch_journal = self.root / "watch.jsonl"
+        self.watch_log = open(self.root / "watch.log", "w")  # noqa: SIM115 (the watch outlives this method)
+        self.watch_proc = subprocess.Popen(
+            [sys.executable, "-m", "petals_ops.cli.main", "watch", "-i", str(self.inventory_path),
+             "--interval", "3s", "--bad-readings", "2", "--backoff", "10s", "--healthy-reset", "20s",
+             "--give-back-after", "20s", "--startup-grace", "30s", "--stop-timeout", "10",
+             "--journal", str(self.watch_journal),
+             "--metrics-listen", f"127.0.0.1:{port}"],
+            stdout=self.watch_log, stderr=subprocess.STDOUT, cwd=CODE_ROOT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not any(r["type"] == "start" for r in self._watch_records()):
+            if self.watch_proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"watch did not start: {(self.root / 'watch.log').read_text()[-2000:]}")
+            time.sleep(0.3)
+        self.mark("petals-ops watch running (interval 3 s, K = 2 bad readings)")
+
+    def _watch_records(self) -> list[dict]:
+        from petals_ops.fleet.watch.journal import records
+
+        return list(records(self.watch_journal))
+
+    def _wait_action(self, kind: str, key: str, after: float, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [r for r in self._watch_records() if r["type"] == "action" and r["kind"] == kind
+                     and r["key"] == key and r["t"] >= after]
+            if found:
+                return found[0]
+            if self.watch_proc.poll() is not None:
+                raise RuntimeError(f"watch exited {self.watch_proc.returncode}")
+            time.sleep(0.5)
+        raise RuntimeError(f"watch did not {kind} {key} within {timeout:.0f} s "
+                           f"(log: {self.root / 'watch.log'})")
+
+    def _fault(self, kind: str, host: str, inject, action: str) -> None:
+        """Inject a fault, then time watch's action on it (detection) and full coverage again (repair)."""
+        key = f"{host}/petals-server-0"
+        t_fault = self.mark(f"FAULT ({kind}): {host}")
+        wall = time.time()
+        inject()
+        found = self._wait_action(action, key, wall, 300)
+        t_detect = self.mark(f"watch: {action} {key}: {found['reason']}",
+                             time.monotonic() - (time.time() - found["t"]))
+        self.wait_coverage([], 300)
+        t_rep = self.mark("swarm status: 70 of 70 blocks covered again")
+        self.figures.setdefault("watch_faults", {})[kind] = {
+            "host": host, "action": action, "detect_seconds": round(t_detect - t_fault, 1),
+            "repair_seconds": round(t_rep - t_fault, 1)}
+
+    def watch_faults(self) -> None:
+        """A container stopped, a server frozen (SIGSTOP), a host's sshd and Docker engine stopped: each
+        repaired by watch alone (restart, restart, the range on the spare); the lost host then returns and
+        its spare is given back."""
+        names = [n for n, h in self.inventory["hosts"].items() if not h.get("spare")]
+        first, middle, last = names[0], names[len(names) // 2], names[-1]
+
+        def stop_container():
+            client = self.lab.docker(first)
+            client.containers.get("petals-server-0").stop(timeout=30)
+            client.close()
+
+        def freeze():
+            client = self.lab.docker(middle)
+            for row in client.containers.get("petals-server-0").top()["Processes"]:
+                os.kill(int(row[1]), signal.SIGSTOP)
+            client.close()
+
+        def host_down():
+            from petals_ops.util import procs
+
+            self.lab.stop_sshd(last)
+            procs.stop_group(self.lab.hosts[last].dockerd_pgid, grace=30)  # its containers stop with it
+            self.lab.hosts[last].dockerd_pgid = None
+
+        self._fault("container stopped", first, stop_container, "restart")
+        self._fault("server frozen", middle, freeze, "restart")
+        self._fault("host down (sshd + engine)", last, host_down, "take_spare")
+        t_back = self.mark(f"{last} back: Docker engine and sshd started (its server restarts with them)")
+        wall = time.time()
+        self.lab.start_dockerd(last)
+        self.lab.start_sshd(last)
+        found = self._wait_action("give_back", f"{last}/petals-server-0", wall, 300)
+        t_given = self.mark(f"watch: give_back of {last}'s range: {found['reason']}",
+                            time.monotonic() - (time.time() - found["t"]))
+        self.wait_coverage([], 120)
+        self.figures["watch_give_back_seconds"] = round(t_given - t_back, 1)
+        counts: dict[str, int] = {}
+        for r in self._watch_records():
+            if r["type"] == "outcome":
+                counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+        actions = [r for r in self._watch_records() if r["type"] == "action"]
+        self.figures["watch_actions"] = [f"{r['kind']} {r['key']}" for r in actions]
+        self.figures["watch_outcomes"] = counts
+        if counts.get("failed"):
+            raise RuntimeError(f"watch actions failed: {counts} (log: {self.root / 'watch.log'})")
+
+    def stop_watch(self) -> None:
+        if getattr(self, "watch_proc", None) is not None and self.watch_proc.poll() is None:
+            self.watch_proc.send_signal(signal.SIGTERM)  # watch alone: it finishes its pass and exits
+            try:
+                self.watch_proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.watch_proc.pid, signal.SIGKILL)
+                self.watch_proc.wait(10)
+            self.watch_log.close()
+
     def outage(self) -> None:
         names = list(self.inventory["hosts"])
         host = self.outage_host or names[len(names) // 2]
@@ -402,7 +520,7 @@ class Rehearsal:
 
     def teardown(self) -> None:
         """Everything down in reverse order, whatever failed; then check that nothing is left running."""
-        steps = []
+        steps = [("watch", self.stop_watch)]
         if self.bench_proc is not None and self.bench_proc.poll() is None:
             steps.append(("bench", lambda: (os.killpg(self.bench_proc.pid, 9), self.bench_proc.wait(10))))
         if self.lab is not None and getattr(self, "inventory_path", None) and self.lab.dht_pgid:
@@ -438,9 +556,14 @@ class Rehearsal:
             self.up()
             if self.measure_hops:
                 self.hop_latency()
-            self.start_bench()
-            self.outage()
-            self.repair()
+            if self.watch:
+                self.start_watch()
+                self.start_bench()
+                self.watch_faults()
+            else:
+                self.start_bench()
+                self.outage()
+                self.repair()
             self.finish_bench()
         finally:
             if self.watcher is not None:
@@ -463,7 +586,8 @@ def leftovers(rh: Rehearsal) -> list[str]:
     if count:
         left.append(f"{count} server process(es)")
     for name, proc in (("exporter", getattr(rh.exporter, "proc", None)),
-                       ("prometheus", getattr(rh.prometheus, "proc", None)), ("bench", rh.bench_proc)):
+                       ("prometheus", getattr(rh.prometheus, "proc", None)), ("bench", rh.bench_proc),
+                       ("watch", getattr(rh, "watch_proc", None))):
         if proc is not None and proc.poll() is None:
             left.append(name)
     return left

@@ -25,6 +25,7 @@ class ServerReading:
     reachable: bool | None = None
     managed: bool = True  # made by petals-ops for this host (the reader lists only those)
     spare: bool = False  # runs on a spare host, serving a range for another host
+    started_at: float | None = None  # when the container last started (Unix time, the host's clock)
 
     @property
     def key(self) -> str:
@@ -76,6 +77,8 @@ class Policy:
     backoff_max: float = 1800.0
     max_per_server_per_hour: int = 4
     max_actions_per_pass: int = 2
+    startup_grace: float = 300.0  # a container started this recently and not ONLINE yet is starting, not a
+    # zombie (the server measures its throughput and loads its blocks before it announces ONLINE)
     healthy_reset: float = 600.0  # healthy this long after an attempt: its ladder starts again
     give_back_after: float = 600.0  # the original host healthy this long: its spare is given back
     dht_distrust_fraction: float = 0.5  # more than this share of our running servers absent at once: the DHT

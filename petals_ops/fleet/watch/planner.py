@@ -4,7 +4,8 @@ Rules (docs/fleet.md, "watch"):
 
 - a server's verdict per reading is ok (running and ONLINE), bad (exited, missing, restarting, unreachable
   by the probe, or running but OFFLINE/absent in the DHT: a zombie) or unknown (its host could not be read,
-  the swarm could not be read or looks down for most of our servers at once, or it is JOINING). Unknown is
+  the swarm could not be read or looks down for most of our servers at once, or it is JOINING or started
+  less than ``startup_grace`` ago and not ONLINE yet). Unknown is
   never dead: it breaks a streak of bad readings and never leads to an action;
 - ``bad_readings`` consecutive bad readings (after the server's last action) -> the next step of its
   ladder: restart (same container, same peer id) ``restarts_before_recreate`` times, then recreate
@@ -61,6 +62,9 @@ def verdicts(reading: Reading, policy: Policy) -> dict[str, tuple[str, str]]:
                 out[s.key] = (OK, "ONLINE")
             elif s.dht == "JOINING":
                 out[s.key] = (UNKNOWN, "JOINING")
+            elif s.started_at is not None and reading.at - s.started_at < policy.startup_grace:
+                out[s.key] = (UNKNOWN, f"starting ({s.dht} in the DHT, started "
+                                       f"{reading.at - s.started_at:.0f} s ago)")
             else:
                 out[s.key] = (BAD, f"zombie: container running, {s.dht} in the DHT")
     return out

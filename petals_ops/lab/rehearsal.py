@@ -250,6 +250,8 @@ class Rehearsal:
         plan = json.loads(
             self.fleet("plan", "--as-model", AS_MODEL, "--quant", self.quant, "-o", "json").stdout
         )
+        plan["assignment"] = {h: r for h, r in plan["assignment"].items()
+                              if not self.inventory["hosts"][h].get("spare")}  # a spare has no range
         self.plan = plan
         self.figures["plan_assignment"] = plan["assignment"]
         self.figures["plan_covers_model"] = plan["covers_model"]

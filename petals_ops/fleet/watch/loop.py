@@ -24,7 +24,7 @@ from petals_ops.fleet.watch import act, journal as J
 from petals_ops.fleet.watch.model import (HostReading, Policy, Reading, Remediation, ServerReading,
                                           WatchState)
 from petals_ops.fleet.watch.planner import plan_remediations, verdicts
-from petals_ops.util.errors import InputError, OpsError
+from petals_ops.util.errors import InputError, OpsError, one_line
 from petals_ops.util.fsutil import read_json, write_json_atomic
 
 
@@ -266,8 +266,10 @@ class Watch:
             started = time.monotonic()
             try:
                 self.once()
-            except OpsError as e:  # e.g. the journal's disk: say so, keep watching
-                self.log(f"pass failed: {e.one_line()}")
+            except OpsError as e:  # e.g. the journal's disk: say so, keep watching (the last-pass metric
+                self.log(f"pass failed: {e.one_line()}")  # goes stale: PetalsWatchNotRunning)
+            except Exception as e:  # noqa: BLE001 (one bad pass must not end the loop)
+                self.log(f"pass failed: {type(e).__name__}: {one_line(e, 300)}")
             self.stop_event.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
 

@@ -97,7 +97,10 @@ def test_zombie_running_but_absent_from_the_dht_is_restarted():
     # the reachability probe's "unreachable" counts as bad, even when the DHT says ONLINE
     unreachable = (None, srv("a10-2", reachable=False))
     rems = plan_remediations(history(*[unreachable] * 3), WatchState(), P, 30)
-    assert kinds(rems) == [("restart", B)] and "unreachable" in rems[0].reason
+    assert kinds(rems) == [("restart", B)] and "does not answer" in rems[0].reason
+    # every server unreachable at once: our probe's view, not our servers
+    both = (srv("a10-1", reachable=False), srv("a10-2", reachable=False))
+    assert plan_remediations(history(*[both] * 4), WatchState(), P, 40) == []
 
 
 def test_swarm_wide_dht_outage_restarts_nothing():

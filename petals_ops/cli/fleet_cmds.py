@@ -356,6 +356,9 @@ def logs_cmd(host, inventory, container, tail, follow, accept_new_host_keys):
               help="A container started this recently and not ONLINE yet is starting, not a zombie.")
 @click.option("--give-back-after", default="10m", show_default=True,
               help="A spare's range goes back once its host's server has been healthy this long.")
+@click.option("--probe-timeout", default="5s", show_default=True,
+              help="Each pass calls every ONLINE server of ours as a client would (rpc_info); one that "
+                   "does not answer within this is bad (a hung server, a broken NAT). 0: no probes.")
 @click.option("--stop-timeout", default=30, show_default=True, type=click.IntRange(1, 600),
               help="Seconds a server gets to stop (SIGINT) before SIGKILL, on restart/recreate/give back.")
 @click.option("--journal", default=None, type=click.Path(dir_okay=False), envvar="PETALS_OPS_WATCH_JOURNAL",
@@ -364,7 +367,7 @@ def logs_cmd(host, inventory, container, tail, follow, accept_new_host_keys):
               help="Serve petals_ops_watch_* metrics for Prometheus here (e.g. 127.0.0.1:9470).")
 def watch_cmd(inventory, hosts, accept_new_host_keys, dry_run, interval, once, bad_readings, backoff,
               max_per_server_per_hour, max_actions_per_pass, healthy_reset, startup_grace, give_back_after,
-              stop_timeout, journal, metrics_listen):
+              probe_timeout, stop_timeout, journal, metrics_listen):
     """Keep the fleet serving: each --interval read the containers (SSH) and the swarm (DHT), restart a
     server that exited, froze or vanished from the DHT, recreate it if restarts fail, give up (alert) after
     that, and start the range of a host that is gone on a spare host (inventory 'spare: true').
@@ -399,8 +402,9 @@ def watch_cmd(inventory, hosts, accept_new_host_keys, dry_run, interval, once, b
         terminal.echo(printable(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}"))
 
     lock = None if dry_run else InventoryLock(inv.source or "petals-ops.yaml")
+    probe_seconds = parse_duration(probe_timeout, option="--probe-timeout", minimum=0, maximum=300)
     watch, close = make_watch(inv, hosts, opts=opts, policy=policy, interval=every, journal_path=journal,
-                              stop_timeout=stop_timeout, log=log)
+                              stop_timeout=stop_timeout, log=log, probe_timeout=probe_seconds or None)
     try:
         if dry_run:
             rems = watch.dry_run()

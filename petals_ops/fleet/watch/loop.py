@@ -145,15 +145,15 @@ class Watch:
     :meth:`once` (one pass) or :meth:`dry_run`."""
 
     def __init__(self, inventory: Inventory, targets: Sequence[Target], *, policy: Policy, interval: float,
-                 journal_path: Path, tokens: dict[str, str], probe=None, stop_timeout: int = 30,
-                 log: Log = print):
+                 journal_path: Path, tokens: dict[str, str], probe=None, probe_timeout: float | None = None,
+                 stop_timeout: int = 30, log: Log = print):
         from petals_ops.fleet.watch.observe import Observer
 
         self.inventory, self.targets, self.policy, self.interval = inventory, list(targets), policy, interval
         self.journal_path = Path(journal_path)
         self.history_path = self.journal_path.with_name(self.journal_path.name + ".readings.json")
         self.tokens, self.stop_timeout, self.log = tokens, stop_timeout, log
-        self.observer = Observer(self.targets, probe)
+        self.observer = Observer(self.targets, probe, probe_timeout)
         self.stats = PassStats()
         self.history: list[Reading] = load_history(self.history_path, interval, time.time())
         self.state: WatchState = J.replay(self.journal_path)
@@ -276,9 +276,10 @@ class Watch:
 def make_watch(inventory: Inventory, hosts: Sequence[str] | str | None = None, *,
                opts: SSHOptions | None = None, policy: Policy, interval: float,
                journal_path: str | os.PathLike | None = None, stop_timeout: int = 30, log: Log = print,
-               swarm: bool = True) -> tuple[Watch, Callable[[], None]]:
+               swarm: bool = True, probe_timeout: float | None = 5.0) -> tuple[Watch, Callable[[], None]]:
     """A :class:`Watch` over ``hosts`` of ``inventory`` (tokens read and the model checked before any host
-    is touched) and a close function (the swarm probe)."""
+    is touched) and a close function (the swarm probe). ``probe_timeout``: each pass calls every ONLINE
+    server's rpc_info (swarm/reachability.py); one that does not answer is bad (None: no probes)."""
     from petals_ops.fleet.peers import inventory_peers, swarm_model
 
     if not inventory.source:
@@ -301,5 +302,5 @@ def make_watch(inventory: Inventory, hosts: Sequence[str] | str | None = None, *
                 log(f"swarm: {e.one_line()} (retried each pass)")
     watch = Watch(inventory, targets, policy=policy, interval=interval,
                   journal_path=Path(journal_path) if journal_path else default_journal(inventory.source),
-                  tokens=tokens, probe=probe, stop_timeout=stop_timeout, log=log)
+                  tokens=tokens, probe=probe, probe_timeout=probe_timeout, stop_timeout=stop_timeout, log=log)
     return watch, (probe.close if probe is not None else (lambda: None))

@@ -46,10 +46,15 @@ class Observer:
     :class:`~petals_ops.swarm.health.SwarmProbe` (None: the swarm is not read; every DHT verdict is
     unknown)."""
 
-    def __init__(self, targets: Sequence[Target], probe=None):
+    def __init__(self, targets: Sequence[Target], probe=None, probe_timeout: float | None = None):
         self.targets = list(targets)
         self.probe = probe
         self.ranges = owner_ranges(self.targets)
+        self.reach = None
+        if probe is not None and probe_timeout:  # each ONLINE server's rpc_info, as a client would call it
+            from petals_ops.swarm.reachability import ReachabilityProbe
+
+            self.reach = ReachabilityProbe(probe, timeout=probe_timeout)
 
     def read(self, fleet: Fleet) -> Reading:
         hosts = []
@@ -63,6 +68,8 @@ class Observer:
         else:
             try:
                 snap = self.probe.snapshot(require_peers=True)
+                if self.reach is not None:  # unreachable ONLINE servers no longer count as covering
+                    snap = self.reach.apply([snap])[0]
             except OpsError as e:
                 dht_error = e.one_line()
             except Exception as e:  # hivemind's own errors: the swarm was not read, nothing more
@@ -77,7 +84,8 @@ def _with_dht(s: ServerReading, snap) -> ServerReading:
     from dataclasses import replace
 
     record = snap.server(s.peer_id) if s.peer_id else None
-    return replace(s, dht=record.state if record else "absent")
+    return replace(s, dht=record.state if record else "absent",
+                   reachable=record.reachable if record else None)
 
 
 def _timestamp(text) -> float | None:

@@ -31,11 +31,12 @@ OK, BAD, UNKNOWN = "ok", "bad", "unknown"
 
 def dht_trusted(reading: Reading, policy: Policy) -> bool:
     """Whether the DHT part of ``reading`` can be acted on: it was read, and it does not show most of our
-    running servers gone at once (that is the swarm's DHT failing, or our view of it, not our servers)."""
+    running servers gone or unreachable at once (that is the swarm's DHT failing, or our view of it, not
+    our servers)."""
     if reading.dht_error is not None:
         return False
     running = [s for s in reading.servers() if s.state == "running" and s.dht is not None]
-    gone = [s for s in running if s.dht not in ("ONLINE", "JOINING")]
+    gone = [s for s in running if s.dht not in ("ONLINE", "JOINING") or s.reachable is False]
     return not (len(running) >= 2 and len(gone) > policy.dht_distrust_fraction * len(running))
 
 
@@ -53,11 +54,11 @@ def verdicts(reading: Reading, policy: Policy) -> dict[str, tuple[str, str]]:
                 out[s.key] = (BAD, "container missing")
             elif s.state != "running":
                 out[s.key] = (BAD, f"container {s.state}")
-            elif s.reachable is False:
-                out[s.key] = (BAD, "running, unreachable from outside (probe)")
             elif s.dht is None or not trusted:
                 out[s.key] = (UNKNOWN, "swarm not read" if s.dht is None or reading.dht_error
-                              else "the DHT shows most servers gone at once")
+                              else "most of our servers look gone at once (our view of the swarm?)")
+            elif s.reachable is False:
+                out[s.key] = (BAD, f"{s.dht} in the DHT but does not answer (reachability probe)")
             elif s.dht == "ONLINE":
                 out[s.key] = (OK, "ONLINE")
             elif s.dht == "JOINING":

@@ -134,3 +134,35 @@ def test_exporter_renders_reachability_bootstrap_and_next_pings():
     assert servers[A]["next_pings"] == [[B, 12.0], [C, None], ["QmElsewhere", 500.0]]
     assert page["models"][0]["unreachable_servers"] == 1
     assert [b["alive"] for b in page["exporter"]["bootstrap"]] == [True, False]
+
+
+def test_probes_go_to_the_dht_process_in_small_chunks_all_in_flight():
+    """hivemind's pipe into the DHT process broke (EAGAIN, the DHT process died) on one call carrying 400
+    peer ids (benchmarks/bench_exporter.py --probes): calls carry at most PROBE_CHUNK, and all are sent
+    before any is awaited (one timeout in all). The DHT stand-in records calls; the real one runs in
+    tests/test_probe_swarm.py and the benchmark."""
+    from petals_ops.client import door
+
+    events = []
+
+    class Future:
+        def __init__(self, keys):
+            self.keys = keys
+
+        def result(self, timeout):
+            events.append(("wait", len(self.keys)))
+            return {k: (False, None, "x") for k in self.keys}
+
+    class Dht:
+        def run_coroutine(self, call, return_future=False):
+            assert return_future
+            events.append(("send", len(call.args[0])))
+            return Future(call.args[0])
+
+    keys = [f"Qm{i}" for i in range(100)]
+    answers = door.probe_servers(Dht(), keys, 5.0)
+    assert set(answers) == set(keys)
+    sends = [n for kind, n in events if kind == "send"]
+    assert max(sends) <= door.PROBE_CHUNK and sum(sends) == 100
+    assert [kind for kind, _ in events] == ["send"] * len(sends) + ["wait"] * len(sends)
+    assert door.probe_servers(Dht(), [], 5.0) == {}

@@ -203,7 +203,7 @@ async def _rpc_info_each(peer_ids, timeout, _dht, node) -> dict:
         except asyncio.TimeoutError:
             return peer, (False, None, f"no answer to rpc_info in {timeout:g} s")
         except Exception as e:  # noqa: BLE001  a refused dial, an RPC error: the peer's text, capped
-            message = (str(e) or type(e).__name__)[:500]
+            message = (str(e) or type(e).__name__)[:300]  # the answers travel back over a pipe: small
             if message == "protocol not supported":  # it answered: a server still registering handlers
                 return peer, (True, time.perf_counter() - started, None)
             return peer, (False, None, message)
@@ -238,7 +238,7 @@ async def _dht_ping_each(addresses, timeout, _dht, node) -> dict:
         except asyncio.TimeoutError:
             return address, (False, None, f"no answer to a DHT ping in {timeout:g} s")
         except Exception as e:  # noqa: BLE001  refused, unroutable, a bad address
-            return address, (False, None, (str(e) or type(e).__name__)[:500])
+            return address, (False, None, (str(e) or type(e).__name__)[:300])
 
     return dict(await asyncio.gather(*(one(a) for a in addresses)))
 
@@ -250,21 +250,32 @@ def probe_servers(dht, peer_ids: list[str], timeout: float) -> Answers:
     """Call petals' ``rpc_info`` (what a client asks a server first) on every peer at once through
     ``dht``'s node, each bounded by ``timeout`` seconds: peer id -> (answered, latency s, error text).
     Error texts come from remote peers: sanitize before showing them."""
-    import functools
-
-    if not peer_ids:
-        return {}
-    return dht.run_coroutine(functools.partial(_rpc_info_each, list(peer_ids), float(timeout)))
+    return _in_chunks(dht, _rpc_info_each, list(peer_ids), timeout)
 
 
 def ping_dht_peers(dht, addresses: list[str], timeout: float) -> Answers:
     """Dial and DHT-ping each multiaddr (``/ip4/../tcp/../p2p/ID``) at once, each bounded by ``timeout``:
     address -> (answered, latency s, error text)."""
+    return _in_chunks(dht, _dht_ping_each, list(addresses), timeout)
+
+
+# Peer ids per call into the DHT process: hivemind's pipe to it fails (EAGAIN, and the DHT process dies)
+# on a large pickled call; 400 peer ids in one call did, as thousands of records did for simulate.py.
+PROBE_CHUNK = 32
+
+
+def _in_chunks(dht, each, keys: list[str], timeout: float) -> Answers:
+    """``each`` over ``keys`` in the DHT process, :data:`PROBE_CHUNK` keys per call, all calls in flight
+    at once (so the whole costs one timeout, not one per chunk)."""
     import functools
 
-    if not addresses:
-        return {}
-    return dht.run_coroutine(functools.partial(_dht_ping_each, list(addresses), float(timeout)))
+    futures = [dht.run_coroutine(functools.partial(each, keys[i:i + PROBE_CHUNK], float(timeout)),
+                                 return_future=True)
+               for i in range(0, len(keys), PROBE_CHUNK)]
+    out: Answers = {}
+    for future in futures:
+        out.update(future.result(timeout=timeout + 30))
+    return out
 
 
 def new_identity() -> tuple[bytes, str]:

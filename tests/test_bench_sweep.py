@@ -189,6 +189,11 @@ def test_bad_spec_file_through_the_cli_is_one_line_exit_2(tmp_path):
     assert "seeds is 'x', not a whole number" in line and "write seeds:" in line
     result = CliRunner().invoke(cli, ["bench", "sweep", str(spec), "--seeds", "0", "--methods", "sc@z"])
     assert result.exit_code == 2 and "'z' is not a number of paths" in result.output
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+    spec.write_text(laughs)  # a YAML alias bomb: refused before it is built
+    result = CliRunner().invoke(cli, ["bench", "sweep", str(spec)])
+    assert result.exit_code == 2 and "expands to more than" in result.output
     spec.write_text("methods: [cot\n")
     result = CliRunner().invoke(cli, ["bench", "sweep", str(spec)])
     assert result.exit_code == 2 and "is not YAML" in result.output

@@ -145,6 +145,8 @@ BAD_INPUT_PER_COMMAND = {
     "bench gsm8k": (["bench", "gsm8k", "--data", "nosuch.jsonl"], "--data nosuch.jsonl"),
     "bench report": (["bench", "report", "nosuchdir"], "nosuchdir has no summary.json"),
     "bench errors": (["bench", "errors", "nosuchdir"], "nosuchdir has no summary.json"),
+    "bench sweep run": (["bench", "sweep", "nosuch.yaml"], "sweep spec nosuch.yaml does not exist"),
+    "bench sweep report": (["bench", "sweep", "report", "nosuchdir"], "nosuchdir is not a sweep dir"),
     "tune gsm8k": (["tune", "gsm8k", "--pre-seq-len", "0"], "--pre-seq-len 0"),
     "hosts check": (["hosts", "check", "-i", "missing.yaml"], "inventory missing.yaml"),
     "provision": (["provision", "-i", "inv.yaml", "--hosts", "zz"], "zz is neither in the inventory"),

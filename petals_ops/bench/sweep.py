@@ -28,8 +28,9 @@ from petals_ops.bench.prompts import Template
 from petals_ops.bench.runner import BenchParams, BenchResult, ExecOptions, run_bench
 from petals_ops.bench.store import RunStore
 from petals_ops.client.options import ClientOptions
+from petals_ops.util import safe_yaml
 from petals_ops.util.errors import InputError
-from petals_ops.util.fsutil import write_json_atomic
+from petals_ops.util.fsutil import why_not_a_file, write_json_atomic
 
 SWEEP_FILE = "sweep.json"
 RUNS_DIR = "runs"
@@ -39,6 +40,7 @@ SPEC_KEYS = ("data", "offset", "limit", "sample", "sample_seed", "seeds", "shots
              "prompts", "methods", "temperatures", "top_k", "max_new_tokens", "baseline")
 METHOD_KEYS = ("method", "paths", "top_k", "max_new_tokens", "calculator", "params")
 PROMPT_KEYS = ("file", "instruction", "answer_instruction")
+MAX_SPEC_BYTES = 1024 * 1024
 
 
 def _bad(key: str, problem: str, fix: str) -> InputError:
@@ -256,8 +258,15 @@ def load_spec(path: str | Path | None, overrides: dict[str, Any]) -> SweepSpec:
     if path is not None:
         import yaml
 
+        why = why_not_a_file(path)
+        if why is not None:
+            raise InputError(f"sweep spec {path} {why}",
+                             fix="pass a YAML file like docs/sweeps/arith-grid.yaml")
+        if Path(path).stat().st_size > MAX_SPEC_BYTES:
+            raise InputError(f"sweep spec {path} is over {MAX_SPEC_BYTES:,} bytes",
+                             fix="a spec is a few lines: see docs/sweeps/arith-grid.yaml")
         try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            raw, _ = safe_yaml.parse(Path(path).read_text(encoding="utf-8"), f"sweep spec {path}")
         except OSError as e:
             raise InputError(f"sweep spec {path} cannot be read ({e.strerror})",
                              fix="pass a YAML file") from e

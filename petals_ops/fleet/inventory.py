@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from petals_ops.fleet.schema import Inventory, first_error
 from petals_ops.util.errors import InputError
 from petals_ops.util.fsutil import why_not_a_file
+from petals_ops.util import safe_yaml
 
 DEFAULT_INVENTORY = "petals-ops.yaml"
 
@@ -51,70 +52,9 @@ def _line_map(root) -> dict[tuple, int]:
     return lines
 
 
-# What an inventory may expand to. Aliases are shared by reference, so a few lines can stand for
-# billions of values (a "billion laughs" alias bomb) that validation and the line map would then walk:
-# an inventory of 1,000 hosts is about 30,000 values.
-MAX_YAML_VALUES = 200_000
-MAX_YAML_DEPTH = 64
-
-
-def _yaml_children(node) -> list:
-    import yaml
-
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
-
-
-def _check_yaml_size(root, path: Path) -> None:
-    """Refuse a composed YAML document whose expansion (aliases counted each time they are used) exceeds
-    MAX_YAML_VALUES values or MAX_YAML_DEPTH levels, or that refers to itself. Iterative and memoised:
-    linear in the document's size, whatever it expands to."""
-    fix = "write the values out instead of repeating aliases"
-    size: dict[int, int] = {}
-    on_path = {id(root)}
-    stack = [(root, iter(_yaml_children(root)))]
-    while stack:
-        node, children = stack[-1]
-        child = next(children, None)
-        if child is None:
-            stack.pop()
-            on_path.discard(id(node))
-            size[id(node)] = 1 + sum(size[id(c)] for c in _yaml_children(node))
-            if size[id(node)] > MAX_YAML_VALUES:
-                raise InputError(f"inventory {path} expands to more than {MAX_YAML_VALUES:,} values "
-                                 "(YAML aliases repeated inside aliases)", fix=fix)
-        elif id(child) in on_path:
-            raise InputError(f"inventory {path}: a YAML alias at line {child.start_mark.line + 1} "
-                             "refers to a value that contains it (a recursive structure)", fix=fix)
-        elif id(child) not in size:
-            if len(stack) >= MAX_YAML_DEPTH:
-                raise InputError(f"inventory {path} nests deeper than {MAX_YAML_DEPTH} levels "
-                                 f"(line {child.start_mark.line + 1})", fix="flatten the structure")
-            on_path.add(id(child))
-            stack.append((child, iter(_yaml_children(child))))
-
-
 def _parse_yaml(text: str, path: Path):
-    """``yaml.safe_load`` with bounds: the document is composed, checked by :func:`_check_yaml_size`, then
-    built. Returns (data, composed root node for the line map)."""
-    import yaml
-
-    loader = yaml.SafeLoader(text)
-    try:
-        try:
-            root = loader.get_single_node()
-        except RecursionError:  # the composer recurses once per nesting level
-            raise InputError(f"inventory {path} nests deeper than {MAX_YAML_DEPTH} levels",
-                             fix="flatten the structure") from None
-        if root is None:
-            return None, None
-        _check_yaml_size(root, path)
-        return loader.construct_document(root), root
-    finally:
-        loader.dispose()
+    """The inventory's YAML, parsed with bounds (util.safe_yaml): (data, composed root node)."""
+    return safe_yaml.parse(text, f"inventory {path}")
 
 
 def load_inventory(path: str | os.PathLike | None = None) -> Inventory:

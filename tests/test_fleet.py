@@ -264,6 +264,49 @@ def test_restart_keeps_the_peer_id(fleet, online, run_cli):
     assert containers(fleet.lab, "a10-1")["petals-server-0"].attrs["State"]["StartedAt"] != started
 
 
+def _signal_container(lab, host: str, sig) -> None:
+    """Send ``sig`` to every process of the host's server container (seen from this machine's pid space):
+    SIGSTOP freezes the server and its p2pd while Docker still says the container runs."""
+    import os
+
+    top = lab.docker(host).containers.get("petals-server-0").top()
+    column = top["Titles"].index("PID")
+    for row in top["Processes"]:
+        os.kill(int(row[column]), sig)
+
+
+def test_zombie_named_by_doctor_and_status(fleet, online, run_cli):
+    """A10-2's server frozen inside its running container (a zombie): doctor and status name it with its
+    host and container; thawed, it serves again. Swarm-only doctor (no inventory) needs no SSH."""
+    import signal
+    import time
+
+    _signal_container(fleet.lab, "a10-2", signal.SIGSTOP)
+    try:
+        doctor = fleet.cli(run_cli, "doctor", "--probe-timeout", "2s", "-o", "json")
+        assert doctor.returncode in (1, 3), doctor.stderr
+        zombies = [f for f in json.loads(doctor.stdout)["findings"] if f["kind"] == "zombie"]
+        assert [f["subject"] for f in zombies] == ["a10-2/petals-server-0"], doctor.stdout
+        assert fleet.peers["a10-2"] in zombies[0]["message"] and "restart --hosts a10-2" in zombies[0]["fix"]
+        status = fleet.cli(run_cli, "status", "-o", "json")
+        assert status.returncode == 3, status.stderr
+        hosts = hosts_of(status.stdout)
+        assert hosts["a10-1"]["ok"] and not hosts["a10-2"]["ok"]
+        assert "zombie: petals-server-0 on a10-2 runs" in hosts["a10-2"]["error"]
+        assert rows_by_host(status.stdout)["a10-2"]["running"]  # Docker says it runs: that is the point
+        table = fleet.cli(run_cli, "doctor", "--probe-timeout", "2s")
+        assert "a10-2/petals-server-0" in table.stdout and "zombie" in table.stdout
+    finally:
+        _signal_container(fleet.lab, "a10-2", signal.SIGCONT)
+    deadline = time.monotonic() + 120
+    while True:  # thawed: ONLINE and answering again, nothing restarted
+        status = fleet.cli(run_cli, "status", "-o", "json")
+        if status.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
 def test_one_host_down_partial_failure(fleet, online, run_cli):
     """sshd of a10-1 stopped: a10-2 still comes up, the exit code says partial failure, the table names
     a10-1."""

@@ -47,6 +47,8 @@ def main() -> int:
                              "host, one more lab host) and gives the spare back when the host returns.")
     parser.add_argument("--json", default=None, help="Also write the figures and timeline here.")
     args = parser.parse_args()
+    if args.watch and args.hosts > 4:
+        parser.error("--watch takes one more lab host as the spare (the lab has five): --hosts 4 at most")
 
     from petals_ops.lab.rehearsal import Rehearsal
 

@@ -157,6 +157,7 @@ BAD_INPUT_PER_COMMAND = {
     "restart": (["restart", "-i", "inv.yaml", "--hosts", "zz"], "zz is neither in the inventory"),
     "logs": (["logs", "zz", "-i", "inv.yaml"], "host zz is neither in the inventory"),
     "doctor": (["doctor", "--probe-timeout", "nonsense"], "--probe-timeout 'nonsense'"),
+    "watch": (["watch", "-i", "inv.yaml", "--interval", "nonsense"], "--interval 'nonsense'"),
 }
 
 

@@ -365,3 +365,36 @@ def test_docker_timestamps():
     assert _timestamp("2026-12-02T16:02:53.123456789Z") == pytest.approx(1796227373.123456)
     assert _timestamp("0001-01-01T00:00:00Z") is None and _timestamp("garbage") is None
     assert _timestamp(None) is None
+
+
+def test_readings_survive_a_restart_of_watch_but_not_a_long_gap(tmp_path):
+    """The recent readings are saved each pass and read back (a restarted watch keeps counting); readings
+    older than three intervals are dropped (a watch that was down starts afresh)."""
+    from dataclasses import asdict
+
+    from petals_ops.fleet.watch.loop import load_history
+    from petals_ops.util.fsutil import write_json_atomic
+
+    spare = srv("spare-1", container="petals-server-spare-0", blocks="2:4", spare=True, started_at=5.0)
+    h = history((None, exited()), {"b_error": "x", "uncovered": (2, 3), "spare": None,
+                                   "spare_servers": (spare,)}, start=100)
+    path = tmp_path / "j.jsonl.readings.json"
+    write_json_atomic(path, [asdict(r) for r in h])
+    assert load_history(path, interval=10, now=115) == h
+    assert load_history(path, interval=10, now=200) == []
+    path.write_text("{torn")
+    assert load_history(path, interval=10, now=115) == []
+
+
+def test_spare_target_is_one_extra_slot():
+    from petals_ops.fleet.executor import Target
+    from petals_ops.fleet.schema import HostSpec, ServerSpec
+    from petals_ops.fleet.ssh import SSHOptions
+    from petals_ops.fleet.watch.act import spare_target
+
+    t = Target("spare-1", HostSpec(gpus=2, spare=True), ServerSpec(port=31330), (), SSHOptions())
+    s = spare_target(t, 1, "14:28")
+    (slot,) = s.slots
+    assert (slot.container, slot.port, slot.gpu, slot.block_indices) == ("petals-server-spare-1", 31331, 1,
+                                                                         "14:28")
+    assert s.server.block_indices == ["14:28"] and t.server.block_indices is None

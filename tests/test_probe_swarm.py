@@ -115,3 +115,21 @@ def test_frozen_server_and_dead_bootstrap_peer(probed_swarm, run_cli, exporter_p
     page.wait_for(both, 30, "page recovered")
     prometheus.wait_for('ALERTS{alertname="PetalsServerUnreachable"}', lambda r: not r, 60)
     assert exporter.proc.poll() is None and all(p.alive() for p in swarm.processes)
+
+
+def test_doctor_names_the_delayed_server_as_the_slowest_hop(run_cli, delayed_swarm):
+    """0, 0 and 80 ms on three servers (the session's read-only delayed swarm): doctor --trace names the
+    delayed one as the slowest hop, with swarm trace's evidence, and finds nothing else but thin blocks."""
+    from petals_ops.client import door
+    from petals_ops.monitoring.refresher import local_identities
+
+    result = run_cli("doctor", "--swarm-dir", delayed_swarm.run_dir, "--trace", "--trace-steps", "6",
+                     "-o", "json", timeout=300)
+    assert result.returncode == 3, result.stderr  # thin blocks (one copy each): a warning
+    report = json.loads(result.stdout)
+    delayed = door.peer_id_of_identity(
+        local_identities(delayed_swarm.run_dir)["local/server-2"].read_bytes())
+    slow = [f for f in report["findings"] if f["kind"] == "slowest_hop"]
+    assert [f["subject"] for f in slow] == [delayed], report
+    assert f"blocks {delayed_swarm.servers[2].blocks}" in slow[0]["message"]
+    assert {f["kind"] for f in report["findings"]} == {"thin", "slowest_hop"}, report

@@ -272,6 +272,83 @@ def build() -> dict:
         7,
     )
 
+    grid.row(105, "Reachability (the exporter's probes)")
+    grid.add(
+        big_number(
+            27,
+            "Servers ONLINE but unreachable",
+            "Servers announcing ONLINE that did not answer the exporter's rpc_info probe: they count for no "
+            "block (PetalsServerUnreachable).",
+            f"petals_model_unreachable_servers{MODEL}",
+            colored=thresholds(("green", None), ("red", 1)),
+        ),
+        6,
+        8,
+    )
+    grid.add(
+        graph(
+            28,
+            "Servers answering the probe",
+            "1 while the ONLINE server answers petals' rpc_info within the probe timeout; 0: listed ONLINE, "
+            "nobody gets through.",
+            query(f"petals_server_reachable{MODEL}", "{{host}} {{peer_id}}"),
+            min_value=0,
+            max_value=1,
+            decimals=0,
+        ),
+        9,
+        8,
+    )
+    grid.add(
+        graph(
+            29,
+            "Probe round trip per server",
+            "Round trip of the exporter's rpc_info probe to each reachable server.",
+            query(f"petals_server_probe_latency_seconds{MODEL}", "{{host}} {{peer_id}}"),
+            unit="s",
+            min_value=0,
+        ),
+        9,
+        8,
+    )
+    grid.add(
+        graph(
+            30,
+            "Bootstrap peers alive",
+            "1 while the initial peer (a bootstrap DHT node) answers a dial and a DHT ping "
+            "(PetalsBootstrapPeerDown).",
+            query("petals_bootstrap_peer_alive", "{{address}}"),
+            min_value=0,
+            max_value=1,
+            decimals=0,
+        ),
+        8,
+        7,
+    )
+    grid.add(
+        graph(
+            31,
+            "Bootstrap peer round trip",
+            "Round trip of the dial and DHT ping to each live initial peer.",
+            query("petals_bootstrap_peer_ping_seconds", "{{address}}"),
+            unit="s",
+            min_value=0,
+        ),
+        8,
+        7,
+    )
+    grid.add(
+        listing(
+            32,
+            "Servers' own round trips to their next servers",
+            "next_pings: the round trip (seconds) each server measured to the servers of its next blocks, "
+            "as it announces them (+Inf: its ping failed). petals routes by these.",
+            f"petals_server_next_ping_seconds{MODEL}",
+        ),
+        8,
+        7,
+    )
+
     grid.row(104, "Canary (exporter --canary-every)")
     grid.add(
         graph(
@@ -364,8 +441,9 @@ def build() -> dict:
         graph(
             14,
             "DHT walk duration",
-            "Wall time of the latest DHT walk.",
+            "Wall time of the latest DHT walk, and of its reachability probes (part of the walk).",
             query("petals_exporter_refresh_duration_seconds", "{{instance}}"),
+            query("petals_exporter_probe_duration_seconds", "probes {{instance}}", ref="B"),
             unit="s",
         ),
         6,

@@ -130,6 +130,8 @@ def test_healthy_swarm_in_prometheus(local_swarm, prometheus, exporter_process, 
     assert result.returncode == 0, result.stdout + result.stderr
 
     # Every dashboard query runs and returns data; the model variable lists the swarm's model.
+    # (The servers announce next_pings from their first ping of the next server on: wait for them.)
+    prometheus.wait_for("petals_server_next_ping_seconds", bool, 60)
     time.sleep(3)  # a few samples, so rate() over the errors counter has two points
     for expr in dashboard_exprs():
         assert prometheus.query(expr), f"dashboard query returned no data: {expr}"

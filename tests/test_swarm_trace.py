@@ -11,7 +11,6 @@ from petals_ops.client.canary import CanaryRun, HopStep
 from petals_ops.swarm import trace
 from petals_ops.swarm.health import BlockHealth, ServerRecord, SwarmSnapshot
 from petals_ops.util.errors import InputError, OpsError
-from tests.helpers import assert_one_line_error
 
 PEERS = {name: f"Qm{name * 4}{'Z' * 40}" for name in "ABCDEF"}
 
@@ -114,12 +113,12 @@ def test_trace_names_the_delayed_server_and_attributes_its_delay(run_cli, delaye
     from petals_ops.monitoring.refresher import local_identities
 
     swarm_dir = delayed_swarm.run_dir
-    result = run_cli("swarm", "trace", "--swarm-dir", swarm_dir, "--steps", "12", "--output", "json",
+    result = run_cli("swarm", "trace", "--swarm-dir", swarm_dir, "--steps", "8", "--output", "json",
                      timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     (route,) = report["routes"]
-    assert route["ok"] and route["steps"] == 12 and route["steps_per_second"] > 0
+    assert route["ok"] and route["steps"] == 8 and route["steps_per_second"] > 0
     hops = route["hops"]
     assert [h["blocks"] for h in hops] == [p.blocks for p in delayed_swarm.servers]
     delayed_peer = door.peer_id_of_identity(local_identities(swarm_dir)["local/server-2"].read_bytes())
@@ -130,7 +129,4 @@ def test_trace_names_the_delayed_server_and_attributes_its_delay(run_cli, delaye
     assert slow["network_share"] >= 0.8
     assert slow["network_seconds"] - max(h["network_seconds"] for h in others) >= 0.8 * 0.080
     assert slow["seconds"] - min(h["seconds"] for h in others) >= 0.8 * 0.080
-
-    bad = run_cli("swarm", "trace", "--swarm-dir", swarm_dir, "--server", "zzzzzz", timeout=120)
-    assert_one_line_error(bad, "no ONLINE server", "zzzzzz", code=2)
 

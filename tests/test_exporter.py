@@ -78,6 +78,8 @@ def test_help_does_not_import_heavy_modules():
     (["--refresh", "soon"], "--refresh 'soon' is not a duration"),
     (["--refresh", "1" + "0" * 23 + "h"], "is longer than 86400 s"),  # killed the refresher thread
     (["--refresh", "9" * 5000], "is longer than"),
+    (["--canary-every", "soon"], "--canary-every 'soon' is not a duration"),
+    (["--canary-every", "5m"], "--canary-every needs the checkpoint of bigscience/bloom"),  # a hub name
 ])
 def test_bad_options_give_one_line(run_cli, args, needle):
     result = run_cli("exporter", "--initial-peers", FAKE_PEER, "--model", "bigscience/bloom", *args,

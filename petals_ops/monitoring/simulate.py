@@ -53,10 +53,18 @@ def declare_fake_servers(initial_peers: Sequence[str], dht_prefix: str, num_bloc
     dht = door.DHT(initial_peers=list(initial_peers), client_mode=True, start=True)
     try:
         expiration = door.hivemind.get_dht_time() + ttl
-        for i in range(0, len(keys), batch):
-            dht.run_coroutine(functools.partial(
-                _store_many, keys=keys[i:i + batch], subkeys=subkeys[i:i + batch], values=values[i:i + batch],
-                expiration_time=expiration))
+        todo = list(range(len(keys)))
+        for _ in range(3):  # a store that timed out (a loaded machine) is tried again, twice
+            failed = []
+            for i in range(0, len(todo), batch):
+                chunk = todo[i:i + batch]
+                ok = dht.run_coroutine(functools.partial(
+                    _store_many, keys=[keys[j] for j in chunk], subkeys=[subkeys[j] for j in chunk],
+                    values=[values[j] for j in chunk], expiration_time=expiration))
+                failed += [j for j in chunk if not ok.get((keys[j], subkeys[j]))]
+            if not failed:
+                break
+            todo = failed
     finally:
         dht.shutdown()
     return peers

@@ -118,6 +118,46 @@ def main() -> None:
           f"{'met by ' + ', '.join(half) if half else 'NOT met'}")
     print(f"target 2 (at SC@10's {b['tokens']:,} tokens, a larger max K at least as accurate): "
           f"{'met by ' + ', '.join(budget) if budget else 'NOT met'}")
+    if "sc@40" in runs:
+        replay(runs["sc@40"][1], base)
+
+
+# the grid replayed from SC@40's paths: (method, max K, parameter name, values)
+GRID = (("adaptive", (10, 20, 40), "threshold", (0.8, 0.9, 0.95)), ("esc", (10, 20, 40), "window", (2, 3, 5)))
+
+
+def replay(records, base: dict[str, bool]) -> None:
+    """Every setting of GRID from SC@40's records, asking the method itself (``next_paths``) round by
+    round. Path i is the same path whatever the method (its own seed; tested), so accuracy, paths and
+    tokens are exactly those of a run; server-steps are a session's longest path (one prefill step plus
+    one step per further token, local backend), summed over the rounds. No time: nothing is decoded."""
+    from petals_ops.bench.extraction import answers_equal
+
+    print("\nreplayed from SC@40's paths (exact but for time; paired with SC@10):")
+    widths = (28, 16, 8, 9, 12, 10, 9)
+    heads = ("setting", "accuracy", "paths/q", "tokens", "server-steps", "vs SC@10", "McNemar p")
+    print("  ".join(h.ljust(w) for h, w in zip(heads, widths)))
+    ok = [r for r in records if not r.error]
+    for method, ks, name, values in GRID:
+        for k, value in ((k, v) for k in ks for v in values):
+            cfg = MethodConfig(method=method, paths=k, temperature=ARITH_SC_TEMPERATURE,
+                               max_new_tokens=TOKENS, params=((name, value),)).validate()
+            correct, paths, tokens, steps = {}, 0, 0, 0
+            for r in ok:
+                n = 0
+                while more := min(cfg.impl.next_paths(cfg, tuple(r.paths[:n])), k - n):
+                    steps += max(p.tokens for p in r.paths[n:n + more])
+                    n += more
+                vote = cfg.impl.aggregate(r.paths[:n])
+                correct[r.id] = answers_equal(vote, r.gold)
+                paths += n
+                tokens += sum(p.tokens for p in r.paths[:n])
+            c = compare_paired(base, correct)
+            right = sum(correct.values())
+            cells = (f"{method} K={k} {name}={value}", f"{right}/{len(ok)} = {100 * c.acc_b:.1f}%",
+                     f"{paths / len(ok):.2f}", f"{tokens:,}", f"{steps:,}", f"{100 * c.diff:+.2f}",
+                     f"{c.mcnemar_p:.3g}")
+            print("  ".join(v.ljust(w) for v, w in zip(cells, widths)))
 
 
 if __name__ == "__main__":

@@ -191,7 +191,7 @@ def render_state(state: ExporterState) -> list[Metric]:
     refreshes = CounterMetricFamily("petals_exporter_refreshes", "Refreshes (DHT walks) attempted")
     refreshes.add_metric([], state.refreshes)
     errors = CounterMetricFamily("petals_exporter_refresh_errors",
-                                 "Failed refreshes, by source (swarm, fleet)",
+                                 "Failed refreshes, by source (swarm, fleet, probe)",
                                  labels=["source"])
     for source, count in sorted(state.errors.items()):
         errors.add_metric([source], count)

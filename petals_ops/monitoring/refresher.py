@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from petals_ops.util.errors import InputError, one_line
+from petals_ops.util.errors import InputError, OpsError, one_line
 from petals_ops.client.models import ModelRef
 from petals_ops.swarm.health import BadRecordError, BootstrapPeer, SwarmProbe, SwarmSnapshot
 from petals_ops.swarm.reachability import DEFAULT_TIMEOUT, DEFAULT_TTL, ReachabilityProbe
@@ -123,6 +123,7 @@ class Refresher:
         self._probe: SwarmProbe | None = None
         self.probe_timeout, self.probe_ttl = probe_timeout, float(probe_ttl)
         self._reach: ReachabilityProbe | None = None
+        self.probe_error: str | None = None  # the latest refresh's probe failure, if any
         self.probe_seconds: float | None = None
         self._own_local: dict[str, str] | None = None
         self._stop = threading.Event()
@@ -194,7 +195,12 @@ class Refresher:
         if self._reach is None:
             self._reach = ReachabilityProbe(self._probe, timeout=self.probe_timeout, ttl=self.probe_ttl)
         started = time.monotonic()
-        probed = self._reach.apply(snaps)
+        try:
+            probed = self._reach.apply(snaps)
+        except OpsError as e:  # the DHT's view is still served, unprobed; the failure is counted
+            self.probe_error = e.one_line()
+            log.warning("reachability probes failed: %s", self.probe_error)
+            return snaps
         self.probe_seconds = time.monotonic() - started
         return probed
 
@@ -211,8 +217,11 @@ class Refresher:
         started = time.monotonic()
         up, snapshots, last_success, last_error = False, old.snapshots, old.last_success, old.last_error
         try:
-            self.refused = []
+            self.refused, self.probe_error = [], None
             snapshots = tuple(self._walk_swarm())
+            if self.probe_error:
+                errors["probe"] = errors.get("probe", 0) + 1
+                last_error = self.probe_error[:300]
             refused = self.refused
             if refused:  # a bad record of one model: counted and shown, the other models still served
                 errors["swarm"] += 1

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 from petals_ops.client.models import ModelRef
 from petals_ops.swarm.health import (BootstrapPeer, Reachability, SwarmProbe, SwarmSnapshot,
                                      format_block_ranges)
-from petals_ops.util.errors import one_line
+from petals_ops.util.errors import OpsError, one_line
 
 DEFAULT_TIMEOUT = 5.0  # seconds a probe waits for an answer (petals' health monitor uses 5 s too)
 DEFAULT_TTL = 25.0  # seconds a reachable reading is reused (below the exporter's default 30 s refresh)
@@ -65,7 +65,14 @@ class ReachabilityProbe:
     def _probe(self, peer_ids: list[str]) -> dict:
         from petals_ops.client import door
 
-        return door.probe_servers(self.swarm_probe.dht, peer_ids, self.timeout)
+        try:
+            return door.probe_servers(self.swarm_probe.dht, peer_ids, self.timeout)
+        except OpsError:
+            raise
+        except Exception as e:  # noqa: BLE001  the DHT client's process failed us: one line, not a traceback
+            raise OpsError(f"probing {len(peer_ids)} servers through the DHT client failed "
+                           f"({one_line(e, 200)})",
+                           fix="retry; 'petals-ops swarm status --no-probe' shows the DHT's view") from e
 
     def servers(self, peer_ids: Sequence[str]) -> dict[str, Reachability]:
         """A reading per peer id: from the cache if it answered less than ``ttl`` s ago, else probed now."""
@@ -87,7 +94,13 @@ class ReachabilityProbe:
         from petals_ops.client import door
 
         addresses = list(dict.fromkeys(self.swarm_probe.initial_peers))
-        answers = door.ping_dht_peers(self.swarm_probe.dht, addresses, self.timeout)
+        try:
+            answers = door.ping_dht_peers(self.swarm_probe.dht, addresses, self.timeout)
+        except OpsError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise OpsError(f"pinging the initial peers through the DHT client failed ({one_line(e, 200)})",
+                           fix="retry; 'petals-ops swarm status --no-probe' shows the DHT's view") from e
         now = self.clock()
         return [BootstrapPeer(address=a, peer_id=a.rsplit("/p2p/", 1)[-1],
                               reachability=_reading(answers.get(a), now)) for a in addresses]

@@ -172,6 +172,9 @@ def bench(server_counts: list[int], scrapes: int, refreshes: int, probe_timeout:
                     refresher.stop()
                 results["refresh"].append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
+                if row["records_seen"] < n:  # seen on a loaded machine: the figures below are not for n
+                    print(f"WARNING: the walk sees {row['records_seen']} of {n} simulated servers; rerun",
+                          file=sys.stderr, flush=True)
 
             # Latency of both endpoints while the refresher walks the largest swarm every second.
             n = server_counts[-1]

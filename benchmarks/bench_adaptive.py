@@ -15,6 +15,7 @@ instead (server-steps then count both servers). Run dirs go to ``--work`` and re
 invocation with the same ``--work`` only reports.
 
 Usage: .venv/bin/python benchmarks/bench_adaptive.py [--questions 400] [--work DIR] [--swarm]
+       [--only NAME...] [--replay SC40_RUN_DIR]
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="run dirs here (resumed) [default: a temp dir]")
     ap.add_argument("--swarm", action="store_true", help="through a local swarm (2 CPU servers)")
     ap.add_argument("--only", nargs="*", default=None, help=f"a subset of: {', '.join(RUNS)}")
+    ap.add_argument("--replay", type=Path, default=None,
+                    help="replay the adaptive grid from this SC run dir's paths (K >= 40; default: sc@40's)")
     args = ap.parse_args()
     names = [n for n in RUNS if args.only is None or n in args.only or n in ("sc@10",)]
     with tempfile.TemporaryDirectory(prefix="bench-adaptive-") as tmp:
@@ -110,23 +113,29 @@ def main() -> None:
     for r in (head, *rows):
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
     b = base_summary.cost
-    half = [n for n, (s, c) in verdict.items() if RUNS[n][0] in ("adaptive", "esc")
-            and s.cost["paths"] <= b["paths"] / 2 and c.diff >= -0.01 and c.mcnemar_p > 0.05]
-    budget = [n for n, (s, c) in verdict.items() if RUNS[n][0] in ("adaptive", "esc") and RUNS[n][1] > 10
-              and s.cost["tokens"] <= b["tokens"] and s.correct >= base_summary.correct]
+    # (name, method, max K, paths, tokens, correct, comparison with SC@10): the runs, then the replays
+    found = [(n, *RUNS[n][:2], s.cost["paths"], s.cost["tokens"], s.correct, c)
+             for n, (s, c) in verdict.items()]
+    source = runs["sc@40"][1] if "sc@40" in runs else \
+        (report.load_records(args.replay) if args.replay else None)
+    if source is not None:
+        found += [(f"{n} (replayed)", *rest) for n, *rest in replay(source, base)]
+    adaptive = [f for f in found if f[1] in ("adaptive", "esc")]
+    half = [n for n, _, _, paths, _, _, c in adaptive
+            if paths <= b["paths"] / 2 and c.diff >= -0.01 and c.mcnemar_p > 0.05]
+    budget = [n for n, _, k, _, tokens, correct, _ in adaptive
+              if k > 10 and tokens <= b["tokens"] and correct >= base_summary.correct]
     print(f"\ntarget 1 (SC@10's accuracy with at most half its {b['paths']:,} paths): "
           f"{'met by ' + ', '.join(half) if half else 'NOT met'}")
     print(f"target 2 (at SC@10's {b['tokens']:,} tokens, a larger max K at least as accurate): "
           f"{'met by ' + ', '.join(budget) if budget else 'NOT met'}")
-    if "sc@40" in runs:
-        replay(runs["sc@40"][1], base)
 
 
 # the grid replayed from SC@40's paths: (method, max K, parameter name, values)
 GRID = (("adaptive", (10, 20, 40), "threshold", (0.8, 0.9, 0.95)), ("esc", (10, 20, 40), "window", (2, 3, 5)))
 
 
-def replay(records, base: dict[str, bool]) -> None:
+def replay(records, base: dict[str, bool]) -> list[tuple]:
     """Every setting of GRID from SC@40's records, asking the method itself (``next_paths``) round by
     round. Path i is the same path whatever the method (its own seed; tested), so accuracy, paths and
     tokens are exactly those of a run; server-steps are a session's longest path (one prefill step plus
@@ -137,7 +146,8 @@ def replay(records, base: dict[str, bool]) -> None:
     widths = (28, 16, 8, 9, 12, 10, 9)
     heads = ("setting", "accuracy", "paths/q", "tokens", "server-steps", "vs SC@10", "McNemar p")
     print("  ".join(h.ljust(w) for h, w in zip(heads, widths)))
-    ok = [r for r in records if not r.error]
+    ok = [r for r in records if not r.error and r.id in base]
+    found = []
     for method, ks, name, values in GRID:
         for k, value in ((k, v) for k in ks for v in values):
             cfg = MethodConfig(method=method, paths=k, temperature=ARITH_SC_TEMPERATURE,
@@ -158,6 +168,8 @@ def replay(records, base: dict[str, bool]) -> None:
                      f"{paths / len(ok):.2f}", f"{tokens:,}", f"{steps:,}", f"{100 * c.diff:+.2f}",
                      f"{c.mcnemar_p:.3g}")
             print("  ".join(v.ljust(w) for v, w in zip(cells, widths)))
+            found.append((cells[0], method, k, paths, tokens, right, c))
+    return found
 
 
 if __name__ == "__main__":

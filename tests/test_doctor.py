@@ -78,3 +78,9 @@ def test_slowest_hop_from_a_trace():
     slow = [f for f in diagnose(probed, trace=trace) if f.kind == "slowest_hop"]
     assert [(f.severity, f.subject) for f in slow] == [("info", B)]
     assert "blocks 2:4" in slow[0].message and "2:4" in slow[0].fix
+    # Server time noise makes A the slowest hop: B, carrying most of the network time, is named too.
+    noisy = [HopRow(A, None, 0, 2, 0.30, 0.002, 0.298, 8), HopRow(B, None, 2, 4, 0.16, 0.081, 0.079, 8)]
+    trace = TraceReport("m", "m-petals", 8, [replace(route, hops=noisy)], 3.0)
+    found = {f.kind: f for f in diagnose(probed, trace=trace) if f.kind.startswith("slowest")}
+    assert found["slowest_hop"].subject == A and found["slowest_network_hop"].subject == B
+    assert "98% of the route's network time" in found["slowest_network_hop"].message

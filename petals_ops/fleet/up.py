@@ -310,7 +310,7 @@ def wait_online(fleet: Fleet, results: Sequence[HostResult], *, timeout: float,
 
     try:
         done = wait_on_swarm(peers, swarm_model([by_host[r.host] for r in hosts]), step, timeout=timeout,
-                             poll=poll, probe=True)
+                             poll=poll, probe=True, probe_only=lambda: {row.peer_id for _, row in pending})
     except OpsError as e:  # the swarm cannot be reached at all
         for r, row in pending:
             fail(r, row, e.one_line())

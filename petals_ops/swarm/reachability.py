@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 from petals_ops.client.models import ModelRef
 from petals_ops.swarm.health import (BootstrapPeer, Reachability, SwarmProbe, SwarmSnapshot,
@@ -105,12 +105,15 @@ class ReachabilityProbe:
         return [BootstrapPeer(address=a, peer_id=a.rsplit("/p2p/", 1)[-1],
                               reachability=_reading(answers.get(a), now)) for a in addresses]
 
-    def apply(self, snaps: Sequence[SwarmSnapshot]) -> list[SwarmSnapshot]:
+    def apply(self, snaps: Sequence[SwarmSnapshot], *, only: Collection[str] | None = None,
+              bootstrap: bool = True) -> list[SwarmSnapshot]:
         """The snapshots (of one swarm: several models) with readings attached; a server serving several
-        models is probed once."""
-        online = [s.peer_id for snap in snaps for s in snap.servers if s.state == "ONLINE"]
+        models is probed once. ``only``: probe these peers only (``up``'s wait: our servers, not a public
+        swarm's hundreds); ``bootstrap``: also ping the initial peers."""
+        online = [s.peer_id for snap in snaps for s in snap.servers
+                  if s.state == "ONLINE" and (only is None or s.peer_id in only)]
         readings = self.servers(online)
-        bootstrap = self.bootstrap()
+        bootstrap = self.bootstrap() if bootstrap else []
         return [with_reachability(snap, readings, bootstrap, self.timeout) for snap in snaps]
 
 

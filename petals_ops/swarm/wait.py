@@ -9,7 +9,7 @@ condition as a function of the snapshot.
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 from petals_ops.client.models import ModelRef
 from petals_ops.swarm.health import SwarmProbe, SwarmSnapshot
@@ -22,7 +22,8 @@ StepFn = Callable[["SwarmSnapshot | None", "str | None"], bool]
 
 def wait_on_swarm(initial_peers: Sequence[str], model: ModelRef, step: StepFn, *, timeout: float,
                   poll: float = 2.0, tolerate_errors: bool = True, probe: bool = False,
-                  probe_timeout: float = DEFAULT_TIMEOUT) -> bool:
+                  probe_timeout: float = DEFAULT_TIMEOUT,
+                  probe_only: Callable[[], Collection[str]] | None = None) -> bool:
     """Snapshot the swarm every ``poll`` seconds and pass it to ``step`` until ``step`` returns True (the
     result is then True) or ``timeout`` seconds have passed (False, after one last step).
 
@@ -30,7 +31,8 @@ def wait_on_swarm(initial_peers: Sequence[str], model: ModelRef, step: StepFn, *
     reached) and always shut down. A snapshot that fails mid-wait is passed as ``None`` with its error line
     (``tolerate_errors``; otherwise it is raised). ``step`` may raise to stop the wait (a dead server).
     ``probe``: each snapshot's ONLINE servers are probed (:mod:`petals_ops.swarm.reachability`), so
-    ``step`` can tell a server that answers from one that only announces itself (``reachable is False``).
+    ``step`` can tell a server that answers from one that only announces itself (``reachable is False``);
+    ``probe_only()``: the peers worth probing at this poll (default: every ONLINE server).
     """
     deadline = time.monotonic() + timeout
     with SwarmProbe(initial_peers, model) as swarm_probe:
@@ -39,7 +41,8 @@ def wait_on_swarm(initial_peers: Sequence[str], model: ModelRef, step: StepFn, *
             try:
                 snap, error = swarm_probe.snapshot(), None
                 if prober is not None:
-                    snap = prober.apply([snap])[0]
+                    only = set(probe_only()) if probe_only is not None else None
+                    snap = prober.apply([snap], only=only, bootstrap=False)[0]
             except OpsError as e:
                 if not tolerate_errors:
                     raise

@@ -33,13 +33,26 @@ def _ids(run_dir) -> Counter:
     return Counter(r["id"] for r in read_records(run_dir) if not r.get("error"))
 
 
+def _sessions_seen(swarm) -> Counter:
+    """Inference sessions the swarm's servers opened and closed so far (their own log lines)."""
+    seen = Counter()
+    for server in swarm.servers:
+        text = Path(server.log).read_text(errors="replace")
+        seen.update(open=text.count("rpc_inference.open("), close=text.count("rpc_inference.close("))
+    return seen
+
+
 def test_cot_and_sc_swarm_equal_local_and_report(run_cli, local_swarm, tmp_path):
     runs = {}
+    before = _sessions_seen(local_swarm)
     for method, extra in (("cot", ()), ("sc", ("--paths", "4"))):
         for backend in ("petals", "local"):
             run_dir = tmp_path / f"{method}-{backend}"
+            # through the swarm the three questions run at once (sessions share one client), locally
+            # one after the other: the records must not tell
+            conc = "3" if backend == "petals" else "1"
             result = _bench(run_cli, local_swarm, run_dir, "--limit", "3", "--method", method,
-                            "--backend", backend, *extra)
+                            "--backend", backend, "--concurrency", conc, *extra)
             assert result.returncode == 0, result.stderr
             assert "report: " in result.stdout and "tokens/s" in result.stdout
             records = read_records(run_dir)
@@ -65,6 +78,12 @@ def test_cot_and_sc_swarm_equal_local_and_report(run_cli, local_swarm, tmp_path)
         swarm_texts = [[p["raw"] for p in r["paths"]] for r in runs[method, "petals"]]
         local_texts = [[p["raw"] for p in r["paths"]] for r in runs[method, "local"]]
         assert swarm_texts == local_texts
+    # every session the client opened was ended on the servers (ended in the background, all at once)
+    deadline = time.monotonic() + 60
+    while (seen := _sessions_seen(local_swarm))["open"] != seen["close"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert seen["open"] == seen["close"], seen
+    assert seen["open"] - before["open"] >= 2 * 6  # 6 sessions through the swarm, 2 servers each
     sampled = [p["raw"] for p in runs["sc", "petals"][0]["paths"]]
     assert len(set(sampled)) > 1  # the paths really are different samples
     assert all(p["tokens"] <= int(TOKENS) for r in runs["sc", "petals"] for p in r["paths"])

@@ -5,6 +5,7 @@ backoff, bans, refusals, cancellation), not the swarm; its use through a real sw
 tests/test_bench_swarm.py (a replica server stopped mid-run) and tests/test_tune.py (a server killed).
 """
 
+import os
 import threading
 import time
 
@@ -119,3 +120,28 @@ def test_old_spellings_are_hidden_and_new_ones_shared(run_cli):
             assert option in text, (cmd, option)
         assert "--max-retries" not in text and "--step-retries" not in text, cmd
     assert "--retries" in helps["bench gsm8k"] and "--retries" in helps["tune gsm8k"]
+
+
+def test_work_runs_with_the_loaded_objects_frozen_out_of_gc_and_its_own_torch_threads():
+    """quiet_gc: automatic GC off and what was alive at the start never scanned (a full collection of a
+    loaded client held the GIL ~0.5 s per question); torch_threads: set while work runs, then restored."""
+    import gc
+
+    import torch
+
+    from petals_ops.client.backends import Backend, client_threads
+
+    backend = Backend(loaded=None)
+    enabled, threads = gc.isenabled(), torch.get_num_threads()
+    with backend.quiet_gc(), backend.torch_threads(1):
+        assert not gc.isenabled() and gc.get_freeze_count() > 1000
+        assert torch.get_num_threads() == 1
+        backend.collect()
+    assert gc.isenabled() == enabled and gc.get_freeze_count() == 0
+    assert torch.get_num_threads() == threads
+    with backend.torch_threads(None):  # None: left as they are
+        assert torch.get_num_threads() == threads
+    # the lab's servers share this machine's cores: one thread; else each question its share, at least 1
+    assert client_threads(8, servers_here=True) == 1
+    assert client_threads(1, servers_here=False) == (os.cpu_count() or 1)
+    assert client_threads(10_000, servers_here=False) == 1

@@ -245,12 +245,14 @@ def score_path(path, gold: str) -> ScoredPath:
 
 def execute(backend: Backend, prompt: PromptSet, problems: list[Problem], cfg: MethodConfig, store: RunStore,
             opts: ExecOptions, batch_size: int, progress: Progress,
-            on_record: Callable[[QuestionRecord, Progress], None] | None = None) -> None:
-    """Solve ``problems`` with ``opts.concurrency`` in flight; append each record as it finishes."""
+            on_record: Callable[[QuestionRecord, Progress], None] | None = None, *,
+            threads: int | None = None) -> None:
+    """Solve ``problems`` with ``opts.concurrency`` in flight; append each record as it finishes.
+    ``threads``: torch's threads meanwhile (:func:`petals_ops.client.backends.client_threads`)."""
     cancel = threading.Event()
     pending = list(problems)
     in_flight: dict[Future, Problem] = {}
-    with backend.quiet_gc():
+    with backend.quiet_gc(), backend.torch_threads(threads):
         pool = ThreadPoolExecutor(max_workers=opts.concurrency, thread_name_prefix="bench")
         try:
             while pending or in_flight:
@@ -405,6 +407,8 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
         run_info = {"todo": len(todo), "done_before": len(problems) - len(todo), "n": len(problems),
                     "batch_size": None, "batch_note": "nothing to run"}
         if todo:
+            from petals_ops.client.backends import client_threads
+
             if open_backend is None:
                 from petals_ops.client.backends import open_backend
 
@@ -415,7 +419,8 @@ def run_bench(params: BenchParams, *, on_start: Callable[[Progress, dict], None]
                     backend, prompt, todo, cfg, opts, snapshot)
                 if on_start:
                     on_start(progress, run_info)
-                execute(backend, prompt, todo, cfg, store, opts, run_info["batch_size"], progress, on_record)
+                execute(backend, prompt, todo, cfg, store, opts, run_info["batch_size"], progress, on_record,
+                        threads=client_threads(opts.concurrency, target.local_run_dir is not None))
         elif on_start:
             on_start(progress, run_info)
         summary = report.summarize(store.run_dir, config, problems, progress=progress, backend=client.backend,

@@ -4,12 +4,15 @@ One interface for every method of the bench (and later tuning and the calculator
 opens a :class:`DecodeSession` for a batch, whose ``forward(ids)`` returns the next-token logits of each
 row; the caller owns the token loop. The petals client's rough edges live here and nowhere else:
 
-- session internals: which servers served a session, and closing its streams ourselves (``_defuse``);
+- session internals: which servers served a session, and ending its streams ourselves, all at once and
+  without waiting for the servers' replies (``door.end_server_sessions``; ``_defuse`` is the safety net);
 - banning dead peers named by a failed attempt (petals keeps routing to a dead server until its DHT
   record expires);
 - the garbage-collector deadlock (a leftover session's ``__del__`` run on the client's own event-loop
   thread waits on that loop for ever): automatic GC is off while work runs, and :meth:`Backend.collect`
-  collects from the caller's thread instead;
+  collects from the caller's thread instead; what is alive when work starts (the model, the libraries) is
+  frozen out of those collections, which would otherwise scan it all, holding the GIL for ~0.5 s per
+  question and stalling every other question's thread and the client's event loop;
 - a session longer than the servers' ``inference_max_length``: checked before any network work when the
   limit is known, and the servers' refusal turned into a usage error when it is not.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -104,6 +108,8 @@ class Backend:
             if self.name != "petals":
                 yield DecodeSession(self.loaded)
                 return
+            from petals_ops.client import door
+
             server_sessions: list = []
             # tuned prompts (petals_ops.tune) take pre_seq_len positions of the session
             with self.loaded.model.transformer.h.inference_session(
@@ -112,6 +118,8 @@ class Backend:
                     yield DecodeSession(self.loaded, session)
                 finally:
                     server_sessions = list(getattr(session, "_server_sessions", None) or [])
+                    door.end_server_sessions(server_sessions,
+                                             self.loaded.model.transformer.h.sequence_manager.config.request_timeout)
             _defuse(server_sessions)
 
     def after_failure(self, error: BaseException) -> list[str]:
@@ -125,12 +133,28 @@ class Backend:
         """Automatic GC off while work runs (see the module docstring); collected once at the end."""
         was_enabled = gc.isenabled()
         gc.disable()
+        gc.freeze()  # what is alive now (the model, the libraries) is never scanned by the collections below
         try:
             yield
         finally:
+            gc.unfreeze()
             gc.collect()
             if was_enabled:
                 gc.enable()
+
+    @contextlib.contextmanager
+    def torch_threads(self, threads: int | None) -> Iterator[None]:
+        """torch's intra-op threads for this process while work runs (None: left as they are); restored
+        after. See :func:`client_threads`."""
+        import torch
+
+        before = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     @staticmethod
     def collect() -> None:
@@ -145,6 +169,18 @@ class Backend:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def client_threads(concurrency: int, servers_here: bool) -> int:
+    """torch threads for the client's own compute (embeddings, LM head, sampling) with ``concurrency``
+    questions in flight: each gets its share of the cores, and 1 when the swarm's servers run on this
+    machine (the lab swarm), whose cores they need. A split op waits for its slowest thread: on
+    oversubscribed cores every small op then waits for a time slice (measured in docs/bench.md, "What SC
+    costs, and how to pay less": 23x slower steps of 10 rows at 2 threads than at 1 on a loaded 2-core
+    machine)."""
+    if servers_here:
+        return 1
+    return max(1, (os.cpu_count() or 1) // max(1, concurrency))
 
 
 def open_backend(kind: str, ref: ModelRef, initial_peers: Sequence[str] = (), *, max_retries: int = 3,

@@ -66,8 +66,50 @@ PETALS_VERSION = petals.__version__
 HIVEMIND_VERSION = hivemind.__version__
 
 
+_ENDING: set = set()  # server sessions being ended in the background (end_server_sessions)
+
+
+def end_server_sessions(server_sessions, timeout: float) -> None:
+    """End a finished inference session's server streams all at once, without waiting for the servers.
+
+    petals ends them one after the other and waits for each server's reply: a round trip per server on
+    every question, and the calling thread blocked meanwhile. Here the end requests leave together on
+    the client's event loop and this returns at once; the sessions are marked closed, so petals' own close
+    (and a later ``__del__`` on any thread) does nothing. :func:`close_client` waits for the stragglers.
+    """
+    ends = []
+    for s in server_sessions:
+        queue, stream = getattr(s, "_inputs_queue", None), getattr(s, "_outputs_stream", None)
+        s._outputs_stream = s._inputs_queue = None
+        s.closed = True
+        if queue is not None and stream is not None and s.stepped:
+            ends.append((queue, stream))
+    if ends:
+        future = RemoteExpertWorker.run_coroutine(_end_streams(ends, timeout), return_future=True)
+        _ENDING.add(future)
+        future.add_done_callback(_ENDING.discard)
+
+
+async def _end_streams(ends, timeout: float) -> None:
+    import asyncio
+
+    from hivemind.proto import runtime_pb2
+
+    async def end(queue, stream) -> None:
+        await queue.put(runtime_pb2.ExpertRequest())  # an empty request ends the session on the server
+        try:
+            await asyncio.wait_for(hivemind.anext(stream), timeout)
+        except StopAsyncIteration:
+            pass
+
+    await asyncio.gather(*(end(q, s) for q, s in ends), return_exceptions=True)  # the stream is done with
+
+
 def close_client(model) -> None:
     """Shut a distributed model's DHT and P2P down cleanly (otherwise their __del__ fails noisily at exit)."""
+    import concurrent.futures
+
+    concurrent.futures.wait(list(_ENDING), timeout=10)
     manager = model.transformer.h.sequence_manager
     manager.shutdown()
     p2p = getattr(manager.state, "p2p", None)

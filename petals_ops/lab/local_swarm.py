@@ -41,6 +41,11 @@ SERVER_DEFAULTS = {
     "num_handlers": 2,
 }
 
+# One torch thread per server: a tiny model's ops are too small to split, and on a shared CPU a split op
+# waits for its slowest thread to be scheduled (measured: a step of 10 rows took 23x longer with torch's
+# default 2 threads than with 1 at a load of 17 on 2 cores; benchmarks/bench_concurrency.py, docs/bench.md).
+SERVER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
 
 def default_run_dir() -> Path:
     """$PETALS_OPS_SWARM_DIR, else $PETALS_OPS_HOME/swarm, else ~/.petals-ops/swarm."""
@@ -387,8 +392,11 @@ def _launch(swarm: LocalSwarm, name: str, role: str, cmd: list[str],
     log = Path(swarm.run_dir) / "logs" / f"{name}.log"
     tmp = tmpclean.swarm_tempdir(swarm.run_dir)  # their pymp-* dirs: removed by down
     os.makedirs(tmp, mode=0o700, exist_ok=True)
+    env = {**os.environ, "TMPDIR": tmp}
+    if role == "server":
+        env.update(SERVER_ENV)
     popen = procs.spawn(cmd, log_path=log, cwd=swarm.run_dir,  # cwd: petals auto-loads ./config.yml
-                        env={**os.environ, "TMPDIR": tmp})
+                        env=env)
     proc = SwarmProcess(name=name, role=role, pid=popen.pid, pgid=popen.pid, log=str(log), blocks=blocks,
                         start_time=procs.start_time(popen.pid), run_dir=swarm.run_dir)
     swarm.processes.append(proc)

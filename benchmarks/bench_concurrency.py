@@ -207,9 +207,9 @@ def cache_bound(work: Path, delay: float, rows: int, paths: int, waves: int) -> 
         plan = [(paths, max(1, rows // paths)), (paths, max(1, rows // few)), (few, max(1, rows // few)),
                 (1, rows)]
         bench(work, swarm, "cache-warm", questions=1)
-        for k, c in plan:
+        for k, c in plan:  # rows per session as the automatic rule picks them on an idle swarm
             row = bench(work, swarm, f"cache-sc{k}-c{c}", method="sc" if k > 1 else "cot", paths=k,
-                        questions=max(waves * c, 4), concurrency=c)
+                        questions=max(waves * c, 4), concurrency=c, batch_size=max(1, min(k, rows // c)))
             row["rows_per_session"] = row["batch"]
             runs.append(row)
     finally:

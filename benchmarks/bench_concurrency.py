@@ -13,9 +13,9 @@ library call) on ``arith:test``:
    whole client process's CPU (ours + petals client + hivemind + torch), per step, against the step.
 2. SC (K paths as rows of one session) against the same K paths in K sessions one after the other.
 3. A cache-bound swarm (servers with a small --attn-cache-tokens: ``--cache-rows`` rows of prompt +
-   new tokens): SC@K at the concurrency its K rows allow against fewer rows per question at more
-   questions at once (SC with fewer paths stands in for an adaptive method's first window), and how many
-   questions actually ran at once.
+   new tokens): SC@K at the concurrency its K rows allow, and at twice it (two sessions of K/2 rows per
+   question), against adaptive SC (``--method adaptive``, threshold 0.8: 2 paths first) at the concurrency
+   its first round allows, and CoT; how many questions actually ran at once.
 
 Run times are the bench's own (from the backend being ready to the last record), not connecting.
 
@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MAX_NEW_TOKENS = 48
+ADAPTIVE_THRESHOLD = 0.8  # docs/bench.md: adaptive K=10 T=0.8 matches SC@10 with 37% of its paths
 HOPS = 2  # servers on the route
 
 
@@ -94,7 +95,7 @@ def cpu_seconds(pgids) -> float:
 
 
 def bench(work: Path, swarm, name: str, *, method: str = "cot", paths: int = 1, questions: int,
-          concurrency: int = 1, offset: int = 0, **exec_kw) -> dict:
+          concurrency: int = 1, offset: int = 0, params: tuple = (), **exec_kw) -> dict:
     from petals_ops.bench.demo_step import ARITH_SC_TEMPERATURE
     from petals_ops.bench.methods import MethodConfig
     from petals_ops.bench.runner import BenchParams, ExecOptions, run_bench
@@ -102,7 +103,7 @@ def bench(work: Path, swarm, name: str, *, method: str = "cot", paths: int = 1, 
     from petals_ops.client.options import ClientOptions
 
     cfg = MethodConfig(method=method, paths=paths, max_new_tokens=MAX_NEW_TOKENS,
-                       temperature=ARITH_SC_TEMPERATURE)
+                       temperature=ARITH_SC_TEMPERATURE, params=params)
     params = BenchParams(data="arith:test", offset=offset, limit=questions, run_dir=str(work / name),
                          client=ClientOptions(swarm_dir=swarm.run_dir), method=cfg,
                          exec=ExecOptions(concurrency=concurrency, **exec_kw))
@@ -125,6 +126,7 @@ def bench(work: Path, swarm, name: str, *, method: str = "cot", paths: int = 1, 
     spans = [(r["finished_at"] - r["seconds"], r["finished_at"]) for r in records]
     s = result.summary
     out = {"run": name, "concurrency": concurrency, "paths": paths, "batch": marks["batch"],
+           "paths_per_question": round(sum(len(r["paths"]) for r in records) / len(records), 2),
            "questions": len(records), "errors": s.errors, "retried": sum(r["attempts"] > 1 for r in records),
            "accuracy": s.accuracy, "wall_s": round(wall, 2), "qpm": round(60 * len(records) / wall, 2),
            "steps_per_question": round((meter.steps + meter.sessions) / len(records), 2),
@@ -202,13 +204,17 @@ def cache_bound(work: Path, delay: float, rows: int, paths: int, waves: int) -> 
                            delays_ms=[delay] * HOPS, server_settings={"attn_cache_tokens": tokens})
     runs = []
     try:
-        # (paths, concurrency): K rows per question at the concurrency they fit; fewer rows, more questions
-        few = max(2, paths // 2)
-        plan = [(paths, max(1, rows // paths)), (paths, max(1, rows // few)), (few, max(1, rows // few)),
-                (1, rows)]
+        # (name, method, K, its settings, concurrency): SC@K's K rows at the concurrency they fit, then
+        # at twice it (half the rows per session, two sessions per question); the adaptive method
+        # (issue 21 items 1-2: its first round is 2 paths) at the concurrency its first round fits; CoT
+        adaptive = (("threshold", ADAPTIVE_THRESHOLD),)
+        plan = [(f"sc{paths}", "sc", paths, (), max(1, rows // paths)),
+                (f"sc{paths}", "sc", paths, (), max(1, 2 * rows // paths)),
+                (f"adaptive{paths}", "adaptive", paths, adaptive, max(1, rows // 2)),
+                ("cot", "cot", 1, (), rows)]
         bench(work, swarm, "cache-warm", questions=1)
-        for k, c in plan:  # rows per session as the automatic rule picks them on an idle swarm
-            row = bench(work, swarm, f"cache-sc{k}-c{c}", method="sc" if k > 1 else "cot", paths=k,
+        for label, method, k, settings, c in plan:  # rows per session as the automatic rule picks them
+            row = bench(work, swarm, f"cache-{label}-c{c}", method=method, paths=k, params=settings,
                         questions=max(waves * c, 4), concurrency=c, batch_size=max(1, min(k, rows // c)))
             row["rows_per_session"] = row["batch"]
             runs.append(row)
@@ -283,13 +289,13 @@ def report(out: dict) -> None:
         c = out["cache"]
         print(f"\ncache-bound swarm: --attn-cache-tokens {c['attn_cache_tokens']} = {c['rows']} rows of "
               f"{c['longest_prompt']} + {MAX_NEW_TOKENS} tokens, {c['delay_ms']:g} ms/hop")
-        print(f"{'run':>18} {'conc':>4} {'rows/session':>12} {'at once':>7} {'q/min':>7} {'accuracy':>8} "
-              f"{'sessions/q':>10} {'retried':>7} {'errors':>6}")
+        print(f"{'run':>22} {'conc':>4} {'rows/session':>12} {'at once':>7} {'q/min':>7} {'accuracy':>8} "
+              f"{'paths/q':>7} {'sessions/q':>10} {'retried':>7} {'errors':>6}")
         for r in c["runs"]:
             acc = f"{100 * r['accuracy']:.0f}%" if r["accuracy"] is not None else "-"
-            print(f"{r['run']:>18} {r['concurrency']:>4} {r['rows_per_session']:>12} {r['at_once_max']:>7} "
-                  f"{r['qpm']:>7.1f} {acc:>8} {r['sessions_per_question']:>10.1f} {r['retried']:>7} "
-                  f"{r['errors']:>6}")
+            print(f"{r['run']:>22} {r['concurrency']:>4} {r['rows_per_session']:>12} {r['at_once_max']:>7} "
+                  f"{r['qpm']:>7.1f} {acc:>8} {r['paths_per_question']:>7.1f} "
+                  f"{r['sessions_per_question']:>10.1f} {r['retried']:>7} {r['errors']:>6}")
 
 
 if __name__ == "__main__":

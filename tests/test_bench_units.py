@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 import re
 from collections import Counter
@@ -214,14 +215,23 @@ def _brute_credit(answers, gold, k):
     ([None, None, "2"], "2"),
     (["1", "2", "3", "4"], "2"),
 ])
-def test_maj_at_k_exact_and_sampled_match_enumeration(answers, gold):
-    rng = random.Random(1)
+def test_maj_at_k_from_counts_matches_enumeration(answers, gold):
+    every_k = stats.maj_at_k_all(answers, gold)
     for k in range(1, len(answers) + 1):
         brute = float(_brute_credit(answers, gold, k))
         assert stats.maj_at_k_exact(answers, gold, k) == pytest.approx(brute, abs=1e-12)
+        assert every_k[k - 1] == pytest.approx(brute, abs=1e-12)
         assert stats.maj_at_k(answers, gold, k) == pytest.approx(brute, abs=1e-12)
-        sampled = stats.maj_at_k_sampled(answers, gold, k, draws=4000, rng=rng)
-        assert sampled == pytest.approx(brute, abs=0.03)
+
+
+def test_maj_at_k_from_counts_matches_enumeration_on_random_paths():
+    rng = random.Random(7)
+    for _ in range(40):
+        answers = [rng.choice(["1", "2", "3", "4", None]) for _ in range(rng.randint(1, 11))]
+        gold = rng.choice(["1", "2", "5"])
+        every_k = stats.maj_at_k_all(answers, gold)
+        assert every_k == pytest.approx([stats.maj_at_k_exact(answers, gold, k)
+                                         for k in range(1, len(answers) + 1)], abs=1e-12)
 
 
 def test_maj_at_k_hand_values_and_curve():
@@ -231,11 +241,13 @@ def test_maj_at_k_hand_values_and_curve():
     assert stats.maj_at_k_exact(answers, "1", 2) == pytest.approx(0.75)
     assert stats.maj_at_k_exact(answers, "1", 4) == 1.0
     assert stats.maj_at_k_exact(answers, "2", 4) == 0.0
-    # past exact_limit subsets maj_at_k samples random subsets; it must stay close to exact enumeration
-    many = ["1"] * 5 + ["2"] * 5 + [None] * 4  # C(14, 7) = 3432 subsets: enumerable
-    exact = stats.maj_at_k_exact(many, "1", 7)
-    assert 0 < exact < 1
-    assert stats.maj_at_k(many, "1", 7, exact_limit=10) == pytest.approx(exact, abs=0.02)
+    # 40 paths (SC@40): C(40, 20) subsets cannot be enumerated; the count-based sum is exact and fast
+    many = ["1"] * 14 + ["2"] * 12 + ["3"] * 6 + [None] * 8
+    curve40 = stats.maj_at_k_all(many, "1")
+    assert curve40[0] == pytest.approx(14 / 40) and curve40[-1] == 1.0
+    pairs_won = math.comb(14, 2) + 14 * 8 + (14 * 12 + 14 * 6) / 2  # {1,1}, {1,None}, a tie with 2 or 3
+    assert curve40[1] == pytest.approx(pairs_won / math.comb(40, 2))
+    assert all(0 < v <= 1 for v in curve40)
     curve = stats.maj_curve([(answers, "1"), (["3", None], "3")], 2)
     assert curve[0] == pytest.approx((0.75 + 0.5) / 2)
 

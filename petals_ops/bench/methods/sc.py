@@ -16,8 +16,8 @@ class SelfConsistency(Method):
     default_paths = 10
     figures = (
         FigureSpec("maj_at_k", "maj@k", kind="curve", column="maj@k", brief=True, point="maj@{x}",
-                   note="expected plurality-vote accuracy over random k-subsets of each question's sampled "
-                        "paths"),
+                   note="expected plurality-vote accuracy over every k-subset of each question's sampled "
+                        "paths (exact)"),
         FigureSpec("pass_at_k", "pass@K",
                    note="share of questions where at least one of the K paths is right"),
         FigureSpec("agreement", "agreement with the vote",
@@ -32,7 +32,7 @@ class SelfConsistency(Method):
     def summary_figures(self, records, cfg):
         votes = [([p.answer for p in r.paths], r.gold) for r in records if r.paths]
         k_max = max((len(a) for a, _ in votes), default=cfg.paths)
-        curve = maj_curve(votes, k_max, seed=cfg.seed or 0)
+        curve = maj_curve(votes, k_max)
         agreement = [r.extras["agreement"] for r in records if r.extras.get("agreement") is not None]
         return {
             "maj_at_k": {str(k): v for k, v in enumerate(curve, start=1)},

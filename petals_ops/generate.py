@@ -37,6 +37,7 @@ def run_generate(params: GenerateParams, *, on_text: Callable[[str], None] | Non
     from petals_ops.client.loading import load_tokenizer
     from petals_ops.lab.target import resolve_for_backend
     from petals_ops.swarm.health import take_snapshot
+    from petals_ops.swarm.reachability import probe_snapshot
 
     opts = params.client.validate()
     target = resolve_for_backend(opts)
@@ -69,7 +70,7 @@ def run_generate(params: GenerateParams, *, on_text: Callable[[str], None] | Non
         too_long = length_error_from(e)
         if too_long is not None:
             raise too_long from e
-        # name the blocks if they are gone
-        take_snapshot(target.initial_peers, target.model).require_full_coverage()
+        # name the blocks if they are gone: probed, since a crashed server's record stays ONLINE for minutes
+        probe_snapshot(target.initial_peers, target.model, timeout=5.0).require_full_coverage()
         raise OpsError(f"generation through the swarm failed: {one_line(e, 200)}",
                        fix="check 'petals-ops swarm status' and retry") from e

@@ -130,6 +130,7 @@ def pytest_unconfigure(config):
 
     if "hivemind" in sys.modules and _SOCKETS_BEFORE in config.stash:
         tmpclean.remove_stale_sockets(config.stash[_SOCKETS_BEFORE], exiting="petals" in sys.modules)
+    tmpclean.remove_dead_multiprocessing_dirs()  # of the processes tests killed (kill -9 and resume)
     if "petals" in sys.modules and _EXIT_STATUS in config.stash:
         tmpclean.exit_now(config.stash[_EXIT_STATUS])
 

@@ -781,3 +781,31 @@ def test_local_swarm_size_is_bounded(run_cli, tmp_path, args, needle):
     result = run_cli("swarm", "local", "up", "--run-dir", tmp_path / "s", *args, timeout=60)
     assert_one_line_error(result, needle, "at most", code=2)
     assert not (tmp_path / "s").exists(), "refused before the run dir is touched"
+
+
+def test_dead_multiprocessing_dirs_of_killed_processes_are_removed(tmp_path, monkeypatch):
+    """A process killed with kill -9 leaves its pymp-* dir with a listener socket nobody answers: removed
+    at the next command; a dir whose listener is alive, an empty one and a young one are kept."""
+    import os
+    import socket
+    import tempfile
+
+    from petals_ops.util import tmpclean
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead, live, empty, young = (tmp_path / f"pymp-{name}" for name in ("dead", "live", "empty", "young"))
+    for d in (dead, live, empty, young):
+        d.mkdir()
+    closed = socket.socket(socket.AF_UNIX)
+    closed.bind(str(dead / "listener-a"))
+    closed.close()  # the socket file stays, nobody listens: what a killed process leaves
+    young_closed = socket.socket(socket.AF_UNIX)
+    young_closed.bind(str(young / "listener-c"))
+    young_closed.close()
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(live / "listener-b"))
+        listening.listen()
+        for d in (dead, live, empty):
+            os.utime(d, (time.time() - 120, time.time() - 120))
+        assert tmpclean.remove_dead_multiprocessing_dirs(min_age=60) == [str(dead)]
+    assert not dead.exists() and live.exists() and empty.exists() and young.exists()

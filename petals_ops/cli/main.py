@@ -82,6 +82,7 @@ def main() -> None:
     from petals_ops.util import tmpclean
 
     tmpclean.remove_dead_sockets()  # what a killed command (kill -9) left in /tmp, gone at the next one
+    tmpclean.remove_dead_multiprocessing_dirs()
     sockets_before = tmpclean.hivemind_sockets()
     try:
         cli(prog_name="petals-ops")

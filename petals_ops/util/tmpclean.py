@@ -88,23 +88,52 @@ def remove_stale_sockets(before: set[str], *, exiting: bool = False) -> list[str
     return removed
 
 
+def _ours_and_old(path: str, min_age: float) -> bool:
+    import time
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and time.time() - st.st_mtime >= min_age
+
+
 def remove_dead_sockets(min_age: float = 60.0) -> list[str]:
     """Unlink hivemind sockets in /tmp that are ours (our uid), older than ``min_age`` seconds and that
     nobody listens on: what a killed command (kill -9 of a bench or tune) left. Run as each command starts,
     so the litter of one killed run is gone at the next."""
-    import time
-
-    removed, now, uid = [], time.time(), os.getuid()
+    removed = []
     for path in sorted(hivemind_sockets()):
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        if st.st_uid != uid or now - st.st_mtime < min_age or _listened_on(path):
+        if not _ours_and_old(path, min_age) or _listened_on(path):
             continue
         with suppress(OSError):
             os.unlink(path)
             removed.append(path)
+    return removed
+
+
+def remove_dead_multiprocessing_dirs(min_age: float = 60.0) -> list[str]:
+    """Remove multiprocessing's ``pymp-*`` dirs that are ours, older than ``min_age`` seconds and hold
+    only sockets, none of which anybody listens on: what a killed process (kill -9 of a bench, a sweep,
+    watch) left, since only its atexit hook removes the dir. Run beside :func:`remove_dead_sockets`."""
+    import shutil
+    import stat
+    import tempfile
+
+    removed = []
+    for path in sorted(glob.glob(os.path.join(tempfile.gettempdir(), "pymp-*"))):
+        if not _ours_and_old(path, min_age):
+            continue
+        try:
+            entries = [os.path.join(path, name) for name in os.listdir(path)]
+            # an empty dir may belong to a live process that has not bound its listener yet: keep it
+            if not entries or not all(stat.S_ISSOCK(os.lstat(e).st_mode) and not _listened_on(e)
+                                      for e in entries):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
     return removed
 
 

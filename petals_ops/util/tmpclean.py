@@ -112,6 +112,18 @@ def remove_dead_sockets(min_age: float = 60.0) -> list[str]:
     return removed
 
 
+def _listening_paths() -> set[str] | None:
+    """Paths of the unix sockets someone listens on (Linux /proc/net/unix, flag __SO_ACCEPTCON), read
+    without connecting: a connection to a live multiprocessing listener makes its server thread print a
+    traceback. None where /proc cannot be read."""
+    try:
+        with open("/proc/net/unix") as f:
+            rows = [line.split() for line in f.read().splitlines()[1:]]
+    except OSError:
+        return None
+    return {row[7] for row in rows if len(row) >= 8 and int(row[3], 16) & 0x10000}
+
+
 def remove_dead_multiprocessing_dirs(min_age: float = 60.0) -> list[str]:
     """Remove multiprocessing's ``pymp-*`` dirs that are ours, older than ``min_age`` seconds and hold
     only sockets, none of which anybody listens on: what a killed process (kill -9 of a bench, a sweep,
@@ -120,6 +132,9 @@ def remove_dead_multiprocessing_dirs(min_age: float = 60.0) -> list[str]:
     import stat
     import tempfile
 
+    listening = _listening_paths()
+    if listening is None:  # no /proc: cannot tell, keep everything
+        return []
     removed = []
     for path in sorted(glob.glob(os.path.join(tempfile.gettempdir(), "pymp-*"))):
         if not _ours_and_old(path, min_age):
@@ -127,7 +142,7 @@ def remove_dead_multiprocessing_dirs(min_age: float = 60.0) -> list[str]:
         try:
             entries = [os.path.join(path, name) for name in os.listdir(path)]
             # an empty dir may belong to a live process that has not bound its listener yet: keep it
-            if not entries or not all(stat.S_ISSOCK(os.lstat(e).st_mode) and not _listened_on(e)
+            if not entries or not all(stat.S_ISSOCK(os.lstat(e).st_mode) and e not in listening
                                       for e in entries):
                 continue
         except OSError:

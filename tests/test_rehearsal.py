@@ -1,5 +1,6 @@
 """The rehearsal at BLOOM-176B's shape (issue 13): ``plan --as-model`` (fast, no hosts) and the reduced
-rehearsal (70 blocks over three loopback hosts, an outage and its repair, the alert checked in Prometheus).
+rehearsal (70 blocks over three loopback hosts, an outage and its repair, the alert checked in Prometheus),
+and the same with ``petals-ops watch`` repairing three kinds of fault and no human step.
 
 The full five-host run is ``benchmarks/rehearsal.py``. Only the GPU is absent here: the lab's servers run
 on CPU, and ``plan --as-model`` sizes their ranges by the GPU memory the inventory gives each host.
@@ -131,3 +132,34 @@ def test_reduced_rehearsal_three_hosts():
     assert f["left_running"] == []
     shutil.rmtree(root)  # its logs stay behind only when it fails
 
+
+def test_reduced_rehearsal_watch_repairs_three_faults_with_no_human_step():
+    """The same three hosts plus a spare, with ``petals-ops watch`` on (interval 3 s, K = 2) and no human
+    step: a container stopped and a server frozen are restarted, a host whose sshd and Docker engine stop has
+    its range started on the spare, which is given back when the host returns; each time 70/70 blocks are
+    covered again, and the bench in flight finishes each question exactly once."""
+    from petals_ops.lab.rehearsal import A100_40GB_BYTES, Rehearsal
+
+    root = Path(tempfile.mkdtemp(prefix="rehearsal-", dir="/tmp"))
+    rh = Rehearsal(root, hosts=3, gpu_memory_bytes=A100_40GB_BYTES, questions=6, max_new_tokens=8,
+                   measure_hops=False, watch=True, log=lambda line: print(line, flush=True))
+    try:
+        f = rh.run()
+    finally:
+        print(json.dumps(rh.figures, indent=1), flush=True)
+    assert f["plan_assignment"] == {"a10-1": ["0:26"], "a10-2": ["26:52"], "a10-3": ["52:70"]}
+    faults = f["watch_faults"]
+    assert [(k, v["host"], v["action"]) for k, v in faults.items()] == [
+        ("container stopped", "a10-1", "restart"), ("server frozen", "a10-2", "restart"),
+        ("host down (sshd + engine)", "a10-3", "take_spare")]
+    for v in faults.values():
+        assert 0 < v["detect_seconds"] <= v["repair_seconds"], faults
+    assert f["watch_give_back_seconds"] > 0
+    # every action watch's own, each with an ok outcome: nothing recreated or given up, no human step
+    assert {a for a in f["watch_actions"] if not a.startswith("reset ")} == {
+        "restart a10-1/petals-server-0", "restart a10-2/petals-server-0", "take_spare a10-3/petals-server-0",
+        "give_back a10-3/petals-server-0"}, f["watch_actions"]
+    assert f["watch_outcomes"] == {"ok": len(f["watch_actions"])}
+    assert f["bench_each_question_once"] and f["bench_final_exit"] == 0
+    assert f["left_running"] == []
+    shutil.rmtree(root)

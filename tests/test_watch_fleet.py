@@ -8,10 +8,13 @@ watch process for the module, run as an operator runs it (interval 3 s, K = 2 ba
   middle of that restart and started again: the action is journaled as interrupted and not repeated on
   the spot (its backoff holds; only fresh readings after it lead to another restart);
 - a second watch on the same inventory is refused; --dry-run on a healthy fleet proposes nothing; the
-  metrics count what was done.
+  metrics count what was done;
+- a flapping server (its container stopped again after each restart) is restarted up to the hourly limit,
+  then held back: the held-back gauge goes to 1 and the session's real Prometheus, scraping this watch with
+  the shipped rules, has PetalsWatchRemediationFailing pending.
 
-The flapping server, the rate limits, backoff and spares are the planner's unit tests
-(tests/test_watch_planner.py).
+Every rule's edge cases (backoff, the per-pass cap, recreate and give up, spares) are the planner's unit
+tests (tests/test_watch_planner.py); spares on real hosts are the rehearsal's (tests/test_rehearsal.py).
 """
 
 from __future__ import annotations
@@ -208,3 +211,35 @@ def test_second_watch_refused_dry_run_and_metrics(watched, run_cli):
     assert metrics["petals_ops_watch_servers_given_up"] == 0
     # nothing secret in the journal or the log
     assert TOKEN not in w.journal.read_text() and TOKEN not in w.log.read_text()
+
+
+def test_flapping_server_held_back_at_the_hourly_limit_and_alert_pending(watched, prometheus):
+    w = watched
+    w.proc.kill()  # this module's watch: restarted with a limit of 2 actions per server per hour
+    w.journal = w.dir / "flap.jsonl"  # a fresh journal: the earlier tests' actions do not count
+    w.args = ["-i", str(w.inventory), "--interval", f"{INTERVAL}s", "--bad-readings", "2", "--backoff", "1s",
+              "--healthy-reset", "1h", "--max-per-server-per-hour", "2", "--stop-timeout", "15",
+              "--journal", str(w.journal), "--metrics-listen", w.metrics]
+    w.start()
+    prometheus.set_targets([w.metrics])
+    try:
+        client = w.lab.docker("a10-2")
+        for n in (1, 2):  # stopped, restarted; stopped, restarted
+            wait_for(lambda: client.containers.get("petals-server-0").status == "running", 60, "running")
+            client.containers.get("petals-server-0").stop(timeout=10)
+            action = wait_for(lambda: w.actions("restart", B)[n - 1:], 60, f"restart {n} of a10-2")[0]
+            assert wait_for(lambda: w.outcome(action["id"]), 60, "its outcome")["outcome"] == "ok"
+        wait_for(lambda: client.containers.get("petals-server-0").status == "running", 60, "running")
+        client.containers.get("petals-server-0").stop(timeout=10)  # the third time: held back
+        wait_for(lambda: "held back (rate limit: 2 actions in the last hour (max 2))" in w.log.read_text(),
+                 60, "watch to hold the flapping server back")
+        held = wait_for(lambda: prometheus.value("petals_ops_watch_servers_held_back"), 30,
+                        "Prometheus to scrape servers_held_back > 0")
+        assert held == 1
+        alert = 'ALERTS{alertname="PetalsWatchRemediationFailing",alertstate="pending"}'
+        wait_for(lambda: prometheus.value(alert), 30, "PetalsWatchRemediationFailing pending")
+        time.sleep(2 * INTERVAL)
+        assert len(w.actions()) == 2, w.actions()  # nothing more: no recreate, no restart
+        assert client.containers.get("petals-server-0").status == "exited"
+    finally:
+        prometheus.set_targets([])

@@ -70,7 +70,8 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _common(dry_run: bool = True):
+def _common(dry_run: bool = True, dry_run_help: str = "Print the changes computed from each host's state; "
+                                                          "change nothing."):
     def deco(func):
         options = [
             click.option("--inventory", "-i", "inventory", type=click.Path(dir_okay=False), default=None,
@@ -83,9 +84,7 @@ def _common(dry_run: bool = True):
                               "(trust on first use)."),
         ]
         if dry_run:
-            options.append(click.option("--dry-run", is_flag=True,
-                                        help="Print the changes computed from each host's state; "
-                                             "change nothing."))
+            options.append(click.option("--dry-run", is_flag=True, help=dry_run_help))
         for option in reversed(options):
             func = option(func)
         return func
@@ -337,7 +336,8 @@ def logs_cmd(host, inventory, container, tail, follow, accept_new_host_keys):
 
 
 @click.command("watch")
-@_common()
+@_common(dry_run_help="Take --bad-readings readings, print the remediations watch would make, exit; "
+                      "change nothing.")
 @click.option("--interval", default="60s", show_default=True, envvar="PETALS_OPS_WATCH_INTERVAL",
               help="Time between passes (e.g. 30s, 2m).")
 @click.option("--once", is_flag=True, help="One pass (read, plan, act), then exit (for cron).")

@@ -83,7 +83,6 @@ def watched(fleet_lab, tiny_model_dir, tmp_path_factory, run_cli):
     class W:
         lab, dir, inventory = fleet_lab, tmp, path
         journal = tmp / "journal.jsonl"
-        readings = tmp / "journal.jsonl.readings.json"
         log = tmp / "watch.log"
         metrics = f"127.0.0.1:{free_port()}"
         args = ["-i", str(path), "--interval", f"{INTERVAL}s", "--bad-readings", "2", "--backoff", "30s",
@@ -110,9 +109,11 @@ def watched(fleet_lab, tiny_model_dir, tmp_path_factory, run_cli):
 
         @classmethod
         def dht(cls, key):
-            """The DHT state of ``key`` in watch's latest reading."""
+            """The DHT state of ``key`` in watch's latest reading (kept beside whichever journal is in use,
+            as WatchLoop names it)."""
+            readings = cls.journal.with_name(cls.journal.name + ".readings.json")
             try:
-                last = json.loads(cls.readings.read_text())[-1]
+                last = json.loads(readings.read_text())[-1]
             except (OSError, ValueError, IndexError):
                 return None
             return next((s["dht"] for h in last["hosts"] for s in h["servers"]
